@@ -1,0 +1,103 @@
+"""Smoke runs of the Fashion-MNIST comparison and the overhead benchmark (what CI runs of them)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import require_service
+from vitshrink.data import FASHION_MNIST_DIRS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_fashion_mnist_smoke(tmp_path):
+    if not any(Path(d).is_dir() for d in FASHION_MNIST_DIRS):
+        pytest.skip("Fashion-MNIST (Debian's dataset-fashion-mnist) is not installed")
+    bench = _load("fashion_mnist")
+    out = tmp_path / "fm.json"
+    assert bench.main(["--smoke", "--tmp", str(tmp_path / "tmp"), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    teacher = res["teacher"]
+    for method in ("reference", "random", "vitshrink"):
+        r = res[method]
+        assert r["trials"] == 3 and r["failed"] == 0
+        assert r["teacher_accuracy"] == teacher["val_accuracy"]
+        # the teacher trial lies inside the reference box, so every front has a positive volume
+        assert 0 < r["hypervolume"] <= 1.0 * 1.1 * 1.1
+        assert r["best_speedup_at_1pt"] > 0
+        assert r["best_at_1pt"]["val_accuracy"] >= teacher["val_accuracy"] - 0.01 - 1e-9
+        assert r["pareto"], "a study with completed trials has a Pareto front"
+    # the warm start really is the hand-picked set: reference and vitshrink begin with the same configs
+    assert res["vitshrink"]["labels"] == res["reference"]["labels"]
+    assert res["random"]["labels"][0] == "teacher"
+    assert res["settings"]["hv_reference"] == [1.0, 1.1, 1.1]
+
+
+@pytest.mark.slow
+def test_overhead_smoke(tmp_path):
+    bench = _load("overhead")
+    url = bench.DEFAULT_POSTGRES
+    reachable = bench.postgres_reachable(url) is None
+    out = tmp_path / "overhead.json"
+    args = ["--smoke", "--tmp", str(tmp_path / "tmp"), "--out", str(out)]
+    if not reachable:
+        args += ["--postgres", ""]
+    assert bench.main(args) == 0
+    res = json.loads(out.read_text())
+    for label in ("sqlite",) + (("postgresql",) if reachable else ()):
+        r = res[label]
+        assert r["completed"] == 4 and r["trials_timed"] >= 2
+        for row in r["rows"]:
+            # the parts add up: wall = build + measure + save + in-trial bookkeeping + outside run_trial
+            parts = row["build"] + row["measure"] + row["save"] + row["in_trial"] + row["outside"]
+            assert parts == pytest.approx(row["wall"], abs=2e-3)
+            assert row["build"] >= 0 and row["measure"] > 0 and row["save"] > 0 and row["outside"] > 0
+        assert 0 < r["overhead_share"] < 1
+    if not reachable:
+        require_service("PostgreSQL at " + url)
+
+
+def test_kd_limit_trains_on_a_seeded_subset(tiny_vit, tiny_data):
+    """`[data] kd_limit` (what keeps the benchmark's KD affordable): KD sees exactly that many train
+    images, the same ones for a seed, while the teacher logits still cover the whole split."""
+    import torch
+
+    from vitshrink.compress import build
+    from vitshrink.compress._registry import BuildContext
+    from vitshrink.spaces import CompressionConfig, ConfigError, Recipe
+
+    torch.set_num_threads(2)
+    ctx = BuildContext(data=tiny_data, teacher=tiny_vit, seed=3, kd_limit=50)
+    idx = ctx.kd_indices()
+    assert len(idx) == 50 and len(set(idx.tolist())) == 50 and int(idx.max()) < len(tiny_data.train)
+    assert torch.equal(idx, BuildContext(data=tiny_data, teacher=tiny_vit, seed=3, kd_limit=50).kd_indices())
+    assert not torch.equal(idx, BuildContext(data=tiny_data, teacher=tiny_vit, seed=4, kd_limit=50).kd_indices())
+    assert BuildContext(data=tiny_data, teacher=tiny_vit, kd_limit=len(tiny_data.train)).kd_indices() is None
+
+    cfg = CompressionConfig(prune_heads=0.5, kd_epochs=1)
+    limited = build(tiny_vit, cfg, tiny_data, kd_limit=50)
+    full = build(tiny_vit, cfg, tiny_data)
+    kd = {r["stage"]: r for r in limited.records}["finetune"]
+    assert kd["kd_images"] == 50
+    assert {r["stage"]: r for r in full.records}["finetune"]["kd_images"] == len(tiny_data.train)
+    # same seed and limit: the same subset, so the same weights
+    again = build(tiny_vit, cfg, tiny_data, kd_limit=50)
+    for a, b in zip(limited.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+    recipe = Recipe.from_toml_text('[study]\nname = "x"\n[data]\nkd_limit = 500\n')
+    assert recipe.kd_limit == 500 and Recipe.from_toml_text('[study]\nname = "x"\n').kd_limit is None
+    with pytest.raises(ConfigError, match="kd_limit"):
+        Recipe.from_toml_text('[study]\nname = "x"\n[data]\nkd_limit = 0\n')

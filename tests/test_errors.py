@@ -1,0 +1,265 @@
+"""Bad input through the real command line: one clear sentence naming the problem and the fix,
+exit code 2, no traceback unless --debug, and never a password.
+
+Every case runs `python -m vitshrink.cli ...` as a subprocess (a few at a time, to keep the file
+fast); the in-process tests below check the model-dependent space checks number by number.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from optuna.trial import TrialState, create_trial
+from safetensors.torch import save_file
+
+from vitshrink.models import TeacherSpec, create_model
+from vitshrink.spaces import ConfigError, Recipe, SearchSpace
+
+SECRET = "s3cret"
+PG_URL = f"postgresql://user:{SECRET}@127.0.0.1:1/db"  # port 1: nothing listens, refused at once
+REDIS_URL = f"redis://:{SECRET}@127.0.0.1:1/0"
+
+# A tiny teacher: 8x8 digits, patch 2 -> 16 patches + cls = 17 tokens, 2 blocks.
+TINY = """
+[study]
+name = "{name}"
+trials = 2
+[data]
+dataset = "digits"
+[teacher]
+model = "vit_tiny_patch16_224"
+{teacher_extra}
+[teacher.kwargs]
+img_size = 8
+patch_size = 2
+in_chans = 1
+embed_dim = 32
+depth = 2
+num_heads = 2
+mlp_ratio = 2.0
+[teacher.train]
+epochs = 1
+[target]
+runs = 5
+warmup = 1
+[space]
+{space}
+"""
+
+
+def tiny_recipe(name: str = "tiny", space: str = 'quant = ["none", "dynamic_int8"]', teacher_extra: str = "") -> str:
+    return TINY.format(name=name, space=space, teacher_extra=teacher_extra)
+
+
+def _files(root: Path) -> dict[str, str]:
+    """Write the recipes and checkpoints the cases use; returns name -> path."""
+    root.mkdir(parents=True, exist_ok=True)
+    texts = {
+        "key": '[study]\nname = "x"\ntrails = 3\n',
+        "dim": '[study]\nname = "x"\n[space]\nprune_head = [0.0, 0.5]\n',
+        "inverted": '[study]\nname = "x"\n[space]\nlandmarks = [8, 2]\n',
+        "empty": '[study]\nname = "x"\n[space]\nprune_heads = [0.25, 0.25]\n',
+        "landmarks": tiny_recipe("lm", 'lowrank = ["none", "nystrom"]\nlandmarks = [2, 32]'),
+        "blocks": tiny_recipe("bl", 'lowrank = ["none", "svd"]\nlowrank_blocks = [[0], [5]]'),
+        "merge": tiny_recipe("mg", "token_merge_r = [0, 12]"),
+        "misfit": tiny_recipe("ck", teacher_extra='checkpoint = "{root}/wide.safetensors"'),
+        "tiny": tiny_recipe(),
+    }
+    paths = {}
+    for name, text in texts.items():
+        path = root / f"{name}.toml"
+        path.write_text(text.replace("{root}", str(root)))
+        paths[name] = str(path)
+    # a checkpoint of a wider model (embed 64) than the recipe's teacher (embed 32)
+    wide = TeacherSpec("vit_tiny_patch16_224", {"img_size": 8, "patch_size": 2, "in_chans": 1, "embed_dim": 64,
+                                                "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "num_classes": 10})
+    save_file({k: v.contiguous() for k, v in create_model(wide).state_dict().items()}, str(root / "wide.safetensors"))
+    return paths
+
+
+def _study_with_failed_trial(root: Path) -> str:
+    """A real vitshrink study (created by the search driver) holding one FAIL trial."""
+    from vitshrink.search import open_or_create_study
+
+    url = f"sqlite:///{root}/failed.db"
+    study = open_or_create_study(Recipe.from_toml_text(tiny_recipe("failed")), url)
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "RuntimeError: boom"}))
+    return url
+
+
+# name -> (CLI arguments, words the error must contain, exit code). `{x}` is filled from the files above.
+CASES: dict[str, tuple[list[str], list[str], int]] = {
+    "unknown recipe key": (["search", "{key}"], ["unknown key study.trails", "did you mean 'trials'"], 2),
+    "misspelt dimension": (["search", "{dim}"], ["unknown search dimension 'prune_head'",
+                                                 "did you mean 'prune_heads'"], 2),
+    "inverted range": (["search", "{inverted}"], ["range [8, 2] is inverted", "write [2, 8]"], 2),
+    "empty range": (["search", "{empty}"], ["range [0.25, 0.25] is empty", "give low < high or a fixed value"], 2),
+    "landmarks > tokens": (["search", "{landmarks}", "--storage", "sqlite:///{root}/lm.db"],
+                           ["landmarks reaches 32", "has 17 tokens", "keep landmarks <= 17"], 2),
+    "block index >= depth": (["search", "{blocks}", "--storage", "sqlite:///{root}/bl.db"],
+                             ["lowrank_blocks names block(s) [5]", "has 2 blocks", "use indices 0..1"], 2),
+    "merging too many tokens": (["search", "{merge}", "--storage", "sqlite:///{root}/mg.db"],
+                                ["token_merge_r reaches 12", "16 patch tokens", "keep token_merge_r <= 8"], 2),
+    "unknown timm model": (["search", "{tiny}", "--model", "vit_tiniest", "--storage", "sqlite:///{root}/m.db"],
+                           ["unknown timm model 'vit_tiniest'", "timm.list_models"], 2),
+    "checkpoint does not fit": (["search", "{misfit}", "--storage", "sqlite:///{root}/ck.db"],
+                                ["does not fit the model", "shape mismatch", "cls_token: checkpoint (1, 1, 64) vs "
+                                 "model (1, 1, 32)", "check --model and its arguments"], 2),
+    "dataset not found": (["search", "{tiny}", "--dataset", "fashion-mnist", "--data-dir", "{root}/nowhere",
+                           "--storage", "sqlite:///{root}/d.db"],
+                          ["Fashion-MNIST not found (looked in {root}/nowhere)", "dataset-fashion-mnist",
+                           "--data-dir", "torchvision"], 2),
+    "unknown dataset": (["search", "{tiny}", "--dataset", "mnist", "--storage", "sqlite:///{root}/d2.db"],
+                        ["unknown dataset 'mnist'", "digits, fashion-mnist, cifar10, image-folder"], 2),
+    "bad duration": (["search", "{tiny}", "--timeout", "soon"], ["cannot read duration 'soon'", "90s, 10m, 2h"], 2),
+    "storage not a URL": (["search", "{tiny}", "--storage", "vitshrink.db"],
+                          ["storage 'vitshrink.db' is not a URL", "sqlite:///file.db"], 2),
+    "postgres unreachable": (["search", "{tiny}", "--storage", PG_URL],
+                             ["cannot open storage postgresql://user:***@127.0.0.1:1/db", "server is running"], 2),
+    "postgres unreachable --debug": (["--debug", "search", "{tiny}", "--storage", PG_URL],
+                                     ["cannot open storage postgresql://user:***@127.0.0.1:1/db"], 2),
+    "redis unreachable": (["studies", "--storage", REDIS_URL], ["cannot open storage redis://:***@127.0.0.1:1/0"], 2),
+    "pareto of a missing study": (["pareto", "nosuch", "--storage", "{failed_db}"],
+                                  ["no study 'nosuch'", "studies there: failed", "vitshrink studies"], 2),
+    "export of a missing study": (["export", "nosuch", "--trial", "0", "--out", "{root}/m.onnx",
+                                   "--storage", "{failed_db}"], ["no study 'nosuch'"], 2),
+    "export of a failed trial": (["export", "failed", "--trial", "0", "--out", "{root}/m.onnx",
+                                  "--storage", "{failed_db}"],
+                                 ["trial 0 of 'failed' is FAIL, not COMPLETE", "RuntimeError: boom",
+                                  "pick a completed trial"], 2),
+    "export of a missing trial": (["export", "failed", "--trial", "7", "--out", "{root}/m.onnx",
+                                   "--storage", "{failed_db}"], ["has no trial 7", "vitshrink pareto failed"], 2),
+    "show of a missing trial": (["show", "failed", "7", "--storage", "{failed_db}"], ["has no trial 7"], 2),
+    "option of the wrong type": (["search", "--trials", "many"], ["Invalid value for '--trials'"],
+                                 2),
+}
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vitshrink.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def cli_env(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "VITSHRINK_CACHE": str(tmp / "cache"), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+
+
+# One representative of each kind runs by default; the rest (each imports torch, ~5 s of CPU) are slow.
+FAST = ["unknown recipe key", "misspelt dimension", "inverted range", "empty range", "bad duration",
+        "option of the wrong type", "landmarks > tokens", "postgres unreachable", "postgres unreachable --debug",
+        "export of a failed trial"]
+SLOW = [c for c in CASES if c not in FAST]
+
+
+def _run_cases(names: list[str], root: Path) -> dict[str, tuple[subprocess.CompletedProcess, dict[str, str]]]:
+    """Run the cases, four processes at a time."""
+    fill = {**_files(root), "root": str(root), "failed_db": _study_with_failed_trial(root)}
+    env = cli_env(root)
+
+    def one(name: str):
+        return name, run_cli([a.format(**fill) for a in CASES[name][0]], root, env)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return {name: (res, fill) for name, res in pool.map(one, names)}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return _run_cases(FAST, tmp_path_factory.mktemp("errors"))
+
+
+@pytest.fixture(scope="module")
+def slow_results(tmp_path_factory):
+    return _run_cases(SLOW, tmp_path_factory.mktemp("errors-slow"))
+
+
+@pytest.mark.parametrize("case", FAST)
+def test_bad_input_gets_one_clear_message(case, results) -> None:
+    _check(case, *results[case])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SLOW)
+def test_more_bad_input_gets_one_clear_message(case, slow_results) -> None:
+    _check(case, *slow_results[case])
+
+
+def _check(case: str, res: subprocess.CompletedProcess, fill: dict[str, str]) -> None:
+    _, words, code = CASES[case]
+    err = res.stderr
+    assert res.returncode == code, (res.returncode, err[-2000:])
+    flat = " ".join(err.split())  # rich wraps long lines
+    for w in words:
+        assert " ".join(w.format(**fill).split()) in flat, (w, err[-2000:])
+    if "--debug" not in CASES[case][0]:
+        assert "Traceback" not in err + res.stdout
+    assert SECRET not in err + res.stdout
+
+
+def test_debug_shows_the_traceback_but_still_masks_the_password(results) -> None:
+    res, _ = results["postgres unreachable --debug"]
+    assert "Traceback" in res.stderr and "StorageError" in res.stderr
+    assert SECRET not in res.stderr + res.stdout
+
+
+# --- recipes, in process ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ('[space]\nprune_heads = "half"', "prune_heads='half' must be a number"),
+        ("[space]\ntoken_drop_at = [['a']]", r"token_drop_at=\['a'\] must be a list of block indices"),
+        ("[fixed]\nlandmarks = true", "landmarks=True must be an integer"),
+        ('[space]\nquant = {low = 1, high = 2}', "takes a list of choices, not a range"),
+        ("[space]\nlandmarks = {low = 2, high = 8, log = 'yes'}", "log = 'yes' must be true or false"),
+        ("[space]\nlandmarks = {choices = 4}", "choices = 4 must be a list"),
+        ('[teacher]\ncheckpoint = ""', "teacher.checkpoint is empty"),
+        ("[space]\nprune_heads = [0.0, 1.0]", "pruning every head/unit/token is impossible"),
+    ],
+)
+def test_recipe_values_of_the_wrong_kind_are_refused_by_name(text, words) -> None:
+    with pytest.raises(ConfigError, match=words):
+        Recipe.from_toml_text(text)
+
+
+# --- the space against the model, in process --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "space, words",
+    [
+        ({"lowrank": ["nystrom"], "landmarks": [2, 18]}, "landmarks reaches 18 but the teacher has 17 tokens"),
+        ({"lowrank": "nystrom", "landmarks": 20}, "keep landmarks <= 17"),
+        ({"lowrank": ["none", "svd"], "lowrank_blocks": [[0, 1], [2]]}, r"lowrank_blocks names block\(s\) \[2\]"),
+        ({"token_drop": [0.0, 0.5], "token_drop_at": [3]}, r"token_drop_at names block\(s\) \[3\] .* 2 blocks"),
+        ({"token_merge_r": [0, 9]}, "token_merge_r reaches 9 .* 16 patch tokens"),
+    ],
+)
+def test_space_is_checked_against_the_model(space, words) -> None:
+    parsed = SearchSpace.from_dict(space)  # valid without a model
+    with pytest.raises(ConfigError, match=words):
+        parsed.check_model(num_tokens=17, depth=2)
+
+
+def test_space_within_the_model_passes() -> None:
+    ok = SearchSpace.from_dict({"lowrank": ["none", "nystrom"], "landmarks": [2, 17], "token_merge_r": [0, 8],
+                                "token_drop": [0.0, 0.5], "token_drop_at": [[0], [1]]})
+    ok.check_model(num_tokens=17, depth=2)
+    # inactive settings are not checked: block indices only matter when their technique can be chosen
+    SearchSpace.from_dict({"lowrank": "none", "lowrank_blocks": [7]}).check_model(num_tokens=17, depth=2)
+
+
+def test_builtin_recipes_fit_their_teachers() -> None:
+    from vitshrink.search._trial import check_space_fits_teacher
+    from vitshrink.spaces import builtin_recipes, resolve_recipe
+
+    torch.set_num_threads(2)
+    for name in builtin_recipes():
+        check_space_fits_teacher(resolve_recipe(name))

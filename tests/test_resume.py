@@ -1,0 +1,240 @@
+"""Resuming searches: kill -9 the driver mid-trial on every storage kind, run the same command again;
+stale trials (heartbeat or dead owner) are failed and retried once; a changed space is refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import require_service
+from vitshrink.search import open_storage, run_search
+from vitshrink.search._storage import HEARTBEAT_ATTR, fail_stale_trials, owner_is_gone, trial_heartbeat
+from vitshrink.spaces import Recipe
+
+GRACE = 2  # seconds; the CLI default is 30
+
+RECIPE = """
+[study]
+name = "{name}"
+trials = {trials}
+sampler = "random"
+seed = 0
+
+[data]
+dataset = "digits"
+
+[teacher]
+model = "vit_tiny_patch16_224"
+[teacher.kwargs]
+img_size = 8
+patch_size = 2
+in_chans = 1
+embed_dim = 32
+depth = 2
+num_heads = 2
+mlp_ratio = 2.0
+[teacher.train]
+epochs = 2
+
+[target]
+device = "cpu:1"
+runs = 5
+warmup = 1
+
+[space]
+prune_heads = [0.0, 0.5]
+lowrank = ["none", "nystrom"]
+landmarks = [2, 8]
+
+[fixed]
+kd_epochs = 1   # a second or more per trial: long enough to be killed in the middle of one
+"""
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379"
+
+
+def tiny_recipe(tmp_path: Path, name: str, trials: int = 2) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(RECIPE.format(name=name, trials=trials))
+    return path
+
+
+def storage_url(kind: str, tmp_path: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/studies.db"
+    if kind == "journal":
+        return f"journal:///{tmp_path}/studies.log"
+    url = POSTGRES if kind == "postgres" else REDIS
+    try:
+        open_storage(url)
+    except Exception:  # noqa: BLE001 - any failure to connect means the service is absent
+        require_service(kind)
+    return url
+
+
+@pytest.fixture()
+def unique_name(request):
+    """A study name no other test uses; Postgres/Redis studies are deleted afterwards."""
+    name = f"resume-{uuid.uuid4().hex[:8]}"
+    urls: list[str] = []
+    yield name, urls
+    for url in urls:
+        storage = open_storage(url)
+        for s in storage.get_all_studies():
+            if s.study_name.startswith(name):
+                optuna.delete_study(study_name=s.study_name, storage=storage)
+
+
+def _search_cmd(recipe: Path, storage: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "vitshrink.cli", "-q", "search", str(recipe), "--storage", storage,
+            "--grace-period", str(GRACE), *extra]
+
+
+def _study(storage: str, name: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage))
+    except KeyError:
+        return None
+
+
+def _kill_mid_trial(cmd: list[str], storage: str, name: str, cwd: Path, timeout: float = 240) -> None:
+    """Start the CLI, wait until one trial is complete and another is running, then kill -9 it."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"the search ended before it could be killed:\n{proc.stderr.read()}"
+            study = _study(storage, name)
+            if study is not None:
+                trials = study.get_trials(deepcopy=False)
+                done = [t for t in trials if t.state == TrialState.COMPLETE]
+                running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+                if done and running:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    return
+            time.sleep(0.1)
+        pytest.fail("no trial was running in time")
+    finally:
+        if proc.poll() is None and time.monotonic() >= deadline:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.services
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgres", "redis"])
+def test_kill_9_then_rerun_resumes_and_retries_the_killed_trial(kind, tmp_path, unique_name) -> None:
+    name, cleanup = unique_name
+    storage = storage_url(kind, tmp_path)
+    if kind in ("postgres", "redis"):
+        cleanup.append(storage)
+    recipe = tiny_recipe(tmp_path, name, trials=2)
+    cmd = _search_cmd(recipe, storage)
+
+    _kill_mid_trial(cmd, storage, name, tmp_path)
+    study = _study(storage, name)
+    before = {t.number: t for t in study.trials if t.state == TrialState.COMPLETE}
+    killed = [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(killed) == 1 and before, [(t.number, t.state.name) for t in study.trials]
+    killed = killed[0]
+
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # the same command
+    assert res.returncode == 0, res.stderr
+
+    study = _study(storage, name)
+    trials = study.trials
+    # completed trials are kept as they were, not re-run
+    for number, t in before.items():
+        assert trials[number].state == TrialState.COMPLETE
+        assert trials[number].datetime_start == t.datetime_start and trials[number].values == t.values
+    # the killed trial is FAIL with its reason, and retried once with the same parameters
+    assert trials[killed.number].state == TrialState.FAIL
+    assert "stopped" in trials[killed.number].user_attrs["fail_reason"]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1
+    # the retry keeps every parameter the killed trial had recorded (a kill can land between two
+    # suggestions, so the retry may add the ones the killed trial never reached)
+    assert retries[0].state == TrialState.COMPLETE
+    assert {k: retries[0].params[k] for k in killed.params} == killed.params
+    assert retries[0].user_attrs["worker"] != killed.user_attrs["worker"]
+    # exactly the budget, nothing left running or waiting
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 2
+    assert len(trials) == 3 and states.count(TrialState.FAIL) == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_stale_heartbeat_on_another_host_is_failed_and_retried_after_the_grace_period(kind, tmp_path) -> None:
+    grace = 3  # loose enough that a loaded machine never delays a live beat past it
+    storage = open_storage(storage_url(kind, tmp_path), heartbeat_interval=1, grace_period=grace)
+    study = optuna.create_study(study_name="stale", storage=storage)
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    dead.set_user_attr("worker", "elsewhere:1")  # another host: only the heartbeat can tell
+    dead.set_user_attr("fail_reason", None)
+    if kind == "sqlite":
+        storage.record_heartbeat(dead._trial_id)
+    else:
+        storage.set_trial_system_attr(dead._trial_id, HEARTBEAT_ATTR, time.time())
+    last_dead_beat = time.monotonic()
+    alive = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    alive.set_user_attr("worker", "elsewhere:2")
+
+    assert fail_stale_trials(study, grace_period=grace) == []  # fresh heartbeats: nothing is stale
+    with trial_heartbeat(alive, interval=0.3):  # sqlite: Optuna beats only inside optimize, so beat by hand
+        while time.monotonic() - last_dead_beat < grace + 1:
+            if kind == "sqlite":
+                storage.record_heartbeat(alive._trial_id)
+            time.sleep(0.3)
+        assert fail_stale_trials(study, grace_period=grace) == [dead.number]
+
+    trials = study.trials
+    assert trials[dead.number].state == TrialState.FAIL
+    assert "no heartbeat" in trials[dead.number].user_attrs["fail_reason"]
+    assert trials[alive.number].state == TrialState.RUNNING
+    retry = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(retry) == 1 and retry[0].params == trials[dead.number].params
+    assert retry[0].system_attrs["failed_trial"] == dead.number
+    assert "worker" not in retry[0].user_attrs and HEARTBEAT_ATTR not in retry[0].system_attrs
+    assert fail_stale_trials(study, grace_period=grace) == []  # never retried twice
+
+
+def test_owner_is_gone_only_for_dead_processes_on_this_host() -> None:
+    host = os.uname().nodename
+    assert not owner_is_gone(f"{host}:{os.getpid()}")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert owner_is_gone(f"{host}:{proc.pid}")
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(1.0)  # exited, not yet reaped
+    assert owner_is_gone(f"{host}:{zombie.pid}")
+    zombie.wait()
+    assert not owner_is_gone(f"not-{socket.gethostname()}-x:{proc.pid}") and not owner_is_gone(None)
+
+
+@pytest.mark.slow
+def test_changed_space_is_refused_by_the_cli_without_a_traceback(tmp_path) -> None:
+    storage = f"sqlite:///{tmp_path}/s.db"
+    recipe = tiny_recipe(tmp_path, "changed", trials=1)
+    run_search(Recipe.from_file(recipe), storage=storage, evaluate_test=False)
+    recipe.write_text(recipe.read_text().replace("prune_heads = [0.0, 0.5]", "prune_heads = [0.0, 0.75]"))
+
+    res = subprocess.run(_search_cmd(recipe, storage), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert "different search space" in res.stderr and "0.75" in res.stderr and "--new-study" in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+
+    res = subprocess.run(_search_cmd(recipe, storage, "--new-study"), cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert {s.study_name for s in optuna.get_all_study_summaries(storage)} == {"changed", "changed-2"}

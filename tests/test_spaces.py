@@ -1,0 +1,210 @@
+"""The search space as data: configs and recipes round-trip, bad input is refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from optuna.trial import FixedTrial
+
+from vitshrink.spaces import (
+    QUANT_MODES,
+    CompressionConfig,
+    ConfigError,
+    Recipe,
+    SearchSpace,
+    builtin_recipes,
+    parse_duration,
+    resolve_recipe,
+)
+
+# --- CompressionConfig ------------------------------------------------------------------------
+
+
+@st.composite
+def configs(draw) -> CompressionConfig:
+    quant = draw(st.sampled_from(QUANT_MODES))
+    lowrank = draw(st.sampled_from(["none", "nystrom", "svd"]))
+    student = draw(st.sampled_from(["none", "custom", "deit_tiny_patch16_224"]))
+    heads = draw(st.integers(1, 4))
+    drop = draw(st.sampled_from([0.0, 0.25, 0.5]))
+    return CompressionConfig(
+        student=student,
+        student_depth=draw(st.integers(1, 4)) if student == "custom" else 0,
+        student_embed_dim=heads * draw(st.integers(1, 16)) if student == "custom" else 0,
+        student_heads=heads if student == "custom" else 0,
+        student_epochs=draw(st.integers(1, 5)) if student != "none" else 0,
+        prune_heads=draw(st.floats(0, 0.99)),
+        prune_mlp=draw(st.floats(0, 0.99)),
+        prune_score=draw(st.sampled_from(["magnitude", "taylor", "activation"])),
+        lowrank=lowrank,
+        landmarks=draw(st.integers(1, 64)) if lowrank == "nystrom" else 0,
+        lowrank_blocks=tuple(draw(st.lists(st.integers(0, 11), max_size=3))),
+        svd_rank=draw(st.floats(0.01, 1.0)),
+        token_merge_r=draw(st.integers(0, 8)),
+        token_drop=drop,
+        token_drop_at=(1, 2) if drop else (),
+        kd_epochs=draw(st.integers(0, 3)),
+        quant=quant,
+        calib_size=draw(st.integers(1, 64)) if quant == "static_int8" else 0,
+    )
+
+
+@given(configs())
+@settings(max_examples=200, deadline=None)
+def test_config_round_trips_through_json(cfg: CompressionConfig) -> None:
+    text = cfg.to_json()
+    assert CompressionConfig.from_json(text) == cfg
+    assert json.loads(text) == cfg.to_dict()
+
+
+def test_identity_config_is_the_teacher() -> None:
+    assert CompressionConfig().is_identity
+    assert CompressionConfig().summary() == "teacher"
+    assert not CompressionConfig(quant="bf16").is_identity
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"quant": "int4"}, "quant='int4'"),
+        ({"prune_heads": 1.0}, "prune_heads=1.0"),
+        ({"lowrank": "nystrom"}, "landmarks"),
+        ({"landmarks": 4}, "set lowrank='nystrom'"),
+        ({"student": "custom", "student_depth": 2, "student_embed_dim": 30, "student_heads": 4, "student_epochs": 1},
+         "not divisible"),
+        ({"quant": "static_int8"}, "calib_size"),
+        ({"token_drop": 0.3}, "token_drop_at"),
+        ({"student": "custom", "student_depth": 1, "student_embed_dim": 8, "student_heads": 2}, "student_epochs"),
+    ],
+)
+def test_invalid_configs_are_refused_by_name(kwargs, words) -> None:
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        CompressionConfig(**kwargs)
+
+
+def test_unknown_config_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown compression setting.*prune_head\\b"):
+        CompressionConfig.from_dict({"prune_head": 0.5})
+
+
+# --- SearchSpace ------------------------------------------------------------------------------
+
+
+def test_space_samples_conditional_dimensions_only_when_active() -> None:
+    space = SearchSpace.from_dict({"lowrank": ["none", "nystrom"], "landmarks": [2, 8],
+                                   "quant": ["none", "static_int8"], "calib_size": [8, 32]})
+    cfg = space.sample(FixedTrial({"lowrank": "none", "quant": "none"}))  # FixedTrial raises on unknown params
+    assert cfg == CompressionConfig()
+    cfg = space.sample(FixedTrial({"lowrank": "nystrom", "landmarks": 5, "quant": "static_int8", "calib_size": 16}))
+    assert (cfg.landmarks, cfg.calib_size) == (5, 16)
+
+
+def test_space_with_optuna_study_produces_valid_configs() -> None:
+    space = resolve_recipe("quickstart").space
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        cfg = space.sample(trial)  # validates in __post_init__
+        seen.add(cfg.quant)
+        # the params recorded are exactly the ones that reproduce the config
+        assert space.sample(FixedTrial(trial.params)) == cfg
+        assert space.params_for(cfg) == trial.params
+        study.tell(trial, [0.0, 0.0])
+    assert len(seen) > 1
+
+
+@given(configs())
+@settings(max_examples=50, deadline=None)
+def test_params_for_round_trips_for_configs_inside_a_wide_space(cfg: CompressionConfig) -> None:
+    space = SearchSpace.from_dict({
+        "quant": list(QUANT_MODES), "lowrank": ["none", "nystrom", "svd"], "landmarks": [1, 64],
+        "prune_heads": [0.0, 0.99], "token_merge_r": [0, 8], "calib_size": [1, 64],
+    })
+    inside = cfg.replace(student="none", student_depth=0, student_embed_dim=0, student_heads=0, student_epochs=0,
+                         prune_mlp=0.0, prune_score="magnitude" if cfg.prune_heads == 0 else cfg.prune_score,
+                         lowrank_blocks=(), svd_rank=1.0, token_drop=0.0, token_drop_at=(), kd_epochs=0)
+    if inside.prune_heads > 0:
+        inside = inside.replace(prune_score="magnitude")
+    assert space.sample(FixedTrial(space.params_for(inside))) == inside
+
+
+def test_space_round_trips_through_json_dict() -> None:
+    space = resolve_recipe("quickstart").space
+    again = SearchSpace.from_json_dict(json.loads(json.dumps(space.to_dict())))
+    assert again == space
+    assert again.diff(space) == []
+
+
+@pytest.mark.parametrize(
+    "space, words",
+    [
+        ({"prune_head": [0.0, 0.5]}, "did you mean 'prune_heads'"),
+        ({"landmarks": [8, 2]}, "inverted"),
+        ({"landmarks": [4, 4]}, "empty"),
+        ({"quant": []}, "no choices"),
+        ({"quant": ["none", "int4"]}, "'int4' is not one of"),
+        ({"prune_heads": [0.0, 1.0]}, "pruning every head"),
+        ({"student_embed_dim": [48, 64], "student_heads": [5]}, "impossible combination"),
+        ({"landmarks": {"low": 2}}, "needs both low and high"),
+        ({"landmarks": [2.5, 8]}, "integer setting"),
+    ],
+)
+def test_bad_spaces_are_refused_by_name(space, words) -> None:
+    with pytest.raises(ConfigError, match=words):
+        SearchSpace.from_dict(space)
+
+
+def test_space_diff_names_the_changed_dimension() -> None:
+    a = SearchSpace.from_dict({"prune_heads": [0.0, 0.5]})
+    b = SearchSpace.from_dict({"prune_heads": [0.0, 0.75]})
+    (line,) = a.diff(b)
+    assert "prune_heads" in line and "0.5" in line and "0.75" in line
+
+
+# --- Recipes ----------------------------------------------------------------------------------
+
+
+def test_builtin_recipes_load() -> None:
+    names = builtin_recipes()
+    assert "quickstart" in names
+    for name in names:
+        recipe = resolve_recipe(name)
+        assert recipe.name and recipe.trials >= 1 and recipe.space.dimensions
+
+
+def test_quickstart_covers_the_four_families() -> None:
+    dims = {d.name for d in resolve_recipe("quickstart").space.dimensions}
+    assert {"quant", "lowrank", "landmarks", "prune_heads", "prune_mlp", "student"} <= dims
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("[stduy]\nname='x'", r"unknown table \[stduy\]; did you mean 'study'"),
+        ("[study]\ntrails = 3", "unknown key study.trails; did you mean 'trials'"),
+        ("[study]\ntrials = 'many'", "wrong type"),
+        ("[study]\ntrials = 0", "at least 1"),
+        ("[study]\nsampler = 'cmaes'", "not one of"),
+        ("[study]\ntimeout = 'soon'", "cannot read duration"),
+        ("[target]\nruns = 2", "too few"),
+        ("[space]\nquant = ['fp8']", "'fp8' is not one of"),
+        ("[teacher.train]\nepoch = 3", "did you mean 'epochs'"),
+        ("this is = not toml =", "not valid TOML"),
+    ],
+)
+def test_bad_recipes_are_refused_by_name(text, words) -> None:
+    with pytest.raises(ConfigError, match=words):
+        Recipe.from_toml_text(text)
+
+
+def test_recipe_overrides_and_durations() -> None:
+    r = resolve_recipe("quickstart").with_overrides(trials=3, dataset=None)
+    assert r.trials == 3 and r.dataset == "digits"
+    assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration(12) == 12
+    with pytest.raises(ConfigError, match="no recipe 'nope'"):
+        resolve_recipe("nope")

@@ -1,0 +1,283 @@
+"""Querying a stored study: tables, hypervolume, Optuna's own API, plots, and the CLI over them.
+
+One small study is searched once per test session (`shared_study`, also used by test_export.py):
+a tiny ViT on digits with enqueued configs, so the transforms that matter for export all appear
+(pruning + torch dynamic int8, Nystrom + ToMe token merging, ONNX Runtime int8), plus one failed trial.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from vitshrink.spaces import CompressionConfig, Recipe
+
+torch.set_num_threads(2)
+
+RECIPE = """
+[study]
+name = "q"
+trials = 4
+sampler = "random"
+seed = 0
+
+[data]
+dataset = "digits"
+
+[teacher]
+model = "vit_tiny_patch16_224"
+[teacher.kwargs]
+img_size = 8
+patch_size = 2
+in_chans = 1
+embed_dim = 32
+depth = 2
+num_heads = 2
+mlp_ratio = 2.0
+[teacher.train]
+epochs = 2
+
+[target]
+device = "cpu:2"
+runs = 5
+warmup = 1
+
+[space]
+quant = ["none", "dynamic_int8", "ort_int8"]
+prune_heads = [0.0, 0.5]
+lowrank = ["none", "nystrom"]
+landmarks = [2, 8]
+token_merge_r = [0, 3]
+"""
+
+CONFIGS = {
+    "teacher": CompressionConfig(),
+    "prune_dyn": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, quant="dynamic_int8"),
+    "nys_tokens": CompressionConfig(lowrank="nystrom", landmarks=4, token_merge_r=3),
+    "ort_int8": CompressionConfig(prune_mlp=0.25, quant="ort_int8"),
+}
+
+
+@dataclass
+class SharedStudy:
+    storage: str
+    name: str
+    numbers: dict[str, int]  # config key -> trial number
+    failed: int  # a FAIL trial's number
+    root: Path
+
+
+def shared_study(tmp_path_factory) -> SharedStudy:
+    """Search the study once per session (idempotent: a second caller reuses it)."""
+    from vitshrink.search import open_or_create_study, run_search
+
+    root = tmp_path_factory.getbasetemp() / "shared-study"
+    storage = f"sqlite:///{root}/studies.db"
+    done = root / "done.json"
+    if not done.exists():
+        root.mkdir(exist_ok=True)
+        with pytest.MonkeyPatch.context() as mp:  # module/session fixtures miss conftest's function-scoped cache
+            mp.setenv("VITSHRINK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+            recipe = Recipe.from_toml_text(RECIPE)
+            study = open_or_create_study(recipe, storage)
+            for key, cfg in CONFIGS.items():  # enqueued before the search: these run in this order
+                study.enqueue_trial(recipe.space.params_for(cfg, strict=False),
+                                    user_attrs={"config_override": cfg.to_dict(),
+                                                "role": "teacher" if key == "teacher" else "sampled"})
+            summary = run_search(recipe, storage=storage)
+            assert summary.completed == len(CONFIGS), [t.user_attrs.get("fail_reason") for t in summary.study.trials]
+            trial = summary.study.ask()  # a failed trial, with its reason, as the driver records it
+            trial.set_user_attr("fail_reason", "RuntimeError: out of landmarks")
+            summary.study.tell(trial, state=TrialState.FAIL)
+        numbers = {key: i for i, key in enumerate(CONFIGS)}
+        done.write_text(json.dumps({"numbers": numbers, "failed": trial.number}))
+    meta = json.loads(done.read_text())
+    return SharedStudy(storage, "q", meta["numbers"], meta["failed"], root)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> SharedStudy:
+    return shared_study(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def handle(shared):
+    from vitshrink.studies import open_study
+
+    return open_study(shared.name, shared.storage)
+
+
+runner = CliRunner()
+
+
+def cli(*args: str):
+    from vitshrink.cli import app
+
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+# --- hypervolume: pure function -------------------------------------------------------------------------------
+
+
+def test_hypervolume_of_known_points() -> None:
+    from vitshrink.search._pareto import HV_REFERENCE, hypervolume
+
+    # (1 - 0.9, 0.5, 1.0) against (1.0, 1.1, 1.1): 0.9 * 0.6 * 0.1
+    assert hypervolume([(0.9, 5.0, 100.0)], 10.0, 100.0) == pytest.approx(0.054)
+    # a dominated point adds nothing; a point worse than the reference adds nothing
+    assert hypervolume([(0.9, 5.0, 100.0), (0.8, 6.0, 100.0), (0.95, 30.0, 10.0)], 10.0, 100.0) \
+        == pytest.approx(0.054)
+    # two boxes that overlap: union = 0.9*0.6*0.1 + 0.8*0.1*(1.1-0.5) - overlap 0.8*0.1*0.1
+    assert hypervolume([(0.9, 5.0, 100.0), (0.8, 10.0, 50.0)], 10.0, 100.0) == pytest.approx(0.054 + 0.048 - 0.008)
+    assert hypervolume([], 10.0, 100.0) == 0.0
+    assert HV_REFERENCE == (1.0, 1.1, 1.1)
+    with pytest.raises(ValueError):
+        hypervolume([(0.9, 5.0, 100.0)], 0.0, 100.0)
+
+
+# --- the Python API ---------------------------------------------------------------------------------------------
+
+
+def test_frames_have_the_documented_columns(handle, shared) -> None:
+    from vitshrink.studies import COLUMNS, CONFIG_COLUMNS
+
+    trials = handle.trials()
+    assert list(trials.columns) == COLUMNS + CONFIG_COLUMNS
+    assert len(trials) == len(CONFIGS) + 1
+    failed = trials.set_index("trial").loc[shared.failed]
+    assert failed["state"] == "FAIL" and "out of landmarks" in failed["fail_reason"]
+    done = handle.trials(states=["COMPLETE"])
+    assert set(done["trial"]) == set(shared.numbers.values())
+    for _, row in done.iterrows():
+        t = handle.study.trials[row["trial"]]
+        assert (row["accuracy"], row["latency_ms"], row["size_bytes"]) == (t.values[0], t.values[1], int(t.values[2]))
+        assert row["params"] > 0 and row["latency_iqr_ms"] >= 0 and row["latency_cv"] >= 0
+    assert done.set_index("trial").loc[shared.numbers["nys_tokens"], "config.landmarks"] == 4
+
+    front = handle.pareto()
+    assert list(front.columns) == COLUMNS + CONFIG_COLUMNS and len(front) >= 1
+    assert front["test_accuracy"].between(0, 1).all()  # measured once on test after the search
+    assert front["state"].eq("COMPLETE").all()
+    # the front is non-dominated among the completed trials
+    for _, a in front.iterrows():
+        for _, b in done.iterrows():
+            assert not (b["accuracy"] >= a["accuracy"] and b["latency_ms"] <= a["latency_ms"]
+                        and b["size_bytes"] <= a["size_bytes"]
+                        and (b["accuracy"], b["latency_ms"], b["size_bytes"])
+                        != (a["accuracy"], a["latency_ms"], a["size_bytes"]))
+
+
+def test_describe_has_every_stage_record(handle, shared) -> None:
+    info = handle.describe(shared.numbers["prune_dyn"])
+    assert [r["stage"] for r in info["records"]] == ["prune", "quantize"]
+    prune = info["records"][0]
+    assert prune["params_after"] < prune["params_before"]
+    assert info["config"]["quant"] == "dynamic_int8" and info["objectives"]["latency_ms"] > 0
+    assert info["latency"]["batches"][0]["runs"] == 5
+    failed = handle.describe(shared.failed)
+    assert failed["state"] == "FAIL" and failed["fail_reason"].startswith("RuntimeError")
+
+
+def test_hypervolume_of_the_study(handle) -> None:
+    from vitshrink.search import pareto_trials
+    from vitshrink.search._pareto import hypervolume
+
+    teacher = handle.teacher_trial()
+    hv = handle.hypervolume()
+    assert 0.0 < hv <= 1.1 * 1.1
+    assert hv >= teacher.values[0] * 0.1 * 0.1 - 1e-9  # the teacher alone, if it is on the front, or better
+    assert hv == pytest.approx(hypervolume(pareto_trials(handle.study), teacher.values[1], teacher.values[2]))
+    assert handle.hypervolume((1.0, 2.0, 2.0)) > hv  # a farther reference point encloses more
+    norm = handle.normalized_front()
+    assert list(norm.columns) == ["trial", "error", "latency_rel", "size_rel"]
+
+
+def test_optuna_reads_the_study_directly(shared, handle) -> None:
+    study = optuna.load_study(study_name=shared.name, storage=shared.storage)
+    assert study.metric_names == ["accuracy", "latency_ms", "size_bytes"]
+    assert {t.number for t in study.best_trials} >= set(handle.pareto()["trial"])  # no constraints: same front
+    df = study.trials_dataframe()
+    assert {"values_accuracy", "values_latency_ms", "values_size_bytes", "user_attrs_config", "state"} <= set(df.columns)
+    assert "vitshrink.recipe" in study.user_attrs and "vitshrink.target" in study.user_attrs
+
+
+def test_unknown_study_and_trial_are_clear_errors(shared, handle) -> None:
+    from vitshrink.studies import StudyNotFound, TrialNotAvailable, open_study
+
+    with pytest.raises(StudyNotFound, match="no study 'nope'.*studies there: q"):
+        open_study("nope", shared.storage)
+    with pytest.raises(TrialNotAvailable, match="is FAIL, not COMPLETE.*out of landmarks"):
+        handle.load_model(shared.failed)
+    with pytest.raises(TrialNotAvailable, match="has no trial 99"):
+        handle.trial(99)
+
+
+def test_plots_write_png_and_html(handle, tmp_path) -> None:
+    from vitshrink.plotting import PlotError, plot_study
+
+    png = plot_study(handle, tmp_path / "front.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    html = plot_study(handle, tmp_path / "front.html")
+    assert "plotly" in html.read_text()[:100_000].lower()
+    with pytest.raises(PlotError, match=".png, .svg, .pdf or .html"):
+        plot_study(handle, tmp_path / "front.gif")
+
+
+# --- the CLI ----------------------------------------------------------------------------------------------------
+
+
+def test_cli_show(shared) -> None:
+    n = shared.numbers["nys_tokens"]
+    res = cli("show", "q", str(n), "--storage", shared.storage, "--format", "json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["trial"] == n and {r["stage"] for r in info["records"]} == {"lowrank", "tokens"}
+    res = cli("show", "q", str(n), "--storage", shared.storage)
+    assert res.exit_code == 0 and "build stages" in res.stdout and "tokens" in res.stdout
+    res = cli("show", "q", str(shared.failed), "--storage", shared.storage)
+    assert res.exit_code == 0 and "out of landmarks" in res.stdout  # show is where a failure is read
+
+
+def test_cli_pareto_and_studies_machine_readable(shared) -> None:
+    res = cli("pareto", "q", "--storage", shared.storage, "--format", "csv")
+    assert res.exit_code == 0
+    header = res.stdout.splitlines()[0].split(",")
+    assert header[:4] == ["trial", "state", "accuracy", "test_accuracy"] and "config.quant" in header
+    res = cli("pareto", "q", "--storage", shared.storage, "--format", "json")
+    rows = json.loads(res.stdout)
+    assert rows and {"test_accuracy", "latency_iqr_ms", "config"} <= set(rows[0])
+    res = cli("studies", "--storage", shared.storage, "--format", "json")
+    assert json.loads(res.stdout)[0]["study"] == "q"
+
+
+def test_cli_plot_and_compare(shared, tmp_path) -> None:
+    optuna.copy_study(from_study_name="q", from_storage=shared.storage, to_storage=shared.storage,
+                      to_study_name=f"q-copy-{tmp_path.name}")
+    res = cli("plot", "q", "--out", str(tmp_path / "p.png"), "--storage", shared.storage)
+    assert res.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 10_000
+    res = cli("compare", "q", f"q-copy-{tmp_path.name}", "--out", str(tmp_path / "cmp.png"),
+              "--storage", shared.storage, "--format", "json")
+    assert res.exit_code == 0, res.output
+    table = json.loads(res.stdout)
+    assert [r["study"] for r in table] == ["q", f"q-copy-{tmp_path.name}"]
+    assert table[0]["hypervolume"] > 0 and table[0]["hypervolume"] == pytest.approx(table[1]["hypervolume"])
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_errors_exit_2_with_one_sentence(shared, tmp_path) -> None:
+    res = cli("show", "nope", "0", "--storage", shared.storage)
+    assert res.exit_code == 2 and "no study 'nope'" in res.output and "Traceback" not in res.output
+    res = cli("export", "q", "--trial", str(shared.failed), "--out", str(tmp_path / "m.onnx"),
+              "--storage", shared.storage)
+    assert res.exit_code == 2 and "not COMPLETE" in res.output
+    res = cli("plot", "q", "--out", str(tmp_path / "p.gif"), "--storage", shared.storage)
+    assert res.exit_code == 2 and ".html" in res.output
+    res = cli("compare", "q", "nope", "--storage", shared.storage)
+    assert res.exit_code == 2 and "no study 'nope'" in res.output

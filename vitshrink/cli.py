@@ -1,0 +1,445 @@
+"""The command line, thin: it parses options and calls vitshrink's API.
+
+    vitshrink search [RECIPE] [--trials N] [--timeout 2h] [--storage URL] [--executor local|ray]
+    vitshrink studies | pareto STUDY | show STUDY TRIAL | export STUDY --trial N | plot STUDY | compare A B
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Search Pareto-optimal compressions of vision transformers (accuracy, latency, size).")
+console = Console(stderr=True)
+out = Console()
+STATE: dict[str, Any] = {"debug": False}
+
+log = logging.getLogger("vitshrink")
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every stage and trial."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and the final table."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
+) -> None:
+    STATE.update(debug=debug, quiet=quiet)
+    level = logging.DEBUG if verbose or debug else logging.WARNING if quiet else logging.INFO
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_path=False)
+    handler.addFilter(_MaskPasswords())
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    for noisy in ("optuna", "ray", "torch", "onnxruntime", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not (verbose or debug) else logging.INFO)
+    import warnings
+
+    import optuna
+
+    # Optuna logs a failed trial with its traceback at WARNING; vitshrink already logs the reason in
+    # one line, so Optuna's own records show only with --debug (and pass the password mask).
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if debug else optuna.logging.ERROR)
+    if not debug:
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+class _MaskPasswords(logging.Filter):
+    """Mask URL passwords in every log record (the message and its arguments, once formatted)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        masked = _mask(text)
+        if masked != text:
+            record.msg, record.args = masked, ()
+        if record.exc_info and record.exc_info[1] is not None:
+            _mask_exception(record.exc_info[1])
+        return True
+
+
+def _mask_exception(exc: BaseException) -> None:
+    """Mask passwords in an exception's message (and its causes') before it is printed."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if exc.args and any(isinstance(a, str) and _mask(a) != a for a in exc.args):
+            exc.args = tuple(_mask(a) if isinstance(a, str) else a for a in exc.args)
+        exc = exc.__cause__ or exc.__context__
+
+
+_USER_ERRORS = (("vitshrink.spaces._config", "ConfigError"), ("vitshrink.data", "DataError"),
+                ("vitshrink.models", "ModelError"), ("vitshrink.search._driver", "SearchError"),
+                ("vitshrink.search._storage", "StorageError"), ("vitshrink.search._artifacts", "ArtifactError"),
+                ("vitshrink.studies", "StudyNotFound"), ("vitshrink.studies", "TrialNotAvailable"),
+                ("vitshrink.exporting", "ExportError"), ("vitshrink.plotting", "PlotError"))
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a user can cause (reported in one line, exit code 2). Only modules already
+    imported are looked at: an error cannot come from a module never imported, and a bad recipe is
+    then reported without importing torch, timm and optuna."""
+    return tuple(getattr(sys.modules[m], name) for m, name in _USER_ERRORS if m in sys.modules)
+
+
+def _mask(text: str) -> str:
+    """`mask_url` on any text; the search package (torch, optuna) is imported only when a URL is there."""
+    if "://" not in text:
+        return text
+    from .search._storage import mask_url
+
+    return mask_url(text)
+
+
+def _fail(exc: BaseException) -> None:
+    if STATE.get("debug"):
+        import traceback
+
+        _mask_exception(exc)
+        sys.stderr.write("".join(traceback.format_exception(exc)))
+    console.print(f"[bold red]error:[/] {_mask(str(exc))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _format_table(df, fmt: str, columns: list[str] | None = None) -> None:
+    import pandas as pd
+
+    if fmt not in ("table", "csv", "json"):
+        raise typer.BadParameter(f"--format {fmt!r}: use table, csv or json")
+    if fmt == "csv":
+        sys.stdout.write(df.to_csv(index=False))
+        return
+    if fmt == "json":
+        sys.stdout.write(df.to_json(orient="records", indent=2, date_format="iso") + "\n")
+        return
+    from rich.table import Table
+
+    cols = columns or list(df.columns)
+    table = Table(show_lines=False)
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for _, row in df.iterrows():
+        table.add_row(*["" if (not isinstance(v, (list, tuple, dict)) and pd.isna(v)) else _fmt(v) for v in (row[c] for c in cols)])
+    out.print(table)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _pareto_records(handle) -> list[dict[str, Any]]:
+    from .search._artifacts import config_of
+
+    from .search import pareto_trials
+
+    records = []
+
+    for t in pareto_trials(handle.study):
+        records.append({"trial": t.number, "accuracy": t.values[0], "latency_ms": t.values[1],
+                        "size_bytes": int(t.values[2]),
+                        "test_accuracy": handle.study.user_attrs.get(f"vitshrink.test_accuracy.{t.number}"),
+                        "latency_iqr_ms": t.user_attrs.get("latency_iqr_ms"), "params": t.user_attrs.get("params"),
+                        "macs": t.user_attrs.get("macs"), "role": t.user_attrs.get("role", "sampled"),
+                        "label": t.user_attrs.get("label"), "config": config_of(t).to_dict()})
+    return records
+
+
+@app.command()
+def search(
+    recipe: Optional[str] = typer.Argument(None, help="A recipe TOML file or built-in name (default: quickstart)."),
+    trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Completed trials wanted in the study."),
+    timeout: Optional[str] = typer.Option(None, help="Stop starting trials after this long (e.g. 90s, 10m, 2h)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default sqlite:///vitshrink.db)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the recipe's)."),
+    model: Optional[str] = typer.Option(None, "--model", help="The teacher's timm architecture."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="The teacher's weights (safetensors/pth)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="digits, fashion-mnist, cifar10 or image-folder."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the dataset's files are."),
+    sampler: Optional[str] = typer.Option(None, help="nsga2, tpe, gp or random."),
+    seed_with: Optional[str] = typer.Option(None, "--seed-with", help="'reference': enqueue the hand-picked set."),
+    executor: str = typer.Option("local", help="local, or ray to run trials on a Ray cluster."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+    workers: int = typer.Option(1, help="Concurrent trials on Ray."),
+    artifacts: Optional[str] = typer.Option(None, help="Folder for the saved models (default: beside the storage)."),
+    new_study: bool = typer.Option(False, "--new-study", help="Start a new study instead of resuming."),
+    grace_period: int = typer.Option(30, "--grace-period", min=1,
+                                     help="Seconds without a heartbeat before a RUNNING trial is failed and retried."),
+) -> None:
+    """Run (or resume) a search; running the same command again resumes it."""
+    try:
+        from .spaces import parse_duration, resolve_recipe
+
+        r = resolve_recipe(recipe)
+        r = r.with_overrides(trials=trials, timeout=parse_duration(timeout), sampler=sampler, seed_with=seed_with,
+                             dataset=dataset, data_dir=data_dir, teacher_model=model, teacher_checkpoint=checkpoint)
+        if model and not checkpoint:
+            r = r.with_overrides(teacher_checkpoint=None)
+        _run_search_with_progress(r, storage, study, new_study, artifacts, executor, address, workers, grace_period)
+    except _user_errors() as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        _interrupted(storage)
+
+
+def _interrupted(storage: str | None) -> None:
+    """Ctrl-C: fail (and queue for retry) any trial this process still holds RUNNING, then exit 130."""
+    failed = []
+    if "vitshrink.search._storage" in sys.modules:
+        from .search._storage import fail_own_running_trials
+
+        try:
+            failed = fail_own_running_trials(storage, "interrupted by the user (Ctrl-C); retried when the search resumes")
+        except Exception as exc:  # noqa: BLE001 - the next run fails stale trials anyway
+            log.warning("could not mark the running trial as failed: %s", exc)
+    extra = f" ({len(failed)} running trial(s) marked failed)" if failed else ""
+    console.print(f"[yellow]interrupted[/]{extra}: completed trials are stored and the interrupted trial is queued "
+                  "to run again; run the same command to resume", highlight=False, soft_wrap=True)
+    raise typer.Exit(130)
+
+
+def _run_search_with_progress(r, storage, study_name, new_study, artifacts, executor, address, workers,
+                              grace_period=30) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .search import run_search
+    from .search._storage import describe_storage
+
+    quiet = STATE.get("quiet")
+    console.print(f"[bold]vitshrink search[/] {r.name}: {r.dataset}, teacher {r.teacher_model}, "
+                  f"{r.trials} trials, storage {describe_storage(storage)}")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[best]}"), console=console, disable=bool(quiet), transient=False)
+    with progress:
+        teacher_task = progress.add_task("teacher epochs", total=None, best="", visible=False)
+        trial_task = progress.add_task("trials", total=r.trials, best="")
+
+        def on_epoch(epoch: int, total: int, loss: float) -> None:
+            progress.update(teacher_task, visible=True, total=total, completed=epoch, best=f"loss {loss:.3f}")
+
+        def on_trial(st, frozen, counts) -> None:
+            done = [t for t in st.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+            best = ""
+            if done:
+                best = (f"best acc {max(t.values[0] for t in done):.3f} · "
+                        f"lat {min(t.values[1] for t in done):.3f} ms · "
+                        f"size {min(t.values[2] for t in done) / 1e3:.0f} kB · failed {counts['FAIL']}")
+            progress.update(trial_task, completed=counts["COMPLETE"], best=best)
+            if frozen.state.name == "FAIL" and executor != "local":  # local trials log their own failure
+                log.warning("trial %d failed: %s", frozen.number, frozen.user_attrs.get("fail_reason"))
+
+        summary = run_search(r, storage=storage, study_name=study_name, new_study=new_study, artifact_dir=artifacts,
+                             executor=executor, address=address, workers=workers, on_trial=on_trial,
+                             on_teacher_epoch=on_epoch, grace_period=grace_period)
+    console.print(f"study {summary.study.study_name!r}: {summary.completed} completed, {summary.failed} failed, "
+                  f"{summary.new_trials} run now in {summary.seconds:.0f} s (stopped by {summary.stopped_by})")
+    from .studies import StudyHandle
+
+    df = StudyHandle(summary.study, storage or "").pareto()
+    if len(df):
+        _format_table(df, "table", _TABLE_COLUMNS)
+    if summary.stopped_by == "failures":
+        _stopped_by_failures(summary.study, r)
+
+
+def _stopped_by_failures(study, r) -> None:
+    """Too many trials failed in this run: name the most common reason and exit 1."""
+    from collections import Counter
+
+    reasons = Counter(t.user_attrs.get("fail_reason") or "no reason recorded"
+                      for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL")
+    reason, n = reasons.most_common(1)[0]
+    limit = r.max_failures if r.max_failures is not None else max(5, r.trials)
+    console.print(f"[bold red]error:[/] search stopped: {limit} trials failed in this run (study.max_failures = "
+                  f"{limit}); most common reason ({n}x): {_mask(reason)}. Fix the cause (see `vitshrink show "
+                  f"{study.study_name} N` for a trial) and run the same command to resume, or raise "
+                  "study.max_failures in the recipe", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+_TABLE_COLUMNS = ["trial", "accuracy", "test_accuracy", "latency_ms", "latency_iqr_ms", "size_bytes", "label"]
+
+
+@app.command()
+def pareto(
+    study: str = typer.Argument("quickstart", help="Study name."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
+    format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+) -> None:
+    """The Pareto-optimal trials: trial number, objectives and config."""
+    try:
+        from .studies import open_study
+
+        handle = open_study(study, storage)
+        if format == "json":
+            sys.stdout.write(json.dumps(_pareto_records(handle), indent=2) + "\n")
+            return
+        _format_table(handle.pareto(), format, _TABLE_COLUMNS if format == "table" else None)
+    except _user_errors() as exc:
+        _fail(exc)
+
+
+@app.command()
+def studies(
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
+    format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+) -> None:
+    """List the studies in a storage with their progress and best values."""
+    try:
+        from .studies import list_studies
+
+        _format_table(list_studies(storage), format)
+    except _user_errors() as exc:
+        _fail(exc)
+
+
+# --- show / export / plot / compare: querying studies and shipping their models ---------------------------------
+
+
+def _busy(text: str):
+    """A spinner on stderr while a slow step runs (silent with --quiet)."""
+    import contextlib
+
+    return contextlib.nullcontext() if STATE.get("quiet") else console.status(text)
+
+
+@app.command()
+def show(
+    study: str = typer.Argument(..., help="Study name."),
+    trial: int = typer.Argument(..., help="Trial number."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
+    format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+) -> None:
+    """One trial in full: config, each build stage's record, objectives, latency spread, test accuracy, failure."""
+    try:
+        from .studies import open_study
+
+        handle = open_study(study, storage)
+        info = handle.describe(trial)
+        if format == "json":
+            sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+            return
+        if format == "csv":
+            _format_table(handle.trials().query(f"trial == {trial}"), "csv")
+            return
+        if format != "table":
+            raise typer.BadParameter(f"--format {format!r}: use table, csv or json")
+        _show_table(info)
+    except _user_errors() as exc:
+        _fail(exc)
+
+
+def _show_table(info: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    head = Table(show_header=False, box=None, title=f"{info['study']} · trial {info['trial']}", title_justify="left")
+    head.add_column(style="bold")
+    head.add_column()
+    acc = info["objectives"].get("accuracy")
+    rows = [("state", info["state"]), ("role", info["role"]), ("label", info["label"]),
+            ("val accuracy", acc), ("test accuracy", info["test_accuracy"]),
+            ("teacher accuracy", info["teacher_accuracy"]), ("accuracy drop", info["accuracy_drop"]),
+            ("latency ms (median)", info["objectives"].get("latency_ms")),
+            ("latency IQR ms / CV", f"{_fmt(info['latency_iqr_ms'])} / {_fmt(info['latency_cv'])}"
+             if info["latency_iqr_ms"] is not None else None),
+            ("size bytes", None if info["objectives"].get("size_bytes") is None
+             else int(info["objectives"]["size_bytes"])), ("params", info["params"]), ("MACs", info["macs"]),
+            ("feasible", info["feasible"]), ("seconds", info["seconds"]), ("fail reason", info["fail_reason"])]
+    for k, v in rows:
+        if v is not None:
+            head.add_row(k, _fmt(v))
+    out.print(head)
+    if info["config"]:
+        from .spaces import CompressionConfig
+
+        default = CompressionConfig().to_dict()
+        changed = {k: v for k, v in info["config"].items() if v != default.get(k)}
+        out.print("config: " + (json.dumps(changed) if changed else "teacher (all identity settings)"))
+    if info["records"]:
+        out.print("build stages:")
+        for r in info["records"]:
+            main = {"stage", "transform", "seconds", "params_before", "params_after", "macs_before", "macs_after"}
+            notes = " ".join(f"{k}={json.dumps(v)}" for k, v in r.items() if k not in main)
+            out.print(f"  {r.get('stage')}/{r.get('transform')}: params {r.get('params_before')} -> "
+                      f"{r.get('params_after')}, MACs {r.get('macs_before')} -> {r.get('macs_after')}, "
+                      f"{r.get('seconds')} s" + (f"; {notes}" if notes else ""), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def export(
+    study: str = typer.Argument(..., help="Study name."),
+    trial: int = typer.Option(..., "--trial", "-t", help="A completed trial (see `vitshrink pareto`)."),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx, torchscript or safetensors."),
+    out_path: str = typer.Option(..., "--out", "-o", help="File to write; a model card goes to <file>.card.json."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
+) -> None:
+    """Export a trial's model (ONNX, TorchScript or safetensors + config) with a JSON model card."""
+    try:
+        from .exporting import card_path
+        from .studies import open_study
+
+        handle = open_study(study, storage)
+        with _busy(f"exporting trial {trial} of {study} as {format}"):
+            path = handle.export(trial, format, out_path)
+        card = json.loads(card_path(path).read_text())
+        check = card["check"]
+        console.print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB) and {card_path(path).name}; "
+                      f"checked against {card['checked_against']}: max |diff| {check['max_abs_diff']:.2g}, "
+                      f"argmax agreement {check['argmax_agreement']:.3f}", highlight=False)
+    except _user_errors() as exc:
+        _fail(exc)
+
+
+@app.command()
+def plot(
+    study: str = typer.Argument(..., help="Study name."),
+    out_path: str = typer.Option("pareto.png", "--out", "-o", help=".png/.svg/.pdf, or .html (needs plotly)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
+) -> None:
+    """Plot accuracy vs latency (marker size = model size), the Pareto front, teacher and references."""
+    try:
+        from .plotting import plot_study
+        from .studies import open_study
+
+        with _busy(f"plotting {study}"):
+            path = plot_study(open_study(study, storage), out_path)
+        console.print(f"wrote {path}", highlight=False)
+    except _user_errors() as exc:
+        _fail(exc)
+
+
+@app.command()
+def compare(
+    studies_: list[str] = typer.Argument(..., metavar="STUDY...", help="Two or more study names."),
+    out_path: Optional[str] = typer.Option(None, "--out", "-o", help="Also plot the fronts (.png or .html)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (all studies are read from it)."),
+    format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+) -> None:
+    """Compare studies: their hypervolumes (teacher-normalised) as a table, their fronts on one plot."""
+    try:
+        from .studies import compare_studies, open_study
+
+        handles = [open_study(name, storage) for name in studies_]
+        _format_table(compare_studies(handles), format)
+        if out_path:
+            from .plotting import plot_comparison
+
+            path = plot_comparison(handles, out_path)
+            console.print(f"wrote {path}", highlight=False)
+    except _user_errors() as exc:
+        _fail(exc)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Compression transforms, one module per technique, registered by name and applied by `build`
+in the order student -> prune -> low-rank -> tokens -> fine-tune (KD) -> quantize."""
+
+from ._build import BuildResult, build, seed_everything
+from ._registry import STAGES, BuildContext, get_transform, list_transforms, register_transform
+
+# Importing a technique's module registers its transforms.
+from . import distill, lowrank, prune, quantize, svd, tokens  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "STAGES",
+    "BuildContext",
+    "BuildResult",
+    "build",
+    "get_transform",
+    "list_transforms",
+    "register_transform",
+    "seed_everything",
+]

@@ -1,0 +1,104 @@
+"""`build`: apply the registered transforms of a config to a teacher, in the documented order."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import DataBundle
+from ..models import copy_model, param_count
+from ..spaces import CompressionConfig
+from ._registry import STAGES, BuildContext, _TRANSFORMS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildResult:
+    """The compressed model, its float form before quantization (what is saved), and one record per stage."""
+
+    model: nn.Module
+    float_model: nn.Module
+    records: list[dict[str, Any]]
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build(
+    teacher: nn.Module,
+    config: CompressionConfig,
+    data: DataBundle,
+    seed: int = 0,
+    teacher_logits: torch.Tensor | None = None,
+    train: bool = True,
+    float_state: dict[str, torch.Tensor] | None = None,
+    progress=None,
+    kd_limit: int | None = None,
+) -> BuildResult:
+    """Apply `config` to a copy of `teacher`: student -> prune -> low-rank -> tokens -> fine-tune -> quantize.
+
+    Deterministic in (teacher, config, data, seed). With `train=False` the training stages only
+    shape the model (students are created but not trained, fine-tuning is skipped); together with
+    `float_state` (the saved float weights of a trial) this rebuilds a stored trial exactly.
+    `kd_limit` restricts student / fine-tune training to a seeded subset of that many train images.
+
+    Example:
+        >>> result = build(teacher, CompressionConfig(prune_heads=0.5), data)  # doctest: +SKIP
+        >>> [r["stage"] for r in result.records]  # doctest: +SKIP
+        ['prune']
+    """
+    from ..objectives.macs import count_macs  # lazy: objectives sits right of compress, macs is leaf-only
+
+    seed_everything(seed)
+    ctx = BuildContext(data=data, teacher=teacher.eval(), seed=seed, teacher_logits=teacher_logits,
+                       progress=progress, train=train, kd_limit=kd_limit)
+    model = copy_model(teacher).eval()
+    float_model = model
+    for stage in STAGES:
+        if stage == "quantize":
+            if float_state is not None:
+                model.load_state_dict(float_state)
+            float_model = model
+        for t in sorted((t for t in _TRANSFORMS.values() if t.stage == stage), key=lambda t: t.name):
+            if not t.is_active(config):
+                continue
+            if stage in ("finetune",) and not train:
+                continue
+            before = {"params": param_count(model), "macs": _safe_macs(count_macs, model, ctx)}
+            start = time.perf_counter()
+            seed_everything(seed)
+            ctx.notes = {}
+            model = t.fn(model, config, ctx).eval()
+            record = {
+                "stage": stage,
+                "transform": t.name,
+                "seconds": round(time.perf_counter() - start, 3),
+                "params_before": before["params"],
+                "params_after": param_count(model) if stage != "quantize" else before["params"],
+                "macs_before": before["macs"],
+                "macs_after": _safe_macs(count_macs, model, ctx) if stage != "quantize" else before["macs"],
+            }
+            record.update(ctx.notes)
+            ctx.records.append(record)
+            log.debug("stage %s/%s: %s", stage, t.name, record)
+    return BuildResult(model=model, float_model=float_model, records=ctx.records)
+
+
+def _safe_macs(count_macs, model: nn.Module, ctx: BuildContext) -> int | None:
+    try:
+        return int(count_macs(model, ctx.example(1)))
+    except Exception:  # noqa: BLE001 - MACs are informative; a model the counter cannot trace still builds
+        return None

@@ -1,0 +1,361 @@
+"""Students and knowledge distillation: a smaller ViT trained from the teacher's soft targets
+("student" stage), and a short KD recovery fine-tune of a compressed model ("finetune" stage).
+
+Both train with Hinton et al.'s loss on the teacher's logits over the train split, which are
+computed once per (teacher weights, data) and cached in memory and on disk (`teacher_logits`).
+
+DeiT distilled models (timm's `VisionTransformerDistilled`, heads `head` and `head_dist`) are
+trained as in DeiT's soft distillation: `distilled_training` is switched on while training, the
+class head learns from the labels and the distillation head from the teacher; it is switched off
+again afterwards, so the returned model averages the two heads, as timm does at inference.
+
+Example:
+    >>> cfg = CompressionConfig(student="custom", student_depth=1, student_embed_dim=16,
+    ...                         student_heads=2, student_epochs=1)
+    >>> student = make_student(teacher, cfg)  # doctest: +SKIP
+    >>> len(student.blocks), student.embed_dim  # doctest: +SKIP
+    (1, 16)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import DataBundle, Split, cache_dir
+from ..models import ModelError, TeacherSpec, TrainSettings, copy_model, create_model, param_count, train_classifier
+from ..spaces import CompressionConfig, ConfigError
+from ._registry import BuildContext, register_transform
+
+log = logging.getLogger(__name__)
+
+# Students train from scratch: the usual ViT recipe of models.TrainSettings (AdamW, lr 2e-3, wd 0.05).
+STUDENT_SETTINGS = TrainSettings()
+# Recovery fine-tune starts from good weights that a compression step has perturbed: a 4x lower peak
+# learning rate and lighter weight decay repair them without washing out what the teacher taught.
+FINETUNE_SETTINGS = TrainSettings(lr=5e-4, weight_decay=0.01)
+
+_LOGITS_MEMORY: dict[str, torch.Tensor] = {}
+
+
+def kd_loss(
+    student_logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 0.7,
+) -> torch.Tensor:
+    """Hinton et al.'s distillation loss, averaged over the batch:
+    ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``.
+
+    A pair ``(cls_logits, dist_logits)`` (a DeiT distilled model in distilled training) takes the
+    cross-entropy on the class head and the KL term on the distillation head, as in DeiT.
+
+    Example:
+        >>> s, t = torch.zeros(2, 3), torch.zeros(2, 3)
+        >>> round(float(kd_loss(s, torch.tensor([0, 1]), t, 2.0, 0.5)), 4)  # 0.5 * ln 3
+        0.5493
+    """
+    cls_logits, dist_logits = student_logits if isinstance(student_logits, tuple) else (student_logits,) * 2
+    t = float(temperature)
+    kl = F.kl_div(
+        F.log_softmax(dist_logits / t, dim=-1),
+        F.log_softmax(teacher_logits.to(dist_logits.dtype) / t, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return alpha * t * t * kl + (1.0 - alpha) * F.cross_entropy(cls_logits, labels)
+
+
+def _tensor_digest(h: Any, tensor: torch.Tensor) -> None:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    h.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+    h.update(flat.view(torch.uint8).numpy())  # raw bytes of any dtype, bf16 included
+
+
+def logits_cache_key(teacher: nn.Module, data: DataBundle) -> str:
+    """A short hash of the teacher's weights and the train split (its description and contents).
+
+    Example:
+        >>> logits_cache_key(teacher, data)  # doctest: +SKIP
+        'c0ffee12deadbeef'
+    """
+    h = hashlib.sha256()
+    for name, value in sorted(teacher.state_dict().items()):
+        if isinstance(value, torch.Tensor):
+            h.update(name.encode())
+            _tensor_digest(h, value)
+    h.update(data.describe().encode())
+    # describe() names sizes, not contents: two seeds of one dataset must not share logits
+    _tensor_digest(h, data.train.x)
+    _tensor_digest(h, data.train.y)
+    return h.hexdigest()[:16]
+
+
+def clear_logits_memory() -> None:
+    """Forget the teacher logits held in this process (the disk cache stays)."""
+    _LOGITS_MEMORY.clear()
+
+
+def teacher_logits(
+    teacher: nn.Module, data: DataBundle, cache_key: str | None = None, batch_size: int = 256
+) -> torch.Tensor:
+    """The teacher's logits on the train split, shape (len(data.train), num_classes), float32.
+
+    Computed once: kept in memory for the process and on disk at
+    ``cache_dir()/logits/<key>.safetensors`` (key: `cache_key`, else `logits_cache_key`). The
+    returned tensor is the cached one: read it, never modify it in place.
+
+    Example:
+        >>> logits = teacher_logits(teacher, data)  # doctest: +SKIP
+        >>> logits.shape == (len(data.train), data.num_classes)  # doctest: +SKIP
+        True
+    """
+    from safetensors.torch import load_file, save_file
+
+    key = cache_key or logits_cache_key(teacher, data)
+    if key in _LOGITS_MEMORY:
+        return _LOGITS_MEMORY[key]
+    folder = cache_dir() / "logits"
+    path = folder / f"{key}.safetensors"
+    logits = None
+    if path.exists():
+        try:
+            logits = load_file(str(path))["logits"]
+        except Exception as exc:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
+            log.warning("teacher logits cache %s unreadable (%s); recomputing", path, exc)
+        if logits is not None and logits.shape[0] != len(data.train):
+            log.warning("teacher logits cache %s has %d rows for %d images; recomputing",
+                        path, logits.shape[0], len(data.train))
+            logits = None
+    if logits is None:
+        logits = _run_teacher(teacher, data.train.x, batch_size)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per-process: parallel workers never share one
+        save_file({"logits": logits.contiguous()}, str(tmp), metadata={"data": data.describe()})
+        tmp.replace(path)  # atomic: readers see the old file or the whole new one
+        log.info("teacher logits: computed %s, cached at %s", tuple(logits.shape), path)
+    _LOGITS_MEMORY[key] = logits
+    return logits
+
+
+@torch.no_grad()
+def _run_teacher(teacher: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        return torch.cat([teacher(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
+    finally:
+        teacher.train(was_training)
+
+
+def _vit_geometry(teacher: nn.Module) -> dict[str, Any]:
+    """The input/output setup a student must share with the teacher, read from a timm ViT."""
+    embed = getattr(teacher, "patch_embed", None)
+    if embed is None or not hasattr(teacher, "blocks"):
+        raise ConfigError(
+            f"a student needs a timm VisionTransformer teacher (with patch_embed and blocks), got {type(teacher).__name__}"
+        )
+    return {
+        "img_size": tuple(embed.img_size),
+        "patch_size": tuple(embed.patch_size),
+        "in_chans": int(embed.proj.in_channels),
+        "num_classes": int(teacher.num_classes),
+    }
+
+
+def _custom_kwargs(teacher: nn.Module, config: CompressionConfig) -> dict[str, Any]:
+    use_fc_norm = not isinstance(getattr(teacher, "fc_norm", nn.Identity()), nn.Identity)
+    has_norm = not isinstance(getattr(teacher, "norm", nn.Identity()), nn.Identity)
+    return {
+        **_vit_geometry(teacher),
+        "embed_dim": config.student_embed_dim,
+        "depth": config.student_depth,
+        "num_heads": config.student_heads,
+        "mlp_ratio": config.student_mlp_ratio,
+        "class_token": getattr(teacher, "cls_token", None) is not None,
+        "reg_tokens": int(getattr(teacher, "num_reg_tokens", 0)),
+        "no_embed_class": bool(getattr(teacher, "no_embed_class", False)),
+        "global_pool": getattr(teacher, "global_pool", "token"),
+        "pre_norm": not isinstance(getattr(teacher, "norm_pre", nn.Identity()), nn.Identity),
+        "fc_norm": use_fc_norm,
+        "final_norm": has_norm or use_fc_norm,
+    }
+
+
+def make_student(teacher: nn.Module, config: CompressionConfig) -> nn.Module:
+    """The untrained student of `config`, with the teacher's input size, patches, channels and classes.
+
+    ``student="custom"`` builds a timm VisionTransformer of `student_depth` blocks, width
+    `student_embed_dim`, `student_heads` heads and `student_mlp_ratio`, with the teacher's token setup
+    (class / register / distillation tokens, pooling, norms). Any other value is a timm model name.
+
+    Example:
+        >>> make_student(teacher, CompressionConfig(student="deit_tiny_patch16_224", student_epochs=1))  # doctest: +SKIP
+    """
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    if config.student == "none":
+        raise ConfigError("student='none' asks for no student; set student='custom' or a timm model name")
+    if config.student != "custom":
+        try:
+            return create_model(TeacherSpec(config.student, _vit_geometry(teacher))).eval()
+        except ModelError as exc:
+            raise ConfigError(f"student={config.student!r}: {exc}") from None
+    kwargs = _custom_kwargs(teacher, config)
+    # a DeiT-distilled teacher gets a distilled student, so the token layout and the heads match
+    cls = VisionTransformerDistilled if hasattr(teacher, "dist_token") else VisionTransformer
+    try:
+        return cls(**kwargs).eval()
+    except (AssertionError, TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot build the custom student {kwargs}: {exc}") from None
+
+
+def student_arch(model: nn.Module) -> dict[str, Any]:
+    """JSON-able description of a timm ViT: depth, width, heads, MLP ratio, tokens, distilled or not."""
+    block = model.blocks[0]
+    return {
+        "class": type(model).__name__,
+        "depth": len(model.blocks),
+        "embed_dim": int(model.embed_dim),
+        "num_heads": int(block.attn.num_heads),
+        "mlp_ratio": round(block.mlp.fc1.out_features / model.embed_dim, 4),
+        "num_prefix_tokens": int(model.num_prefix_tokens),
+        "distilled": hasattr(model, "dist_token"),
+        "img_size": list(model.patch_embed.img_size),
+        "patch_size": list(model.patch_embed.patch_size),
+        "num_classes": int(model.num_classes),
+    }
+
+
+def distill_train(
+    model: nn.Module,
+    data: DataBundle,
+    logits: torch.Tensor,
+    settings: TrainSettings,
+    temperature: float,
+    alpha: float,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> float:
+    """Train `model` in place by knowledge distillation from `logits` (the teacher's, on the train
+    split); returns the mean loss of the last epoch.
+
+    Example:
+        >>> distill_train(student, data, teacher_logits(teacher, data), TrainSettings(epochs=5), 4.0, 0.7)  # doctest: +SKIP
+        0.41
+    """
+    if logits.shape != (len(data.train), data.num_classes):
+        raise ValueError(
+            f"teacher logits of shape {tuple(logits.shape)} do not match the train split "
+            f"({len(data.train)} images, {data.num_classes} classes); recompute them with teacher_logits()"
+        )
+    last = [float("nan")]
+
+    def report(epoch: int, total: int, loss: float) -> None:
+        last[0] = loss
+        if progress:
+            progress(epoch, total, loss)
+
+    def loss_fn(out, labels, targets):
+        return kd_loss(out, labels, targets, temperature, alpha)
+
+    distilled = hasattr(model, "set_distilled_training")
+    if distilled:
+        model.set_distilled_training(True)  # both heads during training: CE on head, KD on head_dist
+    try:
+        train_classifier(model, data, settings, seed=seed, loss_fn=loss_fn, extra_targets=logits, progress=report)
+    finally:
+        if distilled:
+            model.set_distilled_training(False)  # inference averages the heads, as timm does
+    return last[0]
+
+
+def _context_logits(ctx: BuildContext) -> torch.Tensor:
+    if ctx.teacher_logits is None:
+        # kept on the context so a build that trains a student and fine-tunes reads them once
+        ctx.teacher_logits = teacher_logits(ctx.teacher, ctx.data)
+    return ctx.teacher_logits
+
+
+def _kd_inputs(ctx: BuildContext) -> tuple[DataBundle, torch.Tensor]:
+    """The data and teacher logits KD trains on: the whole train split, or the seeded subset of
+    `ctx.kd_limit` images (rows of the cached logits picked by the same indices)."""
+    logits = _context_logits(ctx)
+    idx = ctx.kd_indices()
+    if idx is None:
+        return ctx.data, logits
+    train = Split(ctx.data.train.x[idx], ctx.data.train.y[idx])
+    return dataclasses.replace(ctx.data, train=train), logits[idx]
+
+
+def _stage_progress(ctx: BuildContext, stage: str) -> Callable[[int, int, float], None] | None:
+    if ctx.progress is None:
+        return None
+    return lambda epoch, total, loss: ctx.progress(stage, epoch, total, loss)
+
+
+@register_transform("student", "student", lambda c: c.student != "none")
+def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
+    """Replace the teacher by a smaller ViT trained by knowledge distillation for `student_epochs`
+    (untrained when ``ctx.train`` is False: the caller loads the saved weights)."""
+    if config.student == "none":
+        return copy_model(model)
+    torch.manual_seed(ctx.seed)  # the same config and seed give the same initial student
+    new = make_student(model, config)
+    final_loss, kd_images = None, 0
+    if ctx.train:
+        settings = dataclasses.replace(STUDENT_SETTINGS, epochs=config.student_epochs)
+        kd_data, kd_logits = _kd_inputs(ctx)
+        kd_images = len(kd_data.train)
+        final_loss = distill_train(new, kd_data, kd_logits, settings, config.kd_temperature,
+                                   config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "student"))
+    ctx.note(
+        student_params=param_count(new),
+        student_arch=student_arch(new),
+        kd_epochs=config.student_epochs if ctx.train else 0,
+        kd_images=kd_images,
+        final_loss=None if final_loss is None else round(final_loss, 5),
+        lr=STUDENT_SETTINGS.lr,
+    )
+    return new.eval()
+
+
+@register_transform("finetune", "finetune", lambda c: c.kd_epochs > 0)
+def finetune(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
+    """Recover accuracy lost to pruning, low-rank or token reduction with `kd_epochs` epochs of
+    knowledge distillation from the teacher, at the lower fine-tuning learning rate (5e-4)."""
+    new = copy_model(model)
+    if config.kd_epochs == 0 or not ctx.train:
+        return new.eval()  # identity setting, or a rebuild whose weights are loaded afterwards
+    settings = dataclasses.replace(FINETUNE_SETTINGS, epochs=config.kd_epochs)
+    kd_data, kd_logits = _kd_inputs(ctx)
+    final_loss = distill_train(new, kd_data, kd_logits, settings, config.kd_temperature,
+                               config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "finetune"))
+    ctx.note(kd_epochs=config.kd_epochs, kd_images=len(kd_data.train), lr=settings.lr, final_loss=round(final_loss, 5),
+             kd_temperature=config.kd_temperature, kd_alpha=config.kd_alpha)
+    return new.eval()
+
+
+__all__ = [
+    "FINETUNE_SETTINGS",
+    "STUDENT_SETTINGS",
+    "clear_logits_memory",
+    "distill_train",
+    "finetune",
+    "kd_loss",
+    "logits_cache_key",
+    "make_student",
+    "student",
+    "student_arch",
+    "teacher_logits",
+]

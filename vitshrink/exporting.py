@@ -1,0 +1,245 @@
+"""Ship a trial's model: ONNX, TorchScript or safetensors + JSON config, each with a model card.
+
+What each format holds, by the trial's quantization mode:
+
+- ``onnx``: the deployed model as an ONNX graph (dynamic batch, input ``images``, output
+  ``logits``). Trials that run in ONNX Runtime (``ort_fp32``, ``ort_int8``, ``static_int8``)
+  already hold their graph: it is written exactly as it was measured. Torch ``dynamic_int8``
+  trials: the float model is exported and quantized with ONNX Runtime's dynamic quantization
+  (int8 MatMul/Gemm weights), i.e. ORT's quantization of the same float weights, not a bit-exact
+  copy of torch's int8 kernels (the card records how well the two agree). ``bf16`` trials are
+  exported in float32 (ONNX Runtime's CPU kernels have no bf16 matmul).
+- ``torchscript``: ``torch.jit.trace`` of the deployed torch model (dynamic int8 Linear layers
+  and the bf16 wrapper trace as they are). ``ort_fp32`` trials trace the float model (the same
+  arithmetic); ONNX Runtime int8 graphs have no torch form and are refused (export them as onnx).
+- ``safetensors``: the float weights exactly as stored in the trial's artifact, with the config in
+  the file's metadata and in ``<name>.config.json`` (rebuild with `vitshrink.compress.build`).
+
+Every export is checked before it is reported done: the exported file is loaded back and run on
+validation images, and the card records how far its outputs are from the torch model's.
+The card (``<file>.card.json``) holds config, objectives, latency spread, val and test accuracy,
+the target description, the teacher's accuracy and the library versions.
+
+Example:
+    >>> from vitshrink.studies import open_study
+    >>> export_trial(open_study("quickstart"), 3, "onnx", Path("model.onnx"))  # doctest: +SKIP
+    PosixPath('model.onnx')
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .spaces import CompressionConfig
+
+if TYPE_CHECKING:
+    from .studies import StudyHandle
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+FLOAT_TOLERANCE = 1e-3  # max |onnx - torch| relative to the largest |logit|, for float graphs
+CHECK_IMAGES = 16
+
+
+class ExportError(ValueError):
+    """An export that cannot be made as asked; the message says why and what to do instead."""
+
+
+def card_path(path: str | Path) -> Path:
+    """Where the model card of an export at `path` lives: ``<path>.card.json``."""
+    p = Path(path)
+    return p.with_name(p.name + ".card.json")
+
+
+def run_onnx(path_or_bytes: str | Path | bytes, x: torch.Tensor) -> torch.Tensor:
+    """Logits of an ONNX model run by ONNX Runtime on the CPU."""
+    import onnxruntime as ort
+
+    src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.float().numpy()})[0])
+
+
+def agreement(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """How close two logit batches are: max absolute difference (also relative to the largest
+    reference logit), mean cosine similarity per image, and the fraction of equal argmax."""
+    out, ref = out.float(), ref.float()
+    diff = float((out - ref).abs().max())
+    return {"max_abs_diff": diff, "rel_diff": diff / max(float(ref.abs().max()), 1e-12),
+            "cosine": float(torch.nn.functional.cosine_similarity(out, ref, dim=1).mean()),
+            "argmax_agreement": float((out.argmax(1) == ref.argmax(1)).float().mean())}
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).float()
+
+
+def _check_float(check: dict[str, float], what: str) -> None:
+    if check["rel_diff"] > FLOAT_TOLERANCE:
+        raise ExportError(f"the exported {what} differs from the torch model by {check['max_abs_diff']:.3g} "
+                          f"(relative {check['rel_diff']:.3g} > {FLOAT_TOLERANCE}); the file was not kept, "
+                          "re-run with --debug and report it")
+
+
+def _export_onnx(handle: StudyHandle, number: int, config: CompressionConfig, path: Path, x: torch.Tensor
+                 ) -> dict[str, Any]:
+    from .compress.onnx_runtime import OrtModule, onnx_bytes, quantize_onnx_dynamic
+
+    deployed = handle.load_model(number)
+    if isinstance(deployed, OrtModule):  # ort_fp32, ort_int8, static_int8: the graph measured in the trial
+        path.write_bytes(deployed.model_bytes)
+        check = agreement(run_onnx(path, x), _logits(deployed, x))
+        _check_float(check, "ONNX graph")  # the same graph in the same runtime: equal up to thread scheduling
+        return {"exported_model": f"the ONNX Runtime graph measured in the trial (quant={config.quant}, "
+                                  f"{deployed.kind})", "checked_against": "the trial's deployed model", "check": check}
+    float_model = handle.load_float_model(number)
+    blob = onnx_bytes(float_model, x[:1])
+    if config.quant == "dynamic_int8":
+        path.write_bytes(quantize_onnx_dynamic(blob))
+        return {"exported_model": "ONNX Runtime dynamic int8 quantization (int8 MatMul/Gemm weights) of the trial's "
+                                  "float weights; the trial measured torch's dynamic int8 of the same weights",
+                "checked_against": "the torch dynamic_int8 model", "check": agreement(run_onnx(path, x),
+                                                                                       _logits(deployed, x))}
+    path.write_bytes(blob)
+    check = agreement(run_onnx(path, x), _logits(float_model, x))
+    _check_float(check, "ONNX graph")
+    what = "the float32 model (the trial ran bf16 weights; ONNX Runtime's CPU has no bf16 matmul)" \
+        if config.quant == "bf16" else "the float32 model"
+    return {"exported_model": what, "checked_against": "the float torch model", "check": check}
+
+
+def _export_torchscript(handle: StudyHandle, number: int, config: CompressionConfig, path: Path, x: torch.Tensor
+                        ) -> dict[str, Any]:
+    from .compress.onnx_runtime import OrtModule
+
+    model = handle.load_model(number)
+    what = f"the deployed torch model (quant={config.quant})"
+    if isinstance(model, OrtModule):
+        if model.kind != "fp32":
+            raise ExportError(f"trial {number} is quantized by ONNX Runtime (quant={config.quant}) and has no "
+                              "TorchScript form; export it with --format onnx")
+        model, what = handle.load_float_model(number), "the float32 model (the trial ran the same graph in ONNX Runtime)"
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model.eval(), (x[:2],), check_trace=False)
+    except Exception as exc:  # noqa: BLE001 - tracing errors come in many types; one message for all
+        raise ExportError(f"trial {number} (quant={config.quant}) cannot be traced to TorchScript "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); export it with --format onnx") \
+            from None
+    torch.jit.save(traced, str(path))
+    check = agreement(_logits(torch.jit.load(str(path)), x), _logits(model, x))  # another batch size than traced
+    _check_float(check, "TorchScript module")
+    return {"exported_model": what, "checked_against": "the torch model", "check": check}
+
+
+def _export_safetensors(handle: StudyHandle, number: int, config: CompressionConfig, path: Path, x: torch.Tensor
+                        ) -> dict[str, Any]:
+    from safetensors.torch import load_file, save_file
+
+    from .search._driver import TEACHER_ATTR
+
+    state, stored = handle.float_weights(number)
+    teacher = handle.study.user_attrs.get(TEACHER_ATTR)
+    doc = {"config": stored.to_dict(), "teacher": teacher, "input_shape": list(x.shape[1:]),
+           "num_classes": handle.data.num_classes, "study": handle.name, "trial": number}
+    save_file(state, str(path), metadata={"format": "vitshrink-float-1", "config": stored.to_json(),
+                                          "teacher": json.dumps(teacher, sort_keys=True)})
+    cfg_path = path.with_name(path.stem + ".config.json")
+    cfg_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    model = handle.load_float_model(number)
+    ref = _logits(model, x)
+    model.load_state_dict(load_file(str(path)))  # the file's weights fit the architecture the config builds
+    check = agreement(_logits(model, x), ref)
+    return {"exported_model": "the float weights saved in the trial (before quantization) and the config",
+            "files": [str(path), str(cfg_path)], "checked_against": "the float torch model", "check": check}
+
+
+_EXPORTERS = {"onnx": _export_onnx, "torchscript": _export_torchscript, "safetensors": _export_safetensors}
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries an exported model depends on (None when not installed)."""
+    from . import __version__
+
+    out: dict[str, str | None] = {"vitshrink": __version__}
+    for name in ("torch", "timm", "optuna", "onnx", "onnxruntime", "safetensors", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def model_card(handle: StudyHandle, number: int, fmt: str, path: Path, info: dict[str, Any],
+               input_shape: list[int]) -> dict[str, Any]:
+    """The JSON-able card written beside an export."""
+    d = handle.describe(number)
+    lat = (d.get("latency") or {}).get("batches") or [{}]
+    return {
+        "study": handle.name, "trial": number, "format": fmt, "file": str(path), "files": info.get("files", [str(path)]),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "label": d["label"], "role": d["role"], "config": d["config"],
+        "objectives": d["objectives"], "test_accuracy": d["test_accuracy"],
+        "teacher_accuracy": d["teacher_accuracy"], "accuracy_drop": d["accuracy_drop"],
+        "latency": {"median_ms": d["objectives"].get("latency_ms"), "iqr_ms": d["latency_iqr_ms"],
+                    "cv": d["latency_cv"], "batches": lat},
+        "params": d["params"], "macs": d["macs"], "target": handle.target,
+        "data": handle.study.user_attrs.get("vitshrink.data"),
+        "input": {"name": "images", "shape": ["batch", *input_shape], "dtype": "float32"},
+        "output": {"name": "logits", "shape": ["batch", handle.data.num_classes]},
+        "exported_model": info["exported_model"], "checked_against": info["checked_against"],
+        "check": info["check"], "versions": library_versions(),
+    }
+
+
+def export_trial(handle: StudyHandle, trial_number: int, fmt: str, path: str | Path) -> Path:
+    """Export completed trial `trial_number` of `handle` as `fmt` to `path`; writes `card_path(path)` too.
+
+    Args:
+        handle: An open study (`vitshrink.open_study`).
+        trial_number: A COMPLETE trial (see `handle.pareto()`).
+        fmt: "onnx", "torchscript" or "safetensors" (see the module docstring for what each holds).
+        path: The file to write; its folder is created.
+
+    Returns:
+        `path`. Raises ExportError (bad format, a form the trial has not) or TrialNotAvailable.
+
+    Example:
+        >>> export_trial(open_study("quickstart"), 3, "torchscript", "m.pt")  # doctest: +SKIP
+    """
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    trial = handle.trial(trial_number)
+    config = CompressionConfig.from_dict(trial.user_attrs["config"])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = handle.data.val.x[:CHECK_IMAGES]
+    log.info("exporting trial %d of %r (%s) as %s to %s", trial_number, handle.name, config.summary(), fmt, path)
+    try:
+        info = _EXPORTERS[fmt](handle, trial_number, config, path, x)
+    except BaseException:
+        path.unlink(missing_ok=True)  # never leave a half-written or unchecked file behind
+        raise
+    card = model_card(handle, trial_number, fmt, path, info, list(x.shape[1:]))
+    card_path(path).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    c = info["check"]
+    log.info("wrote %s (%.0f kB); vs %s: max |diff| %.2g, argmax agreement %.3f", path, path.stat().st_size / 1e3,
+             info["checked_against"], c["max_abs_diff"], c["argmax_agreement"])
+    return path
+
+
+__all__ = ["FORMATS", "ExportError", "agreement", "card_path", "export_trial", "library_versions",
+           "model_card", "run_onnx"]

@@ -1,0 +1,268 @@
+"""Teachers: timm vision transformers, created by name, loaded from a checkpoint or trained here and cached.
+
+Example:
+    >>> spec = TeacherSpec("vit_tiny_patch16_224", {"img_size": 16, "patch_size": 4, "in_chans": 1,
+    ...                    "num_classes": 10, "embed_dim": 32, "depth": 2, "num_heads": 2})
+    >>> model = create_model(spec)
+    >>> sum(p.numel() for p in model.parameters()) > 0
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DataBundle, cache_dir
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(ValueError):
+    """A model name, checkpoint or architecture that cannot be used."""
+
+
+# Arguments of the tiny ViT used by tests: embed dim 32, 2 blocks, 16 px.
+TINY_VIT_KWARGS: dict[str, Any] = {
+    "img_size": 16,
+    "patch_size": 4,
+    "in_chans": 1,
+    "num_classes": 10,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "mlp_ratio": 2.0,
+}
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A timm architecture and its keyword arguments, plus where its weights come from.
+
+    `pretrained` asks timm for its pretrained weights (needs a network or a populated HF cache);
+    `checkpoint` is a local file (safetensors, or a torch file read with weights_only=True).
+    """
+
+    model: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    pretrained: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "kwargs": dict(self.kwargs), "checkpoint": self.checkpoint, "pretrained": self.pretrained}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TeacherSpec:
+        return cls(d["model"], dict(d.get("kwargs") or {}), d.get("checkpoint"), bool(d.get("pretrained", False)))
+
+
+def create_model(spec: TeacherSpec, num_classes: int | None = None, load_weights: bool = True) -> nn.Module:
+    """Build the timm model of `spec` (random weights unless `load_weights` and a checkpoint/pretrained)."""
+    import timm
+
+    kwargs = dict(spec.kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if not timm.is_model(spec.model):
+        close = timm.list_models(f"*{spec.model.split('_')[0]}*")[:8]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ModelError(f"unknown timm model {spec.model!r}{hint}; see timm.list_models('vit_*')")
+    pretrained = spec.pretrained and load_weights
+    if pretrained and spec.checkpoint:
+        # timm's own pretrained path, reading a local file: it adapts the classifier, the position
+        # embedding and the patch embedding to the requested num_classes / img_size / patch_size
+        if not Path(spec.checkpoint).is_file():
+            raise ModelError(f"pretrained checkpoint {spec.checkpoint} not found; pass --checkpoint to an existing file")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(spec.checkpoint)}
+    try:
+        model = timm.create_model(spec.model, pretrained=pretrained, **kwargs)
+    except (TypeError, AssertionError, ValueError) as exc:
+        raise ModelError(f"cannot create timm model {spec.model!r} with {kwargs}: {exc}") from None
+    except (OSError, RuntimeError) as exc:
+        if pretrained:
+            raise ModelError(f"cannot load timm's pretrained weights for {spec.model!r} ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}); without a network pass --checkpoint "
+                             "to a local weights file") from None
+        raise
+    if load_weights and spec.checkpoint and not pretrained:
+        load_checkpoint(model, spec.checkpoint)
+    return model.eval()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read weights without unpickling: safetensors, or torch files with weights_only=True."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"checkpoint {p} not found; pass --checkpoint to an existing .safetensors or .pth file")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(p))
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decode failure means the same thing to the user
+        raise ModelError(f"checkpoint {p} cannot be read safely ({type(exc).__name__}: {exc}); it may be truncated "
+                         "or not a weights file: use a safetensors file or a torch state_dict") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"checkpoint {p} does not hold a state_dict of tensors")
+    return obj
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> None:
+    """Load a local checkpoint into `model`; a shape or key mismatch is one clear error."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if strict and (missing or unexpected or wrong):
+        details = []
+        if wrong:
+            k = wrong[0]
+            details.append(f"{len(wrong)} shape mismatch(es), e.g. {k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        if missing:
+            details.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+        raise ModelError(
+            f"checkpoint {path} does not fit the model: {'; '.join(details)}; check --model and its arguments "
+            "(img_size, patch_size, embed_dim, depth, num_heads, num_classes) match the checkpoint"
+        )
+    model.load_state_dict(state, strict=strict)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 30
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    batch_size: int = 64
+    label_smoothing: float = 0.0
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, torch.Tensor]:
+    """Top-1 accuracy and the logits of `model` on (x, y)."""
+    model.eval()
+    logits = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
+    return float((logits.argmax(1) == y).float().mean()), logits
+
+
+def train_classifier(
+    model: nn.Module,
+    data: DataBundle,
+    settings: TrainSettings,
+    seed: int = 0,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    extra_targets: torch.Tensor | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> nn.Module:
+    """Train `model` in place with AdamW + cosine schedule on the train split.
+
+    `loss_fn(logits, labels, extra)` replaces cross-entropy (knowledge distillation passes
+    the teacher's cached logits as `extra_targets`, indexed like the train split).
+    """
+    torch.manual_seed(seed)
+    x, y = data.train.x, data.train.y
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = max(1, (len(x) + settings.batch_size - 1) // settings.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.15
+    )
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(settings.epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for i in range(0, len(x), settings.batch_size):
+            idx = perm[i : i + settings.batch_size]
+            logits = model(x[idx])
+            if loss_fn is None:
+                loss = F.cross_entropy(logits, y[idx], label_smoothing=settings.label_smoothing)
+            else:
+                loss = loss_fn(logits, y[idx], extra_targets[idx] if extra_targets is not None else None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        if progress:
+            progress(epoch + 1, settings.epochs, total / len(x))
+    return model.eval()
+
+
+def _teacher_key(spec: TeacherSpec, data: DataBundle, settings: TrainSettings, seed: int) -> str:
+    blob = json.dumps(
+        {"spec": spec.to_dict(), "data": data.describe(), "train": settings.__dict__, "seed": seed,
+         "timm": __import__("timm").__version__},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def get_teacher(
+    spec: TeacherSpec,
+    data: DataBundle,
+    settings: TrainSettings | None = None,
+    seed: int = 0,
+    cache: Path | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[nn.Module, TeacherSpec]:
+    """The teacher for `data`: exactly `spec.checkpoint` if given (and not `pretrained`); otherwise
+    trained here once (from scratch, or fine-tuned from timm's pretrained weights, which may come
+    from a local `checkpoint`) and cached as safetensors.
+
+    Returns the model and a spec whose checkpoint points at the weights actually used, so the
+    teacher can be rebuilt exactly later (e.g. by `load_model`).
+    """
+    from safetensors.torch import save_file
+
+    settings = settings or TrainSettings()
+    cache = Path(cache or cache_dir()) / "teachers"
+    cache.mkdir(parents=True, exist_ok=True)
+    kwargs = {"num_classes": data.num_classes, **spec.kwargs}
+    if kwargs["num_classes"] != data.num_classes:
+        raise ModelError(f"teacher has num_classes={kwargs['num_classes']} but {data.name} has {data.num_classes} classes")
+    spec = TeacherSpec(spec.model, kwargs, spec.checkpoint, spec.pretrained)
+    if spec.checkpoint and not spec.pretrained:
+        model = create_model(spec)
+        return model, spec
+    key = _teacher_key(spec, data, settings, seed)
+    path = cache / f"{spec.model}-{data.name}-{key}.safetensors"
+    cached = TeacherSpec(spec.model, kwargs, str(path), False)
+    if path.exists():
+        log.info("teacher: reusing cached %s", path)
+        return create_model(cached), cached
+    torch.manual_seed(seed)
+    model = create_model(spec)  # random init, or timm pretrained weights to fine-tune
+    log.info("teacher: training %s on %s for %d epochs", spec.model, data.name, settings.epochs)
+    start = time.perf_counter()
+    train_classifier(model, data, settings, seed=seed, progress=progress)
+    acc, _ = evaluate(model, data.val.x, data.val.y)
+    log.info("teacher: val accuracy %.4f after %.0f s", acc, time.perf_counter() - start)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(path)  # atomic: a crash never leaves a half-written cached teacher
+    return model, cached
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy; transforms return new models and leave their input alone."""
+    return copy.deepcopy(model)
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,173 @@
+"""Plots of studies: the Pareto front of one study, or the fronts of several on one figure.
+
+Accuracy (val) against latency (ms, log scale), marker area proportional to model size; Pareto
+trials are filled and joined by a step line, dominated or infeasible ones are faded, the teacher
+is a star and the reference configurations are diamonds. ``.png`` / ``.svg`` / ``.pdf`` go through
+matplotlib (headless), ``.html`` through plotly (an optional dependency).
+
+Example:
+    >>> from vitshrink.studies import open_study
+    >>> plot_study(open_study("quickstart"), "pareto.png")  # doctest: +SKIP
+    PosixPath('pareto.png')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from .studies import StudyHandle
+
+STATIC_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+class PlotError(ValueError):
+    """A plot that cannot be drawn as asked (unknown file type, plotly missing, empty study)."""
+
+
+def _points(handle: StudyHandle) -> pd.DataFrame:
+    """Completed trials with a `pareto` flag, ready to plot."""
+    df = handle.trials(states=["COMPLETE"])
+    if df.empty:
+        raise PlotError(f"study {handle.name!r} has no completed trial to plot yet; run `vitshrink search` first")
+    front = set(handle.pareto()["trial"])
+    df["pareto"] = df["trial"].isin(front)
+    return df
+
+
+def _marker_sizes(size_bytes: pd.Series, largest: float) -> pd.Series:
+    # area proportional to bytes, the largest model (usually the teacher) drawn at 400 pt^2
+    return 30 + 370 * size_bytes.astype(float) / largest
+
+
+def _check_suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in STATIC_SUFFIXES + (".html",):
+        raise PlotError(f"cannot write a plot to {path.name!r}: use a .png, .svg, .pdf or .html file name")
+    return suffix
+
+
+def plot_study(handle: StudyHandle, path: str | Path, title: str | None = None) -> Path:
+    """Draw the study's trials and Pareto front to `path` (.png/.svg/.pdf, or .html with plotly).
+
+    Example:
+        >>> plot_study(open_study("quickstart"), "front.html")  # doctest: +SKIP
+    """
+    path = Path(path)
+    suffix = _check_suffix(path)
+    df = _points(handle)
+    title = title or (f"{handle.name}: accuracy vs latency (marker area = size); "
+                      f"teacher val acc {handle.teacher_accuracy or float('nan'):.3f}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".html":
+        return _plotly([(handle.name, df)], path, title)
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: works without a display and in worker processes
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    sizes = _marker_sizes(df["size_bytes"], df["size_bytes"].max())
+    rest = ~df["pareto"]
+    ax.scatter(df.loc[rest, "latency_ms"], df.loc[rest, "accuracy"], s=sizes[rest], color="0.6", alpha=0.5,
+               edgecolors="0.3", linewidths=0.5, label="dominated / infeasible")
+    front = df[df["pareto"]].sort_values("latency_ms")
+    ax.step(front["latency_ms"], front["accuracy"].cummax(), where="post", color="C0", linewidth=1, alpha=0.7)
+    ax.scatter(front["latency_ms"], front["accuracy"], s=sizes[df["pareto"]].loc[front.index], color="C0",
+               alpha=0.85, edgecolors="k", linewidths=0.6, label="Pareto-optimal")
+    for _, r in front.iterrows():
+        ax.annotate(f"#{r['trial']}", (r["latency_ms"], r["accuracy"]), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
+    for role, marker, color in (("teacher", "*", "C3"), ("reference", "D", "C2")):
+        sel = df[df["role"] == role]
+        if len(sel):
+            ax.scatter(sel["latency_ms"], sel["accuracy"], marker=marker, s=160 if role == "teacher" else 60,
+                       facecolors="none" if role == "reference" else color, edgecolors=color, linewidths=1.5,
+                       label=role, zorder=5)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, median, log scale)")
+    ax.set_ylabel("val accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8, markerscale=0.6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(handles: list[StudyHandle], path: str | Path, title: str | None = None) -> Path:
+    """The Pareto fronts of several studies on one figure (one colour per study, teachers as stars).
+
+    Example:
+        >>> plot_comparison([open_study("a"), open_study("b")], "cmp.png")  # doctest: +SKIP
+    """
+    path = Path(path)
+    suffix = _check_suffix(path)
+    series = [(h.name, _points(h)) for h in handles]
+    title = title or "Pareto fronts: " + ", ".join(name for name, _ in series)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".html":
+        return _plotly(series, path, title, fronts_only=True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    largest = max(df["size_bytes"].max() for _, df in series)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for i, (name, df) in enumerate(series):
+        front = df[df["pareto"]].sort_values("latency_ms")
+        color = f"C{i % 10}"
+        ax.step(front["latency_ms"], front["accuracy"].cummax(), where="post", color=color, alpha=0.7)
+        ax.scatter(front["latency_ms"], front["accuracy"], s=_marker_sizes(front["size_bytes"], largest),
+                   color=color, alpha=0.8, edgecolors="k", linewidths=0.5, label=name)
+        teacher = df[df["role"] == "teacher"]
+        ax.scatter(teacher["latency_ms"], teacher["accuracy"], marker="*", s=160, color=color, edgecolors="k",
+                   zorder=5)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, median, log scale)")
+    ax.set_ylabel("val accuracy")
+    ax.set_title(title + "  (star: teacher)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, markerscale=0.6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plotly(series: list[tuple[str, pd.DataFrame]], path: Path, title: str, fronts_only: bool = False) -> Path:
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        raise PlotError("an .html plot needs plotly: pip install plotly (or pip install 'vitshrink[plotly]'), "
+                        "or write a .png instead") from None
+    largest = max(df["size_bytes"].max() for _, df in series)
+    fig = go.Figure()
+    for name, df in series:
+        groups = [("Pareto", df[df["pareto"]])] if fronts_only else [("Pareto", df[df["pareto"]]),
+                                                                      ("other", df[~df["pareto"]])]
+        for kind, part in groups:
+            part = part.sort_values("latency_ms")
+            fig.add_trace(go.Scatter(
+                x=part["latency_ms"], y=part["accuracy"], mode="markers",
+                name=f"{name} {kind}" if len(series) > 1 or kind != "Pareto" else f"{name} Pareto-optimal",
+                marker={"size": (6 + 24 * part["size_bytes"].astype(float) / largest).tolist(),
+                        "opacity": 0.85 if kind == "Pareto" else 0.35,
+                        "symbol": ["star" if r == "teacher" else "diamond" if r == "reference" else "circle"
+                                   for r in part["role"]]},
+                customdata=part[["trial", "size_bytes", "role", "label"]].astype(str).values,
+                hovertemplate=("trial %{customdata[0]} (%{customdata[2]})<br>acc %{y:.4f}<br>latency %{x:.3f} ms"
+                               "<br>size %{customdata[1]} B<br>%{customdata[3]}<extra></extra>"),
+            ))
+    fig.update_layout(title=title, xaxis={"title": "latency (ms, median)", "type": "log"},
+                      yaxis={"title": "val accuracy"}, template="plotly_white")
+    fig.write_html(str(path), include_plotlyjs=True)
+    return path
+
+
+__all__ = ["PlotError", "plot_comparison", "plot_study"]

@@ -1,0 +1,89 @@
+"""The Pareto front of a vitshrink study: completed, feasible trials that no other dominates."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Constraints follow Optuna's convention (feasible when every value <= 0); none means feasible."""
+    return all(c <= 0 for c in trial.constraints.values())
+
+
+def dominates(a: list[float], b: list[float], directions: list[StudyDirection]) -> bool:
+    better_or_equal = all(
+        (x >= y) if d == StudyDirection.MAXIMIZE else (x <= y) for x, y, d in zip(a, b, directions)
+    )
+    return better_or_equal and a != b
+
+
+def pareto_front(trials: list[FrozenTrial], directions: list[StudyDirection]) -> list[FrozenTrial]:
+    """Non-dominated trials among `trials` (ties on all values are all kept)."""
+    front = []
+    for t in trials:
+        if not any(dominates(o.values, t.values, directions) for o in trials if o is not t):
+            front.append(t)
+    return sorted(front, key=lambda t: t.number)
+
+
+def pareto_trials(study: optuna.Study, include_infeasible: bool = False) -> list[FrozenTrial]:
+    """The Pareto-optimal trials of `study`; infeasible trials are kept in the study but not eligible."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if include_infeasible or is_feasible(t)]
+    return pareto_front(done, study.directions)
+
+
+# Hypervolume reference in normalised objectives (1 - accuracy, latency / teacher's, size / teacher's):
+# accuracy 0, and 10 % slower / larger than the teacher. The teacher itself is inside it, so every
+# study's front has a positive volume, and a model worse than the teacher by more than 10 % adds nothing.
+HV_REFERENCE = (1.0, 1.1, 1.1)
+
+
+def normalized_objectives(values, teacher_latency_ms: float, teacher_size_bytes: float):
+    """(accuracy, latency ms, size bytes) rows -> (1 - accuracy, latency / teacher, size / teacher),
+    all minimised: the space `hypervolume` measures in."""
+    import numpy as np
+
+    if teacher_latency_ms <= 0 or teacher_size_bytes <= 0:
+        raise ValueError(f"teacher latency ({teacher_latency_ms}) and size ({teacher_size_bytes}) must be > 0")
+    arr = np.asarray(values, dtype=float).reshape(-1, 3)
+    return np.stack([1.0 - arr[:, 0], arr[:, 1] / teacher_latency_ms, arr[:, 2] / teacher_size_bytes], axis=1)
+
+
+def hypervolume(trials_or_values, teacher_latency_ms: float, teacher_size_bytes: float,
+                ref: tuple[float, float, float] = HV_REFERENCE) -> float:
+    """Hypervolume of a set of (accuracy, latency, size) points, normalised to the teacher.
+
+    Each point becomes (1 - accuracy, latency / teacher latency, size / teacher size), all to be
+    minimised, and the volume they dominate up to `ref` is computed exactly with Optuna's
+    `compute_hypervolume` (WFG). Points not better than `ref` in every coordinate add nothing and
+    are dropped. The normalisation makes studies with different teachers or targets comparable as
+    "how much of the teacher's cost was saved at what accuracy"; the teacher alone scores
+    accuracy * 0.1 * 0.1, and the largest possible volume is 1.0 * 1.1 * 1.1 = 1.21 (a perfect
+    model that costs nothing).
+
+    Args:
+        trials_or_values: FrozenTrials (their `values`) or rows (accuracy, latency_ms, size_bytes).
+            Dominated points may be included; they do not change the volume.
+        teacher_latency_ms: The teacher's measured latency on the same target.
+        teacher_size_bytes: The teacher's size.
+        ref: Reference point in the normalised space (default `HV_REFERENCE` = (1.0, 1.1, 1.1)).
+
+    Example:
+        >>> round(hypervolume([(0.9, 5.0, 100.0)], teacher_latency_ms=10.0, teacher_size_bytes=100.0), 4)
+        0.054
+    """
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    rows = [t.values if isinstance(t, FrozenTrial) else t for t in trials_or_values]
+    if not rows:
+        return 0.0
+    points = normalized_objectives(rows, teacher_latency_ms, teacher_size_bytes)
+    reference = np.asarray(ref, dtype=float)
+    points = points[np.all(points < reference, axis=1)]
+    if not len(points):
+        return 0.0
+    return float(compute_hypervolume(points, reference))

@@ -1,0 +1,26 @@
+"""Seeded Optuna samplers by name.
+
+Constraints are stored on each trial with `Trial.set_constraint` (Optuna 5's way); every sampler
+here reads them from the trials, so infeasible trials are kept but feasible ones are preferred.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+from ..spaces import ConfigError
+
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
+
+
+def make_sampler(name: str, seed: int = 0) -> optuna.samplers.BaseSampler:
+    """NSGA-II (default), multi-objective TPE, Gaussian-process (GPSampler), or random."""
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=6)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=6)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")

@@ -1,0 +1,270 @@
+"""The Ray executor: each trial is a Ray task that asks for a trial and tells its result through
+the study's own Optuna storage, dispatched by the driver only while the budget still needs it.
+
+Why not Ray Tune with `OptunaSearch`: Tune keeps its own experiment state (trial ids, checkpoints,
+`Tuner.restore`) beside Optuna's, and its searcher asks and tells from the driver, so a resumed
+search would have two records to reconcile, and Tune's trial count is not Optuna's count of
+COMPLETE trials. Here the Optuna storage stays the one source of truth, exactly as with the local
+executor: a task runs ``study.optimize(n_trials=1)`` against the same storage (so it gets Optuna's
+heartbeat, enqueued warm starts and retries for free), and the driver starts a task only while
+``completed + running < budget``; trials that die with their worker are failed and retried with the
+same parameters, never counted twice.
+
+Each task gets an equal CPU share (``num_cpus``) and sets torch's threads to it. Without
+`address` a local cluster is started on loopback with this machine's CPUs. With a ``ray:RESOURCE``
+latency target, the trial's model is timed by a nested task that needs ``{RESOURCE: 1}`` (capacity
+1 on the target node), so measurements run on that node and never overlap; with ``cpu:N`` the
+machine-wide latency lock keeps measurements on one machine apart.
+
+Example:
+    >>> summary = run_search(recipe, storage="postgresql://user@db/vitshrink", executor="ray",
+    ...                      address="auto", workers=4)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from ..spaces import ConfigError, Recipe
+from ._storage import (DEFAULT_GRACE_PERIOD, DEFAULT_STORAGE, fail_stale_trials, fail_trial_and_retry,
+                       heartbeat_interval_for, open_storage, this_worker, trial_heartbeat)
+
+if TYPE_CHECKING:
+    from ._driver import SearchSummary
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+MAX_TASK_ERRORS = 3  # tasks in a row that fail before running a trial: a broken setup, not bad luck
+# Ray binds a local cluster to the machine's network address unless this is "0" when Ray is imported.
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def absolute_storage_url(url: str | None) -> str:
+    """The storage URL with file paths made absolute: Ray workers do not share the driver's cwd.
+
+    Example:
+        >>> absolute_storage_url("sqlite:////tmp/a.db")
+        'sqlite:////tmp/a.db'
+    """
+    from ._driver import SearchError
+
+    url = url or DEFAULT_STORAGE
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if not path or path == ":memory:":
+            raise SearchError("an in-memory SQLite storage cannot be shared with Ray workers; "
+                              "use sqlite:///file.db, postgresql://..., journal:///file.log or redis://...")
+        return "sqlite:///" + str(Path(path).expanduser().resolve())
+    if "://" not in url or url.startswith("journal:"):
+        if url.startswith("journal:") or url.endswith(".log"):
+            path = url.removeprefix("journal://").removeprefix("journal:")
+            return "journal://" + str(Path(path).expanduser().resolve())
+    return url
+
+
+def connect(address: str | None, num_cpus: int | None = None):
+    """Connect to the Ray cluster at `address`, or start a local one on loopback; returns
+    ``(ray, owned)`` where `owned` says this call connected (and the caller should shut down)."""
+    if address is None and "ray" not in sys.modules:
+        os.environ.setdefault(_LOOPBACK_ENV, "0")
+    try:
+        import ray
+    except ImportError:
+        from ._driver import SearchError
+
+        raise SearchError("the ray executor needs Ray: pip install 'ray[default]'") from None
+    if ray.is_initialized():
+        return ray, False
+    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **kwargs)
+    return ray, True
+
+
+def cpu_share(ray, workers: int) -> int:
+    """CPUs per trial task: the cluster's CPUs split over `workers`, at most one node's worth."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    biggest = max((n["Resources"].get("CPU", 0) for n in nodes), default=1)
+    total = ray.cluster_resources().get("CPU", 1)
+    return max(1, min(int(total // workers), int(biggest)))
+
+
+def _trial_task(recipe: Recipe, storage_url: str, study_name: str, artifact_dir: str, threads: int, seed: int,
+                grace_period: int, driver_id: str) -> dict[str, Any]:
+    """One trial on a Ray worker: ask, build, measure, save, tell (all through the storage)."""
+    import ray
+    import torch
+
+    from ._samplers import make_sampler
+    from ._trial import context_for, run_trial
+
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval_for(grace_period),
+                           grace_period=grace_period)
+    # a seed per task: concurrent tasks with one seed would sample the same configuration
+    sampler = make_sampler(recipe.sampler, seed=seed)
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+    ctx = context_for(recipe)
+    task_id = ray.get_runtime_context().get_task_id()
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        # recorded first, so the driver can tie a crashed task to its trial
+        trial.set_user_attr("ray_task", task_id)
+        trial.set_user_attr("driver", driver_id)
+        with trial_heartbeat(trial, heartbeat_interval_for(grace_period)):
+            return run_trial(trial, recipe, artifact_dir, ctx)
+
+    numbers: list[int] = []
+    study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                   callbacks=[lambda _st, frozen: numbers.append(frozen.number)])
+    return {"trial": numbers[0], "worker": this_worker()}
+
+
+def _running_elsewhere(study: optuna.Study, driver_id: str) -> int:
+    """RUNNING trials not started by this driver's tasks (another driver, or a crashed run's trials
+    that are not stale yet): they hold budget too."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+               if t.user_attrs.get("driver") != driver_id)
+
+
+def _trial_of_task(study: optuna.Study, task_id: str) -> optuna.trial.FrozenTrial | None:
+    return next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("ray_task") == task_id), None)
+
+
+def _check_target(ray, recipe: Recipe) -> None:
+    from ..objectives import Target
+    from ._driver import SearchError
+
+    target = Target.parse(recipe.device)
+    if target.kind == "ray" and ray.cluster_resources().get(target.ray_resource, 0) <= 0:
+        raise SearchError(f"no Ray node offers the resource {target.ray_resource!r} of the latency target "
+                          f"{target}; start the target node with ray start --resources "
+                          f"'{{\"{target.ray_resource}\": 1}}'")
+
+
+def run_on_ray(
+    study: optuna.Study,
+    recipe: Recipe,
+    storage_url: str | None,
+    artifact_dir: str,
+    address: str | None = None,
+    workers: int = 1,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial, dict[str, int]], None] | None = None,
+    started: float | None = None,
+    grace_period: int = DEFAULT_GRACE_PERIOD,
+) -> SearchSummary:
+    """Run `study` on Ray with up to `workers` concurrent trials until the budget of `recipe` is met.
+
+    `storage_url` must be reachable from every node (PostgreSQL, Redis, or a file on shared storage).
+    Returns the driver's `SearchSummary`; trials of crashed workers are failed and retried.
+
+    Example:
+        >>> run_on_ray(study, recipe, "sqlite:////tmp/s.db", "/tmp/s.artifacts", workers=2)  # doctest: +SKIP
+    """
+    from ._driver import SearchError, SearchSummary, budget_left, count_states
+
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: need at least 1")
+    started = time.perf_counter() if started is None else started
+    url = absolute_storage_url(storage_url)
+    ray, owned = connect(address)
+    pending: dict[Any, int] = {}
+    try:
+        _check_target(ray, recipe)
+        share = cpu_share(ray, workers)
+        options: dict[str, Any] = {"num_cpus": share, "max_retries": 0, "name": "vitshrink-trial"}
+        # workers on this machine reuse the driver's teacher cache; elsewhere the folder is created
+        env = {k: os.environ[k] for k in ("VITSHRINK_CACHE",) if k in os.environ}
+        if env:
+            options["runtime_env"] = {"env_vars": env}
+        task = ray.remote(_trial_task).options(**options)
+        driver_id = f"{this_worker()}:{uuid.uuid4().hex[:8]}"
+        log.info("ray: %d workers x %d CPUs, storage %s", workers, share, url)
+        failures_at_start = count_states(study)["FAIL"]
+        before = len(study.trials)
+        dispatched, task_errors, last_stale_check = 0, [], 0.0
+        while True:
+            if time.monotonic() - last_stale_check >= min(5, heartbeat_interval_for(grace_period)):
+                fail_stale_trials(study, grace_period)
+                last_stale_check = time.monotonic()
+            left, reason = budget_left(study, recipe, started, failures_at_start)
+            if reason is None:
+                free = left - len(pending) - _running_elsewhere(study, driver_id)
+                while len(pending) < workers and free > 0:
+                    ref = task.remote(recipe, url, study.study_name, artifact_dir, share,
+                                      recipe.seed + before + dispatched, grace_period, driver_id)
+                    pending[ref] = dispatched
+                    dispatched += 1
+                    free -= 1
+            if not pending:
+                if reason is not None:
+                    break
+                time.sleep(POLL_S)  # the budget is held by trials running elsewhere
+                continue
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+            for ref in done:
+                pending.pop(ref)
+                frozen = _collect(ray, study, ref, task_errors)
+                if frozen is not None and on_trial:
+                    on_trial(study, frozen, count_states(study))
+            if len(task_errors) >= MAX_TASK_ERRORS:
+                raise SearchError(f"{len(task_errors)} Ray trial tasks in a row failed before running a trial; "
+                                  f"the last: {task_errors[-1]}")
+    except BaseException:  # Ctrl-C or a broken setup: stop the tasks still running, then report
+        _interrupt(ray, pending)
+        raise
+    finally:
+        if owned:
+            ray.shutdown()
+    counts = count_states(study)
+    _, reason = budget_left(study, recipe, started, failures_at_start)
+    return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(study.trials) - before,
+                         time.perf_counter() - started, reason or "trials")
+
+
+def _collect(ray, study: optuna.Study, ref, task_errors: list[str]) -> optuna.trial.FrozenTrial | None:
+    """The finished trial of task `ref`; a task whose worker died has its trial failed and retried."""
+    try:
+        number = ray.get(ref)["trial"]
+    except ray.exceptions.RayError as exc:
+        reason = _task_failure(exc)
+        trial = _trial_of_task(study, ref.task_id().hex())
+        if trial is None:
+            task_errors.append(reason)
+            log.warning("a Ray trial task failed before running a trial: %s", reason)
+            return None
+        task_errors.clear()
+        if trial.state == TrialState.RUNNING:
+            fail_trial_and_retry(study, trial, f"Ray worker {trial.user_attrs.get('worker', '?')} died: {reason}")
+        return study._storage.get_trial(trial._trial_id)  # noqa: SLF001 - one trial, not the whole study
+    task_errors.clear()
+    return study.get_trials(deepcopy=False)[number]
+
+
+def _task_failure(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _interrupt(ray, pending: dict[Any, int]) -> None:
+    """Interrupt the running tasks (their trials are recorded FAIL, interrupted) and wait briefly."""
+    for ref in pending:
+        ray.cancel(ref)
+    if pending:
+        ray.wait(list(pending), num_returns=len(pending), timeout=10)
+
+
+__all__ = ["absolute_storage_url", "connect", "cpu_share", "run_on_ray"]

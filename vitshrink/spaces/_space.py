@@ -1,0 +1,381 @@
+"""`SearchSpace`: which `CompressionConfig` fields are searched, their ranges or choices, and the
+conditions between them, as data that round-trips through JSON and maps an Optuna trial to a config.
+
+Example:
+    >>> import optuna
+    >>> space = SearchSpace.from_dict({"quant": ["none", "dynamic_int8"], "prune_heads": [0.0, 0.5]})
+    >>> cfg = space.sample(optuna.trial.FixedTrial({"quant": "dynamic_int8", "prune_heads": 0.25}))
+    >>> cfg.quant, cfg.prune_heads
+    ('dynamic_int8', 0.25)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ._config import LOWRANK_MODES, PRUNE_SCORES, QUANT_MODES, CompressionConfig, ConfigError, check_field_type
+
+_FIELD_TYPES = {f.name: f.type for f in fields(CompressionConfig)}
+_DEFAULTS = CompressionConfig().to_dict()
+_ALLOWED_CHOICES = {"quant": QUANT_MODES, "lowrank": LOWRANK_MODES, "prune_score": PRUNE_SCORES}
+# A two-number list is a range [low, high]; for these a list is always a set of choices
+# (a student's width must be divisible by its head count, so both are picked from lists).
+_ALWAYS_CHOICES = {"student_embed_dim", "student_heads", "student", *_ALLOWED_CHOICES}
+
+# A dimension is only sampled when its condition holds on the values sampled before it
+# (dimensions are sampled in CompressionConfig's field order, so conditions look backwards).
+CONDITIONS: dict[str, tuple[str, Any]] = {
+    "student_depth": ("student", "!none"),
+    "student_embed_dim": ("student", "custom"),
+    "student_heads": ("student", "custom"),
+    "student_mlp_ratio": ("student", "custom"),
+    "student_epochs": ("student", "!none"),
+    "prune_score": ("prune_heads|prune_mlp", ">0"),
+    "landmarks": ("lowrank", "nystrom"),
+    "lowrank_blocks": ("lowrank", "!none"),
+    "nystrom_conv": ("lowrank", "nystrom"),
+    "svd_rank": ("lowrank", "svd"),
+    "token_drop_at": ("token_drop", ">0"),
+    "calib_size": ("quant", "static_int8"),  # ort_int8 takes a fixed calib_size (static QDQ) or none (dynamic)
+}
+
+
+def _condition_holds(field: str, values: dict[str, Any]) -> bool:
+    if field not in CONDITIONS:
+        return True
+    parents, want = CONDITIONS[field]
+    got = [values.get(p, _DEFAULTS[p]) for p in parents.split("|")]
+    if want == ">0":
+        return any(g > 0 for g in got)
+    if want.startswith("!"):
+        return got[0] != want[1:]
+    return got[0] in want.split("|")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched field: categorical `choices`, or an int/float range [low, high] (`step`, `log`)."""
+
+    name: str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.choices is not None:
+            return {"choices": [list(c) if isinstance(c, tuple) else c for c in self.choices]}
+        d: dict[str, Any] = {"low": self.low, "high": self.high}
+        if self.step is not None:
+            d["step"] = self.step
+        if self.log:
+            d["log"] = True
+        return d
+
+    def contains(self, value: Any) -> bool:
+        if self.choices is not None:
+            return _encode(value) in [_encode(c) for c in self.choices]
+        return self.low <= value <= self.high  # type: ignore[operator]
+
+    def suggest(self, trial: Any) -> Any:
+        if self.choices is not None:
+            encoded = [_encode(c) for c in self.choices]
+            return _decode(trial.suggest_categorical(self.name, encoded))
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
+
+
+def _encode(value: Any) -> Any:
+    # Optuna categorical choices must be None/bool/int/float/str: lists travel as JSON strings.
+    return json.dumps(list(value)) if isinstance(value, (list, tuple)) else value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("["):
+        return tuple(json.loads(value))
+    return value
+
+
+def _parse_dimension(name: str, spec: Any) -> Dimension | Any:
+    """A TOML value -> Dimension, or a plain value for a fixed setting (each value type-checked)."""
+    if name not in _FIELD_TYPES:
+        import difflib
+
+        close = difflib.get_close_matches(name, _FIELD_TYPES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known dimensions: {', '.join(_FIELD_TYPES)}"
+        raise ConfigError(f"unknown search dimension {name!r}{hint}")
+    is_int = "int" in str(_FIELD_TYPES[name]) and "tuple" not in str(_FIELD_TYPES[name])
+    is_tuple_field = "tuple" in str(_FIELD_TYPES[name])
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"choices", "low", "high", "step", "log"}
+        if unknown:
+            raise ConfigError(f"dimension {name!r}: unknown key(s) {', '.join(sorted(unknown))}; use choices or low/high/step/log")
+        if "choices" in spec:
+            if not isinstance(spec["choices"], list):
+                raise ConfigError(f"dimension {name!r}: choices = {spec['choices']!r} must be a list")
+            spec = list(spec["choices"])
+            if is_tuple_field:
+                return _choices(name, [_block_list(name, c) for c in spec])
+            return _choices(name, spec)
+        if "low" not in spec or "high" not in spec:
+            raise ConfigError(f"dimension {name!r}: a range needs both low and high")
+        if "str" in str(_FIELD_TYPES[name]) or is_tuple_field:
+            raise ConfigError(f"dimension {name!r} takes a list of choices, not a range")
+        return _range(name, spec["low"], spec["high"], spec.get("step"), spec.get("log", False), is_int)
+    if isinstance(spec, list):
+        if is_tuple_field:
+            if spec and all(isinstance(c, list) for c in spec):
+                return _choices(name, [_block_list(name, c) for c in spec])
+            check_field_type(name, spec)
+            return tuple(spec)  # one fixed tuple, e.g. token_drop_at = [2, 4]
+        if len(spec) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec) and name not in _ALWAYS_CHOICES:
+            return _range(name, spec[0], spec[1], None, False, is_int)
+        return _choices(name, spec)
+    check_field_type(name, spec)
+    return spec  # a fixed value
+
+
+def _block_list(name: str, value: Any) -> tuple[int, ...]:
+    check_field_type(name, value)
+    return tuple(value)
+
+
+def _choices(name: str, values: list[Any]) -> Dimension:
+    for v in values:
+        check_field_type(name, v)
+    if not values:
+        raise ConfigError(f"dimension {name!r} has no choices; give at least one")
+    allowed = _ALLOWED_CHOICES.get(name)
+    if allowed:
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise ConfigError(f"dimension {name!r}: {bad[0]!r} is not one of {', '.join(allowed)}")
+    if len(set(map(_encode, values))) != len(values):
+        raise ConfigError(f"dimension {name!r} lists a choice twice: {values}")
+    return Dimension(name, choices=tuple(values))
+
+
+def _range(name: str, low: Any, high: Any, step: Any, log: Any, integer: bool) -> Dimension:
+    for what, v in (("low", low), ("high", high), ("step", step)):
+        if v is None and what == "step":
+            continue
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+            raise ConfigError(f"dimension {name!r}: {what} = {v!r} must be a number")
+    if not isinstance(log, bool):
+        raise ConfigError(f"dimension {name!r}: log = {log!r} must be true or false")
+    if integer and not (float(low).is_integer() and float(high).is_integer()):
+        raise ConfigError(f"dimension {name!r} is an integer setting but its range [{low}, {high}] is not")
+    if low > high:
+        raise ConfigError(f"dimension {name!r}: range [{low}, {high}] is inverted; write [{high}, {low}]")
+    if low == high:
+        raise ConfigError(f"dimension {name!r}: range [{low}, {high}] is empty; give low < high or a fixed value")
+    if log and low <= 0:
+        raise ConfigError(f"dimension {name!r}: a log range needs low > 0, got {low}")
+    return Dimension(name, low=low, high=high, step=step, log=log, integer=integer)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Searched dimensions plus fixed settings; everything else keeps its identity default."""
+
+    dimensions: tuple[Dimension, ...] = ()
+    fixed: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def from_dict(cls, space: dict[str, Any], fixed: dict[str, Any] | None = None) -> SearchSpace:
+        dims: list[Dimension] = []
+        fixed_items: dict[str, Any] = {}
+        order = list(_FIELD_TYPES)
+        for name, spec in sorted(space.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else -1):
+            parsed = _parse_dimension(name, spec)
+            if isinstance(parsed, Dimension):
+                dims.append(parsed)
+            else:
+                fixed_items[name] = parsed
+        for name, value in (fixed or {}).items():
+            parsed = _parse_dimension(name, value)
+            if isinstance(parsed, Dimension):
+                raise ConfigError(f"fixed setting {name!r} must be a single value, not {value!r}")
+            fixed_items[name] = parsed
+        both = {d.name for d in dims} & set(fixed or {})
+        if both:
+            raise ConfigError(f"{', '.join(sorted(both))} is both searched and fixed; keep it in one table")
+        space_obj = cls(tuple(dims), tuple(sorted(fixed_items.items())))
+        space_obj._check_combinations()
+        return space_obj
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "space": {d.name: d.to_dict() for d in self.dimensions},
+            "fixed": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.fixed},
+        }
+
+    @classmethod
+    def from_json_dict(cls, d: dict[str, Any]) -> SearchSpace:
+        return cls.from_dict(d.get("space", {}), d.get("fixed", {}))
+
+    def dimension(self, name: str) -> Dimension | None:
+        return next((d for d in self.dimensions if d.name == name), None)
+
+    def _check_combinations(self) -> None:
+        """Refuse combinations that no sample could turn into a valid config."""
+        heads, embed = self.dimension("student_heads"), self.dimension("student_embed_dim")
+        fixed = dict(self.fixed)
+        heads_vals = list(heads.choices) if heads and heads.choices else ([fixed["student_heads"]] if "student_heads" in fixed else [])
+        embed_vals = list(embed.choices) if embed and embed.choices else ([fixed["student_embed_dim"]] if "student_embed_dim" in fixed else [])
+        for e in embed_vals:
+            for h in heads_vals:
+                if e % h:
+                    raise ConfigError(
+                        f"impossible combination: student_embed_dim={e} is not divisible by student_heads={h}; "
+                        "give embed dims that every head count divides"
+                    )
+        if (heads and heads.choices is None) or (embed and embed.choices is None):
+            raise ConfigError("student_embed_dim and student_heads must be given as choices (lists), not ranges")
+        for name in ("prune_heads", "prune_mlp", "token_drop"):
+            d = self.dimension(name)
+            if d and d.choices is None and d.high >= 1.0:  # type: ignore[operator]
+                raise ConfigError(f"{name} range reaches {d.high}: pruning every head/unit/token is impossible; keep it below 1.0")
+        # Every fixed value and every end of every range must make a valid config on its own.
+        for d in self.dimensions:
+            probes = d.choices if d.choices is not None else (d.low, d.high)
+            for v in probes:
+                self._probe({d.name: v})
+        self._probe({})
+
+    def _probe(self, values: dict[str, Any]) -> None:
+        merged = {**dict(self.fixed), **values}
+        # fill in what the condition parents need, so a probe checks only its own value
+        if "landmarks" in merged and merged.get("lowrank") != "nystrom":
+            merged["lowrank"] = "nystrom"
+        if merged.get("lowrank") == "nystrom" and not merged.get("landmarks"):
+            merged["landmarks"] = 8
+        if "calib_size" in merged and merged.get("quant") not in ("static_int8", "ort_int8"):
+            merged["quant"] = "static_int8"
+        if merged.get("quant") == "static_int8" and not merged.get("calib_size"):
+            merged["calib_size"] = 32
+        if merged.get("quant") != "static_int8" and merged.get("quant") != "ort_int8":
+            merged.pop("calib_size", None)
+        if merged.get("student", "none") != "none":
+            merged.setdefault("student_epochs", 1)
+            if merged["student"] == "custom":
+                merged.setdefault("student_depth", 1)
+                merged.setdefault("student_heads", 1)
+                merged.setdefault("student_embed_dim", merged["student_heads"] * 8)
+        else:
+            for k in ("student_depth", "student_embed_dim", "student_heads", "student_epochs"):
+                if merged.get(k) and "student" not in merged:
+                    merged["student"] = "custom"
+                    merged.setdefault("student_epochs", 1)
+                    merged.setdefault("student_depth", 1)
+                    merged.setdefault("student_heads", 1)
+                    merged.setdefault("student_embed_dim", merged["student_heads"] * 8)
+        if merged.get("token_drop", 0) > 0 and not merged.get("token_drop_at"):
+            merged["token_drop_at"] = (1,)
+        if merged.get("lowrank") != "nystrom":
+            merged.pop("landmarks", None)
+        try:
+            CompressionConfig.from_dict(merged)
+        except ConfigError as exc:
+            raise ConfigError(f"search space can produce an invalid config ({', '.join(f'{k}={v}' for k, v in values.items()) or 'fixed settings'}): {exc}") from None
+
+    def sample(self, trial: Any) -> CompressionConfig:
+        """Suggest every active dimension on an Optuna trial and return the config."""
+        values: dict[str, Any] = dict(self.fixed)
+        for d in self.dimensions:
+            if _condition_holds(d.name, values):
+                values[d.name] = d.suggest(trial)
+        for name in list(values):
+            if not _condition_holds(name, values):
+                del values[name]  # a fixed setting whose parent was not chosen keeps its default
+        return CompressionConfig.from_dict(values)
+
+    def params_for(self, config: CompressionConfig, strict: bool = True) -> dict[str, Any]:
+        """Optuna params that make `sample` return `config` (for enqueueing). A value outside the
+        space raises ConfigError, or with `strict=False` is left out (the warm start then carries
+        its config separately and the sampler learns from the params it can represent)."""
+        values = config.to_dict()
+        params: dict[str, Any] = {}
+        seen: dict[str, Any] = dict(self.fixed)
+        for d in self.dimensions:
+            if not _condition_holds(d.name, seen):
+                continue
+            v = values[d.name]
+            v = tuple(v) if isinstance(v, list) else v
+            if not d.contains(v):
+                if not strict:
+                    continue
+                raise ConfigError(f"{d.name}={v!r} is outside the search space ({d.to_dict()})")
+            params[d.name] = _encode(v)
+            seen[d.name] = v
+        return params
+
+    def values_of(self, name: str) -> list[Any]:
+        """Every value `name` can take in this space: its choices, the two ends of its range, its fixed
+        value, or else the identity default."""
+        d = self.dimension(name)
+        if d is not None:
+            return list(d.choices) if d.choices is not None else [d.low, d.high]
+        fixed = dict(self.fixed)
+        return [fixed[name]] if name in fixed else [_DEFAULTS[name]]
+
+    def check_model(self, num_tokens: int, depth: int, prefix_tokens: int = 1, model: str = "the teacher") -> None:
+        """Refuse settings this space can sample that the model cannot honour, before any trial runs.
+
+        Args:
+            num_tokens: Tokens entering the first block (patches + prefix tokens such as cls).
+            depth: Number of transformer blocks.
+            prefix_tokens: Tokens that are never merged or dropped (cls, register tokens).
+            model: A name for the messages.
+
+        Pruning needs no check here: `prune_heads` < 1 always keeps at least one head per block.
+
+        Raises:
+            ConfigError: naming the setting, the model's numbers and the largest usable value.
+
+        Example:
+            >>> space = SearchSpace.from_dict({"lowrank": ["nystrom"], "landmarks": [4, 64]})
+            >>> space.check_model(num_tokens=17, depth=2)
+            Traceback (most recent call last):
+            ...
+            vitshrink.spaces._config.ConfigError: impossible combination: landmarks reaches 64 but ...
+        """
+        patches = num_tokens - prefix_tokens
+        lowrank = self.values_of("lowrank")
+        if "nystrom" in lowrank:
+            most = max(self.values_of("landmarks"))
+            if most > num_tokens:
+                raise ConfigError(
+                    f"impossible combination: landmarks reaches {most} but {model} has {num_tokens} tokens "
+                    f"({patches} patches + {prefix_tokens} prefix); Nystrom needs landmarks <= tokens, "
+                    f"so keep landmarks <= {num_tokens}")
+        for name, active in (("lowrank_blocks", any(v != "none" for v in lowrank)),
+                             ("token_drop_at", max(self.values_of("token_drop")) > 0)):
+            if not active:
+                continue
+            indices = sorted({int(i) for v in self.values_of(name) for i in (v or ())})
+            bad = [i for i in indices if not 0 <= i < depth]
+            if bad:
+                raise ConfigError(
+                    f"impossible combination: {name} names block(s) {bad} but {model} has {depth} blocks; "
+                    f"use indices 0..{depth - 1}")
+        most_r = max(self.values_of("token_merge_r"))
+        if most_r > patches // 2:
+            raise ConfigError(
+                f"impossible combination: token_merge_r reaches {most_r} but {model} has {patches} patch tokens, "
+                f"and a block can merge at most half of them ({patches // 2}); keep token_merge_r <= {patches // 2}")
+
+    def diff(self, other: SearchSpace) -> list[str]:
+        """Human-readable differences between two spaces (for refusing a changed resume)."""
+        a, b = self.to_dict(), other.to_dict()
+        out = []
+        for section in ("space", "fixed"):
+            for key in sorted(set(a[section]) | set(b[section])):
+                if a[section].get(key) != b[section].get(key):
+                    out.append(f"{section}.{key}: stored {a[section].get(key)!r} -> now {b[section].get(key)!r}")
+        return out

@@ -1,0 +1,362 @@
+"""Query stored studies: list them, their Pareto front and trials as pandas tables, rebuild and export models.
+
+A study is read from Optuna's storage alone (plus the artifact folder recorded on it), so anything
+`vitshrink search` wrote, on this machine or a cluster, opens here; and Optuna's own API
+(`optuna.load_study`, `study.best_trials`, `trials_dataframe()`) reads the same study.
+
+Example:
+    >>> import vitshrink
+    >>> study = vitshrink.open_study("quickstart", storage="sqlite:///vitshrink.db")  # doctest: +SKIP
+    >>> study.pareto()[["trial", "accuracy", "test_accuracy", "latency_ms", "size_bytes"]]  # doctest: +SKIP
+    >>> study.hypervolume()  # doctest: +SKIP
+    0.41
+    >>> model = study.load_model(3)  # doctest: +SKIP
+    >>> study.export(3, "onnx", "model.onnx")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, fields
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable
+
+import optuna
+import pandas as pd
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from .data import DataBundle
+from .search import DEFAULT_STORAGE, open_storage, pareto_trials
+from .search._artifacts import ArtifactError, LoadedTrial, artifact_dir_of, read_artifact, rebuild_trial
+from .search._driver import RECIPE_ATTR, TEACHER_ATTR
+from .search._pareto import HV_REFERENCE, hypervolume, is_feasible, normalized_objectives
+from .search._storage import artifact_store, mask_url, study_names
+from .search._trial import LOGITS_KEY, load_data
+from .spaces import CompressionConfig, Recipe
+
+log = logging.getLogger(__name__)
+
+TEST_ACCURACY_ATTR = "vitshrink.test_accuracy."
+
+# The columns of `StudyHandle.pareto()` and `.trials()`, then one `config.<field>` per CompressionConfig field.
+COLUMNS = ["trial", "state", "accuracy", "test_accuracy", "latency_ms", "latency_iqr_ms", "latency_cv",
+           "size_bytes", "params", "macs", "accuracy_drop", "feasible", "role", "label", "fail_reason"]
+CONFIG_COLUMNS = [f"config.{f.name}" for f in fields(CompressionConfig)]
+
+
+class StudyNotFound(LookupError):
+    """No study of that name in the storage."""
+
+
+class TrialNotAvailable(LookupError):
+    """A trial number that does not exist or did not complete."""
+
+
+def list_studies(storage: str | None = None) -> pd.DataFrame:
+    """One row per study: name, trials done / failed / running, best values, last update.
+
+    Example:
+        >>> list_studies("sqlite:///vitshrink.db")[["study", "complete"]]  # doctest: +SKIP
+    """
+    st = open_storage(storage)
+    rows = []
+    for s in st.get_all_studies():
+        trials = st.get_all_trials(s._study_id, deepcopy=False)
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        last = max((t.datetime_complete or t.datetime_start for t in trials if t.datetime_start), default=None)
+        row: dict[str, Any] = {
+            "study": s.study_name,
+            "complete": len(done),
+            "failed": sum(t.state == TrialState.FAIL for t in trials),
+            "running": sum(t.state == TrialState.RUNNING for t in trials),
+            "best_accuracy": max((t.values[0] for t in done), default=None),
+            "best_latency_ms": min((t.values[1] for t in done), default=None),
+            "best_size_bytes": min((t.values[2] for t in done), default=None),
+            "last_update": last,
+        }
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["study", "complete", "failed", "running", "best_accuracy", "best_latency_ms",
+                                       "best_size_bytes", "last_update"])
+
+
+def _latency_spread(t: FrozenTrial) -> dict[str, Any]:
+    first = ((t.user_attrs.get("latency") or {}).get("batches") or [{}])[0]
+    return {"latency_iqr_ms": t.user_attrs.get("latency_iqr_ms", first.get("iqr_ms")), "latency_cv": first.get("cv")}
+
+
+def _trial_row(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
+    values = t.values or [None, None, None]
+    row: dict[str, Any] = {
+        "trial": t.number,
+        "state": t.state.name,
+        "accuracy": values[0],
+        "test_accuracy": study_attrs.get(f"{TEST_ACCURACY_ATTR}{t.number}"),
+        "latency_ms": values[1],
+        **_latency_spread(t),
+        "size_bytes": int(values[2]) if values[2] is not None else None,
+        "params": t.user_attrs.get("params"),
+        "macs": t.user_attrs.get("macs"),
+        "accuracy_drop": t.user_attrs.get("accuracy_drop"),
+        "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None,
+        "role": t.user_attrs.get("role", "sampled"),
+        "label": t.user_attrs.get("label"),
+        "fail_reason": t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL else None,
+    }
+    for k, v in (t.user_attrs.get("config") or {}).items():
+        row[f"config.{k}"] = tuple(v) if isinstance(v, list) else v
+    return row
+
+
+@dataclass
+class StudyHandle:
+    """A vitshrink study in an Optuna storage: tables, front quality, models and exports.
+
+    Example:
+        >>> h = open_study("quickstart")  # doctest: +SKIP
+        >>> h.trials().query("state == 'FAIL'")[["trial", "fail_reason"]]  # doctest: +SKIP
+    """
+
+    study: optuna.Study
+    storage_url: str
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    @cached_property
+    def recipe(self) -> Recipe:
+        return Recipe.from_dict(self.study.user_attrs[RECIPE_ATTR])
+
+    @property
+    def teacher_accuracy(self) -> float | None:
+        """The teacher's val accuracy, as measured when the search started."""
+        return self.study.user_attrs.get("vitshrink.teacher_accuracy")
+
+    @property
+    def target(self) -> dict[str, Any]:
+        """Where latency was measured: target spec, host, CPU model, torch version."""
+        return dict(self.study.user_attrs.get("vitshrink.target") or {})
+
+    def test_accuracy(self, number: int) -> float | None:
+        """Test-split accuracy of a Pareto trial (evaluated once, after the search); None otherwise."""
+        return self.study.user_attrs.get(f"{TEST_ACCURACY_ATTR}{number}")
+
+    def trial(self, number: int, complete: bool = True) -> FrozenTrial:
+        """The stored trial `number`; raises TrialNotAvailable if absent or (with `complete`) not COMPLETE."""
+        trials = self.study.get_trials(deepcopy=False)
+        match = next((t for t in trials if t.number == number), None)
+        if match is None:
+            raise TrialNotAvailable(f"study {self.name!r} has no trial {number} (trials 0..{len(trials) - 1}); "
+                                    f"see `vitshrink pareto {self.name}`")
+        if complete and match.state != TrialState.COMPLETE:
+            why = match.user_attrs.get("fail_reason")
+            raise TrialNotAvailable(f"trial {number} of {self.name!r} is {match.state.name}, not COMPLETE"
+                                    + (f" ({why})" if why else "") + "; pick a completed trial from `vitshrink pareto`")
+        return match
+
+    def teacher_trial(self) -> FrozenTrial | None:
+        """The completed trial of the uncompressed teacher (role "teacher"), the baseline of every study."""
+        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return next((t for t in done if t.user_attrs.get("role") == "teacher"), None)
+
+    def pareto(self, include_infeasible: bool = False) -> pd.DataFrame:
+        """The Pareto-optimal trials, one row each (columns `COLUMNS` then `CONFIG_COLUMNS`).
+
+        Objectives (val accuracy, latency median, size), the latency spread (IQR, coefficient of
+        variation), test accuracy (measured once on the front after the search), params, MACs,
+        accuracy drop from the teacher, role (teacher / reference / sampled), a short label and
+        the flattened config. Infeasible trials (constraints broken) are left out unless asked.
+        """
+        return self._frame(pareto_trials(self.study, include_infeasible=include_infeasible))
+
+    def trials(self, states: Iterable[str] | None = None) -> pd.DataFrame:
+        """Every trial (or those in `states`, e.g. ["COMPLETE"]) with its state, objectives and config;
+        failed trials carry their `fail_reason`."""
+        wanted = None if states is None else tuple(TrialState[s.upper()] for s in states)
+        return self._frame(self.study.get_trials(deepcopy=False, states=wanted))
+
+    def _frame(self, trials: list[FrozenTrial]) -> pd.DataFrame:
+        attrs = self.study.user_attrs  # one storage read for every row
+        df = pd.DataFrame([_trial_row(t, attrs) for t in trials])
+        return df.reindex(columns=COLUMNS + CONFIG_COLUMNS)
+
+    def describe(self, number: int) -> dict[str, Any]:
+        """Everything stored about one trial, JSON-able: state, objectives, latency spread, test
+        accuracy, config, every build stage's record, timings, fail reason.
+
+        Example:
+            >>> open_study("quickstart").describe(3)["records"][0]["stage"]  # doctest: +SKIP
+            'prune'
+        """
+        t = self.trial(number, complete=False)
+        ua = t.user_attrs
+        values = dict(zip(self.study.metric_names or ["accuracy", "latency_ms", "size_bytes"], t.values or []))
+        return {
+            "study": self.name, "trial": t.number, "state": t.state.name, "role": ua.get("role", "sampled"),
+            "label": ua.get("label"), "objectives": values, "test_accuracy": self.test_accuracy(number),
+            "teacher_accuracy": self.teacher_accuracy, "accuracy_drop": ua.get("accuracy_drop"),
+            "latency": ua.get("latency"), **_latency_spread(t), "params": ua.get("params"), "macs": ua.get("macs"),
+            "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None, "constraints": ua.get("constraints"),
+            "config": ua.get("config"), "records": ua.get("records") or [], "seconds": ua.get("seconds"),
+            "fail_reason": ua.get("fail_reason"), "worker": ua.get("worker"),
+            "started": t.datetime_start.isoformat() if t.datetime_start else None,
+            "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,
+        }
+
+    def teacher_costs(self) -> tuple[float, float]:
+        """(latency ms, size bytes) of the teacher trial: the units `hypervolume` normalises by."""
+        t = self.teacher_trial()
+        if t is None:
+            raise TrialNotAvailable(f"study {self.name!r} has no completed teacher trial to normalise by; "
+                                    "resume the search so the teacher (trial 0) completes")
+        return float(t.values[1]), float(t.values[2])
+
+    def hypervolume(self, reference_point: tuple[float, float, float] | None = None) -> float:
+        """Hypervolume of the feasible Pareto front in teacher-normalised objectives.
+
+        Points are (1 - accuracy, latency / teacher latency, size / teacher size), all minimised;
+        the default reference point is `HV_REFERENCE` = (1.0, 1.1, 1.1): zero accuracy and 10 %
+        slower and larger than the teacher. Larger is better; at most 1.21.
+
+        Example:
+            >>> open_study("quickstart").hypervolume()  # doctest: +SKIP
+            0.412
+        """
+        lat, size = self.teacher_costs()
+        return hypervolume(pareto_trials(self.study), lat, size, reference_point or HV_REFERENCE)
+
+    def normalized_front(self) -> pd.DataFrame:
+        """The front in the hypervolume's space: trial, 1 - accuracy, latency and size relative to the teacher."""
+        lat, size = self.teacher_costs()
+        front = pareto_trials(self.study)
+        pts = normalized_objectives([t.values for t in front], lat, size) if front else []
+        return pd.DataFrame([(t.number, *p) for t, p in zip(front, pts)],
+                            columns=["trial", "error", "latency_rel", "size_rel"])
+
+    @cached_property
+    def data(self) -> DataBundle:
+        """The recipe's dataset splits (rebuilt from the recipe stored on the study)."""
+        return load_data(self.recipe)
+
+    def load_trial(self, number: int) -> LoadedTrial:
+        """The deployed model of a completed trial, its config and the val logits measured in the trial."""
+        return rebuild_trial(self.study, self.trial(number), None, self.data)
+
+    def load_model(self, number: int) -> nn.Module:
+        """The deployed model of a completed trial, rebuilt from its safetensors weights and config.
+
+        Example:
+            >>> model = open_study("quickstart").load_model(3)  # doctest: +SKIP
+        """
+        return self.load_trial(number).model
+
+    def float_weights(self, number: int) -> tuple[dict[str, torch.Tensor], CompressionConfig]:
+        """The float weights saved for a trial (before quantization) and its config, read from the
+        checksummed safetensors artifact."""
+        t = self.trial(number)
+        artifact_id = t.user_attrs.get("artifact")
+        if not artifact_id:
+            raise ArtifactError(f"trial {number} of {self.name!r} has no saved model")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "weights.safetensors"
+            try:
+                optuna.artifacts.download_artifact(artifact_store=artifact_store(artifact_dir_of(self.study)),
+                                                   artifact_id=artifact_id, file_path=str(path))
+            except Exception as exc:  # noqa: BLE001 - any store error means the file is not there
+                raise ArtifactError(f"artifact of trial {number} cannot be read from "
+                                    f"{artifact_dir_of(self.study)}: {exc}") from None
+            state, meta = read_artifact(path)
+        state.pop(LOGITS_KEY)
+        return state, CompressionConfig.from_json(meta["config"])
+
+    def load_float_model(self, number: int) -> nn.Module:
+        """A trial's model before quantization (float32): the structure its config gives, its saved weights.
+
+        Equal to `load_model` for trials without quantization.
+        """
+        from .compress import build
+        from .models import TeacherSpec, create_model
+
+        state, config = self.float_weights(number)
+        teacher = create_model(TeacherSpec.from_dict(self.study.user_attrs[TEACHER_ATTR]), load_weights=False)
+        float_config = config.replace(quant="none", calib_size=0)
+        return build(teacher, float_config, self.data, seed=self.recipe.seed, train=False, float_state=state).model
+
+    def export(self, number: int, fmt: str, path: str | Path) -> Path:
+        """Export a completed trial as onnx, torchscript or safetensors, with a model card beside it.
+
+        See `vitshrink.exporting.export_trial`.
+        """
+        from .exporting import export_trial
+
+        return export_trial(self, number, fmt, Path(path))
+
+
+def open_study(name: str, storage: str | None = None) -> StudyHandle:
+    """Open a vitshrink study by name from an Optuna storage URL (default: sqlite:///vitshrink.db).
+
+    Example:
+        >>> h = open_study("quickstart", "sqlite:///vitshrink.db")  # doctest: +SKIP
+    """
+    url = storage or DEFAULT_STORAGE
+    st = open_storage(url)
+    names = study_names(st)
+    if name not in names:
+        listing = ", ".join(names) if names else "none"
+        raise StudyNotFound(f"no study {name!r} in {mask_url(url)} (studies there: {listing}); "
+                            "run `vitshrink studies` to list them or pass --storage")
+    study = optuna.load_study(study_name=name, storage=st)
+    if RECIPE_ATTR not in study.user_attrs:
+        raise StudyNotFound(f"study {name!r} in {mask_url(url)} was not written by vitshrink")
+    return StudyHandle(study, url)
+
+
+def compare_studies(handles: list[StudyHandle], reference_point: tuple[float, float, float] | None = None
+                    ) -> pd.DataFrame:
+    """One row per study: its front size, hypervolume (teacher-normalised), teacher and best values.
+
+    Example:
+        >>> compare_studies([open_study("a"), open_study("b")])[["study", "hypervolume"]]  # doctest: +SKIP
+    """
+    rows = []
+    for h in handles:
+        front = pareto_trials(h.study)
+        teacher = h.teacher_trial()
+        rows.append({
+            "study": h.name, "pareto_trials": len(front),
+            "complete": len(h.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
+            "hypervolume": h.hypervolume(reference_point) if teacher else None,
+            "teacher_accuracy": h.teacher_accuracy,
+            "teacher_latency_ms": teacher.values[1] if teacher else None,
+            "best_accuracy": max((t.values[0] for t in front), default=None),
+            "best_latency_ms": min((t.values[1] for t in front), default=None),
+            "best_size_bytes": min((int(t.values[2]) for t in front), default=None),
+        })
+    return pd.DataFrame(rows)
+
+
+def load_model(study_name: str, trial_number: int, storage: str | None = None) -> nn.Module:
+    """Rebuild the model of a completed trial; its outputs on the val split equal those measured.
+
+    Example:
+        >>> model = load_model("quickstart", 3)  # doctest: +SKIP
+    """
+    return open_study(study_name, storage).load_model(trial_number)
+
+
+def export(study_name: str, trial_number: int, fmt: str, path: str | Path, storage: str | None = None) -> Path:
+    """Export a trial's model (onnx, torchscript or safetensors) plus a JSON model card; returns the path.
+
+    Example:
+        >>> export("quickstart", 3, "onnx", "model.onnx")  # doctest: +SKIP
+        PosixPath('model.onnx')
+    """
+    return open_study(study_name, storage).export(trial_number, fmt, path)
+
+
+__all__ = ["COLUMNS", "CONFIG_COLUMNS", "HV_REFERENCE", "StudyHandle", "StudyNotFound", "TrialNotAvailable",
+           "compare_studies", "export", "hypervolume", "list_studies", "load_model", "open_study"]
