@@ -17,6 +17,7 @@ from vitshrink.models import (
     ModelError,
     TeacherSpec,
     TrainSettings,
+    augment_batch,
     create_model,
     get_teacher,
     load_checkpoint,
@@ -180,3 +181,19 @@ def test_pretrained_path_adapts_a_local_checkpoint(tmp_path) -> None:
     assert model.head.out_features == 10 and model.patch_embed.patch_size == (4, 4)
     assert torch.equal(model.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_augmentation_flips_and_shifts_each_image_and_keeps_its_content() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 8, 8)
+    flipped = augment_batch(x, ("flip",), gen)
+    same = (flipped == x).flatten(1).all(1)
+    mirrored = (flipped == x.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and 10 < int(mirrored.sum()) < 54  # about half, per image
+    shifted = augment_batch(x, ("shift",), gen)
+    assert shifted.shape == x.shape
+    # every shifted image is its original moved by at most 2 px: some offset matches its interior
+    for i in range(8):
+        assert any(torch.equal(shifted[i, :, 2:6, 2:6], x[i, :, 2 + dy:6 + dy, 2 + dx:6 + dx])
+                   for dy in range(-2, 3) for dx in range(-2, 3))
+    assert not torch.equal(shifted, x)

@@ -194,6 +194,8 @@ def test_quickstart_covers_the_four_families() -> None:
         ("[target]\nruns = 2", "too few"),
         ("[space]\nquant = ['fp8']", "'fp8' is not one of"),
         ("[teacher.train]\nepoch = 3", "did you mean 'epochs'"),
+        ("[teacher.train]\nepochs = 'ten'", "teacher.train.epochs = 'ten' has the wrong type"),
+        ("[teacher.train]\naugment = ['rotate']", r"unknown augmentation\(s\) \['rotate'\]; choose from"),
         ("this is = not toml =", "not valid TOML"),
     ],
 )

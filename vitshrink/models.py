@@ -151,6 +151,32 @@ class TrainSettings:
     weight_decay: float = 0.05
     batch_size: int = 64
     label_smoothing: float = 0.0
+    augment: tuple[str, ...] = ()  # "flip" (random horizontal flip), "shift" (random translation <= 2 px)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "augment", tuple(self.augment))
+
+
+def augment_batch(x: torch.Tensor, kinds: tuple[str, ...], gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Per-image random horizontal flips and/or translations of up to `max_shift` pixels (borders
+    replicated) of an image batch (B, C, H, W); the identity when `kinds` is empty.
+
+        >>> x = torch.arange(16.).view(1, 1, 4, 4)
+        >>> augment_batch(x, (), torch.Generator()).equal(x)
+        True
+    """
+    if "flip" in kinds:
+        flip = torch.rand(len(x), generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if "shift" in kinds:
+        b, _, h, w = x.shape
+        s = max_shift
+        padded = F.pad(x, (s, s, s, s), mode="replicate")
+        dy, dx = (torch.randint(0, 2 * s + 1, (b,), generator=gen) for _ in range(2))
+        rows = (torch.arange(h)[None] + dy[:, None])[:, :, None]  # (B, H, 1)
+        cols = (torch.arange(w)[None] + dx[:, None])[:, None, :]  # (B, 1, W)
+        x = padded[torch.arange(b)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    return x
 
 
 @torch.no_grad()
@@ -189,7 +215,7 @@ def train_classifier(
         total = 0.0
         for i in range(0, len(x), settings.batch_size):
             idx = perm[i : i + settings.batch_size]
-            logits = model(x[idx])
+            logits = model(augment_batch(x[idx], settings.augment, gen) if settings.augment else x[idx])
             if loss_fn is None:
                 loss = F.cross_entropy(logits, y[idx], label_smoothing=settings.label_smoothing)
             else:
@@ -206,7 +232,7 @@ def train_classifier(
 
 def _teacher_key(spec: TeacherSpec, data: DataBundle, settings: TrainSettings, seed: int) -> str:
     blob = json.dumps(
-        {"spec": spec.to_dict(), "data": data.describe(), "train": settings.__dict__, "seed": seed,
+        {"spec": spec.to_dict(), "data": data.describe(), "train": {k: v for k, v in settings.__dict__.items() if v or k != "augment"}, "seed": seed,
          "timm": __import__("timm").__version__},
         sort_keys=True,
     )

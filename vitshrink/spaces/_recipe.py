@@ -38,7 +38,9 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "space": {},
     "fixed": {},
 }
-_TRAIN_KEYS = {"epochs": int, "lr": float, "weight_decay": float, "batch_size": int, "label_smoothing": float}
+_TRAIN_KEYS = {"epochs": int, "lr": float, "weight_decay": float, "batch_size": int, "label_smoothing": float,
+               "augment": list}
+AUGMENTATIONS = ("flip", "shift")
 
 
 def parse_duration(value: str | int | float | None) -> float | None:
@@ -125,6 +127,12 @@ class Recipe:
         for key, v in teacher.get("train", {}).items():
             if key not in _TRAIN_KEYS:
                 raise ConfigError(f"{source}: unknown key teacher.train.{key}{_hint(key, _TRAIN_KEYS)}")
+            want = _TRAIN_KEYS[key]
+            if not isinstance(v, int | float if want is float else want) or isinstance(v, bool):
+                raise ConfigError(f"{source}: teacher.train.{key} = {v!r} has the wrong type; expected {_type_name(want)}")
+            if key == "augment" and (bad := [a for a in v if a not in AUGMENTATIONS]):
+                raise ConfigError(f"{source}: teacher.train.augment has unknown augmentation(s) {bad}; "
+                                  f"choose from {list(AUGMENTATIONS)} (flip: random horizontal flip, shift: up to 2 px)")
         try:
             space = SearchSpace.from_dict(doc.get("space", {}), doc.get("fixed", {}))
         except ConfigError as exc:
