@@ -204,3 +204,42 @@ def test_deit_distilled_student_trains_both_heads(tiny_data):
     assert student.distilled_training is False  # inference averages the two heads
     assert student.train()(data.val.x[:4]).shape == (4, 10)
     assert math.isfinite(float(distill.kd_loss(torch.randn(4, 10), data.val.y[:4], torch.randn(4, 10))))
+
+
+def test_teacher_init_copies_selected_blocks_and_leading_channels(teacher, tiny_data):
+    x = tiny_data.val.x[:16]
+    depth = len(teacher.blocks)
+    dim, heads = teacher.embed_dim, teacher.blocks[0].attn.num_heads
+    ratio = teacher.blocks[0].mlp.fc1.out_features / dim
+    same = dict(student="custom", student_embed_dim=dim, student_heads=heads, student_mlp_ratio=ratio,
+                student_epochs=1, student_init="teacher")
+    ctx = BuildContext(data=tiny_data, teacher=teacher, train=False)
+    # the teacher's own shape: weight selection copies every tensor, so it computes the same function
+    clone = distill.student(teacher, CompressionConfig(**same, student_depth=depth), ctx)
+    assert torch.allclose(clone(x), teacher(x), atol=1e-6)
+    assert ctx.notes["init"] == {"teacher_blocks": list(range(depth)), "tensors_copied": len(teacher.state_dict()),
+                                 "tensors_kept": 0}
+    # one block: block 0 of the teacher, exactly
+    ctx = BuildContext(data=tiny_data, teacher=teacher, train=False)
+    short = distill.student(teacher, CompressionConfig(**same, student_depth=1), ctx)
+    assert ctx.notes["init"]["teacher_blocks"] == [0]
+    for name, value in short.blocks[0].state_dict().items():
+        assert torch.equal(value, teacher.blocks[0].state_dict()[name]), name
+    # narrower: every tensor is the leading slice; q, k and v each keep their own leading rows
+    narrow = distill.student(teacher, CompressionConfig(**STUDENT, student_epochs=1, student_init="teacher"), ctx)
+    w, tw = narrow.blocks[0].attn.qkv.weight, teacher.blocks[0].attn.qkv.weight
+    for part in range(3):
+        assert torch.equal(w[part * 24:(part + 1) * 24], tw[part * dim:part * dim + 24, :24])
+    assert torch.equal(narrow.patch_embed.proj.weight, teacher.patch_embed.proj.weight[:24])
+    assert torch.equal(narrow.head.weight, teacher.head.weight[:, :24])
+    assert torch.equal(narrow.pos_embed, teacher.pos_embed[..., :24])
+    # random init is untouched by the teacher
+    rand = distill.student(teacher, CompressionConfig(**STUDENT, student_epochs=1), ctx)
+    assert not torch.equal(rand.head.weight, teacher.head.weight[:, :24]) and ctx.notes["init"] == "random"
+
+
+def test_teacher_init_needs_a_student() -> None:
+    with pytest.raises(ConfigError, match="student_init='teacher' needs a student"):
+        CompressionConfig(student_init="teacher")
+    with pytest.raises(ConfigError, match="student_init='copy' is not one of random, teacher"):
+        CompressionConfig(**STUDENT, student_epochs=1, student_init="copy")

@@ -220,6 +220,64 @@ def make_student(teacher: nn.Module, config: CompressionConfig) -> nn.Module:
         raise ConfigError(f"cannot build the custom student {kwargs}: {exc}") from None
 
 
+def select_blocks(teacher_depth: int, student_depth: int) -> list[int]:
+    """Evenly spaced teacher blocks for a shallower student, starting with the first (as DistilBERT
+    takes every other layer).
+
+    Example:
+        >>> select_blocks(12, 4), select_blocks(4, 2), select_blocks(4, 3), select_blocks(2, 4)
+        ([0, 3, 6, 9], [0, 2], [0, 1, 2], [0, 1, 0, 1])
+    """
+    if student_depth <= teacher_depth:
+        return [i * teacher_depth // student_depth for i in range(student_depth)]
+    return [i % teacher_depth for i in range(student_depth)]  # deeper than the teacher: repeat its blocks
+
+
+def _select(tensor: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
+    """The leading elements of `tensor` along every dimension, cut to `shape`; a fused qkv tensor is
+    cut per q / k / v so each keeps its own leading channels."""
+    if name.endswith(("attn.qkv.weight", "attn.qkv.bias")):
+        parts = tensor.chunk(3, dim=0)
+        third = torch.Size([shape[0] // 3, *shape[1:]])
+        return torch.cat([_select(p, third, "") for p in parts], dim=0)
+    return tensor[tuple(slice(0, n) for n in shape)].clone()
+
+
+@torch.no_grad()
+def init_from_teacher(student: nn.Module, teacher: nn.Module) -> dict[str, Any]:
+    """Weight selection (Xu et al., "Initializing Models with Larger Ones", ICLR 2024): every student
+    tensor starts as the leading slice of the teacher's tensor of the same name, its blocks taken from
+    evenly spaced teacher blocks (`select_blocks`). Tensors the teacher lacks, or that are larger in
+    the student than in the teacher, keep the student's own initialisation.
+
+    Returns what was copied: ``{"blocks": [...], "copied": n, "kept": [names]}``.
+
+    Example:
+        >>> init_from_teacher(make_student(teacher, cfg), teacher)["blocks"]  # doctest: +SKIP
+        [0, 2]
+    """
+    t_state = teacher.state_dict()
+    t_depth = len(getattr(teacher, "blocks", []))
+    s_depth = len(getattr(student, "blocks", []))
+    blocks = select_blocks(t_depth, s_depth) if t_depth and s_depth else []
+    copied, kept = 0, []
+    new_state = {}
+    for name, value in student.state_dict().items():
+        source = name
+        if name.startswith("blocks.") and blocks:
+            index, rest = name.split(".", 2)[1:]
+            source = f"blocks.{blocks[int(index)]}.{rest}"
+        t_value = t_state.get(source)
+        if (t_value is None or t_value.dim() != value.dim() or not value.is_floating_point()
+                or any(s > t for s, t in zip(value.shape, t_value.shape))):
+            kept.append(name)
+            continue
+        new_state[name] = _select(t_value, value.shape, source).to(value.dtype)
+        copied += 1
+    student.load_state_dict(new_state, strict=False)
+    return {"blocks": blocks, "copied": copied, "kept": kept}
+
+
 def student_arch(model: nn.Module) -> dict[str, Any]:
     """JSON-able description of a timm ViT: depth, width, heads, MLP ratio, tokens, distilled or not."""
     block = model.blocks[0]
@@ -312,9 +370,12 @@ def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
         return copy_model(model)
     torch.manual_seed(ctx.seed)  # the same config and seed give the same initial student
     new = make_student(model, config)
+    selection = init_from_teacher(new, model) if config.student_init == "teacher" else None
+    # a student that starts from the teacher's weights fine-tunes at the recovery learning rate
+    base = FINETUNE_SETTINGS if selection else STUDENT_SETTINGS
     final_loss, kd_images = None, 0
     if ctx.train:
-        settings = dataclasses.replace(STUDENT_SETTINGS, epochs=config.student_epochs)
+        settings = dataclasses.replace(base, epochs=config.student_epochs)
         kd_data, kd_logits = _kd_inputs(ctx)
         kd_images = len(kd_data.train)
         final_loss = distill_train(new, kd_data, kd_logits, settings, config.kd_temperature,
@@ -325,7 +386,9 @@ def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
         kd_epochs=config.student_epochs if ctx.train else 0,
         kd_images=kd_images,
         final_loss=None if final_loss is None else round(final_loss, 5),
-        lr=STUDENT_SETTINGS.lr,
+        lr=base.lr,
+        init="random" if selection is None else {"teacher_blocks": selection["blocks"], "tensors_copied": selection["copied"],
+                                                 "tensors_kept": len(selection["kept"])},
     )
     return new.eval()
 
@@ -352,9 +415,11 @@ __all__ = [
     "clear_logits_memory",
     "distill_train",
     "finetune",
+    "init_from_teacher",
     "kd_loss",
     "logits_cache_key",
     "make_student",
+    "select_blocks",
     "student",
     "student_arch",
     "teacher_logits",

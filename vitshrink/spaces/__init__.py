@@ -1,10 +1,10 @@
 """The search space as data: `CompressionConfig`, `SearchSpace` and recipes."""
 
-from ._config import LOWRANK_MODES, PRUNE_SCORES, QUANT_MODES, CompressionConfig, ConfigError
+from ._config import LOWRANK_MODES, PRUNE_SCORES, QUANT_MODES, STUDENT_INITS, CompressionConfig, ConfigError
 from ._recipe import SAMPLERS, Recipe, builtin_recipes, parse_duration, recipes_dir, resolve_recipe
 from ._space import CONDITIONS, Dimension, SearchSpace
 
 __all__ = [
     "CONDITIONS", "CompressionConfig", "ConfigError", "Dimension", "LOWRANK_MODES", "PRUNE_SCORES", "QUANT_MODES",
-    "Recipe", "SAMPLERS", "SearchSpace", "builtin_recipes", "parse_duration", "recipes_dir", "resolve_recipe",
+    "STUDENT_INITS", "Recipe", "SAMPLERS", "SearchSpace", "builtin_recipes", "parse_duration", "recipes_dir", "resolve_recipe",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 QUANT_MODES = ("none", "dynamic_int8", "static_int8", "bf16", "ort_fp32", "ort_int8")
 LOWRANK_MODES = ("none", "nystrom", "svd")
 PRUNE_SCORES = ("magnitude", "taylor", "activation")
+STUDENT_INITS = ("random", "teacher")
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,9 @@ class CompressionConfig:
     student_heads: int = 0
     student_mlp_ratio: float = 4.0
     student_epochs: int = 0
+    # "random": timm's initialisation; "teacher": weight selection from the teacher (evenly spaced
+    # blocks, the leading channels of every tensor; Xu et al., ICLR 2024), then distillation
+    student_init: str = "random"
     # structured pruning: fraction of attention heads / MLP hidden units removed per block
     prune_heads: float = 0.0
     prune_mlp: float = 0.0
@@ -126,6 +130,10 @@ class CompressionConfig:
             raise bad(
                 f"student_embed_dim={self.student_embed_dim} is not divisible by student_heads={self.student_heads}"
             )
+        if self.student_init not in STUDENT_INITS:
+            raise bad(f"student_init={self.student_init!r} is not one of {', '.join(STUDENT_INITS)}")
+        if self.student == "none" and self.student_init != "random":
+            raise bad(f"student_init={self.student_init!r} needs a student; set student='custom' or a timm name")
         if self.student != "none" and self.student_epochs < 1:
             raise bad(f"student={self.student!r} needs student_epochs >= 1 to be trained by distillation")
         if self.token_merge_r < 0 or self.kd_epochs < 0 or self.calib_size < 0 or self.nystrom_conv < 0:

@@ -15,11 +15,20 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ._config import LOWRANK_MODES, PRUNE_SCORES, QUANT_MODES, CompressionConfig, ConfigError, check_field_type
+from ._config import (
+    LOWRANK_MODES,
+    PRUNE_SCORES,
+    QUANT_MODES,
+    STUDENT_INITS,
+    CompressionConfig,
+    ConfigError,
+    check_field_type,
+)
 
 _FIELD_TYPES = {f.name: f.type for f in fields(CompressionConfig)}
 _DEFAULTS = CompressionConfig().to_dict()
-_ALLOWED_CHOICES = {"quant": QUANT_MODES, "lowrank": LOWRANK_MODES, "prune_score": PRUNE_SCORES}
+_ALLOWED_CHOICES = {"quant": QUANT_MODES, "lowrank": LOWRANK_MODES, "prune_score": PRUNE_SCORES,
+                    "student_init": STUDENT_INITS}
 # A two-number list is a range [low, high]; for these a list is always a set of choices
 # (a student's width must be divisible by its head count, so both are picked from lists).
 _ALWAYS_CHOICES = {"student_embed_dim", "student_heads", "student", *_ALLOWED_CHOICES}
@@ -32,6 +41,7 @@ CONDITIONS: dict[str, tuple[str, Any]] = {
     "student_heads": ("student", "custom"),
     "student_mlp_ratio": ("student", "custom"),
     "student_epochs": ("student", "!none"),
+    "student_init": ("student", "!none"),
     "prune_score": ("prune_heads|prune_mlp", ">0"),
     "landmarks": ("lowrank", "nystrom"),
     "lowrank_blocks": ("lowrank", "!none"),
