@@ -210,3 +210,16 @@ def test_recipe_overrides_and_durations() -> None:
     assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90 and parse_duration(12) == 12
     with pytest.raises(ConfigError, match="no recipe 'nope'"):
         resolve_recipe("nope")
+
+
+def test_fixed_student_settings_apply_only_to_students() -> None:
+    import optuna
+
+    space = SearchSpace.from_dict(
+        {"student": ["none", "custom"], "student_depth": [1, 2], "student_embed_dim": [16], "student_heads": [2]},
+        {"student_epochs": 2, "student_init": "teacher"})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    configs = [space.sample(study.ask()) for _ in range(12)]
+    assert {c.student for c in configs} == {"none", "custom"}
+    for c in configs:
+        assert c.student_init == ("teacher" if c.student == "custom" else "random")

@@ -278,8 +278,8 @@ class SearchSpace:
                 merged.setdefault("student_heads", 1)
                 merged.setdefault("student_embed_dim", merged["student_heads"] * 8)
         else:
-            for k in ("student_depth", "student_embed_dim", "student_heads", "student_epochs"):
-                if merged.get(k) and "student" not in merged:
+            for k in ("student_depth", "student_embed_dim", "student_heads", "student_epochs", "student_init"):
+                if merged.get(k) and k in values and "student" not in merged:
                     merged["student"] = "custom"
                     merged.setdefault("student_epochs", 1)
                     merged.setdefault("student_depth", 1)
@@ -289,6 +289,9 @@ class SearchSpace:
             merged["token_drop_at"] = (1,)
         if merged.get("lowrank") != "nystrom":
             merged.pop("landmarks", None)
+        for name in list(merged):  # as in `sample`: a fixed setting whose parent is off keeps its default
+            if name not in values and not _condition_holds(name, merged):
+                del merged[name]
         try:
             CompressionConfig.from_dict(merged)
         except ConfigError as exc:
