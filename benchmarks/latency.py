@@ -70,6 +70,8 @@ def variants(depth: int, tokens: int, smoke: bool) -> dict[str, CompressionConfi
         "prune50+ort_int8": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, quant="ort_int8"),
         "tome8+ort_int8": CompressionConfig(token_merge_r=8, quant="ort_int8"),
         "prune50+tome8+ort_int8": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, token_merge_r=8, quant="ort_int8"),
+        "prune50+drop30+ort_int8": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, token_drop=0.3,
+                                                     token_drop_at=drop_at, quant="ort_int8"),
         "prune50+tome8+dynamic_int8": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, token_merge_r=8,
                                                         quant="dynamic_int8"),
     }

@@ -18,7 +18,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read when Ray
 ray = pytest.importorskip("ray")
 
 from conftest import require_service  # noqa: E402
-from test_resume import POSTGRES, RECIPE  # noqa: E402
+from test_resume import POSTGRES, recipe_text  # noqa: E402
 from vitshrink.search import open_storage, run_search  # noqa: E402
 from vitshrink.spaces import Recipe  # noqa: E402
 
@@ -40,7 +40,7 @@ def cluster():
 
 
 def _recipe(name: str, trials: int, device: str = "cpu:1") -> Recipe:
-    text = RECIPE.format(name=name, trials=trials).replace('device = "cpu:1"', f'device = "{device}"')
+    text = recipe_text(name, trials, device)
     return Recipe.from_toml_text(text)
 
 

@@ -18,44 +18,13 @@ import torch
 from optuna.trial import TrialState, create_trial
 from safetensors.torch import save_file
 
+from recipes import tiny_recipe
 from vitshrink.models import TeacherSpec, create_model
 from vitshrink.spaces import ConfigError, Recipe, SearchSpace
 
 SECRET = "s3cret"
 PG_URL = f"postgresql://user:{SECRET}@127.0.0.1:1/db"  # port 1: nothing listens, refused at once
 REDIS_URL = f"redis://:{SECRET}@127.0.0.1:1/0"
-
-# A tiny teacher: 8x8 digits, patch 2 -> 16 patches + cls = 17 tokens, 2 blocks.
-TINY = """
-[study]
-name = "{name}"
-trials = 2
-[data]
-dataset = "digits"
-[teacher]
-model = "vit_tiny_patch16_224"
-{teacher_extra}
-[teacher.kwargs]
-img_size = 8
-patch_size = 2
-in_chans = 1
-embed_dim = 32
-depth = 2
-num_heads = 2
-mlp_ratio = 2.0
-[teacher.train]
-epochs = 1
-[target]
-runs = 5
-warmup = 1
-[space]
-{space}
-"""
-
-
-def tiny_recipe(name: str = "tiny", space: str = 'quant = ["none", "dynamic_int8"]', teacher_extra: str = "") -> str:
-    return TINY.format(name=name, space=space, teacher_extra=teacher_extra)
-
 
 def _files(root: Path) -> dict[str, str]:
     """Write the recipes and checkpoints the cases use; returns name -> path."""

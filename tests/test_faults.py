@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import save_file
 
 import vitshrink
-from test_errors import cli_env, run_cli, tiny_recipe
+from recipes import tiny_recipe
+from test_errors import cli_env, run_cli
 from vitshrink.models import TeacherSpec, create_model
 from vitshrink.search import run_search
 from vitshrink.search._artifacts import ArtifactError
@@ -46,7 +47,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch
     (inside the SVD transform), the others complete, and the budget is reached."""
     space = ('student = ["none", "custom"]\n[fixed]\nstudent_depth = 1\nstudent_embed_dim = 16\nstudent_heads = 2\n'
              'student_epochs = 1\nlowrank = "svd"\nlowrank_blocks = [1]\nsvd_rank = 0.5')
-    text = tiny_recipe("mix", space).replace("[study]\n", '[study]\nsampler = "random"\nseed = 0\n')
+    text = tiny_recipe("mix", space, sampler="random")
     url = f"sqlite:///{tmp_path}/mix.db"
     summary = run_search(Recipe.from_toml_text(text), storage=url, evaluate_test=False)
     assert summary.completed == 2 and summary.failed >= 1 and summary.stopped_by == "trials"
@@ -69,7 +70,7 @@ def _nan_checkpoint(path: Path) -> str:
 @pytest.mark.slow
 def test_every_trial_failing_stops_at_max_failures_with_a_message(tmp_path) -> None:
     ckpt = _nan_checkpoint(tmp_path / "nan.safetensors")
-    text = tiny_recipe("nan", teacher_extra=f'checkpoint = "{ckpt}"').replace("trials = 2", "trials = 3\nmax_failures = 2")
+    text = tiny_recipe("nan", teacher_extra=f'checkpoint = "{ckpt}"', trials=3).replace("[data]", "max_failures = 2\n[data]")
     (tmp_path / "nan.toml").write_text(text)
     url = f"sqlite:///{tmp_path}/nan.db"
     res = run_cli(["search", "nan.toml", "--storage", url], tmp_path, cli_env(tmp_path))
@@ -113,7 +114,7 @@ def _running_trial(url: str, name: str, first: int = 0) -> int | None:
 def test_ctrl_c_fails_the_running_trial_and_the_next_run_resumes(tmp_path) -> None:
     # KD fine-tuning makes every trial after the teacher's last seconds even on a fast machine, so the
     # interrupt lands inside a trial (the teacher trial 0 reuses cached measurements and ends at once)
-    text = tiny_recipe("ctrlc", "kd_epochs = [40, 60]").replace("trials = 2", "trials = 3")
+    text = tiny_recipe("ctrlc", "kd_epochs = [40, 60]", trials=3)
     (tmp_path / "ctrlc.toml").write_text(text)
     url = f"sqlite:///{tmp_path}/ctrlc.db"
     env = cli_env(tmp_path)

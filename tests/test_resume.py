@@ -17,48 +17,20 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import require_service
+from recipes import tiny_recipe as tiny_recipe_text
 from vitshrink.search import open_storage, run_search
 from vitshrink.search._storage import HEARTBEAT_ATTR, fail_stale_trials, owner_is_gone, trial_heartbeat
 from vitshrink.spaces import Recipe
 
 GRACE = 2  # seconds; the CLI default is 30
 
-RECIPE = """
-[study]
-name = "{name}"
-trials = {trials}
-sampler = "random"
-seed = 0
 
-[data]
-dataset = "digits"
 
-[teacher]
-model = "vit_tiny_patch16_224"
-[teacher.kwargs]
-img_size = 8
-patch_size = 2
-in_chans = 1
-embed_dim = 32
-depth = 2
-num_heads = 2
-mlp_ratio = 2.0
-[teacher.train]
-epochs = 2
-
-[target]
-device = "cpu:1"
-runs = 5
-warmup = 1
-
-[space]
-prune_heads = [0.0, 0.5]
-lowrank = ["none", "nystrom"]
-landmarks = [2, 8]
-
-[fixed]
-kd_epochs = 1   # a second or more per trial: long enough to be killed in the middle of one
-"""
+def recipe_text(name: str, trials: int, device: str = "cpu:1") -> str:
+    return tiny_recipe_text(name, 'prune_heads = [0.0, 0.5]\nlowrank = ["none", "nystrom"]\nlandmarks = [2, 8]',
+                       trials=trials, sampler="random", epochs=2, device=device,
+                       # a second or more per trial: long enough to be killed in the middle of one
+                       fixed="kd_epochs = 1")
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379"
@@ -66,7 +38,7 @@ REDIS = "redis://127.0.0.1:6379"
 
 def tiny_recipe(tmp_path: Path, name: str, trials: int = 2) -> Path:
     path = tmp_path / f"{name}.toml"
-    path.write_text(RECIPE.format(name=name, trials=trials))
+    path.write_text(recipe_text(name, trials))
     return path
 
 

@@ -12,49 +12,13 @@ import torch
 
 import vitshrink
 from vitshrink.search import count_states, run_search
+from recipes import tiny_recipe
 from vitshrink.spaces import Recipe
 
-RECIPE = """
-[study]
-name = "e2e"
-trials = 3
-sampler = "nsga2"
-seed = 0
-
-[data]
-dataset = "digits"
-
-[teacher]
-model = "vit_tiny_patch16_224"
-[teacher.kwargs]
-img_size = 8
-patch_size = 2
-in_chans = 1
-embed_dim = 32
-depth = 2
-num_heads = 2
-mlp_ratio = 2.0
-[teacher.train]
-epochs = 6
-
-[target]
-device = "cpu:2"
-runs = 5
-warmup = 1
-
-[space]
-quant = ["none", "dynamic_int8"]
-prune_heads = [0.0, 0.5]
-lowrank = ["none", "nystrom"]
-landmarks = [2, 8]
-student = ["none", "custom"]
-student_depth = [1, 2]
-student_embed_dim = [16, 32]
-student_heads = [2]
-
-[fixed]
-student_epochs = 2
-"""
+RECIPE = tiny_recipe("e2e", 'quant = ["none", "dynamic_int8"]\nprune_heads = [0.0, 0.5]\nlowrank = ["none", "nystrom"]\n'
+                     'landmarks = [2, 8]\nstudent = ["none", "custom"]\nstudent_depth = [1, 2]\n'
+                     'student_embed_dim = [16, 32]\nstudent_heads = [2]',
+                     trials=3, sampler="nsga2", epochs=6, device="cpu:2", fixed="student_epochs = 2")
 
 
 @pytest.fixture()

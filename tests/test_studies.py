@@ -17,45 +17,14 @@ import torch
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from recipes import tiny_recipe
 from vitshrink.spaces import CompressionConfig, Recipe
 
 torch.set_num_threads(2)
 
-RECIPE = """
-[study]
-name = "q"
-trials = 4
-sampler = "random"
-seed = 0
-
-[data]
-dataset = "digits"
-
-[teacher]
-model = "vit_tiny_patch16_224"
-[teacher.kwargs]
-img_size = 8
-patch_size = 2
-in_chans = 1
-embed_dim = 32
-depth = 2
-num_heads = 2
-mlp_ratio = 2.0
-[teacher.train]
-epochs = 2
-
-[target]
-device = "cpu:2"
-runs = 5
-warmup = 1
-
-[space]
-quant = ["none", "dynamic_int8", "ort_int8"]
-prune_heads = [0.0, 0.5]
-lowrank = ["none", "nystrom"]
-landmarks = [2, 8]
-token_merge_r = [0, 3]
-"""
+RECIPE = tiny_recipe("q", 'quant = ["none", "dynamic_int8", "ort_int8"]\nprune_heads = [0.0, 0.5]\n'
+                     'lowrank = ["none", "nystrom"]\nlandmarks = [2, 8]\ntoken_merge_r = [0, 3]',
+                     trials=4, sampler="random", epochs=2, device="cpu:2")
 
 CONFIGS = {
     "teacher": CompressionConfig(),

@@ -1,0 +1,45 @@
+"""The tiny recipe the search tests share: 8x8 digits, patch 2 (16 patches + cls = 17 tokens), a
+32-wide 2-block timm ViT teacher trained for a few epochs, quick latency. Each test picks its study
+name, budget, sampler, space and fixed settings."""
+
+from __future__ import annotations
+
+TEMPLATE = """
+[study]
+name = "{name}"
+trials = {trials}
+{study}
+[data]
+dataset = "digits"
+
+[teacher]
+model = "vit_tiny_patch16_224"
+{teacher}
+[teacher.kwargs]
+img_size = 8
+patch_size = 2
+in_chans = 1
+embed_dim = 32
+depth = 2
+num_heads = 2
+mlp_ratio = 2.0
+[teacher.train]
+epochs = {epochs}
+
+[target]
+{device}runs = 5
+warmup = 1
+
+[space]
+{space}
+{fixed}"""
+
+
+def tiny_recipe(name: str = "tiny", space: str = 'quant = ["none", "dynamic_int8"]', *, trials: int = 2,
+                sampler: str | None = None, fixed: str = "", teacher_extra: str = "", epochs: int = 1,
+                device: str | None = None) -> str:
+    """The recipe's TOML text. `sampler` also fixes seed 0; `fixed` is the body of a [fixed] table."""
+    return TEMPLATE.format(
+        name=name, trials=trials, study=f'sampler = "{sampler}"\nseed = 0\n' if sampler else "",
+        teacher=teacher_extra, epochs=epochs, device=f'device = "{device}"\n' if device else "", space=space,
+        fixed=f"\n[fixed]\n{fixed}\n" if fixed else "")
