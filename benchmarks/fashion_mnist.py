@@ -29,7 +29,7 @@ temp folder (teachers and teacher logits are still read from the user's cache, a
 latency lock is shared, so no two measurements overlap).
 
 Usage:
-    python benchmarks/fashion_mnist.py --trials 20                # ~30 min on 2 quiet cores (teacher cached)
+    python benchmarks/fashion_mnist.py --trials 30                # ~20 min on 2 quiet cores (teacher cached)
     python benchmarks/fashion_mnist.py --smoke                    # tiny teacher, 3 trials per method: < 60 s
 """
 
@@ -243,7 +243,7 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="fashion-mnist", help="built-in recipe name or TOML path")
-    parser.add_argument("--trials", type=int, default=20, help="completed trials for random and vitshrink")
+    parser.add_argument("--trials", type=int, default=30, help="completed trials for random and vitshrink")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--sampler", default=None, help="override the recipe's sampler for the vitshrink study")
     parser.add_argument("--remeasure-rounds", type=int, default=5, help="side-by-side re-timing rounds (0: off)")

@@ -57,3 +57,15 @@ def test_samplers_run_seeded_with_constraints(name) -> None:
         return [t.params["x"] for t in study.trials]
 
     assert run() == run()  # seeded: the same proposals twice
+
+
+@pytest.mark.parametrize("name", ["tpe", "gp"])
+def test_model_based_samplers_explore_after_the_warm_starts(name) -> None:
+    from vitshrink.search._driver import warm_start_configs
+    from vitshrink.search._samplers import STARTUP_TRIALS
+
+    recipe = Recipe.from_toml_text('[study]\nseed_with = "reference"\n[space]\nquant = ["none", "ort_int8"]')
+    warm = len(warm_start_configs(recipe))
+    assert warm == 8  # the teacher and the seven hand-picked configurations
+    assert make_sampler(name, seed=0, warm_starts=warm)._n_startup_trials == warm + STARTUP_TRIALS
+    assert make_sampler(name, seed=0)._n_startup_trials == STARTUP_TRIALS

@@ -103,7 +103,8 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
             name = _free_name(storage, name)
             existing = False
     n_trials = len(optuna.load_study(study_name=name, storage=storage).trials) if existing else 0
-    sampler = make_sampler(recipe.sampler, seed=recipe.seed + n_trials if n_existing_seed else recipe.seed)
+    sampler = make_sampler(recipe.sampler, seed=recipe.seed + n_trials if n_existing_seed else recipe.seed,
+                           warm_starts=len(warm_start_configs(recipe)))
     study = optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS), sampler=sampler,
                                 load_if_exists=True)
     if not existing:
@@ -121,14 +122,20 @@ def count_states(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
+def warm_start_configs(recipe: Recipe) -> list[tuple[str, CompressionConfig]]:
+    """(role, config) of the trials every new study of `recipe` opens with: the teacher, then the
+    hand-picked reference set when `seed_with = "reference"`."""
+    warm = [("teacher", CompressionConfig())]
+    if recipe.seed_with == "reference":
+        warm += [("reference", cfg) for cfg in reference_configs(recipe.space)]
+    return warm
+
+
 def enqueue_warm_starts(study: optuna.Study, recipe: Recipe) -> None:
     """The teacher is the first trial of every study; `seed_with = "reference"` adds the hand-picked set."""
     if study.get_trials(deepcopy=False):
         return
-    warm = [("teacher", CompressionConfig())]
-    if recipe.seed_with == "reference":
-        warm += [("reference", cfg) for cfg in reference_configs(recipe.space)]
-    for role, cfg in warm:
+    for role, cfg in warm_start_configs(recipe):
         study.enqueue_trial(recipe.space.params_for(cfg, strict=False),
                             user_attrs={"config_override": cfg.to_dict(), "role": role})
 

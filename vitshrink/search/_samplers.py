@@ -13,14 +13,23 @@ from ..spaces import ConfigError
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 
 
-def make_sampler(name: str, seed: int = 0) -> optuna.samplers.BaseSampler:
-    """NSGA-II (default), multi-objective TPE, Gaussian-process (GPSampler), or random."""
+STARTUP_TRIALS = 6  # random trials of TPE and GP before they model, after the warm starts
+
+
+def make_sampler(name: str, seed: int = 0, warm_starts: int = 0) -> optuna.samplers.BaseSampler:
+    """NSGA-II (default), multi-objective TPE, Gaussian-process (GPSampler), or random.
+
+    `warm_starts`: how many enqueued trials (the teacher, the reference set) open the study. TPE and GP
+    still explore `STARTUP_TRIALS` random trials after them: hand-picked warm starts show the sampler
+    a few corners of the space, they do not replace exploring it.
+    """
+    startup = warm_starts + STARTUP_TRIALS
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=6)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=6)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
