@@ -223,3 +223,34 @@ def test_fixed_student_settings_apply_only_to_students() -> None:
     assert {c.student for c in configs} == {"none", "custom"}
     for c in configs:
         assert c.student_init == ("teacher" if c.student == "custom" else "random")
+
+
+def test_optional_ranges_are_switched_off_half_the_time_and_replay_exactly() -> None:
+    import optuna
+
+    space = SearchSpace.from_dict({"token_merge_r": {"low": 1, "high": 8, "optional": True},
+                                   "prune_heads": {"low": 0.1, "high": 0.5, "optional": True}})
+    assert space.dimension("token_merge_r").to_dict() == {"low": 1, "high": 8, "optional": True}
+    assert SearchSpace.from_json_dict(space.to_dict()) == space  # stored with the study, read back on resume
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    configs = [space.sample(study.ask()) for _ in range(40)]
+    merges = [c.token_merge_r for c in configs]
+    assert 10 < merges.count(0) < 30 and all(r == 0 or 1 <= r <= 8 for r in merges)
+    assert {c.prune_score for c in configs if c.prune_heads == 0} == {"magnitude"}  # off: the identity
+    # a configuration is replayed exactly (warm starts, retries), switched off or on
+    for cfg in (CompressionConfig(), CompressionConfig(token_merge_r=3, prune_heads=0.25)):
+        params = space.params_for(cfg)
+        assert params["token_merge_r_on"] == (cfg.token_merge_r > 0)
+        study.enqueue_trial(params)
+        assert space.sample(study.ask()) == cfg
+    with pytest.raises(ConfigError, match="outside the search space"):
+        space.params_for(CompressionConfig(token_merge_r=12))
+
+
+@pytest.mark.parametrize("spec, words", [
+    ({"low": 1, "high": 8, "optional": "yes"}, "optional = 'yes' must be true or false"),
+    ({"choices": [1, 2], "optional": True}, "optional applies to ranges"),
+])
+def test_bad_optional_dimensions_are_refused(spec, words) -> None:
+    with pytest.raises(ConfigError, match=words):
+        SearchSpace.from_dict({"token_merge_r": spec})

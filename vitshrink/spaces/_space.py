@@ -75,6 +75,14 @@ class Dimension:
     step: float | None = None
     log: bool = False
     integer: bool = False
+    # a range that is first switched on or off (the Optuna categorical `<name>_on`); off is the
+    # identity default (0: no pruning, no merging, ...), on samples the range
+    optional: bool = False
+
+    @property
+    def gate(self) -> str:
+        """The name of the on/off parameter of an optional range."""
+        return f"{self.name}_on"
 
     def to_dict(self) -> dict[str, Any]:
         if self.choices is not None:
@@ -84,14 +92,20 @@ class Dimension:
             d["step"] = self.step
         if self.log:
             d["log"] = True
+        if self.optional:
+            d["optional"] = True
         return d
 
     def contains(self, value: Any) -> bool:
         if self.choices is not None:
             return _encode(value) in [_encode(c) for c in self.choices]
+        if self.optional and value == _DEFAULTS[self.name]:
+            return True
         return self.low <= value <= self.high  # type: ignore[operator]
 
     def suggest(self, trial: Any) -> Any:
+        if self.optional and not trial.suggest_categorical(self.gate, [False, True]):
+            return _DEFAULTS[self.name]
         if self.choices is not None:
             encoded = [_encode(c) for c in self.choices]
             return _decode(trial.suggest_categorical(self.name, encoded))
@@ -122,9 +136,16 @@ def _parse_dimension(name: str, spec: Any) -> Dimension | Any:
     is_int = "int" in str(_FIELD_TYPES[name]) and "tuple" not in str(_FIELD_TYPES[name])
     is_tuple_field = "tuple" in str(_FIELD_TYPES[name])
     if isinstance(spec, dict):
-        unknown = set(spec) - {"choices", "low", "high", "step", "log"}
+        unknown = set(spec) - {"choices", "low", "high", "step", "log", "optional"}
         if unknown:
-            raise ConfigError(f"dimension {name!r}: unknown key(s) {', '.join(sorted(unknown))}; use choices or low/high/step/log")
+            raise ConfigError(f"dimension {name!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+                              "use choices or low/high/step/log/optional")
+        optional = spec.get("optional", False)
+        if not isinstance(optional, bool):
+            raise ConfigError(f"dimension {name!r}: optional = {optional!r} must be true or false")
+        if optional and "choices" in spec:
+            raise ConfigError(f"dimension {name!r}: optional applies to ranges; for choices, list the "
+                              f"identity value {_DEFAULTS[name]!r} among them instead")
         if "choices" in spec:
             if not isinstance(spec["choices"], list):
                 raise ConfigError(f"dimension {name!r}: choices = {spec['choices']!r} must be a list")
@@ -136,7 +157,7 @@ def _parse_dimension(name: str, spec: Any) -> Dimension | Any:
             raise ConfigError(f"dimension {name!r}: a range needs both low and high")
         if "str" in str(_FIELD_TYPES[name]) or is_tuple_field:
             raise ConfigError(f"dimension {name!r} takes a list of choices, not a range")
-        return _range(name, spec["low"], spec["high"], spec.get("step"), spec.get("log", False), is_int)
+        return _range(name, spec["low"], spec["high"], spec.get("step"), spec.get("log", False), is_int, optional)
     if isinstance(spec, list):
         if is_tuple_field:
             if spec and all(isinstance(c, list) for c in spec):
@@ -170,7 +191,7 @@ def _choices(name: str, values: list[Any]) -> Dimension:
     return Dimension(name, choices=tuple(values))
 
 
-def _range(name: str, low: Any, high: Any, step: Any, log: Any, integer: bool) -> Dimension:
+def _range(name: str, low: Any, high: Any, step: Any, log: Any, integer: bool, optional: bool = False) -> Dimension:
     for what, v in (("low", low), ("high", high), ("step", step)):
         if v is None and what == "step":
             continue
@@ -186,7 +207,7 @@ def _range(name: str, low: Any, high: Any, step: Any, log: Any, integer: bool) -
         raise ConfigError(f"dimension {name!r}: range [{low}, {high}] is empty; give low < high or a fixed value")
     if log and low <= 0:
         raise ConfigError(f"dimension {name!r}: a log range needs low > 0, got {low}")
-    return Dimension(name, low=low, high=high, step=step, log=log, integer=integer)
+    return Dimension(name, low=low, high=high, step=step, log=log, integer=integer, optional=optional)
 
 
 @dataclass(frozen=True)
@@ -254,6 +275,8 @@ class SearchSpace:
         # Every fixed value and every end of every range must make a valid config on its own.
         for d in self.dimensions:
             probes = d.choices if d.choices is not None else (d.low, d.high)
+            if d.optional:
+                probes = (*probes, _DEFAULTS[d.name])
             for v in probes:
                 self._probe({d.name: v})
         self._probe({})
@@ -320,6 +343,11 @@ class SearchSpace:
                 continue
             v = values[d.name]
             v = tuple(v) if isinstance(v, list) else v
+            if d.optional:
+                params[d.gate] = v != _DEFAULTS[d.name]
+                if not params[d.gate]:
+                    seen[d.name] = v
+                    continue
             if not d.contains(v):
                 if not strict:
                     continue
@@ -333,7 +361,8 @@ class SearchSpace:
         value, or else the identity default."""
         d = self.dimension(name)
         if d is not None:
-            return list(d.choices) if d.choices is not None else [d.low, d.high]
+            values = list(d.choices) if d.choices is not None else [d.low, d.high]
+            return values + [_DEFAULTS[name]] if d.optional else values
         fixed = dict(self.fixed)
         return [fixed[name]] if name in fixed else [_DEFAULTS[name]]
 
