@@ -39,8 +39,8 @@ def cluster():
     c.shutdown()
 
 
-def _recipe(name: str, trials: int, device: str = "cpu:1") -> Recipe:
-    text = recipe_text(name, trials, device)
+def _recipe(name: str, trials: int, device: str = "cpu:1", kd_epochs: int = 1) -> Recipe:
+    text = recipe_text(name, trials, device, kd_epochs=kd_epochs)
     return Recipe.from_toml_text(text)
 
 
@@ -74,7 +74,7 @@ def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(cluster, t
 def test_killing_a_ray_worker_retries_its_trial_once(cluster, tmp_path) -> None:
     storage = f"journal:///{tmp_path}/ray.log"
     name = "ray-kill"
-    recipe = _recipe(name, trials=3)
+    recipe = _recipe(name, trials=3, kd_epochs=10)  # trials of seconds, so a running one can be killed
     result: dict = {}
 
     def drive() -> None:

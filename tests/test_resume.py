@@ -26,19 +26,18 @@ GRACE = 2  # seconds; the CLI default is 30
 
 
 
-def recipe_text(name: str, trials: int, device: str = "cpu:1") -> str:
+def recipe_text(name: str, trials: int, device: str = "cpu:1", kd_epochs: int = 1) -> str:
     return tiny_recipe_text(name, 'prune_heads = [0.0, 0.5]\nlowrank = ["none", "nystrom"]\nlandmarks = [2, 8]',
-                       trials=trials, sampler="random", epochs=2, device=device,
-                       # a second or more per trial: long enough to be killed in the middle of one
-                       fixed="kd_epochs = 1")
+                            trials=trials, sampler="random", epochs=2, device=device,
+                            fixed=f"kd_epochs = {kd_epochs}")
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379"
 
 
-def tiny_recipe(tmp_path: Path, name: str, trials: int = 2) -> Path:
+def tiny_recipe(tmp_path: Path, name: str, trials: int = 2, kd_epochs: int = 1) -> Path:
     path = tmp_path / f"{name}.toml"
-    path.write_text(recipe_text(name, trials))
+    path.write_text(recipe_text(name, trials, kd_epochs=kd_epochs))
     return path
 
 
@@ -111,7 +110,9 @@ def test_kill_9_then_rerun_resumes_and_retries_the_killed_trial(kind, tmp_path, 
     storage = storage_url(kind, tmp_path)
     if kind in ("postgres", "redis"):
         cleanup.append(storage)
-    recipe = tiny_recipe(tmp_path, name, trials=2)
+    # 10 KD epochs: every trial after the teacher's lasts seconds even on a fast machine, long enough
+    # to be killed in the middle of one (1 epoch finished before the kill on CI's machine)
+    recipe = tiny_recipe(tmp_path, name, trials=2, kd_epochs=10)
     cmd = _search_cmd(recipe, storage)
 
     _kill_mid_trial(cmd, storage, name, tmp_path)
