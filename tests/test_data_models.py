@@ -197,3 +197,5 @@ def test_augmentation_flips_and_shifts_each_image_and_keeps_its_content() -> Non
         assert any(torch.equal(shifted[i, :, 2:6, 2:6], x[i, :, 2 + dy:6 + dy, 2 + dx:6 + dx])
                    for dy in range(-2, 3) for dx in range(-2, 3))
     assert not torch.equal(shifted, x)
+    with pytest.raises(ValueError, match=r"unknown augmentation\(s\) \['rotate'\]"):
+        TrainSettings(augment=("rotate",))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DataBundle, cache_dir
+from .spaces._recipe import AUGMENTATIONS
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "augment", tuple(self.augment))
+        if bad := [a for a in self.augment if a not in AUGMENTATIONS]:
+            raise ValueError(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTATIONS)}")
 
 
 def augment_batch(x: torch.Tensor, kinds: tuple[str, ...], gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
@@ -232,7 +235,9 @@ def train_classifier(
 
 def _teacher_key(spec: TeacherSpec, data: DataBundle, settings: TrainSettings, seed: int) -> str:
     blob = json.dumps(
-        {"spec": spec.to_dict(), "data": data.describe(), "train": {k: v for k, v in settings.__dict__.items() if v or k != "augment"}, "seed": seed,
+        # no augmentation is left out of the key, so teachers cached before `augment` existed stay valid
+        {"spec": spec.to_dict(), "data": data.describe(), "seed": seed,
+         "train": {k: v for k, v in settings.__dict__.items() if not (k == "augment" and not v)},
          "timm": __import__("timm").__version__},
         sort_keys=True,
     )
