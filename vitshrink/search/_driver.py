@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from optuna.trial import TrialState
 
 from .. import __version__
 from ..spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
+from ._budget import POLL_S, budget_left, claim_slot, count_states, is_not_run
 from ._pareto import pareto_trials
 from ._samplers import make_sampler
 from ._storage import (ARTIFACT_DIR_ATTR, DEFAULT_GRACE_PERIOD, default_artifact_dir, fail_stale_trials,
@@ -39,8 +39,8 @@ class SearchError(RuntimeError):
 class SearchSummary:
     study: optuna.Study
     completed: int
-    failed: int
-    new_trials: int
+    failed: int  # failed trials in the study (not those that gave their budget slot back)
+    new_trials: int  # trials this driver ran (other drivers' trials and slots given back not counted)
     seconds: float
     stopped_by: str  # "trials", "timeout", "failures"
 
@@ -115,13 +115,6 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
     return study
 
 
-def count_states(study: optuna.Study) -> dict[str, int]:
-    counts = {s.name: 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] += 1
-    return counts
-
-
 def warm_start_configs(recipe: Recipe) -> list[tuple[str, CompressionConfig]]:
     """(role, config) of the trials every new study of `recipe` opens with: the teacher, then the
     hand-picked reference set when `seed_with = "reference"`."""
@@ -183,44 +176,38 @@ def run_search(
     return summary
 
 
-def budget_left(study: optuna.Study, recipe: Recipe, started: float, failures_at_start: int) -> tuple[int, str | None]:
-    counts = count_states(study)
-    if counts["COMPLETE"] >= recipe.trials:
-        return 0, "trials"
-    if recipe.timeout and time.perf_counter() - started >= recipe.timeout:
-        return 0, "timeout"
-    max_fail = recipe.max_failures if recipe.max_failures is not None else max(5, recipe.trials)
-    if counts["FAIL"] - failures_at_start >= max_fail:
-        return 0, "failures"
-    return recipe.trials - counts["COMPLETE"], None
-
-
 def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchContext, on_trial, started: float,
                grace_period: int = DEFAULT_GRACE_PERIOD) -> SearchSummary:
+    """Run trials in this process until the study's budget is met: other drivers on the same storage
+    (processes, Ray) share the budget, and this one waits while their running trials hold the rest."""
     failures_at_start = count_states(study)["FAIL"]
-    before = len(study.trials)
-    stopped_by = "trials"
+    ran: list[int] = []  # trials this driver ran (not those it gave back)
 
     def callback(st: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        if not is_not_run(frozen):
+            ran.append(frozen.number)
         if on_trial:
             on_trial(st, frozen, count_states(st))
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        claim_slot(trial, recipe.trials)  # another driver may have taken the last slot since budget_left
         with trial_heartbeat(trial, heartbeat_interval_for(grace_period)):
             return run_trial(trial, recipe, art_dir, ctx)
 
     while True:
         fail_stale_trials(study, grace_period)  # a crashed run's trials: failed, re-enqueued, run first
-        left, reason = budget_left(study, recipe, started, failures_at_start)
-        if not left:
-            stopped_by = reason or "trials"
+        free, stopped_by = budget_left(study, recipe, started, failures_at_start)
+        if stopped_by:
             break
+        if not free:  # the rest of the budget is running elsewhere: wait until it completes or a trial fails
+            time.sleep(POLL_S)
+            continue
         timeout = None if recipe.timeout is None else max(1.0, recipe.timeout - (time.perf_counter() - started))
         study.optimize(objective, n_trials=1, timeout=timeout,
                        catch=(Exception,), callbacks=[callback], gc_after_trial=False)
     counts = count_states(study)
-    return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(study.trials) - before,
-                         time.perf_counter() - started, stopped_by)
+    return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(ran), time.perf_counter() - started,
+                         stopped_by)
 
 
 def evaluate_pareto_on_test(study: optuna.Study, ctx: SearchContext) -> dict[int, float]:
