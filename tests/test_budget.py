@@ -135,7 +135,7 @@ def test_three_drivers_complete_exactly_the_budget(kind, tmp_path, unique_name) 
     if kind == "postgres":
         cleanup.append(storage)
     recipe = tmp_path / f"{name}.toml"
-    recipe.write_text(recipe_text(name, trials=2, kd_epochs=4))  # trials of a second or two
+    recipe.write_text(recipe_text(name, trials=2, kd_epochs=2))  # trials of a second or two
     budget = 9
     drivers = [_driver(recipe, storage, tmp_path, budget) for _ in range(3)]
     try:
@@ -164,5 +164,9 @@ def test_three_drivers_complete_exactly_the_budget(kind, tmp_path, unique_name) 
     for failed in real_failures:
         retries = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
         assert sum(t.state == TrialState.COMPLETE for t in retries) == 1, table
+    # drivers that share the recipe's seed still sample apart (float params: equal means the same draw)
+    sampled = [t.params for t in trials if t.state == TrialState.COMPLETE and "role" not in t.user_attrs
+               and "failed_trial" not in t.system_attrs and "requeued_from" not in t.user_attrs]
+    assert len(sampled) == len({tuple(sorted(p.items())) for p in sampled}), table
     # the warm start (the teacher) completed once, however many drivers enqueued it
     assert sum(t.user_attrs.get("role") == "teacher" for t in trials if t.state == TrialState.COMPLETE) == 1

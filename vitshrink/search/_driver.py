@@ -194,6 +194,7 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
         with trial_heartbeat(trial, heartbeat_interval_for(grace_period)):
             return run_trial(trial, recipe, art_dir, ctx)
 
+    reseeded = False
     while True:
         fail_stale_trials(study, grace_period)  # a crashed run's trials: failed, re-enqueued, run first
         free, stopped_by = budget_left(study, recipe, started, failures_at_start)
@@ -202,6 +203,11 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
         if not free:  # the rest of the budget is running elsewhere: wait until it completes or a trial fails
             time.sleep(POLL_S)
             continue
+        if not reseeded and count_states(study)["RUNNING"]:
+            # another driver is running this study, likely with the same seed (recipe seed + trials at
+            # start): left as is, both would sample the same configurations
+            study.sampler.reseed_rng()
+            reseeded = True
         timeout = None if recipe.timeout is None else max(1.0, recipe.timeout - (time.perf_counter() - started))
         study.optimize(objective, n_trials=1, timeout=timeout,
                        catch=(Exception,), callbacks=[callback], gc_after_trial=False)
