@@ -13,7 +13,8 @@ import pytest
 import vitshrink
 from recipes import tiny_recipe
 
-TRIAL_LINE = re.compile(r"^trial (\d+) (COMPLETE|FAIL) \[\d+/3\] (acc \d\.\d{4} latency [\d.]+ ms size [\d.]+ kB  \S.*|\S.*)$")
+TRIAL_LINE = re.compile(r"^trial (\d+) (COMPLETE \[\d/3\] acc \d\.\d{4} latency [\d.]+ ms size [\d.]+ kB  \S.*"
+                        r"|FAIL \[\d/3\] \S.*)$")
 
 
 @pytest.mark.slow

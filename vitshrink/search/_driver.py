@@ -181,6 +181,8 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
     """Run trials in this process until the study's budget is met: other drivers on the same storage
     (processes, Ray) share the budget, and this one waits while their running trials hold the rest."""
     failures_at_start = count_states(study)["FAIL"]
+    opened_at = len(study.get_trials(deepcopy=False))
+    asked: set[int] = set()  # trials this driver took (ran or gave back)
     ran: list[int] = []  # trials this driver ran (not those it gave back)
 
     def callback(st: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
@@ -190,6 +192,7 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
             on_trial(st, frozen, count_states(st))
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        asked.add(trial.number)
         claim_slot(trial, recipe.trials)  # another driver may have taken the last slot since budget_left
         with trial_heartbeat(trial, heartbeat_interval_for(grace_period)):
             return run_trial(trial, recipe, art_dir, ctx)
@@ -203,9 +206,9 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
         if not free:  # the rest of the budget is running elsewhere: wait until it completes or a trial fails
             time.sleep(POLL_S)
             continue
-        if not reseeded and count_states(study)["RUNNING"]:
-            # another driver is running this study, likely with the same seed (recipe seed + trials at
-            # start): left as is, both would sample the same configurations
+        if not reseeded and _other_driver_active(study, opened_at, asked):
+            # drivers that opened the study together share its seed (recipe seed + trials at start):
+            # left as is, each would sample the same configurations. Alone, a driver keeps the seed.
             study.sampler.reseed_rng()
             reseeded = True
         timeout = None if recipe.timeout is None else max(1.0, recipe.timeout - (time.perf_counter() - started))
@@ -214,6 +217,13 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
     counts = count_states(study)
     return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(ran), time.perf_counter() - started,
                          stopped_by)
+
+
+def _other_driver_active(study: optuna.Study, opened_at: int, asked: set[int]) -> bool:
+    """Whether a trial this driver did not take was started since it opened the study (queued
+    retries it may have enqueued itself do not count until someone takes them)."""
+    return any(t.number >= opened_at and t.number not in asked and t.state != optuna.trial.TrialState.WAITING
+               for t in study.get_trials(deepcopy=False))
 
 
 def evaluate_pareto_on_test(study: optuna.Study, ctx: SearchContext) -> dict[int, float]:
