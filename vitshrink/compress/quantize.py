@@ -54,8 +54,8 @@ def quant_problem(mode: str, target_kind: str) -> str | None:
     """Why quantization `mode` cannot be measured on a latency target of kind `target_kind`, or None.
 
     Example:
-        >>> quant_problem("ort_int8", "cuda")[:40]
-        "quant='ort_int8' runs on the CPU only ("
+        >>> quant_problem("ort_int8", "cuda")[:37]
+        "quant='ort_int8' runs on the CPU only"
     """
     if target_kind == "cuda" and mode in CPU_ONLY_MODES:
         return (f"quant={mode!r} runs on the CPU only (ONNX Runtime CPU sessions, torch int8 CPU kernels) but the "
