@@ -220,6 +220,24 @@ def make_student(teacher: nn.Module, config: CompressionConfig) -> nn.Module:
         raise ConfigError(f"cannot build the custom student {kwargs}: {exc}") from None
 
 
+def student_problem(student: nn.Module) -> str | None:
+    """Why an (untrained) student cannot go through the stages, or None: after distillation it is
+    described, pruned, made low-rank and token-reduced as a timm ViT, so it needs a patch embedding
+    and blocks of attention and MLP (a timm name of another family, e.g. a ResNet, has neither).
+
+    Example:
+        >>> student_problem(make_student(teacher, cfg)) is None  # doctest: +SKIP
+        True
+    """
+    blocks = getattr(student, "blocks", None)
+    block = blocks[0] if blocks is not None and len(blocks) else None
+    if (not hasattr(getattr(student, "patch_embed", None), "num_patches")
+            or not hasattr(getattr(block, "attn", None), "num_heads") or not hasattr(getattr(block, "mlp", None), "fc1")):
+        return (f"a student must be a timm VisionTransformer (patch_embed, blocks of attention and MLP), but "
+                f"{type(student).__name__} is not; choose a vit_* / deit_* name or student = 'custom'")
+    return None
+
+
 def select_blocks(teacher_depth: int, student_depth: int) -> list[int]:
     """Evenly spaced teacher blocks for a shallower student, starting with the first (as DistilBERT
     takes every other layer).
@@ -422,5 +440,6 @@ __all__ = [
     "select_blocks",
     "student",
     "student_arch",
+    "student_problem",
     "teacher_logits",
 ]

@@ -42,7 +42,8 @@ class SearchSummary:
     failed: int
     new_trials: int
     seconds: float
-    stopped_by: str  # "trials", "timeout", "failures"
+    stopped_by: str  # "trials", "timeout", "failures", "pruned"
+    pruned: int = 0  # trials pruned as impossible samples (never built; not counted as completed or failed)
 
 
 def reference_configs(space: SearchSpace) -> list[CompressionConfig]:
@@ -183,7 +184,16 @@ def run_search(
     return summary
 
 
-def budget_left(study: optuna.Study, recipe: Recipe, started: float, failures_at_start: int) -> tuple[int, str | None]:
+def max_pruned(recipe: Recipe) -> int:
+    """Pruned (impossible) samples one run tolerates: they cost no training, but a space whose samples are
+    nearly all impossible together would otherwise never reach its budget."""
+    return max(50, 10 * recipe.trials)
+
+
+def budget_left(study: optuna.Study, recipe: Recipe, started: float, failures_at_start: int,
+                pruned_at_start: int | None = None) -> tuple[int, str | None]:
+    """Completed trials still wanted, or 0 and why the run stops. PRUNED trials (impossible samples)
+    count neither as completed nor toward max_failures; beyond `max_pruned` in one run they stop it."""
     counts = count_states(study)
     if counts["COMPLETE"] >= recipe.trials:
         return 0, "trials"
@@ -192,12 +202,15 @@ def budget_left(study: optuna.Study, recipe: Recipe, started: float, failures_at
     max_fail = recipe.max_failures if recipe.max_failures is not None else max(5, recipe.trials)
     if counts["FAIL"] - failures_at_start >= max_fail:
         return 0, "failures"
+    if pruned_at_start is not None and counts["PRUNED"] - pruned_at_start >= max_pruned(recipe):
+        return 0, "pruned"
     return recipe.trials - counts["COMPLETE"], None
 
 
 def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchContext, on_trial, started: float,
                grace_period: int = DEFAULT_GRACE_PERIOD) -> SearchSummary:
-    failures_at_start = count_states(study)["FAIL"]
+    at_start = count_states(study)
+    failures_at_start, pruned_at_start = at_start["FAIL"], at_start["PRUNED"]
     before = len(study.trials)
     stopped_by = "trials"
 
@@ -211,7 +224,7 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
 
     while True:
         fail_stale_trials(study, grace_period)  # a crashed run's trials: failed, re-enqueued, run first
-        left, reason = budget_left(study, recipe, started, failures_at_start)
+        left, reason = budget_left(study, recipe, started, failures_at_start, pruned_at_start)
         if not left:
             stopped_by = reason or "trials"
             break
@@ -220,7 +233,7 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
                        catch=(Exception,), callbacks=[callback], gc_after_trial=False)
     counts = count_states(study)
     return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(study.trials) - before,
-                         time.perf_counter() - started, stopped_by)
+                         time.perf_counter() - started, stopped_by, counts["PRUNED"])
 
 
 def evaluate_pareto_on_test(study: optuna.Study, ctx: SearchContext) -> dict[int, float]:

@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import torch
@@ -28,7 +28,7 @@ from ..compress.distill import teacher_logits as cached_teacher_logits
 from ..data import DataBundle, load_dataset
 from ..models import TeacherSpec, TrainSettings, evaluate, get_teacher
 from ..objectives import LatencyProtocol, Target, accuracy, measure_latency_cached, size_bytes
-from ..spaces import CompressionConfig, Recipe
+from ..spaces import CompressionConfig, ConfigError, Recipe
 from ._storage import this_worker
 
 log = logging.getLogger(__name__)
@@ -84,20 +84,86 @@ def make_context(recipe: Recipe, progress=None) -> SearchContext:
 
 
 def check_space_fits_teacher(recipe: Recipe) -> None:
-    """Refuse a search space the teacher's architecture cannot honour (landmarks > tokens, block
-    indices >= depth, merging more than a block can), before a study is created or a trial runs.
+    """Refuse a search space that the teacher, or every student it can sample, can never honour, before
+    a study is created or a trial runs: landmarks > tokens, block indices >= depth, merging more than a
+    block can, patch dropping without a cls token, a technique the model's modules cannot take (pruning
+    heads mixed by a norm, token reduction of non-ViT blocks), a timm-named student that cannot be built
+    for the teacher's input, quantization modes the latency target cannot run.
 
-    Only the architecture is built (no weights are read or trained), so this is quick.
+    Only architectures are built (the teacher's without its weights, students on the meta device), so
+    this is quick. A value that only some samples cannot honour passes; its trials are pruned.
 
     Raises:
-        ConfigError: naming the setting and the teacher's numbers; ModelError for an unknown model.
+        ConfigError: naming the setting and the model's numbers; ModelError for an unknown model.
     """
+    from ..compress._fit import model_shape
     from ..models import create_model
 
+    space = recipe.space
     arch = create_model(teacher_spec_of(recipe), load_weights=False)
-    prefix = int(getattr(arch, "num_prefix_tokens", 0))
-    tokens = int(arch.patch_embed.num_patches) + prefix
-    recipe.space.check_model(tokens, len(arch.blocks), prefix, model=f"the teacher {recipe.teacher_model}")
+    teacher = model_shape(arch, f"the teacher {recipe.teacher_model}")
+    models, named = _student_stage_models(recipe, arch)
+    space.check_model(teacher.tokens, teacher.depth, teacher.prefix, teacher.name, cls_token=teacher.cls_token,
+                      students=named)
+    for problem in _technique_problems(space):
+        problems = [problem(m) for m in models]
+        if all(problems):
+            raise ConfigError(f"impossible combination: {problems[0]}")
+    from ..compress.quantize import quant_problem
+
+    kind = Target.parse(recipe.device).kind
+    for mode in space.values_of("quant"):
+        if problem := quant_problem(mode, kind):
+            raise ConfigError(f"impossible combination: {problem}")
+
+
+def _student_stage_models(recipe: Recipe, teacher: nn.Module) -> tuple[list[nn.Module], dict[str, Any]]:
+    """The models leaving the student stage that the space can produce (the teacher, the deepest custom
+    student, each timm-named student: students on the meta device), and the named students' shapes."""
+    from ..compress._fit import model_shape, stage_model
+    from ..compress.distill import student_problem
+
+    space = recipe.space
+    models: list[nn.Module] = []
+    named: dict[str, Any] = {}
+    for student in space.values_of("student"):
+        if student == "none":
+            models.append(teacher)
+            continue
+        shape: dict[str, Any] = {}
+        if student == "custom":
+            pairs = [(e, h) for e in space.values_of("student_embed_dim") for h in space.values_of("student_heads")
+                     if h and e % h == 0]
+            embed, heads = next(iter(pairs), (0, 0))  # (0, 0): the config refuses itself, naming the fields
+            shape = dict(student_depth=int(max(space.values_of("student_depth"))), student_embed_dim=embed,
+                         student_heads=heads, student_mlp_ratio=max(space.values_of("student_mlp_ratio")))
+        config = CompressionConfig(student=student, student_epochs=1, **shape)
+        model, name = stage_model(teacher, config)  # ConfigError: a timm name not buildable for this input
+        if student != "custom":
+            if problem := student_problem(model):
+                raise ConfigError(f"impossible combination: student={student!r}: {problem}")
+            named[student] = model_shape(model, name)
+        models.append(model)
+    return models, named
+
+
+def _technique_problems(space) -> list[Callable[[nn.Module], str | None]]:
+    """One check per technique the space can switch on, at its strongest setting (what the model's
+    modules must allow; the numbers are `SearchSpace.check_model`'s)."""
+    from ..compress.lowrank import lowrank_problem
+    from ..compress.prune import prune_problem
+    from ..compress.tokens import token_problem
+
+    heads, mlp = max(space.values_of("prune_heads")), max(space.values_of("prune_mlp"))
+    merge, drop = max(space.values_of("token_merge_r")), max(space.values_of("token_drop"))
+    checks: list[Callable[[nn.Module], str | None]] = [
+        lambda m: prune_problem(m, heads, 0.0),
+        lambda m: prune_problem(m, 0.0, mlp),
+        lambda m: token_problem(m, merge, 0.0),
+        lambda m: token_problem(m, 0, drop),
+    ]
+    checks += [lambda m, mode=mode: lowrank_problem(m, mode) for mode in space.values_of("lowrank")]
+    return checks
 
 
 def context_for(recipe: Recipe) -> SearchContext:
@@ -171,9 +237,7 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
     if "fail_reason" in trial.user_attrs:  # a retried trial starts clean
         trial.set_user_attr("fail_reason", None)
     try:
-        config = sample_config(trial, recipe)
-        trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("label", config.summary())
+        config = _sample_or_prune(trial, recipe, ctx)
         t0 = time.perf_counter()
         result = build(ctx.teacher, config, ctx.data, seed=recipe.seed, teacher_logits=ctx.teacher_logits,
                        kd_limit=recipe.kd_limit)
@@ -204,6 +268,8 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
         trial.set_user_attr("seconds", {"build": round(t1 - t0, 4), "measure": round(t2 - t1, 4),
                                         "save": round(t3 - t2, 4), "total": round(time.perf_counter() - start, 4)})
         return values
+    except optuna.TrialPruned:
+        raise  # an impossible sample: recorded PRUNED with its reason, not a failure
     except BaseException as exc:  # record every failure (KeyboardInterrupt too), then let Optuna mark FAIL
         reason = _reason(exc)
         try:
@@ -215,6 +281,32 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
         if isinstance(exc, KeyboardInterrupt):
             _enqueue_retry(trial)
         raise
+
+
+def _sample_or_prune(trial: optuna.Trial, recipe: Recipe, ctx: SearchContext) -> CompressionConfig:
+    """The trial's config, or optuna.TrialPruned when the sampled combination can never be built (student
+    heads not dividing its width, a block index beyond a shallow student, ...): found from the config and
+    the model's structure before anything trains, stored as `pruned_reason`. The sampler still sees the
+    trial's parameters (TPE models pruned trials as bad ones; NSGA-II and GP skip them), and the search
+    budget counts completed trials only, so the study still reaches its trials."""
+    from ..compress import impossible_reason
+
+    try:
+        config = sample_config(trial, recipe)
+    except ConfigError as exc:
+        _prune(trial, str(exc))
+    trial.set_user_attr("config", config.to_dict())
+    trial.set_user_attr("label", config.summary())
+    reason = impossible_reason(ctx.teacher, config)
+    if reason:
+        _prune(trial, f"impossible combination: {reason}")
+    return config
+
+
+def _prune(trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr("pruned_reason", reason[:500])
+    log.info("trial %d pruned: %s", trial.number, reason)
+    raise optuna.TrialPruned(reason)
 
 
 def _enqueue_retry(trial: optuna.Trial) -> None:
