@@ -522,7 +522,7 @@ def measure_latency_cached(
     protocol = protocol or LatencyProtocol()
     if target.kind == "ray":
         return _measure_on_ray(model, example_shape, target, protocol, extra=extra or {})
-    cache = cache or LatencyCache()
+    cache = cache if cache is not None else LatencyCache()  # an empty cache is falsy (__len__)
     signature = structural_signature(model, example_shape, target, protocol, extra)
     hit = cache.get(signature)
     if hit is not None:
