@@ -17,8 +17,8 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import __version__
-from ..spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
 from ..digests import data_sha256
+from ..spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
 from ._fingerprint import FINGERPRINT_ATTR, changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
 from ._pareto import pareto_trials
 from ._samplers import make_sampler
