@@ -124,6 +124,7 @@ def test_a_rewritten_teacher_checkpoint_is_refused(stored, tmp_path) -> None:
     assert not (tmp_path / "cache" / "teachers").exists() or not any((tmp_path / "cache" / "teachers").iterdir())
 
 
+@pytest.mark.slow
 def test_budget_and_sampler_settings_may_change(stored) -> None:
     """trials, timeout, sampler and max_failures do not change what a stored trial means."""
     root, url, recipe, _ = stored
@@ -156,6 +157,7 @@ def _legacy_study(recipe: Recipe, url: str, artifacts: Path) -> None:
     study.set_user_attr(ARTIFACT_DIR_ATTR, str(artifacts))
 
 
+@pytest.mark.slow
 def test_a_study_stored_before_fingerprints_resumes_and_is_then_fingerprinted(tmp_path) -> None:
     url = f"sqlite:///{tmp_path}/old.db"
     recipe = Recipe.from_toml_text(tiny_recipe("old", trials=1, sampler="random", device="cpu:1"))
@@ -183,6 +185,7 @@ def _image_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_changed_data_contents_are_refused_before_the_teacher_trains(tmp_path) -> None:
     folder = _image_folder(tmp_path / "images")
     text = _edit(_edit(tiny_recipe("folder", trials=1, sampler="random", device="cpu:1"),
