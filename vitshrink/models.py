@@ -233,12 +233,30 @@ def train_classifier(
     return model.eval()
 
 
-def _teacher_key(spec: TeacherSpec, data: DataBundle, settings: TrainSettings, seed: int) -> str:
+def checkpoint_sha256(path: str | Path) -> str:
+    """SHA-256 of a checkpoint file's contents (streamed): the same path rewritten is another teacher."""
+    from .digests import file_sha256
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"checkpoint {p} not found; pass --checkpoint to an existing .safetensors or .pth file")
+    return file_sha256(p)
+
+
+def _teacher_key(spec: TeacherSpec, data: DataBundle, settings: TrainSettings, seed: int,
+                 data_seed: int | None = None) -> str:
+    """What a trained teacher depends on: architecture, starting weights (by content), the data split
+    (its seed and the images and labels of every split: a teacher must never have seen today's val or
+    test images), training settings, seed and timm's version."""
+    from .digests import data_sha256
+
     blob = json.dumps(
         # no augmentation is left out of the key, so teachers cached before `augment` existed stay valid
         {"spec": spec.to_dict(), "data": data.describe(), "seed": seed,
          "train": {k: v for k, v in settings.__dict__.items() if not (k == "augment" and not v)},
-         "timm": __import__("timm").__version__},
+         "timm": __import__("timm").__version__,
+         "data_seed": data_seed, "data_sha256": data_sha256(data),
+         "checkpoint_sha256": checkpoint_sha256(spec.checkpoint) if spec.checkpoint else None},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -251,13 +269,15 @@ def get_teacher(
     seed: int = 0,
     cache: Path | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    data_seed: int | None = None,
 ) -> tuple[nn.Module, TeacherSpec]:
     """The teacher for `data`: exactly `spec.checkpoint` if given (and not `pretrained`); otherwise
     trained here once (from scratch, or fine-tuned from timm's pretrained weights, which may come
     from a local `checkpoint`) and cached as safetensors.
 
     Returns the model and a spec whose checkpoint points at the weights actually used, so the
-    teacher can be rebuilt exactly later (e.g. by `load_model`).
+    teacher can be rebuilt exactly later (e.g. by `load_model`). `data_seed` (the seed that split
+    `data`) is part of the cache key, with the contents of every split.
     """
     from safetensors.torch import save_file
 
@@ -271,7 +291,7 @@ def get_teacher(
     if spec.checkpoint and not spec.pretrained:
         model = create_model(spec)
         return model, spec
-    key = _teacher_key(spec, data, settings, seed)
+    key = _teacher_key(spec, data, settings, seed, data_seed)
     path = cache / f"{spec.model}-{data.name}-{key}.safetensors"
     cached = TeacherSpec(spec.model, kwargs, str(path), False)
     if path.exists():

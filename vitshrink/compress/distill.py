@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataBundle, Split, cache_dir
+from ..digests import update_with_tensor
 from ..models import ModelError, TeacherSpec, TrainSettings, copy_model, create_model, param_count, train_classifier
 from ..spaces import CompressionConfig, ConfigError
 from ._registry import BuildContext, register_transform
@@ -75,28 +76,45 @@ def kd_loss(
     return alpha * t * t * kl + (1.0 - alpha) * F.cross_entropy(cls_logits, labels)
 
 
-def _tensor_digest(h: Any, tensor: torch.Tensor) -> None:
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
-    h.update(str((tensor.dtype, tuple(tensor.shape))).encode())
-    h.update(flat.view(torch.uint8).numpy())  # raw bytes of any dtype, bf16 included
+def _forward_description(teacher: nn.Module) -> str:
+    """What decides the teacher's forward besides its weights: every module's class and its plain
+    settings (GELU's approximation, a pooling mode, a layer norm's eps, ...), which two models with
+    one state_dict can differ in. `training` is left out: the logits are always taken in eval mode."""
+    rows = []
+    for path, module in teacher.named_modules():
+        settings = {k: v for k, v in sorted(vars(module).items())
+                    if not k.startswith("_") and k != "training" and _plain(v)}
+        rows.append(f"{path}|{type(module).__module__}.{type(module).__qualname__}|{settings!r}")
+    return "\n".join(rows)
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def logits_cache_key(teacher: nn.Module, data: DataBundle) -> str:
-    """A short hash of the teacher's weights and the train split (its description and contents).
+    """A short hash of everything the logits depend on: the teacher's weights, its forward (module
+    classes and settings, timm's version) and the train split (its description and contents).
 
     Example:
         >>> logits_cache_key(teacher, data)  # doctest: +SKIP
         'c0ffee12deadbeef'
     """
+    import timm
+
     h = hashlib.sha256()
     for name, value in sorted(teacher.state_dict().items()):
         if isinstance(value, torch.Tensor):
             h.update(name.encode())
-            _tensor_digest(h, value)
+            update_with_tensor(h, value)
+    h.update(_forward_description(teacher).encode())
+    h.update(f"timm {timm.__version__}".encode())
     h.update(data.describe().encode())
     # describe() names sizes, not contents: two seeds of one dataset must not share logits
-    _tensor_digest(h, data.train.x)
-    _tensor_digest(h, data.train.y)
+    update_with_tensor(h, data.train.x)
+    update_with_tensor(h, data.train.y)
     return h.hexdigest()[:16]
 
 

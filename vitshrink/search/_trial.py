@@ -71,10 +71,12 @@ def _context_cached(recipe_json: str) -> SearchContext:
     return make_context(Recipe.from_dict(json.loads(recipe_json)))
 
 
-def make_context(recipe: Recipe, progress=None) -> SearchContext:
-    data = load_data(recipe)
+def make_context(recipe: Recipe, progress=None, data: DataBundle | None = None) -> SearchContext:
+    """Data (`data`, if already loaded from this recipe), teacher, its logits, target and protocol."""
+    data = data if data is not None else load_data(recipe)
     settings = TrainSettings(**recipe.teacher_train)
-    teacher, spec = get_teacher(teacher_spec_of(recipe), data, settings, seed=recipe.seed, progress=progress)
+    teacher, spec = get_teacher(teacher_spec_of(recipe), data, settings, seed=recipe.seed, progress=progress,
+                                data_seed=recipe.data_seed)
     acc, _ = evaluate(teacher, data.val.x, data.val.y)
     target = Target.parse(recipe.device)
     batches = (recipe.latency_batch,) + ((recipe.throughput_batch,) if recipe.throughput_batch else ())
