@@ -3,6 +3,7 @@
 Every dataset is split into train / val / test with a fixed seed. Images are float
 tensors (N, C, H, W), normalised per channel with statistics of the train split.
 The val split chooses models; the test split only reports the final Pareto models.
+`limit` cuts any of them (train to at most `limit` images, val and test by the same factor).
 
 Example:
     >>> data = load_dataset("digits", seed=0)
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from .data_shape import DATASETS, DEFAULT_IMG_SIZE, FIXED_SHAPES
+from .data_shape import DATASETS, DEFAULT_IMG_SIZE, FIXED_SHAPES, DataShape
 from .data_shape import canonical_name as _canonical
 
 log = logging.getLogger(__name__)
@@ -242,17 +243,6 @@ def canonical_name(name: str) -> str:
     if known is None:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return known
-
-
-@dataclass(frozen=True)
-class DataShape:
-    """What a model must fit, known before the images are read: channels (None: an image folder's,
-    known once its images are read), image side and number of classes."""
-
-    in_chans: int | None
-    img_size: int
-    num_classes: int
-    class_names: tuple[str, ...] = ()
 
 
 def peek_shape(name: str, data_dir: str | os.PathLike | None = None, img_size: int | None = None,

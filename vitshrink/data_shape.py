@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .spaces._config import ConfigError
@@ -22,6 +23,17 @@ FIXED_SHAPES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 10), "fashion-
                                                  "cifar10": (3, 32, 10)}
 DEFAULT_IMG_SIZE = 32  # image folders, when neither the recipe's data nor its teacher sets img_size
 DATA_SHAPED = ("in_chans", "img_size", "num_classes")  # the teacher kwargs the data decides
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a model must fit, known before the images are read: channels (None: an image folder's,
+    known once its images are read), image side and number of classes."""
+
+    in_chans: int | None
+    img_size: int
+    num_classes: int
+    class_names: tuple[str, ...] = ()
 
 
 def canonical_name(name: str) -> str | None:
