@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DataBundle, cache_dir
+from .data_shape import fit_teacher_kwargs
 from .spaces._recipe import AUGMENTATIONS
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,9 @@ def create_model(spec: TeacherSpec, num_classes: int | None = None, load_weights
         close = timm.list_models(f"*{spec.model.split('_')[0]}*")[:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ModelError(f"unknown timm model {spec.model!r}{hint}; see timm.list_models('vit_*')")
+    if spec.pretrained and not spec.checkpoint and not timm.models.is_model_pretrained(spec.model):
+        raise ModelError(f"timm has no pretrained weights for {spec.model!r}; set pretrained = false to train it "
+                         "from scratch, or give teacher.checkpoint (--checkpoint) a local weights file")
     pretrained = spec.pretrained and load_weights
     if pretrained and spec.checkpoint:
         # timm's own pretrained path, reading a local file: it adapts the classifier, the position
@@ -284,9 +288,8 @@ def get_teacher(
     settings = settings or TrainSettings()
     cache = Path(cache or cache_dir()) / "teachers"
     cache.mkdir(parents=True, exist_ok=True)
-    kwargs = {"num_classes": data.num_classes, **spec.kwargs}
-    if kwargs["num_classes"] != data.num_classes:
-        raise ModelError(f"teacher has num_classes={kwargs['num_classes']} but {data.name} has {data.num_classes} classes")
+    # the teacher fits the data: in_chans, img_size, num_classes follow it unless the spec fixes them
+    kwargs = fit_teacher_kwargs(spec.kwargs, data.name, data.in_chans, data.img_size, data.num_classes)
     spec = TeacherSpec(spec.model, kwargs, spec.checkpoint, spec.pretrained)
     if spec.checkpoint and not spec.pretrained:
         model = create_model(spec)

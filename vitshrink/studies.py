@@ -132,7 +132,7 @@ class StudyHandle:
 
     @cached_property
     def recipe(self) -> Recipe:
-        return Recipe.from_dict(self.study.user_attrs[RECIPE_ATTR])
+        return Recipe.from_dict(self.study.user_attrs[RECIPE_ATTR], "stored recipe", stored=True)
 
     @property
     def teacher_accuracy(self) -> float | None:

@@ -179,6 +179,7 @@ def run_search(
     study.set_user_attr(TEACHER_ATTR, ctx.teacher_spec.to_dict())
     study.set_user_attr("vitshrink.teacher_accuracy", ctx.teacher_accuracy)
     study.set_user_attr("vitshrink.data", ctx.data.describe())
+    study.set_user_attr("vitshrink.classes", list(ctx.data.class_names))
     study.set_user_attr("vitshrink.target", ctx.target.describe())
     enqueue_warm_starts(study, recipe)
     art_dir = study.user_attrs[ARTIFACT_DIR_ATTR]

@@ -90,7 +90,7 @@ def stored_fingerprint(user_attrs: dict[str, Any], recipe_attr: str) -> dict[str
     if FINGERPRINT_ATTR in user_attrs:
         return user_attrs[FINGERPRINT_ATTR]
     try:
-        old = Recipe.from_dict(user_attrs[recipe_attr], source="the study's stored recipe")
+        old = Recipe.from_dict(user_attrs[recipe_attr], source="the study's stored recipe", stored=True)
     except ConfigError as exc:
         raise ConfigError(f"{exc}; it cannot be compared with this recipe, pass --new-study to start a new study") from None
     return recipe_fingerprint(old, checkpoint_digest=UNKNOWN if old.teacher_checkpoint else None)

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..compress import build
 from ..compress.distill import teacher_logits as cached_teacher_logits
-from ..data import DataBundle, load_dataset
+from ..data import DataBundle, DataShape, load_dataset, peek_shape
+from ..data_shape import fit_teacher_kwargs, side
 from ..models import TeacherSpec, TrainSettings, evaluate, get_teacher
 from ..objectives import LatencyProtocol, Target, accuracy, measure_latency_cached, size_bytes
 from ..spaces import CompressionConfig, ConfigError, Recipe
@@ -57,13 +58,38 @@ class SearchContext:
         return tuple(self.data.val.x.shape[1:])
 
 
-def teacher_spec_of(recipe: Recipe) -> TeacherSpec:
-    return TeacherSpec(recipe.teacher_model, dict(recipe.teacher_kwargs), recipe.teacher_checkpoint,
-                       recipe.teacher_pretrained)
+def teacher_spec_of(recipe: Recipe, shape: DataShape | None = None) -> TeacherSpec:
+    """The recipe's teacher; with the data's `shape`, its in_chans, img_size and num_classes follow
+    the data where the recipe leaves them out (ConfigError where it fixes one the data contradicts)."""
+    kwargs = dict(recipe.teacher_kwargs)
+    if shape is not None:
+        kwargs = fit_teacher_kwargs(kwargs, recipe.dataset, shape.in_chans, shape.img_size, shape.num_classes)
+    return TeacherSpec(recipe.teacher_model, kwargs, recipe.teacher_checkpoint, recipe.teacher_pretrained)
+
+
+def _image_options(recipe: Recipe) -> dict[str, Any]:
+    """An image folder is read at the teacher's input: [data] img_size, else the teacher's img_size
+    (the recipe refuses the two disagreeing), converted to the teacher's in_chans if it fixes one."""
+    if recipe.canonical_dataset != "image-folder":
+        return {}
+    size = recipe.data_options.get("img_size") or recipe.teacher_kwargs.get("img_size")
+    return {"img_size": side(size) if size is not None else None, "in_chans": recipe.teacher_kwargs.get("in_chans")}
+
+
+def data_shape_of(recipe: Recipe) -> DataShape:
+    """The data's shape without loading it (an image folder is listed, not decoded)."""
+    return peek_shape(recipe.dataset, recipe.data_dir, **_image_options(recipe))
 
 
 def load_data(recipe: Recipe) -> DataBundle:
-    return load_dataset(recipe.dataset, recipe.data_dir, seed=recipe.data_seed, **recipe.data_options)
+    return load_dataset(recipe.dataset, recipe.data_dir, seed=recipe.data_seed, limit=recipe.data_options.get("limit"),
+                        download=bool(recipe.data_options.get("download", False)), **_image_options(recipe))
+
+
+def describe_classes(data: DataBundle, show: int = 20) -> str:
+    names = list(data.class_names) or [str(i) for i in range(data.num_classes)]
+    more = f", ... ({len(names) - show} more)" if len(names) > show else ""
+    return ", ".join(names[:show]) + more
 
 
 @lru_cache(maxsize=4)
@@ -74,6 +100,7 @@ def _context_cached(recipe_json: str) -> SearchContext:
 def make_context(recipe: Recipe, progress=None, data: DataBundle | None = None) -> SearchContext:
     """Data (`data`, if already loaded from this recipe), teacher, its logits, target and protocol."""
     data = data if data is not None else load_data(recipe)
+    log.info("data: %s; classes: %s", data.describe(), describe_classes(data))
     settings = TrainSettings(**recipe.teacher_train)
     teacher, spec = get_teacher(teacher_spec_of(recipe), data, settings, seed=recipe.seed, progress=progress,
                                 data_seed=recipe.data_seed)
@@ -93,16 +120,18 @@ def check_space_fits_teacher(recipe: Recipe) -> None:
     for the teacher's input, quantization modes the latency target cannot run.
 
     Only architectures are built (the teacher's without its weights, students on the meta device), so
-    this is quick. A value that only some samples cannot honour passes; its trials are pruned.
+    this is quick; the teacher is built
+    for the data (see `teacher_spec_of`), whose shape is found without loading it. A value that only some samples cannot honour passes; its trials are pruned.
 
     Raises:
-        ConfigError: naming the setting and the model's numbers; ModelError for an unknown model.
+        ConfigError: naming the setting and the model's numbers, or a teacher setting the data
+        contradicts; ModelError for an unknown model; DataError for data that cannot be found.
     """
     from ..compress._fit import model_shape
     from ..models import create_model
 
     space = recipe.space
-    arch = create_model(teacher_spec_of(recipe), load_weights=False)
+    arch = create_model(teacher_spec_of(recipe, data_shape_of(recipe)), load_weights=False)
     teacher = model_shape(arch, f"the teacher {recipe.teacher_model}")
     models, named = _student_stage_models(recipe, arch)
     space.check_model(teacher.tokens, teacher.depth, teacher.prefix, teacher.name, cls_token=teacher.cls_token,
