@@ -14,7 +14,7 @@ import vitshrink
 from recipes import tiny_recipe
 
 TRIAL_LINE = re.compile(r"^trial (\d+) (COMPLETE \[\d/3\] acc \d\.\d{4} latency [\d.]+ ms size [\d.]+ kB  \S.*"
-                        r"|FAIL \[\d/3\] \S.*)$")
+                        r"|(FAIL|PRUNED) \[\d/3\] \S.*)$")
 
 
 @pytest.mark.slow
@@ -31,7 +31,7 @@ def test_search_to_a_file_prints_a_line_per_trial_and_a_table_within_80_columns(
 
     lines = res.stdout.splitlines()
     finished = [t.number for t in optuna.load_study(study_name="log", storage=url).trials
-                if t.state.name in ("COMPLETE", "FAIL")]
+                if t.state.name in ("COMPLETE", "FAIL", "PRUNED")]
     trial_lines = [m for m in map(TRIAL_LINE.match, lines) if m]
     assert sorted(int(m.group(1)) for m in trial_lines) == sorted(finished), res.stdout
 

@@ -249,7 +249,8 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
         summary = run_search(r, storage=storage, study_name=study_name, new_study=new_study, artifact_dir=artifacts,
                              executor=executor, address=address, workers=workers, on_trial=on_trial,
                              on_teacher_epoch=on_epoch, grace_period=grace_period)
-    console.print(f"study {summary.study.study_name!r}: {summary.completed} completed, {summary.failed} failed, "
+    pruned = f", {summary.pruned} pruned as impossible samples" if summary.pruned else ""
+    console.print(f"study {summary.study.study_name!r}: {summary.completed} completed, {summary.failed} failed{pruned}, "
                   f"{summary.new_trials} run now in {summary.seconds:.0f} s (stopped by {summary.stopped_by})",
                   soft_wrap=True)
     from .studies import StudyHandle
@@ -259,6 +260,8 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
         _pareto_table(df, summary.study.study_name)
     if summary.stopped_by == "failures":
         _stopped_by_failures(summary.study, r)
+    if summary.stopped_by == "pruned":
+        _stopped_by_pruning(summary.study, r)
 
 
 def _stopped_by_failures(study, r) -> None:
@@ -276,6 +279,21 @@ def _stopped_by_failures(study, r) -> None:
     raise typer.Exit(1)
 
 
+def _stopped_by_pruning(study, r) -> None:
+    """Nearly every sample was impossible: name the most common reason and exit 1."""
+    from collections import Counter
+
+    from .search._driver import max_pruned
+
+    reasons = Counter(t.user_attrs.get("pruned_reason") or "no reason recorded"
+                      for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED")
+    reason, n = reasons.most_common(1)[0]
+    console.print(f"[bold red]error:[/] search stopped: {max_pruned(r)} sampled configurations in this run were "
+                  f"impossible; most common reason ({n}x): {_mask(reason)}. Narrow the search space so that its "
+                  "dimensions fit together, then run the same command to resume", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
 _TABLE_COLUMNS = ["trial", "accuracy", "test_accuracy", "latency_ms", "latency_iqr_ms", "size_bytes", "label"]
 # Output to a file or pipe: the columns that fit 80 characters, the label cut to what is left.
 _PLAIN_COLUMNS = (("trial", "trial", "{:.0f}".format), ("accuracy", "val_acc", "{:.4f}".format),
@@ -285,13 +303,15 @@ PLAIN_WIDTH = 80
 
 
 def _trial_line(frozen, counts: dict[str, int], budget: int) -> str:
-    """One line per finished trial, for logs: number, state, progress, objectives and label, or why it failed."""
+    """One line per finished trial, for logs: number, state, progress, objectives and label, or why it
+    failed or was pruned."""
     head = f"trial {frozen.number} {frozen.state.name} [{counts['COMPLETE']}/{budget}]"
     if frozen.state.name == "COMPLETE":
         acc, lat, size = frozen.values
         text = f"acc {acc:.4f} latency {lat:.3f} ms size {size / 1e3:.1f} kB  {frozen.user_attrs.get('label') or ''}"
     else:
-        text = _mask(frozen.user_attrs.get("fail_reason") or "no reason recorded")
+        ua = frozen.user_attrs
+        text = _mask(ua.get("fail_reason") or ua.get("pruned_reason") or "no reason recorded")
     return f"{head} {text}".replace("\r", " ").replace("\n", " ").rstrip()
 
 
@@ -408,7 +428,8 @@ def _show_table(info: dict[str, Any]) -> None:
              if info["latency_iqr_ms"] is not None else None),
             ("size bytes", None if info["objectives"].get("size_bytes") is None
              else int(info["objectives"]["size_bytes"])), ("params", info["params"]), ("MACs", info["macs"]),
-            ("feasible", info["feasible"]), ("seconds", info["seconds"]), ("fail reason", info["fail_reason"])]
+            ("feasible", info["feasible"]), ("seconds", info["seconds"]), ("fail reason", info["fail_reason"]),
+            ("pruned reason", info.get("pruned_reason"))]
     for k, v in rows:
         if v is not None:
             head.add_row(k, _fmt(v))

@@ -73,6 +73,7 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
             "study": s.study_name,
             "complete": len(done),
             "failed": sum(t.state == TrialState.FAIL and not is_not_run(t) for t in trials),  # not slots given back
+            "pruned": sum(t.state == TrialState.PRUNED for t in trials),  # impossible samples, never built
             "running": sum(t.state == TrialState.RUNNING for t in trials),
             "best_accuracy": max((t.values[0] for t in done), default=None),
             "best_latency_ms": min((t.values[1] for t in done), default=None),
@@ -80,7 +81,7 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
             "last_update": last,
         }
         rows.append(row)
-    return pd.DataFrame(rows, columns=["study", "complete", "failed", "running", "best_accuracy", "best_latency_ms",
+    return pd.DataFrame(rows, columns=["study", "complete", "failed", "pruned", "running", "best_accuracy", "best_latency_ms",
                                        "best_size_bytes", "last_update"])
 
 
@@ -105,7 +106,9 @@ def _trial_row(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
         "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None,
         "role": t.user_attrs.get("role", "sampled"),
         "label": t.user_attrs.get("label"),
-        "fail_reason": t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL else None,
+        # why the trial has no objectives: its failure, or why its sample was impossible (PRUNED)
+        "fail_reason": (t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL
+                        else t.user_attrs.get("pruned_reason") if t.state == TrialState.PRUNED else None),
     }
     for k, v in (t.user_attrs.get("config") or {}).items():
         row[f"config.{k}"] = tuple(v) if isinstance(v, list) else v
@@ -130,7 +133,7 @@ class StudyHandle:
 
     @cached_property
     def recipe(self) -> Recipe:
-        return Recipe.from_dict(self.study.user_attrs[RECIPE_ATTR])
+        return Recipe.from_dict(self.study.user_attrs[RECIPE_ATTR], "stored recipe", stored=True)
 
     @property
     def teacher_accuracy(self) -> float | None:
@@ -154,7 +157,7 @@ class StudyHandle:
             raise TrialNotAvailable(f"study {self.name!r} has no trial {number} (trials 0..{len(trials) - 1}); "
                                     f"see `vitshrink pareto {self.name}`")
         if complete and match.state != TrialState.COMPLETE:
-            why = match.user_attrs.get("fail_reason")
+            why = match.user_attrs.get("fail_reason") or match.user_attrs.get("pruned_reason")
             raise TrialNotAvailable(f"trial {number} of {self.name!r} is {match.state.name}, not COMPLETE"
                                     + (f" ({why})" if why else "") + "; pick a completed trial from `vitshrink pareto`")
         return match
@@ -203,7 +206,7 @@ class StudyHandle:
             "latency": ua.get("latency"), **_latency_spread(t), "params": ua.get("params"), "macs": ua.get("macs"),
             "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None, "constraints": ua.get("constraints"),
             "config": ua.get("config"), "records": ua.get("records") or [], "seconds": ua.get("seconds"),
-            "fail_reason": ua.get("fail_reason"), "worker": ua.get("worker"),
+            "fail_reason": ua.get("fail_reason"), "pruned_reason": ua.get("pruned_reason"), "worker": ua.get("worker"),
             "started": t.datetime_start.isoformat() if t.datetime_start else None,
             "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,
         }

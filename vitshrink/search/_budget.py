@@ -57,18 +57,28 @@ def count_states(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def budget_left(study: optuna.Study, recipe: Recipe, started: float, failures_at_start: int,
-                own: Callable[[FrozenTrial], bool] | None = None) -> tuple[int, str | None]:
-    """``(free slots, None)`` while the search goes on (0 free: wait for the running trials), or
-    ``(0, why it stops)``: "trials" (COMPLETE reached the budget), "timeout" or "failures".
+def max_pruned(recipe: Recipe) -> int:
+    """Pruned (impossible) samples one run tolerates: they cost no training, but a space whose samples are
+    nearly all impossible together would otherwise never reach its budget."""
+    return max(50, 10 * recipe.trials)
 
-    `own`: RUNNING trials the caller counts itself (a Ray driver counts its dispatched tasks)."""
-    complete = running = failed = 0
+
+def budget_left(study: optuna.Study, recipe: Recipe, started: float, failures_at_start: int,
+                pruned_at_start: int | None = None, own: Callable[[FrozenTrial], bool] | None = None
+                ) -> tuple[int, str | None]:
+    """``(free slots, None)`` while the search goes on (0 free: wait for the running trials), or
+    ``(0, why it stops)``: "trials" (COMPLETE reached the budget), "timeout", "failures" or "pruned".
+
+    PRUNED trials (impossible samples) count neither as completed nor toward max_failures; beyond
+    `max_pruned` in one run they stop it. `own`: RUNNING trials the caller counts itself (a Ray
+    driver counts its dispatched tasks)."""
+    complete = running = failed = pruned = 0
     for t in study.get_trials(deepcopy=False):
         if is_not_run(t):
             continue
         complete += t.state == TrialState.COMPLETE
         failed += t.state == TrialState.FAIL
+        pruned += t.state == TrialState.PRUNED
         running += t.state == TrialState.RUNNING and not (own and own(t))
     if complete >= recipe.trials:
         return 0, "trials"
@@ -77,6 +87,8 @@ def budget_left(study: optuna.Study, recipe: Recipe, started: float, failures_at
     max_fail = recipe.max_failures if recipe.max_failures is not None else max(5, recipe.trials)
     if failed - failures_at_start >= max_fail:
         return 0, "failures"
+    if pruned_at_start is not None and pruned - pruned_at_start >= max_pruned(recipe):
+        return 0, "pruned"
     return max(0, recipe.trials - complete - running), None
 
 
@@ -138,4 +150,5 @@ def _requeue(study: optuna.Study, t: FrozenTrial) -> None:
                                               distributions=t.distributions, user_attrs=user, system_attrs=system))
 
 
-__all__ = ["BUDGET_TAKEN", "POLL_S", "SlotTaken", "budget_left", "claim_slot", "count_states", "is_not_run"]
+__all__ = ["BUDGET_TAKEN", "POLL_S", "SlotTaken", "budget_left", "claim_slot", "count_states", "is_not_run",
+           "max_pruned"]
