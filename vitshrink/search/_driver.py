@@ -196,8 +196,10 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
     (processes, Ray) share the budget, and this one waits while their running trials hold the rest."""
     at_start = count_states(study)
     failures_at_start, pruned_at_start = at_start["FAIL"], at_start["PRUNED"]
-    opened_at = len(study.get_trials(deepcopy=False))
+    # trials already taken when this driver started: any other trial it did not take itself is another driver's
+    taken_before = {t.number for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING}
     asked: set[int] = set()  # trials this driver took (ran or gave back)
+    reseeded = False
     ran: list[int] = []  # trials this driver ran (not those it gave back)
 
     def callback(st: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
@@ -207,12 +209,18 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
             on_trial(st, frozen, count_states(st))
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        nonlocal reseeded
         asked.add(trial.number)
         claim_slot(trial, recipe.trials)  # another driver may have taken the last slot since budget_left
+        if not reseeded and _other_driver_active(trial.study, taken_before, asked):
+            # drivers that opened the study together share its seed (recipe seed + trials at start): left
+            # as is, each would sample the same configurations. Checked after this trial exists, so of two
+            # drivers sampling at once the later one sees the other. Alone, a driver keeps the seed.
+            trial.study.sampler.reseed_rng()
+            reseeded = True
         with trial_heartbeat(trial, heartbeat_interval_for(grace_period)):
             return run_trial(trial, recipe, art_dir, ctx)
 
-    reseeded = False
     while True:
         fail_stale_trials(study, grace_period)  # a crashed run's trials: failed, re-enqueued, run first
         free, stopped_by = budget_left(study, recipe, started, failures_at_start, pruned_at_start)
@@ -221,11 +229,6 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
         if not free:  # the rest of the budget is running elsewhere: wait until it completes or a trial fails
             time.sleep(POLL_S)
             continue
-        if not reseeded and _other_driver_active(study, opened_at, asked):
-            # drivers that opened the study together share its seed (recipe seed + trials at start):
-            # left as is, each would sample the same configurations. Alone, a driver keeps the seed.
-            study.sampler.reseed_rng()
-            reseeded = True
         timeout = None if recipe.timeout is None else max(1.0, recipe.timeout - (time.perf_counter() - started))
         study.optimize(objective, n_trials=1, timeout=timeout,
                        catch=(Exception,), callbacks=[callback], gc_after_trial=False)
@@ -234,10 +237,10 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
                          stopped_by, counts["PRUNED"])
 
 
-def _other_driver_active(study: optuna.Study, opened_at: int, asked: set[int]) -> bool:
-    """Whether a trial this driver did not take was started since it opened the study (queued
-    retries it may have enqueued itself do not count until someone takes them)."""
-    return any(t.number >= opened_at and t.number not in asked and t.state != optuna.trial.TrialState.WAITING
+def _other_driver_active(study: optuna.Study, taken_before: set[int], asked: set[int]) -> bool:
+    """Whether another driver took a trial since this one started (queued trials, such as retries
+    this driver enqueued itself, do not count until someone takes them)."""
+    return any(t.number not in taken_before and t.number not in asked and t.state != optuna.trial.TrialState.WAITING
                for t in study.get_trials(deepcopy=False))
 
 
