@@ -93,7 +93,7 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
     name = study_name or recipe.name
     existing = name in study_names(storage)
     if existing:
-        stored = optuna.load_study(study_name=name, storage=storage)
+        stored = _created_study(storage, name)
         if stored.user_attrs.get(RECIPE_ATTR) is None:
             raise SearchError(f"study {name!r} in {mask_url(storage_url or '')} was not created by vitshrink; "
                               "choose another --study name")
@@ -122,6 +122,23 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
     if study.user_attrs.get(FINGERPRINT_ATTR) != fingerprint:  # new, or an older study's, now recorded
         study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
     return study
+
+
+CREATION_WAIT_S = 10.0
+
+
+def _created_study(storage, name: str) -> optuna.Study:
+    """The stored study, once the driver creating it (another process, at this moment) has written
+    its vitshrink attributes: without waiting, a second driver started with the first would read a
+    study without them and refuse it. A study that has them, or trials, is returned at once."""
+    deadline = time.monotonic() + CREATION_WAIT_S
+    while True:
+        stored = optuna.load_study(study_name=name, storage=storage)
+        attrs = stored.user_attrs
+        if (RECIPE_ATTR in attrs and FINGERPRINT_ATTR in attrs) or stored.get_trials(deepcopy=False) \
+                or time.monotonic() >= deadline:
+            return stored
+        time.sleep(0.2)
 
 
 def warm_start_configs(recipe: Recipe) -> list[tuple[str, CompressionConfig]]:
@@ -168,6 +185,9 @@ def run_search(
     fingerprint["data"]["sha256"] = data_sha256(data)
     study = open_or_create_study(recipe, storage, study_name, new_study, artifact_dir, grace_period=grace_period,
                                  fingerprint=fingerprint)
+    # trials taken when this driver opened the study (and fixed its sampler's seed): any other trial it
+    # does not take itself is another driver's, sampling from the same seed unless one reseeds
+    taken_at_open = _taken(study)
     ctx = make_context(recipe, progress=on_teacher_epoch, data=data)
     study.set_user_attr(TEACHER_ATTR, ctx.teacher_spec.to_dict())
     study.set_user_attr("vitshrink.teacher_accuracy", ctx.teacher_accuracy)
@@ -182,7 +202,7 @@ def run_search(
         summary = run_on_ray(study, recipe, storage, art_dir, address=address, workers=workers, on_trial=on_trial,
                              started=start, grace_period=grace_period)
     elif executor == "local":
-        summary = _run_local(study, recipe, art_dir, ctx, on_trial, start, grace_period)
+        summary = _run_local(study, recipe, art_dir, ctx, on_trial, start, grace_period, taken_at_open)
     else:
         raise ConfigError(f"unknown executor {executor!r}; use local or ray")
     if evaluate_test:
@@ -191,13 +211,15 @@ def run_search(
 
 
 def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchContext, on_trial, started: float,
-               grace_period: int = DEFAULT_GRACE_PERIOD) -> SearchSummary:
+               grace_period: int = DEFAULT_GRACE_PERIOD, taken_before: set[int] | None = None) -> SearchSummary:
     """Run trials in this process until the study's budget is met: other drivers on the same storage
-    (processes, Ray) share the budget, and this one waits while their running trials hold the rest."""
+    (processes, Ray) share the budget, and this one waits while their running trials hold the rest.
+
+    `taken_before`: trials already taken when the study was opened (default: now)."""
     at_start = count_states(study)
     failures_at_start, pruned_at_start = at_start["FAIL"], at_start["PRUNED"]
-    # trials already taken when this driver started: any other trial it did not take itself is another driver's
-    taken_before = {t.number for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING}
+    if taken_before is None:
+        taken_before = _taken(study)
     asked: set[int] = set()  # trials this driver took (ran or gave back)
     reseeded = False
     ran: list[int] = []  # trials this driver ran (not those it gave back)
@@ -213,7 +235,7 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
         asked.add(trial.number)
         claim_slot(trial, recipe.trials)  # another driver may have taken the last slot since budget_left
         if not reseeded and _other_driver_active(trial.study, taken_before, asked):
-            # drivers that opened the study together share its seed (recipe seed + trials at start): left
+            # drivers that opened the study together share its seed (recipe seed + trials at open): left
             # as is, each would sample the same configurations. Checked after this trial exists, so of two
             # drivers sampling at once the later one sees the other. Alone, a driver keeps the seed.
             trial.study.sampler.reseed_rng()
@@ -235,6 +257,10 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
     counts = count_states(study)
     return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(ran), time.perf_counter() - started,
                          stopped_by, counts["PRUNED"])
+
+
+def _taken(study: optuna.Study) -> set[int]:
+    return {t.number for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING}
 
 
 def _other_driver_active(study: optuna.Study, taken_before: set[int], asked: set[int]) -> bool:
