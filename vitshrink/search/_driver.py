@@ -20,6 +20,7 @@ from .. import __version__
 from ..spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
 from ._pareto import pareto_trials
 from ._samplers import make_sampler
+from ._screening import max_pruned_streak, pruned_streak
 from ._storage import (ARTIFACT_DIR_ATTR, DEFAULT_GRACE_PERIOD, default_artifact_dir, fail_stale_trials,
                        heartbeat_interval_for, mask_url, open_storage, study_names, trial_heartbeat)
 from ._trial import (DIRECTIONS, METRIC_NAMES, SearchContext, check_space_fits_teacher, make_context, recipe_doc,
@@ -42,7 +43,7 @@ class SearchSummary:
     failed: int
     new_trials: int
     seconds: float
-    stopped_by: str  # "trials", "timeout", "failures"
+    stopped_by: str  # "trials", "timeout", "failures", "pruned"
 
 
 def reference_configs(space: SearchSpace) -> list[CompressionConfig]:
@@ -192,6 +193,8 @@ def budget_left(study: optuna.Study, recipe: Recipe, started: float, failures_at
     max_fail = recipe.max_failures if recipe.max_failures is not None else max(5, recipe.trials)
     if counts["FAIL"] - failures_at_start >= max_fail:
         return 0, "failures"
+    if counts["PRUNED"] and pruned_streak(study) >= max_pruned_streak(recipe):
+        return 0, "pruned"  # nearly every candidate is screened or stopped: the constraints may be unreachable
     return recipe.trials - counts["COMPLETE"], None
 
 
