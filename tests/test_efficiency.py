@@ -210,3 +210,40 @@ def test_hypervolume_history_grows_with_the_trials(stopped_study) -> None:
     trials = summary.study.trials
     wall = (trials[-1].datetime_complete - trials[0].datetime_start).total_seconds()
     assert history["seconds"].iloc[-1] <= wall + 1e-6  # the gap between the two runs is not counted
+
+
+def test_recipe_switches_default_on_and_are_checked() -> None:
+    default = Recipe.from_toml_text('[study]\nname = "x"')
+    assert (default.screening, default.rungs, default.rung_margin) == (True, True, 0.02)
+    off = Recipe.from_toml_text('[study]\nname = "x"\nscreening = false\nrungs = false\nrung_margin = 0.05')
+    assert (off.screening, off.rungs, off.rung_margin) == (False, False, 0.05)
+    with pytest.raises(ConfigError, match="rung_margin"):
+        Recipe.from_toml_text('[study]\nname = "x"\nrung_margin = 2')
+    with pytest.raises(ConfigError, match="screening"):
+        Recipe.from_toml_text('[study]\nname = "x"\nscreening = "yes"')
+
+
+def test_search_stops_when_every_candidate_is_screened(tmp_path, monkeypatch) -> None:
+    """An unreachable constraint: the teacher completes (infeasible), every sampled candidate is
+    screened; the search stops after a streak instead of sampling forever."""
+    from vitshrink.search import _driver, run_search
+
+    monkeypatch.setattr(_driver, "max_pruned_streak", lambda recipe: 3)
+    recipe = _recipe("unreachable", 'quant = ["none", "dynamic_int8"]', "", trials=2,
+                     extra="\n[constraints]\nmax_size_mb = 0.000001\n")
+    summary = run_search(recipe, storage=f"sqlite:///{tmp_path}/s.db", evaluate_test=False)
+    states = [t.state for t in summary.study.trials]
+    assert summary.stopped_by == "pruned" and states == [TrialState.COMPLETE] + [TrialState.PRUNED] * 3
+
+
+@pytest.mark.slow
+def test_plot_history_writes_a_png(stopped_study, tmp_path) -> None:
+    from vitshrink.plotting import PlotError, plot_history
+    from vitshrink.studies import open_study
+
+    _, storage, _ = stopped_study
+    handle = open_study("rungs", storage)
+    path = plot_history([handle], tmp_path / "history.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(PlotError, match="png"):
+        plot_history([handle], tmp_path / "history.html")

@@ -230,7 +230,8 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
             if done:
                 best = (f"best acc {max(t.values[0] for t in done):.3f} · "
                         f"lat {min(t.values[1] for t in done):.3f} ms · "
-                        f"size {min(t.values[2] for t in done) / 1e3:.0f} kB · failed {counts['FAIL']}")
+                        f"size {min(t.values[2] for t in done) / 1e3:.0f} kB · failed {counts['FAIL']}"
+                        f" · pruned {counts['PRUNED']}")
             progress.update(trial_task, completed=counts["COMPLETE"], best=best)
             if frozen.state.name == "FAIL" and executor != "local":  # local trials log their own failure
                 log.warning("trial %d failed: %s", frozen.number, frozen.user_attrs.get("fail_reason"))
@@ -247,6 +248,10 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
         _format_table(df, "table", _TABLE_COLUMNS)
     if summary.stopped_by == "failures":
         _stopped_by_failures(summary.study, r)
+    if summary.stopped_by == "pruned":
+        console.print("[yellow]search stopped:[/] the latest trials were all screened or stopped before completing; "
+                      "the constraints may be out of reach of the space: relax [constraints] or widen [space] "
+                      "(`vitshrink show` gives each trial's reason)", highlight=False, soft_wrap=True)
 
 
 def _stopped_by_failures(study, r) -> None:
@@ -282,8 +287,20 @@ def pareto(
             sys.stdout.write(json.dumps(_pareto_records(handle), indent=2) + "\n")
             return
         _format_table(handle.pareto(), format, _TABLE_COLUMNS if format == "table" else None)
+        if format == "table":
+            _pruned_counts(handle)
     except _user_errors() as exc:
         _fail(exc)
+
+
+def _pruned_counts(handle) -> None:
+    """One line under the Pareto table: trials screened (never trained) and stopped early."""
+    trials = handle.study.get_trials(deepcopy=False)
+    screened = sum(t.state.name == "PRUNED" and "screened" in t.user_attrs for t in trials)
+    stopped = sum(t.state.name == "PRUNED" and "stopped" in t.user_attrs for t in trials)
+    complete = sum(t.state.name == "COMPLETE" for t in trials)
+    console.print(f"{complete} completed, {screened} screened (not trained), {stopped} stopped early "
+                  "(not eligible for the front)", highlight=False)
 
 
 @app.command()
@@ -351,7 +368,8 @@ def _show_table(info: dict[str, Any]) -> None:
              if info["latency_iqr_ms"] is not None else None),
             ("size bytes", None if info["objectives"].get("size_bytes") is None
              else int(info["objectives"]["size_bytes"])), ("params", info["params"]), ("MACs", info["macs"]),
-            ("feasible", info["feasible"]), ("seconds", info["seconds"]), ("fail reason", info["fail_reason"])]
+            ("feasible", info["feasible"]), ("seconds", info["seconds"]), ("fail reason", info["fail_reason"]),
+            ("screened", info.get("screened")), ("stopped", info.get("stopped")), ("rungs", info.get("rungs") or None)]
     for k, v in rows:
         if v is not None:
             head.add_row(k, _fmt(v))
@@ -402,14 +420,17 @@ def plot(
     study: str = typer.Argument(..., help="Study name."),
     out_path: str = typer.Option("pareto.png", "--out", "-o", help=".png/.svg/.pdf, or .html (needs plotly)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
+    history: bool = typer.Option(False, "--history", help="Plot hypervolume against search time instead."),
 ) -> None:
-    """Plot accuracy vs latency (marker size = model size), the Pareto front, teacher and references."""
+    """Plot accuracy vs latency (marker size = model size), the Pareto front, teacher and references;
+    with --history, the hypervolume against the search's wall-clock time."""
     try:
-        from .plotting import plot_study
+        from .plotting import plot_history, plot_study
         from .studies import open_study
 
         with _busy(f"plotting {study}"):
-            path = plot_study(open_study(study, storage), out_path)
+            handle = open_study(study, storage)
+            path = plot_history([handle], out_path) if history else plot_study(handle, out_path)
         console.print(f"wrote {path}", highlight=False)
     except _user_errors() as exc:
         _fail(exc)
