@@ -247,3 +247,11 @@ def test_plot_history_writes_a_png(stopped_study, tmp_path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(PlotError, match="png"):
         plot_history([handle], tmp_path / "history.html")
+    from typer.testing import CliRunner
+
+    from vitshrink.cli import app
+
+    res = CliRunner().invoke(app, ["plot", "rungs", "--history", "--out", str(tmp_path / "h.png"), "--storage", storage])
+    assert res.exit_code == 0 and (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    res = CliRunner().invoke(app, ["pareto", "rungs", "--storage", storage])
+    assert res.exit_code == 0 and "0 screened (not trained), 1 stopped early" in res.output
