@@ -23,8 +23,7 @@ embed_dim = 32
 depth = 2
 num_heads = 2
 mlp_ratio = 2.0
-[teacher.train]
-epochs = {epochs}
+{train}
 
 [target]
 {device}runs = 5
@@ -36,10 +35,12 @@ warmup = 1
 
 
 def tiny_recipe(name: str = "tiny", space: str = 'quant = ["none", "dynamic_int8"]', *, trials: int = 2,
-                sampler: str | None = None, fixed: str = "", teacher_extra: str = "", epochs: int = 1,
+                sampler: str | None = None, fixed: str = "", teacher_extra: str = "", epochs: int | None = 1,
                 device: str | None = None) -> str:
-    """The recipe's TOML text. `sampler` also fixes seed 0; `fixed` is the body of a [fixed] table."""
+    """The recipe's TOML text. `sampler` also fixes seed 0; `fixed` is the body of a [fixed] table;
+    `epochs` None leaves out [teacher.train] (a teacher read as it is from a checkpoint is not trained)."""
     return TEMPLATE.format(
         name=name, trials=trials, study=f'sampler = "{sampler}"\nseed = 0\n' if sampler else "",
-        teacher=teacher_extra, epochs=epochs, device=f'device = "{device}"\n' if device else "", space=space,
+        teacher=teacher_extra, train=f"[teacher.train]\nepochs = {epochs}" if epochs is not None else "",
+        device=f'device = "{device}"\n' if device else "", space=space,
         fixed=f"\n[fixed]\n{fixed}\n" if fixed else "")

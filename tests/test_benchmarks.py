@@ -97,7 +97,7 @@ def test_kd_limit_trains_on_a_seeded_subset(tiny_vit, tiny_data):
     for a, b in zip(limited.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)
 
-    recipe = Recipe.from_toml_text('[study]\nname = "x"\n[data]\nkd_limit = 500\n')
+    recipe = Recipe.from_toml_text('[study]\nname = "x"\n[data]\nkd_limit = 500\n[space]\nkd_epochs = [0, 2]\n')
     assert recipe.kd_limit == 500 and Recipe.from_toml_text('[study]\nname = "x"\n').kd_limit is None
     with pytest.raises(ConfigError, match="kd_limit"):
         Recipe.from_toml_text('[study]\nname = "x"\n[data]\nkd_limit = 0\n')

@@ -193,7 +193,7 @@ def test_resume_never_retrains_stopped_trials_and_pareto_excludes_them(stopped_s
     assert 3 not in {t.number for t in pareto_trials(again.study, include_infeasible=True)}
     handle = open_study("rungs", storage)
     assert 3 not in set(handle.pareto(include_infeasible=True)["trial"])
-    assert handle.trials().set_index("trial").loc[3, "pruned_reason"].startswith("behind at student epoch 1")
+    assert handle.trials().set_index("trial").loc[3, "fail_reason"].startswith("stopped: behind at student epoch 1")
     row = list_studies(storage).set_index("study").loc["rungs"]
     assert (row["complete"], row["screened"], row["stopped"]) == (4, 0, 1)
 
@@ -225,10 +225,10 @@ def test_recipe_switches_default_on_and_are_checked() -> None:
 
 def test_search_stops_when_every_candidate_is_screened(tmp_path, monkeypatch) -> None:
     """An unreachable constraint: the teacher completes (infeasible), every sampled candidate is
-    screened; the search stops after a streak instead of sampling forever."""
+    screened; the run stops after `max_pruned` PRUNED trials instead of sampling forever."""
     from vitshrink.search import _driver, run_search
 
-    monkeypatch.setattr(_driver, "max_pruned_streak", lambda recipe: 3)
+    monkeypatch.setattr(_driver, "max_pruned", lambda recipe: 3)
     recipe = _recipe("unreachable", 'quant = ["none", "dynamic_int8"]', "", trials=2,
                      extra="\n[constraints]\nmax_size_mb = 0.000001\n")
     summary = run_search(recipe, storage=f"sqlite:///{tmp_path}/s.db", evaluate_test=False)

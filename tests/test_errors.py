@@ -37,7 +37,7 @@ def _files(root: Path) -> dict[str, str]:
         "landmarks": tiny_recipe("lm", 'lowrank = ["none", "nystrom"]\nlandmarks = [2, 32]'),
         "blocks": tiny_recipe("bl", 'lowrank = ["none", "svd"]\nlowrank_blocks = [[0], [5]]'),
         "merge": tiny_recipe("mg", "token_merge_r = [0, 12]"),
-        "misfit": tiny_recipe("ck", teacher_extra='checkpoint = "{root}/wide.safetensors"'),
+        "misfit": tiny_recipe("ck", teacher_extra='checkpoint = "{root}/wide.safetensors"', epochs=None),
         "tiny": tiny_recipe(),
     }
     paths = {}

@@ -70,7 +70,7 @@ def _nan_checkpoint(path: Path) -> str:
 @pytest.mark.slow
 def test_every_trial_failing_stops_at_max_failures_with_a_message(tmp_path) -> None:
     ckpt = _nan_checkpoint(tmp_path / "nan.safetensors")
-    text = tiny_recipe("nan", teacher_extra=f'checkpoint = "{ckpt}"', trials=3).replace("[data]", "max_failures = 2\n[data]")
+    text = tiny_recipe("nan", teacher_extra=f'checkpoint = "{ckpt}"', trials=3, epochs=None).replace("[data]", "max_failures = 2\n[data]")
     (tmp_path / "nan.toml").write_text(text)
     url = f"sqlite:///{tmp_path}/nan.db"
     res = run_cli(["search", "nan.toml", "--storage", url], tmp_path, cli_env(tmp_path))

@@ -239,7 +239,8 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
         summary = run_search(r, storage=storage, study_name=study_name, new_study=new_study, artifact_dir=artifacts,
                              executor=executor, address=address, workers=workers, on_trial=on_trial,
                              on_teacher_epoch=on_epoch, grace_period=grace_period)
-    console.print(f"study {summary.study.study_name!r}: {summary.completed} completed, {summary.failed} failed, "
+    pruned = f", {summary.pruned} pruned as impossible samples" if summary.pruned else ""
+    console.print(f"study {summary.study.study_name!r}: {summary.completed} completed, {summary.failed} failed{pruned}, "
                   f"{summary.new_trials} run now in {summary.seconds:.0f} s (stopped by {summary.stopped_by})")
     from .studies import StudyHandle
 
@@ -249,9 +250,7 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
     if summary.stopped_by == "failures":
         _stopped_by_failures(summary.study, r)
     if summary.stopped_by == "pruned":
-        console.print("[yellow]search stopped:[/] the latest trials were all screened or stopped before completing; "
-                      "the constraints may be out of reach of the space: relax [constraints] or widen [space] "
-                      "(`vitshrink show` gives each trial's reason)", highlight=False, soft_wrap=True)
+        _stopped_by_pruning(summary.study, r)
 
 
 def _stopped_by_failures(study, r) -> None:
@@ -266,6 +265,23 @@ def _stopped_by_failures(study, r) -> None:
                   f"{limit}); most common reason ({n}x): {_mask(reason)}. Fix the cause (see `vitshrink show "
                   f"{study.study_name} N` for a trial) and run the same command to resume, or raise "
                   "study.max_failures in the recipe", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _stopped_by_pruning(study, r) -> None:
+    """Nearly every sample was impossible, screened or stopped: name the most common reason and exit 1."""
+    from collections import Counter
+
+    from .search._driver import max_pruned
+
+    reasons = Counter(t.user_attrs.get("pruned_reason") or "no reason recorded"
+                      for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED")
+    reason, n = reasons.most_common(1)[0]
+    console.print(f"[bold red]error:[/] search stopped: {max_pruned(r)} sampled configurations in this run were "
+                  f"pruned (impossible, or screened / stopped as unable to enter the front); most common reason "
+                  f"({n}x): {_mask(reason)}. Narrow the search space so that its dimensions fit together (or relax "
+                  "[constraints] that no candidate meets), then run the same command to resume",
+                  highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -299,8 +315,9 @@ def _pruned_counts(handle) -> None:
     screened = sum(t.state.name == "PRUNED" and "screened" in t.user_attrs for t in trials)
     stopped = sum(t.state.name == "PRUNED" and "stopped" in t.user_attrs for t in trials)
     complete = sum(t.state.name == "COMPLETE" for t in trials)
-    console.print(f"{complete} completed, {screened} screened (not trained), {stopped} stopped early "
-                  "(not eligible for the front)", highlight=False)
+    impossible = sum(t.state.name == "PRUNED" for t in trials) - screened - stopped
+    console.print(f"{complete} completed, {screened} screened (not trained), {stopped} stopped early, {impossible} "
+                  "impossible (none eligible for the front)", highlight=False)
 
 
 @app.command()
@@ -369,7 +386,7 @@ def _show_table(info: dict[str, Any]) -> None:
             ("size bytes", None if info["objectives"].get("size_bytes") is None
              else int(info["objectives"]["size_bytes"])), ("params", info["params"]), ("MACs", info["macs"]),
             ("feasible", info["feasible"]), ("seconds", info["seconds"]), ("fail reason", info["fail_reason"]),
-            ("screened", info.get("screened")), ("stopped", info.get("stopped")), ("rungs", info.get("rungs") or None)]
+            ("pruned reason", info.get("pruned_reason")), ("rungs", info.get("rungs") or None)]
     for k, v in rows:
         if v is not None:
             head.add_row(k, _fmt(v))

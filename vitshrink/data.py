@@ -3,6 +3,7 @@
 Every dataset is split into train / val / test with a fixed seed. Images are float
 tensors (N, C, H, W), normalised per channel with statistics of the train split.
 The val split chooses models; the test split only reports the final Pareto models.
+`limit` cuts any of them (train to at most `limit` images, val and test by the same factor).
 
 Example:
     >>> data = load_dataset("digits", seed=0)
@@ -20,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+
+from .data_shape import DATASETS, DEFAULT_IMG_SIZE, FIXED_SHAPES, DataShape
+from .data_shape import canonical_name as _canonical
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +153,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def load_fashion_mnist(
-    data_dir: str | os.PathLike | None = None, seed: int = 0, val_frac: float = 1 / 12, limit: int | None = None
-) -> DataBundle:
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None, seed: int = 0, val_frac: float = 1 / 12) -> DataBundle:
     """Fashion-MNIST (60k train + 10k test, 1x28x28). The official test set is the test split;
     `val_frac` of the official train set (stratified, seeded) is the val split."""
     from sklearn.model_selection import train_test_split
@@ -161,8 +163,6 @@ def load_fashion_mnist(
     y_tr = _read_idx(root / "train-labels-idx1-ubyte")
     x_te = _read_idx(root / "t10k-images-idx3-ubyte")[:, None] / 255.0
     y_te = _read_idx(root / "t10k-labels-idx1-ubyte")
-    if limit:
-        x_tr, y_tr, x_te, y_te = x_tr[:limit], y_tr[:limit], x_te[: limit // 6], y_te[: limit // 6]
     x_tr, x_val, y_tr, y_val = train_test_split(x_tr, y_tr, test_size=val_frac, random_state=seed, stratify=y_tr)
     names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
     return _bundle("fashion-mnist", ((x_tr, y_tr), (x_val, y_val), (x_te, y_te)), 10, names)
@@ -215,45 +215,101 @@ def load_cifar10(
 
 
 def load_image_folder(
-    data_dir: str | os.PathLike, img_size: int = 32, seed: int = 0, val_frac: float = 0.2, test_frac: float = 0.2
+    data_dir: str | os.PathLike, img_size: int | None = None, seed: int = 0, val_frac: float = 0.2,
+    test_frac: float = 0.2, in_chans: int | None = None, limit: int | None = None,
 ) -> DataBundle:
-    """A folder of class sub-folders of images (torchvision's ImageFolder layout), resized to `img_size`."""
-    from torchvision.datasets import ImageFolder
+    """An image folder, `ROOT/CLASS/*` or `ROOT/{train,val,test}/CLASS/*` (see `vitshrink.image_folder`):
+    given splits are used as they are, missing ones are split off train; images are resized to
+    `img_size` (default 32) and converted to `in_chans` channels (None: as the images are)."""
+    from .image_folder import read_images, scan_folder, split_off
 
-    root = Path(data_dir) if data_dir else None
-    if root is None or not root.is_dir():
-        raise DataError(
-            f"image folder {data_dir!r} not found; pass --data-dir to a folder with one sub-folder of images per class"
-        )
-    try:
-        ds = ImageFolder(str(root))
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"cannot read image folder {root}: {exc}") from None
-    xs, ys = [], []
-    for path, label in ds.samples:
-        img = ds.loader(path).convert("RGB").resize((img_size, img_size))
-        xs.append(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
-        ys.append(label)
-    x, y = np.stack(xs), np.asarray(ys)
-    return _bundle(root.name, _split_arrays(x, y, seed, val_frac, test_frac), len(ds.classes), tuple(ds.classes))
+    layout = scan_folder(data_dir)
+    files = split_off(layout, seed, val_frac, test_frac)
+    if limit:  # cut the file lists, so only the images kept are decoded
+        files = dict(zip(("train", "val", "test"), _limit_parts(
+            tuple((np.arange(len(files[s][0])), files[s][1]) for s in ("train", "val", "test")), limit, seed,
+            keep=lambda s, idx: [files[s][0][i] for i in idx])))
+    names = ("train", "val", "test")
+    # one pass over every file, so a broken file is reported with all the others, whatever its split
+    x, _ = read_images([p for s in names for p in files[s][0]], img_size or DEFAULT_IMG_SIZE, in_chans)
+    ends = np.cumsum([len(files[s][0]) for s in names])
+    parts = tuple((xs, files[s][1]) for s, xs in zip(names, np.split(x, ends[:-1])))
+    return _bundle(layout.root.name, parts, len(layout.classes), layout.classes)
 
 
-DATASETS = ("digits", "fashion-mnist", "cifar10", "image-folder")
+def canonical_name(name: str) -> str:
+    """The dataset's name in `DATASETS` (aliases resolved); DataError for an unknown one."""
+    known = _canonical(name)
+    if known is None:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return known
+
+
+def peek_shape(name: str, data_dir: str | os.PathLike | None = None, img_size: int | None = None,
+               in_chans: int | None = None) -> DataShape:
+    """The shape of a dataset without loading it (an image folder is listed, not decoded)."""
+    name = canonical_name(name)
+    if name in FIXED_SHAPES:
+        return DataShape(*FIXED_SHAPES[name])
+    from .image_folder import scan_folder
+
+    classes = scan_folder(data_dir).classes
+    return DataShape(in_chans, img_size or DEFAULT_IMG_SIZE, len(classes), classes)
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, seed: int = 0, **options: object
+    name: str, data_dir: str | os.PathLike | None = None, seed: int = 0, *, limit: int | None = None,
+    download: bool = False, img_size: int | None = None, in_chans: int | None = None,
 ) -> DataBundle:
-    """Load a dataset by name: one of `DATASETS`."""
+    """Load a dataset by name (one of `DATASETS`).
+
+    `limit`: the train split keeps a seeded, class-balanced subset of at most `limit` images and val
+    and test shrink by the same factor (any dataset). `download` (cifar10 only) lets torchvision
+    download it. `img_size` and `in_chans` (image folders only) resize and convert the images.
+    """
+    name = canonical_name(name)
+    if name == "image-folder":
+        return load_image_folder(data_dir, img_size=img_size, seed=seed, in_chans=in_chans, limit=limit)  # type: ignore[arg-type]
     if name == "digits":
-        return load_digits(seed=seed)
-    if name in ("fashion-mnist", "fashion_mnist"):
-        return load_fashion_mnist(data_dir, seed=seed, limit=options.get("limit"))  # type: ignore[arg-type]
-    if name == "cifar10":
-        return load_cifar10(data_dir, seed=seed, download=bool(options.get("download", False)))
-    if name in ("image-folder", "imagefolder"):
-        return load_image_folder(data_dir, img_size=int(options.get("img_size", 32)), seed=seed)  # type: ignore[arg-type]
-    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        data = load_digits(seed=seed)
+    elif name == "fashion-mnist":
+        data = load_fashion_mnist(data_dir, seed=seed)
+    else:
+        data = load_cifar10(data_dir, seed=seed, download=download)
+    return limit_bundle(data, limit, seed) if limit else data
+
+
+def _take_balanced(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of `n` items of `y`, drawn class by class in turn (seeded), so every class
+    keeps about the same share."""
+    order = rng.permutation(len(y))
+    rank = np.empty(len(y), dtype=np.int64)  # position of each item within its class, in shuffled order
+    for c in np.unique(y):
+        members = order[y[order] == c]
+        rank[members] = np.arange(len(members))
+    return np.sort(order[np.argsort(rank[order], kind="stable")][:n])
+
+
+def _limit_parts(parts, limit: int, seed: int, keep=None):
+    """Cut (x, y) splits (train first) so train holds at most `limit` items and the others shrink by
+    the same factor, never below one item per class they have. `keep(split, idx)` maps kept indices."""
+    factor = min(1.0, limit / max(1, len(parts[0][1])))
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, (x, y) in zip(("train", "val", "test"), parts):
+        n = limit if name == "train" else max(len(np.unique(y)), round(factor * len(y)))
+        idx = _take_balanced(np.asarray(y), min(n, len(y)), rng)
+        out.append((keep(name, idx) if keep else x[idx], np.asarray(y)[idx]))
+    return out
+
+
+def limit_bundle(data: DataBundle, limit: int, seed: int = 0) -> DataBundle:
+    """`data` with train cut to at most `limit` images and val and test by the same factor (seeded)."""
+    parts = _limit_parts(tuple((s.x, s.y) for s in (data.train, data.val, data.test)), limit, seed,
+                         keep=lambda _, idx: idx)
+    splits = [Split(s.x[torch.from_numpy(idx)], s.y[torch.from_numpy(idx)])
+              for s, (idx, _) in zip((data.train, data.val, data.test), parts)]
+    return DataBundle(data.name, *splits, num_classes=data.num_classes, class_names=data.class_names)
 
 
 def cache_dir() -> Path:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DataBundle, cache_dir
+from .data_shape import fit_teacher_kwargs
 from .spaces._recipe import AUGMENTATIONS
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,9 @@ def create_model(spec: TeacherSpec, num_classes: int | None = None, load_weights
         close = timm.list_models(f"*{spec.model.split('_')[0]}*")[:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ModelError(f"unknown timm model {spec.model!r}{hint}; see timm.list_models('vit_*')")
+    if spec.pretrained and not spec.checkpoint and not timm.models.is_model_pretrained(spec.model):
+        raise ModelError(f"timm has no pretrained weights for {spec.model!r}; set pretrained = false to train it "
+                         "from scratch, or give teacher.checkpoint (--checkpoint) a local weights file")
     pretrained = spec.pretrained and load_weights
     if pretrained and spec.checkpoint:
         # timm's own pretrained path, reading a local file: it adapts the classifier, the position
@@ -233,12 +237,30 @@ def train_classifier(
     return model.eval()
 
 
-def _teacher_key(spec: TeacherSpec, data: DataBundle, settings: TrainSettings, seed: int) -> str:
+def checkpoint_sha256(path: str | Path) -> str:
+    """SHA-256 of a checkpoint file's contents (streamed): the same path rewritten is another teacher."""
+    from .digests import file_sha256
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"checkpoint {p} not found; pass --checkpoint to an existing .safetensors or .pth file")
+    return file_sha256(p)
+
+
+def _teacher_key(spec: TeacherSpec, data: DataBundle, settings: TrainSettings, seed: int,
+                 data_seed: int | None = None) -> str:
+    """What a trained teacher depends on: architecture, starting weights (by content), the data split
+    (its seed and the images and labels of every split: a teacher must never have seen today's val or
+    test images), training settings, seed and timm's version."""
+    from .digests import data_sha256
+
     blob = json.dumps(
         # no augmentation is left out of the key, so teachers cached before `augment` existed stay valid
         {"spec": spec.to_dict(), "data": data.describe(), "seed": seed,
          "train": {k: v for k, v in settings.__dict__.items() if not (k == "augment" and not v)},
-         "timm": __import__("timm").__version__},
+         "timm": __import__("timm").__version__,
+         "data_seed": data_seed, "data_sha256": data_sha256(data),
+         "checkpoint_sha256": checkpoint_sha256(spec.checkpoint) if spec.checkpoint else None},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -251,27 +273,28 @@ def get_teacher(
     seed: int = 0,
     cache: Path | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    data_seed: int | None = None,
 ) -> tuple[nn.Module, TeacherSpec]:
     """The teacher for `data`: exactly `spec.checkpoint` if given (and not `pretrained`); otherwise
     trained here once (from scratch, or fine-tuned from timm's pretrained weights, which may come
     from a local `checkpoint`) and cached as safetensors.
 
     Returns the model and a spec whose checkpoint points at the weights actually used, so the
-    teacher can be rebuilt exactly later (e.g. by `load_model`).
+    teacher can be rebuilt exactly later (e.g. by `load_model`). `data_seed` (the seed that split
+    `data`) is part of the cache key, with the contents of every split.
     """
     from safetensors.torch import save_file
 
     settings = settings or TrainSettings()
     cache = Path(cache or cache_dir()) / "teachers"
     cache.mkdir(parents=True, exist_ok=True)
-    kwargs = {"num_classes": data.num_classes, **spec.kwargs}
-    if kwargs["num_classes"] != data.num_classes:
-        raise ModelError(f"teacher has num_classes={kwargs['num_classes']} but {data.name} has {data.num_classes} classes")
+    # the teacher fits the data: in_chans, img_size, num_classes follow it unless the spec fixes them
+    kwargs = fit_teacher_kwargs(spec.kwargs, data.name, data.in_chans, data.img_size, data.num_classes)
     spec = TeacherSpec(spec.model, kwargs, spec.checkpoint, spec.pretrained)
     if spec.checkpoint and not spec.pretrained:
         model = create_model(spec)
         return model, spec
-    key = _teacher_key(spec, data, settings, seed)
+    key = _teacher_key(spec, data, settings, seed, data_seed)
     path = cache / f"{spec.model}-{data.name}-{key}.safetensors"
     cached = TeacherSpec(spec.model, kwargs, str(path), False)
     if path.exists():

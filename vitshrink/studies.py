@@ -44,7 +44,7 @@ TEST_ACCURACY_ATTR = "vitshrink.test_accuracy."
 
 # The columns of `StudyHandle.pareto()` and `.trials()`, then one `config.<field>` per CompressionConfig field.
 COLUMNS = ["trial", "state", "accuracy", "test_accuracy", "latency_ms", "latency_iqr_ms", "latency_cv",
-           "size_bytes", "params", "macs", "accuracy_drop", "feasible", "role", "label", "fail_reason", "pruned_reason"]
+           "size_bytes", "params", "macs", "accuracy_drop", "feasible", "role", "label", "fail_reason"]
 CONFIG_COLUMNS = [f"config.{f.name}" for f in fields(CompressionConfig)]
 
 
@@ -72,6 +72,7 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
             "study": s.study_name,
             "complete": len(done),
             "failed": sum(t.state == TrialState.FAIL for t in trials),
+            "pruned": sum(t.state == TrialState.PRUNED for t in trials),  # impossible samples, never built
             "running": sum(t.state == TrialState.RUNNING for t in trials),
             "screened": sum(t.state == TrialState.PRUNED and "screened" in t.user_attrs for t in trials),
             "stopped": sum(t.state == TrialState.PRUNED and "stopped" in t.user_attrs for t in trials),
@@ -81,7 +82,7 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
             "last_update": last,
         }
         rows.append(row)
-    return pd.DataFrame(rows, columns=["study", "complete", "failed", "running", "screened", "stopped",
+    return pd.DataFrame(rows, columns=["study", "complete", "failed", "pruned", "screened", "stopped", "running",
                                        "best_accuracy", "best_latency_ms",
                                        "best_size_bytes", "last_update"])
 
@@ -107,10 +108,9 @@ def _trial_row(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
         "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None,
         "role": t.user_attrs.get("role", "sampled"),
         "label": t.user_attrs.get("label"),
-        "fail_reason": t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL else None,
-        # screened (never trained) or stopped at a rung: search/_screening.py, search/_rungs.py
-        "pruned_reason": (t.user_attrs.get("screened") or t.user_attrs.get("stopped")
-                          if t.state == TrialState.PRUNED else None),
+        # why the trial has no objectives: its failure, or why its sample was impossible (PRUNED)
+        "fail_reason": (t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL
+                        else t.user_attrs.get("pruned_reason") if t.state == TrialState.PRUNED else None),
     }
     for k, v in (t.user_attrs.get("config") or {}).items():
         row[f"config.{k}"] = tuple(v) if isinstance(v, list) else v
@@ -155,7 +155,7 @@ class StudyHandle:
 
     @cached_property
     def recipe(self) -> Recipe:
-        return Recipe.from_dict(self.study.user_attrs[RECIPE_ATTR])
+        return Recipe.from_dict(self.study.user_attrs[RECIPE_ATTR], "stored recipe", stored=True)
 
     @property
     def teacher_accuracy(self) -> float | None:
@@ -179,7 +179,7 @@ class StudyHandle:
             raise TrialNotAvailable(f"study {self.name!r} has no trial {number} (trials 0..{len(trials) - 1}); "
                                     f"see `vitshrink pareto {self.name}`")
         if complete and match.state != TrialState.COMPLETE:
-            why = match.user_attrs.get("fail_reason")
+            why = match.user_attrs.get("fail_reason") or match.user_attrs.get("pruned_reason")
             raise TrialNotAvailable(f"trial {number} of {self.name!r} is {match.state.name}, not COMPLETE"
                                     + (f" ({why})" if why else "") + "; pick a completed trial from `vitshrink pareto`")
         return match
@@ -228,7 +228,7 @@ class StudyHandle:
             "latency": ua.get("latency"), **_latency_spread(t), "params": ua.get("params"), "macs": ua.get("macs"),
             "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None, "constraints": ua.get("constraints"),
             "config": ua.get("config"), "records": ua.get("records") or [], "seconds": ua.get("seconds"),
-            "fail_reason": ua.get("fail_reason"), "worker": ua.get("worker"),
+            "fail_reason": ua.get("fail_reason"), "pruned_reason": ua.get("pruned_reason"), "worker": ua.get("worker"),
             "screened": ua.get("screened"), "stopped": ua.get("stopped"), "stopped_at": ua.get("stopped_at"),
             "rungs": {k: v for k, v in ua.items() if k.startswith("rung:")},
             "started": t.datetime_start.isoformat() if t.datetime_start else None,

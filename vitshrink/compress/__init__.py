@@ -6,13 +6,16 @@ from ._registry import STAGES, BuildContext, get_transform, list_transforms, reg
 
 # Importing a technique's module registers its transforms.
 from . import distill, lowrank, prune, quantize, svd, tokens  # noqa: E402,F401  isort: skip
+from ._fit import check_fits, impossible_reason  # noqa: E402  isort: skip
 
 __all__ = [
     "STAGES",
     "BuildContext",
     "BuildResult",
     "build",
+    "check_fits",
     "get_transform",
+    "impossible_reason",
     "list_transforms",
     "register_transform",
     "seed_everything",

@@ -63,7 +63,9 @@ def build(
         ['prune']
     """
     from ..objectives.macs import count_macs  # lazy: objectives sits right of compress, macs is leaf-only
+    from ._fit import check_fits  # lazy: _fit imports the technique modules, which import this package
 
+    check_fits(teacher, config)  # an impossible config fails here, before a student is distilled
     seed_everything(seed)
     ctx = BuildContext(data=data, teacher=teacher.eval(), seed=seed, teacher_logits=teacher_logits,
                        progress=progress, train=train, kd_limit=kd_limit, on_epoch=on_epoch)

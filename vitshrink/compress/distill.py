@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataBundle, Split, cache_dir
+from ..digests import update_with_tensor
 from ..models import ModelError, TeacherSpec, TrainSettings, copy_model, create_model, param_count, train_classifier
 from ..spaces import CompressionConfig, ConfigError
 from ._registry import BuildContext, register_transform
@@ -75,28 +76,45 @@ def kd_loss(
     return alpha * t * t * kl + (1.0 - alpha) * F.cross_entropy(cls_logits, labels)
 
 
-def _tensor_digest(h: Any, tensor: torch.Tensor) -> None:
-    flat = tensor.detach().cpu().contiguous().reshape(-1)
-    h.update(str((tensor.dtype, tuple(tensor.shape))).encode())
-    h.update(flat.view(torch.uint8).numpy())  # raw bytes of any dtype, bf16 included
+def _forward_description(teacher: nn.Module) -> str:
+    """What decides the teacher's forward besides its weights: every module's class and its plain
+    settings (GELU's approximation, a pooling mode, a layer norm's eps, ...), which two models with
+    one state_dict can differ in. `training` is left out: the logits are always taken in eval mode."""
+    rows = []
+    for path, module in teacher.named_modules():
+        settings = {k: v for k, v in sorted(vars(module).items())
+                    if not k.startswith("_") and k != "training" and _plain(v)}
+        rows.append(f"{path}|{type(module).__module__}.{type(module).__qualname__}|{settings!r}")
+    return "\n".join(rows)
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def logits_cache_key(teacher: nn.Module, data: DataBundle) -> str:
-    """A short hash of the teacher's weights and the train split (its description and contents).
+    """A short hash of everything the logits depend on: the teacher's weights, its forward (module
+    classes and settings, timm's version) and the train split (its description and contents).
 
     Example:
         >>> logits_cache_key(teacher, data)  # doctest: +SKIP
         'c0ffee12deadbeef'
     """
+    import timm
+
     h = hashlib.sha256()
     for name, value in sorted(teacher.state_dict().items()):
         if isinstance(value, torch.Tensor):
             h.update(name.encode())
-            _tensor_digest(h, value)
+            update_with_tensor(h, value)
+    h.update(_forward_description(teacher).encode())
+    h.update(f"timm {timm.__version__}".encode())
     h.update(data.describe().encode())
     # describe() names sizes, not contents: two seeds of one dataset must not share logits
-    _tensor_digest(h, data.train.x)
-    _tensor_digest(h, data.train.y)
+    update_with_tensor(h, data.train.x)
+    update_with_tensor(h, data.train.y)
     return h.hexdigest()[:16]
 
 
@@ -218,6 +236,24 @@ def make_student(teacher: nn.Module, config: CompressionConfig) -> nn.Module:
         return cls(**kwargs).eval()
     except (AssertionError, TypeError, ValueError) as exc:
         raise ConfigError(f"cannot build the custom student {kwargs}: {exc}") from None
+
+
+def student_problem(student: nn.Module) -> str | None:
+    """Why an (untrained) student cannot go through the stages, or None: after distillation it is
+    described, pruned, made low-rank and token-reduced as a timm ViT, so it needs a patch embedding
+    and blocks of attention and MLP (a timm name of another family, e.g. a ResNet, has neither).
+
+    Example:
+        >>> student_problem(make_student(teacher, cfg)) is None  # doctest: +SKIP
+        True
+    """
+    blocks = getattr(student, "blocks", None)
+    block = blocks[0] if blocks is not None and len(blocks) else None
+    if (not hasattr(getattr(student, "patch_embed", None), "num_patches")
+            or not hasattr(getattr(block, "attn", None), "num_heads") or not hasattr(getattr(block, "mlp", None), "fc1")):
+        return (f"a student must be a timm VisionTransformer (patch_embed, blocks of attention and MLP), but "
+                f"{type(student).__name__} is not; choose a vit_* / deit_* name or student = 'custom'")
+    return None
 
 
 def select_blocks(teacher_depth: int, student_depth: int) -> list[int]:
@@ -429,5 +465,6 @@ __all__ = [
     "select_blocks",
     "student",
     "student_arch",
+    "student_problem",
     "teacher_logits",
 ]

@@ -234,6 +234,32 @@ def _chosen_blocks(model: nn.Module, blocks: tuple[int, ...], what: str) -> list
     return sorted(set(blocks)) if blocks else list(range(depth))
 
 
+def lowrank_problem(model: nn.Module, mode: str) -> str | None:
+    """Why `model`'s modules cannot take low-rank `mode` ("nystrom" or "svd"), or None: both need a
+    timm ViT's blocks; Nystrom also a token count and timm-style attention (qkv, proj, heads).
+
+    Example:
+        >>> lowrank_problem(tiny_vit, "nystrom") is None  # doctest: +SKIP
+        True
+    """
+    if mode == "none":
+        return None
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or len(blocks) == 0:
+        return f"lowrank={mode!r} needs a timm VisionTransformer with blocks; got {type(model).__name__}"
+    if mode != "nystrom":
+        return None
+    if not hasattr(getattr(model, "patch_embed", None), "num_patches"):
+        return f"lowrank='nystrom' needs a model whose token count is known (patch_embed.num_patches); {type(model).__name__} has none"
+    for i, blk in enumerate(blocks):
+        attn = getattr(blk, "attn", None)
+        missing = [a for a in ("qkv", "proj", "num_heads", "head_dim") if not hasattr(attn, a)]
+        if missing and not isinstance(attn, NystromAttention):
+            return (f"lowrank='nystrom' converts timm-style attention, but block {i}'s {type(attn).__name__} has no "
+                    f"{', '.join(missing)}; search lowrank='svd' or 'none' for this model")
+    return None
+
+
 @register_transform("nystrom", "lowrank", lambda c: c.lowrank == "nystrom")
 def nystrom(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Replace `blocks[i].attn` by Nystrom attention with `config.landmarks` landmarks, in every
@@ -255,4 +281,5 @@ def nystrom(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
     return new
 
 
-__all__ = ["NystromAttention", "exact_pinv_iters", "iterative_pinv", "num_tokens", "nystrom", "segment_means"]
+__all__ = ["NystromAttention", "exact_pinv_iters", "iterative_pinv", "lowrank_problem", "num_tokens", "nystrom",
+           "segment_means"]

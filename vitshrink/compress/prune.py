@@ -66,6 +66,35 @@ def _check_vit(model: nn.Module) -> list[nn.Module]:
     return list(blocks)
 
 
+def prune_problem(model: nn.Module, prune_heads: float, prune_mlp: float) -> str | None:
+    """Why `model`'s modules cannot have the `prune_heads` / `prune_mlp` fractions removed, or None.
+
+    Read from the modules alone (no weights, no data), so a trial is refused before it trains: the
+    blocks must hold timm's Attention and Mlp, and a head / unit can only be removed where no norm
+    mixes the heads (`scale_attn_norm`) or the hidden units (`scale_mlp_norm`).
+
+    Example:
+        >>> prune_problem(tiny_vit, 0.5, 0.0) is None  # doctest: +SKIP
+        True
+    """
+    if prune_heads <= 0 and prune_mlp <= 0:
+        return None
+    try:
+        blocks = _check_vit(model)
+    except ConfigError as exc:
+        return str(exc)
+    for i, blk in enumerate(blocks):
+        heads = blk.attn.num_heads
+        if keep_count(heads, prune_heads) < heads and not isinstance(blk.attn.norm, nn.Identity):
+            return (f"prune_heads={prune_heads:g} removes heads but block {i}'s attention normalises over all heads "
+                    "(scale_attn_norm), which mixes them; keep prune_heads at 0 for this model")
+        hidden = blk.mlp.fc1.out_features
+        if keep_count(hidden, prune_mlp) < hidden and not isinstance(blk.mlp.norm, nn.Identity):
+            return (f"prune_mlp={prune_mlp:g} removes MLP units but block {i}'s MLP normalises its hidden layer "
+                    "(scale_mlp_norm); keep prune_mlp at 0 for this model")
+    return None
+
+
 def _head_rows(attn: Attention, heads: list[int]) -> torch.Tensor:
     """Rows of the fused qkv weight that belong to `heads` (layout: [q | k | v], each head-major)."""
     h, d = attn.num_heads, attn.head_dim
@@ -298,4 +327,5 @@ def prune_vit(model: nn.Module, config: CompressionConfig, ctx: BuildContext | N
     return new
 
 
-__all__ = ["CALIB_IMAGES", "calibration_batch", "importance_scores", "keep_count", "prune_structure", "prune_vit"]
+__all__ = ["CALIB_IMAGES", "calibration_batch", "importance_scores", "keep_count", "prune_problem", "prune_structure",
+           "prune_vit"]

@@ -45,6 +45,24 @@ TORCH_MODES = ("dynamic_int8", "bf16")
 ORT_MODES = ("static_int8", "ort_fp32", "ort_int8")
 
 
+# Modes that only run on the CPU: ONNX Runtime models here are CPU sessions fed numpy arrays (a CUDA
+# tensor cannot be), and torch's dynamically quantized Linear has CPU kernels only (fbgemm / oneDNN).
+CPU_ONLY_MODES = ("dynamic_int8", *ORT_MODES)
+
+
+def quant_problem(mode: str, target_kind: str) -> str | None:
+    """Why quantization `mode` cannot be measured on a latency target of kind `target_kind`, or None.
+
+    Example:
+        >>> quant_problem("ort_int8", "cuda")[:37]
+        "quant='ort_int8' runs on the CPU only"
+    """
+    if target_kind == "cuda" and mode in CPU_ONLY_MODES:
+        return (f"quant={mode!r} runs on the CPU only (ONNX Runtime CPU sessions, torch int8 CPU kernels) but the "
+                "latency target is a CUDA device; search quant none or bf16 there, or measure on a cpu:N target")
+    return None
+
+
 class QuantizationError(RuntimeError):
     """A quantized model that does not run or gives non-finite outputs."""
 
@@ -193,12 +211,14 @@ def quantize(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> 
 
 __all__ = [
     "BFloat16Model",
+    "CPU_ONLY_MODES",
     "ORT_MODES",
     "QuantizationError",
     "TORCH_MODES",
     "deployed_size_bytes",
     "is_torch_quantized",
     "quantize_dynamic_int8",
+    "quant_problem",
     "quantize_model",
     "runtime_of",
     "serialize_deployable",

@@ -437,7 +437,8 @@ def structural_signature(
     extra: dict[str, Any] | None = None,
 ) -> str:
     """A hash of what decides run time: the module tree (classes, tensor shapes/dtypes/kinds, the
-    `STRUCTURAL_ATTRIBUTES`), `extra`, input shape, batches, threads, runtime versions, host and CPU.
+    `STRUCTURAL_ATTRIBUTES`), `extra`, input shape, warm-up and timed runs, batches, threads, runtime
+    versions (torch, ONNX Runtime, CUDA), host, CPU and GPU.
 
     Weight values are not part of it: two models of one structure with different weights share it.
 
@@ -458,6 +459,8 @@ def structural_signature(
         "runtime": _runtime(model),
         "target": {k: target_info.get(k) for k in ("target", "host", "cpu", "machine", "cuda_device", "torch")},
     }
+    if "cuda" in target_info:  # the CUDA runtime times kernels too; absent on CPU, so CPU keys stay as they were
+        blob["target"]["cuda"] = target_info["cuda"]
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -519,7 +522,7 @@ def measure_latency_cached(
     protocol = protocol or LatencyProtocol()
     if target.kind == "ray":
         return _measure_on_ray(model, example_shape, target, protocol, extra=extra or {})
-    cache = cache or LatencyCache()
+    cache = cache if cache is not None else LatencyCache()  # an empty cache is falsy (__len__)
     signature = structural_signature(model, example_shape, target, protocol, extra)
     hit = cache.get(signature)
     if hit is not None:

@@ -17,14 +17,15 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import __version__
+from ..digests import data_sha256
 from ..spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
+from ._fingerprint import FINGERPRINT_ATTR, changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
 from ._pareto import pareto_trials
 from ._samplers import make_sampler
-from ._screening import max_pruned_streak, pruned_streak
 from ._storage import (ARTIFACT_DIR_ATTR, DEFAULT_GRACE_PERIOD, default_artifact_dir, fail_stale_trials,
                        heartbeat_interval_for, mask_url, open_storage, study_names, trial_heartbeat)
-from ._trial import (DIRECTIONS, METRIC_NAMES, SearchContext, check_space_fits_teacher, make_context, recipe_doc,
-                     run_trial)
+from ._trial import (DIRECTIONS, METRIC_NAMES, SearchContext, check_space_fits_teacher, load_data, make_context,
+                     recipe_doc, run_trial)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class SearchSummary:
     new_trials: int
     seconds: float
     stopped_by: str  # "trials", "timeout", "failures", "pruned"
+    pruned: int = 0  # trials pruned as impossible samples (never built; not counted as completed or failed)
 
 
 def reference_configs(space: SearchSpace) -> list[CompressionConfig]:
@@ -77,32 +79,36 @@ def _free_name(storage, name: str) -> str:
 
 def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: str | None = None,
                          new_study: bool = False, artifact_dir: str | Path | None = None,
-                         n_existing_seed: bool = True, grace_period: int = DEFAULT_GRACE_PERIOD) -> optuna.Study:
-    """Create the recipe's study, or resume it after checking the stored search space is the same.
+                         n_existing_seed: bool = True, grace_period: int = DEFAULT_GRACE_PERIOD,
+                         fingerprint: dict[str, Any] | None = None) -> optuna.Study:
+    """Create the recipe's study, or resume it after checking it is the same study: its stored
+    fingerprint (teacher, data, target, objectives, constraints, space) matches `fingerprint`
+    (default: the recipe's, without the data digest). A difference is refused, listed, before
+    anything runs; `new_study` starts a new study under a free name instead.
 
     `grace_period`: seconds without a heartbeat after which a RUNNING trial counts as stale."""
+    fingerprint = fingerprint or recipe_fingerprint(recipe)
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval_for(grace_period),
                            grace_period=grace_period)
     name = study_name or recipe.name
     existing = name in study_names(storage)
     if existing:
         stored = optuna.load_study(study_name=name, storage=storage)
-        doc = stored.user_attrs.get(RECIPE_ATTR)
-        if doc is None:
+        if stored.user_attrs.get(RECIPE_ATTR) is None:
             raise SearchError(f"study {name!r} in {mask_url(storage_url or '')} was not created by vitshrink; "
                               "choose another --study name")
-        old_space = SearchSpace.from_json_dict(doc)
-        if old_space != recipe.space:
-            if not new_study:
-                diff = "\n  ".join(old_space.diff(recipe.space))
-                raise SearchError(f"study {name!r} was created with a different search space:\n  {diff}\n"
-                                  "resume with the stored space, or pass --new-study to start a new study "
+        if new_study:
+            name = _free_name(storage, name)
+            existing = False
+        else:
+            old = stored_fingerprint(stored.user_attrs, RECIPE_ATTR)
+            if diff := differences(old, fingerprint):
+                what = " and ".join(changed_sections(diff))
+                lines = "\n  ".join(diff)
+                raise SearchError(f"study {name!r} was created with a different {what}:\n  {lines}\n"
+                                  "resume with the stored settings, or pass --new-study to start a new study "
                                   f"(it will be named {_free_name(storage, name)!r})")
-            name = _free_name(storage, name)
-            existing = False
-        elif new_study:
-            name = _free_name(storage, name)
-            existing = False
+            fingerprint = merged(old, fingerprint)
     n_trials = len(optuna.load_study(study_name=name, storage=storage).trials) if existing else 0
     sampler = make_sampler(recipe.sampler, seed=recipe.seed + n_trials if n_existing_seed else recipe.seed,
                            warm_starts=len(warm_start_configs(recipe)))
@@ -113,6 +119,8 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
         study.set_user_attr(RECIPE_ATTR, recipe_doc(recipe))
         study.set_user_attr("vitshrink.version", __version__)
         study.set_user_attr(ARTIFACT_DIR_ATTR, str(Path(artifact_dir or default_artifact_dir(storage_url)).resolve()))
+    if study.user_attrs.get(FINGERPRINT_ATTR) != fingerprint:  # new, or an older study's, now recorded
+        study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
     return study
 
 
@@ -162,11 +170,16 @@ def run_search(
     seconds are failed and retried with the same parameters."""
     start = time.perf_counter()
     check_space_fits_teacher(recipe)  # an impossible space is refused before the study exists
-    study = open_or_create_study(recipe, storage, study_name, new_study, artifact_dir, grace_period=grace_period)
-    ctx = make_context(recipe, progress=on_teacher_epoch)
+    fingerprint = recipe_fingerprint(recipe)  # reads the teacher checkpoint: a missing one is refused here
+    data = load_data(recipe)  # cheap next to the teacher: its digest is checked before any training
+    fingerprint["data"]["sha256"] = data_sha256(data)
+    study = open_or_create_study(recipe, storage, study_name, new_study, artifact_dir, grace_period=grace_period,
+                                 fingerprint=fingerprint)
+    ctx = make_context(recipe, progress=on_teacher_epoch, data=data)
     study.set_user_attr(TEACHER_ATTR, ctx.teacher_spec.to_dict())
     study.set_user_attr("vitshrink.teacher_accuracy", ctx.teacher_accuracy)
     study.set_user_attr("vitshrink.data", ctx.data.describe())
+    study.set_user_attr("vitshrink.classes", list(ctx.data.class_names))
     study.set_user_attr("vitshrink.target", ctx.target.describe())
     enqueue_warm_starts(study, recipe)
     art_dir = study.user_attrs[ARTIFACT_DIR_ATTR]
@@ -184,7 +197,16 @@ def run_search(
     return summary
 
 
-def budget_left(study: optuna.Study, recipe: Recipe, started: float, failures_at_start: int) -> tuple[int, str | None]:
+def max_pruned(recipe: Recipe) -> int:
+    """Pruned (impossible) samples one run tolerates: they cost no training, but a space whose samples are
+    nearly all impossible together would otherwise never reach its budget."""
+    return max(50, 10 * recipe.trials)
+
+
+def budget_left(study: optuna.Study, recipe: Recipe, started: float, failures_at_start: int,
+                pruned_at_start: int | None = None) -> tuple[int, str | None]:
+    """Completed trials still wanted, or 0 and why the run stops. PRUNED trials (impossible samples)
+    count neither as completed nor toward max_failures; beyond `max_pruned` in one run they stop it."""
     counts = count_states(study)
     if counts["COMPLETE"] >= recipe.trials:
         return 0, "trials"
@@ -193,14 +215,15 @@ def budget_left(study: optuna.Study, recipe: Recipe, started: float, failures_at
     max_fail = recipe.max_failures if recipe.max_failures is not None else max(5, recipe.trials)
     if counts["FAIL"] - failures_at_start >= max_fail:
         return 0, "failures"
-    if counts["PRUNED"] and pruned_streak(study) >= max_pruned_streak(recipe):
-        return 0, "pruned"  # nearly every candidate is screened or stopped: the constraints may be unreachable
+    if pruned_at_start is not None and counts["PRUNED"] - pruned_at_start >= max_pruned(recipe):
+        return 0, "pruned"
     return recipe.trials - counts["COMPLETE"], None
 
 
 def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchContext, on_trial, started: float,
                grace_period: int = DEFAULT_GRACE_PERIOD) -> SearchSummary:
-    failures_at_start = count_states(study)["FAIL"]
+    at_start = count_states(study)
+    failures_at_start, pruned_at_start = at_start["FAIL"], at_start["PRUNED"]
     before = len(study.trials)
     stopped_by = "trials"
 
@@ -214,7 +237,7 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
 
     while True:
         fail_stale_trials(study, grace_period)  # a crashed run's trials: failed, re-enqueued, run first
-        left, reason = budget_left(study, recipe, started, failures_at_start)
+        left, reason = budget_left(study, recipe, started, failures_at_start, pruned_at_start)
         if not left:
             stopped_by = reason or "trials"
             break
@@ -223,7 +246,7 @@ def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchCon
                        catch=(Exception,), callbacks=[callback], gc_after_trial=False)
     counts = count_states(study)
     return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(study.trials) - before,
-                         time.perf_counter() - started, stopped_by)
+                         time.perf_counter() - started, stopped_by, counts["PRUNED"])
 
 
 def evaluate_pareto_on_test(study: optuna.Study, ctx: SearchContext) -> dict[int, float]:

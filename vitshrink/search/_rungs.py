@@ -126,6 +126,7 @@ class RungMonitor:
         reason = (f"behind at {stage} epoch {epoch}/{epochs}: accuracy {acc:.3f} while {len(ahead)} trials no "
                   f"costlier were above {acc + self.recipe.rung_margin:.3f} ({shown})")
         self.trial.set_user_attr(STOPPED_ATTR, reason)
+        self.trial.set_user_attr("pruned_reason", f"stopped: {reason}"[:500])
         self.trial.set_user_attr("stopped_at", {"stage": stage, "epoch": epoch, "epochs": epochs, "accuracy": acc})
         raise optuna.TrialPruned(f"stopped: {reason}")
 

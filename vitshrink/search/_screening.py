@@ -155,26 +155,10 @@ def screen(trial: optuna.Trial, config: CompressionConfig, recipe: Recipe, ctx: 
         if name != "max_accuracy_drop":
             trial.set_constraint(name, value)
     trial.set_user_attr(SCREENED_ATTR, reason)
+    trial.set_user_attr("pruned_reason", f"screened: {reason}"[:500])  # the one reason column every PRUNED trial has
     seconds = round(time.perf_counter() - start, 4)
     trial.set_user_attr("seconds", {"screen": seconds, "total": seconds})
     raise optuna.TrialPruned(f"screened: {reason}")
-
-
-def max_pruned_streak(recipe: Recipe) -> int:
-    """How many trials in a row may end PRUNED (screened or stopped) before the search stops: a space
-    where nearly nothing meets the constraints would otherwise sample and screen forever."""
-    return max(50, 5 * recipe.trials)
-
-
-def pruned_streak(study: optuna.Study) -> int:
-    """The number of most recent finished trials (by number) that ended PRUNED."""
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-    streak = 0
-    for t in sorted(finished, key=lambda t: -t.number):
-        if t.state != TrialState.PRUNED:
-            break
-        streak += 1
-    return streak
 
 
 def peer_costs(t: FrozenTrial) -> tuple[float, float] | None:
@@ -188,6 +172,6 @@ def peer_costs(t: FrozenTrial) -> tuple[float, float] | None:
     return float(lat["batches"][0]["median_ms"]), float(size)
 
 
-__all__ = ["SCREENED_ATTR", "Structure", "constraint_reason", "dominated_reason", "max_pruned_streak", "measure_structure", "untrained_structure",
-           "peer_costs", "pruned_streak", "runs_onnx",
+__all__ = ["SCREENED_ATTR", "Structure", "constraint_reason", "dominated_reason", "measure_structure", "untrained_structure",
+           "peer_costs", "runs_onnx",
            "screen"]

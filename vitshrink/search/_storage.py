@@ -111,15 +111,16 @@ def open_storage(url: str | None, heartbeat_interval: int | None = 10,
         reason = mask_url(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         if "import DB access module" in reason or isinstance(exc, ImportError):
             raise StorageError(f"cannot open storage {masked}: the database driver for this URL is not installed; "
-                               "pip install psycopg2-binary (PostgreSQL), pymysql (MySQL) or redis (Redis), "
-                               "or name the driver in the URL, e.g. postgresql+psycopg2://") from None
+                               "pip install 'psycopg[binary]' (PostgreSQL), pymysql (MySQL) or redis (Redis), "
+                               "or name an installed driver in the URL, e.g. postgresql+psycopg2://") from None
         raise StorageError(f"cannot open storage {masked}: {reason}; check the URL, that the server is running "
                            "and reachable, and the credentials") from None
 
 
 def _with_installed_driver(url: str) -> str:
-    """`postgresql://` means psycopg 3 to SQLAlchemy 2; use psycopg2 when only it is installed
-    (and read Heroku-style `postgres://` as PostgreSQL)."""
+    """`postgresql://` means psycopg 3 to SQLAlchemy 2 (vitshrink depends on it, so Optuna's own tools
+    open a study with the very URL the user gave); use psycopg2 when only it is installed, and read
+    Heroku-style `postgres://` as PostgreSQL. An explicit `postgresql+driver://` is kept as written."""
     import importlib.util
 
     scheme, _, rest = url.partition("://")

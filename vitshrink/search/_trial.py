@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import torch
@@ -25,10 +25,11 @@ from torch import nn
 
 from ..compress import build
 from ..compress.distill import teacher_logits as cached_teacher_logits
-from ..data import DataBundle, load_dataset
+from ..data import DataBundle, DataShape, load_dataset, peek_shape
+from ..data_shape import fit_teacher_kwargs, side
 from ..models import TeacherSpec, TrainSettings, evaluate, get_teacher
 from ..objectives import LatencyProtocol, Target, accuracy, measure_latency_cached, size_bytes
-from ..spaces import CompressionConfig, Recipe
+from ..spaces import CompressionConfig, ConfigError, Recipe
 from ._storage import this_worker
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,38 @@ class SearchContext:
         return tuple(self.data.val.x.shape[1:])
 
 
-def teacher_spec_of(recipe: Recipe) -> TeacherSpec:
-    return TeacherSpec(recipe.teacher_model, dict(recipe.teacher_kwargs), recipe.teacher_checkpoint,
-                       recipe.teacher_pretrained)
+def teacher_spec_of(recipe: Recipe, shape: DataShape | None = None) -> TeacherSpec:
+    """The recipe's teacher; with the data's `shape`, its in_chans, img_size and num_classes follow
+    the data where the recipe leaves them out (ConfigError where it fixes one the data contradicts)."""
+    kwargs = dict(recipe.teacher_kwargs)
+    if shape is not None:
+        kwargs = fit_teacher_kwargs(kwargs, recipe.dataset, shape.in_chans, shape.img_size, shape.num_classes)
+    return TeacherSpec(recipe.teacher_model, kwargs, recipe.teacher_checkpoint, recipe.teacher_pretrained)
+
+
+def _image_options(recipe: Recipe) -> dict[str, Any]:
+    """An image folder is read at the teacher's input: [data] img_size, else the teacher's img_size
+    (the recipe refuses the two disagreeing), converted to the teacher's in_chans if it fixes one."""
+    if recipe.canonical_dataset != "image-folder":
+        return {}
+    size = recipe.data_options.get("img_size") or recipe.teacher_kwargs.get("img_size")
+    return {"img_size": side(size) if size is not None else None, "in_chans": recipe.teacher_kwargs.get("in_chans")}
+
+
+def data_shape_of(recipe: Recipe) -> DataShape:
+    """The data's shape without loading it (an image folder is listed, not decoded)."""
+    return peek_shape(recipe.dataset, recipe.data_dir, **_image_options(recipe))
 
 
 def load_data(recipe: Recipe) -> DataBundle:
-    return load_dataset(recipe.dataset, recipe.data_dir, seed=recipe.data_seed, **recipe.data_options)
+    return load_dataset(recipe.dataset, recipe.data_dir, seed=recipe.data_seed, limit=recipe.data_options.get("limit"),
+                        download=bool(recipe.data_options.get("download", False)), **_image_options(recipe))
+
+
+def describe_classes(data: DataBundle, show: int = 20) -> str:
+    names = list(data.class_names) or [str(i) for i in range(data.num_classes)]
+    more = f", ... ({len(names) - show} more)" if len(names) > show else ""
+    return ", ".join(names[:show]) + more
 
 
 @lru_cache(maxsize=4)
@@ -71,10 +97,13 @@ def _context_cached(recipe_json: str) -> SearchContext:
     return make_context(Recipe.from_dict(json.loads(recipe_json)))
 
 
-def make_context(recipe: Recipe, progress=None) -> SearchContext:
-    data = load_data(recipe)
+def make_context(recipe: Recipe, progress=None, data: DataBundle | None = None) -> SearchContext:
+    """Data (`data`, if already loaded from this recipe), teacher, its logits, target and protocol."""
+    data = data if data is not None else load_data(recipe)
+    log.info("data: %s; classes: %s", data.describe(), describe_classes(data))
     settings = TrainSettings(**recipe.teacher_train)
-    teacher, spec = get_teacher(teacher_spec_of(recipe), data, settings, seed=recipe.seed, progress=progress)
+    teacher, spec = get_teacher(teacher_spec_of(recipe), data, settings, seed=recipe.seed, progress=progress,
+                                data_seed=recipe.data_seed)
     acc, _ = evaluate(teacher, data.val.x, data.val.y)
     target = Target.parse(recipe.device)
     batches = (recipe.latency_batch,) + ((recipe.throughput_batch,) if recipe.throughput_batch else ())
@@ -84,20 +113,88 @@ def make_context(recipe: Recipe, progress=None) -> SearchContext:
 
 
 def check_space_fits_teacher(recipe: Recipe) -> None:
-    """Refuse a search space the teacher's architecture cannot honour (landmarks > tokens, block
-    indices >= depth, merging more than a block can), before a study is created or a trial runs.
+    """Refuse a search space that the teacher, or every student it can sample, can never honour, before
+    a study is created or a trial runs: landmarks > tokens, block indices >= depth, merging more than a
+    block can, patch dropping without a cls token, a technique the model's modules cannot take (pruning
+    heads mixed by a norm, token reduction of non-ViT blocks), a timm-named student that cannot be built
+    for the teacher's input, quantization modes the latency target cannot run.
 
-    Only the architecture is built (no weights are read or trained), so this is quick.
+    Only architectures are built (the teacher's without its weights, students on the meta device), so
+    this is quick; the teacher is built
+    for the data (see `teacher_spec_of`), whose shape is found without loading it. A value that only some samples cannot honour passes; its trials are pruned.
 
     Raises:
-        ConfigError: naming the setting and the teacher's numbers; ModelError for an unknown model.
+        ConfigError: naming the setting and the model's numbers, or a teacher setting the data
+        contradicts; ModelError for an unknown model; DataError for data that cannot be found.
     """
+    from ..compress._fit import model_shape
     from ..models import create_model
 
-    arch = create_model(teacher_spec_of(recipe), load_weights=False)
-    prefix = int(getattr(arch, "num_prefix_tokens", 0))
-    tokens = int(arch.patch_embed.num_patches) + prefix
-    recipe.space.check_model(tokens, len(arch.blocks), prefix, model=f"the teacher {recipe.teacher_model}")
+    space = recipe.space
+    arch = create_model(teacher_spec_of(recipe, data_shape_of(recipe)), load_weights=False)
+    teacher = model_shape(arch, f"the teacher {recipe.teacher_model}")
+    models, named = _student_stage_models(recipe, arch)
+    space.check_model(teacher.tokens, teacher.depth, teacher.prefix, teacher.name, cls_token=teacher.cls_token,
+                      students=named)
+    for problem in _technique_problems(space):
+        problems = [problem(m) for m in models]
+        if all(problems):
+            raise ConfigError(f"impossible combination: {problems[0]}")
+    from ..compress.quantize import quant_problem
+
+    kind = Target.parse(recipe.device).kind
+    for mode in space.values_of("quant"):
+        if problem := quant_problem(mode, kind):
+            raise ConfigError(f"impossible combination: {problem}")
+
+
+def _student_stage_models(recipe: Recipe, teacher: nn.Module) -> tuple[list[nn.Module], dict[str, Any]]:
+    """The models leaving the student stage that the space can produce (the teacher, the deepest custom
+    student, each timm-named student: students on the meta device), and the named students' shapes."""
+    from ..compress._fit import model_shape, stage_model
+    from ..compress.distill import student_problem
+
+    space = recipe.space
+    models: list[nn.Module] = []
+    named: dict[str, Any] = {}
+    for student in space.values_of("student"):
+        if student == "none":
+            models.append(teacher)
+            continue
+        shape: dict[str, Any] = {}
+        if student == "custom":
+            pairs = [(e, h) for e in space.values_of("student_embed_dim") for h in space.values_of("student_heads")
+                     if h and e % h == 0]
+            embed, heads = next(iter(pairs), (0, 0))  # (0, 0): the config refuses itself, naming the fields
+            shape = dict(student_depth=int(max(space.values_of("student_depth"))), student_embed_dim=embed,
+                         student_heads=heads, student_mlp_ratio=max(space.values_of("student_mlp_ratio")))
+        config = CompressionConfig(student=student, student_epochs=1, **shape)
+        model, name = stage_model(teacher, config)  # ConfigError: a timm name not buildable for this input
+        if student != "custom":
+            if problem := student_problem(model):
+                raise ConfigError(f"impossible combination: student={student!r}: {problem}")
+            named[student] = model_shape(model, name)
+        models.append(model)
+    return models, named
+
+
+def _technique_problems(space) -> list[Callable[[nn.Module], str | None]]:
+    """One check per technique the space can switch on, at its strongest setting (what the model's
+    modules must allow; the numbers are `SearchSpace.check_model`'s)."""
+    from ..compress.lowrank import lowrank_problem
+    from ..compress.prune import prune_problem
+    from ..compress.tokens import token_problem
+
+    heads, mlp = max(space.values_of("prune_heads")), max(space.values_of("prune_mlp"))
+    merge, drop = max(space.values_of("token_merge_r")), max(space.values_of("token_drop"))
+    checks: list[Callable[[nn.Module], str | None]] = [
+        lambda m: prune_problem(m, heads, 0.0),
+        lambda m: prune_problem(m, 0.0, mlp),
+        lambda m: token_problem(m, merge, 0.0),
+        lambda m: token_problem(m, 0, drop),
+    ]
+    checks += [lambda m, mode=mode: lowrank_problem(m, mode) for mode in space.values_of("lowrank")]
+    return checks
 
 
 def context_for(recipe: Recipe) -> SearchContext:
@@ -173,9 +270,7 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
     if "fail_reason" in trial.user_attrs:  # a retried trial starts clean
         trial.set_user_attr("fail_reason", None)
     try:
-        config = sample_config(trial, recipe)
-        trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("label", config.summary())
+        config = _sample_or_prune(trial, recipe, ctx)
         t0 = time.perf_counter()
         monitor = _efficiency_hooks(trial, config, recipe, ctx)  # may end the trial PRUNED (screened)
         t_screen = time.perf_counter() - t0
@@ -210,7 +305,7 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
                                         "measure": round(t2 - t1, 4),
                                         "save": round(t3 - t2, 4), "total": round(time.perf_counter() - start, 4)})
         return values
-    except optuna.TrialPruned:  # screened or stopped: not a failure; the reason is stored already
+    except optuna.TrialPruned:  # impossible, screened or stopped: not a failure; the reason is stored already
         if t_screen is not None:  # stopped in training: what it cost before it stopped
             trial.set_user_attr("seconds", {"screen": round(t_screen, 4), "build": round(time.perf_counter() - t0, 4),
                                             "total": round(time.perf_counter() - start, 4)})
@@ -241,6 +336,32 @@ def _efficiency_hooks(trial: optuna.Trial, config: CompressionConfig, recipe: Re
         return None
     structure = None if warm else screen(trial, config, recipe, ctx)
     return RungMonitor(trial, recipe, ctx, config, structure, may_stop=not warm) if recipe.rungs else None
+
+
+def _sample_or_prune(trial: optuna.Trial, recipe: Recipe, ctx: SearchContext) -> CompressionConfig:
+    """The trial's config, or optuna.TrialPruned when the sampled combination can never be built (student
+    heads not dividing its width, a block index beyond a shallow student, ...): found from the config and
+    the model's structure before anything trains, stored as `pruned_reason`. The sampler still sees the
+    trial's parameters (TPE models pruned trials as bad ones; NSGA-II and GP skip them), and the search
+    budget counts completed trials only, so the study still reaches its trials."""
+    from ..compress import impossible_reason
+
+    try:
+        config = sample_config(trial, recipe)
+    except ConfigError as exc:
+        _prune(trial, str(exc))
+    trial.set_user_attr("config", config.to_dict())
+    trial.set_user_attr("label", config.summary())
+    reason = impossible_reason(ctx.teacher, config)
+    if reason:
+        _prune(trial, f"impossible combination: {reason}")
+    return config
+
+
+def _prune(trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr("pruned_reason", reason[:500])
+    log.info("trial %d pruned: %s", trial.number, reason)
+    raise optuna.TrialPruned(reason)
 
 
 def _enqueue_retry(trial: optuna.Trial) -> None:

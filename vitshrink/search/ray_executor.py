@@ -194,14 +194,15 @@ def run_on_ray(
         task = ray.remote(_trial_task).options(**options)
         driver_id = f"{this_worker()}:{uuid.uuid4().hex[:8]}"
         log.info("ray: %d workers x %d CPUs, storage %s", workers, share, url)
-        failures_at_start = count_states(study)["FAIL"]
+        at_start = count_states(study)
+        failures_at_start, pruned_at_start = at_start["FAIL"], at_start["PRUNED"]
         before = len(study.trials)
         dispatched, task_errors, last_stale_check = 0, [], 0.0
         while True:
             if time.monotonic() - last_stale_check >= min(5, heartbeat_interval_for(grace_period)):
                 fail_stale_trials(study, grace_period)
                 last_stale_check = time.monotonic()
-            left, reason = budget_left(study, recipe, started, failures_at_start)
+            left, reason = budget_left(study, recipe, started, failures_at_start, pruned_at_start)
             if reason is None:
                 free = left - len(pending) - _running_elsewhere(study, driver_id)
                 while len(pending) < workers and free > 0:
@@ -231,9 +232,9 @@ def run_on_ray(
         if owned:
             ray.shutdown()
     counts = count_states(study)
-    _, reason = budget_left(study, recipe, started, failures_at_start)
+    _, reason = budget_left(study, recipe, started, failures_at_start, pruned_at_start)
     return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(study.trials) - before,
-                         time.perf_counter() - started, reason or "trials")
+                         time.perf_counter() - started, reason or "trials", counts["PRUNED"])
 
 
 def _collect(ray, study: optuna.Study, ref, task_errors: list[str]) -> optuna.trial.FrozenTrial | None:

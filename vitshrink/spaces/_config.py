@@ -130,6 +130,11 @@ class CompressionConfig:
             raise bad(
                 f"student_embed_dim={self.student_embed_dim} is not divisible by student_heads={self.student_heads}"
             )
+        if self.student_mlp_ratio <= 0:
+            raise bad(f"student_mlp_ratio={self.student_mlp_ratio} must be > 0")
+        if self.student == "custom" and int(self.student_embed_dim * self.student_mlp_ratio) < 1:
+            raise bad(f"student_mlp_ratio={self.student_mlp_ratio} leaves the {self.student_embed_dim}-wide student's "
+                      "MLP without hidden units; raise it")
         if self.student_init not in STUDENT_INITS:
             raise bad(f"student_init={self.student_init!r} is not one of {', '.join(STUDENT_INITS)}")
         if self.student == "none" and self.student_init != "random":

@@ -15,15 +15,20 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import logging
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import data_shape  # attributes read at call time: data_shape imports this package's ConfigError
 from ._config import ConfigError
 from ._space import SearchSpace
+
+log = logging.getLogger(__name__)
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 
@@ -41,6 +46,14 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 _TRAIN_KEYS = {"epochs": int, "lr": float, "weight_decay": float, "batch_size": int, "label_smoothing": float,
                "augment": list}
 AUGMENTATIONS = ("flip", "shift")
+# [data] keys that apply to some datasets only (the others apply to every dataset), and why not elsewhere
+_DATA_KEYS_FOR = {
+    "data_dir": (("fashion-mnist", "cifar10", "image-folder"), "scikit-learn ships {ds} itself"),
+    "download": (("cifar10",), "only cifar10 is downloaded (by torchvision)"),
+    "img_size": (("image-folder",), "{ds} images are {px}x{px} px; img_size resizes image folders only"),
+}
+# the recipe's settings written for its own dataset: replaced when --dataset names another
+_DATASET_OWN_OPTIONS = ("download", "img_size")
 
 
 def parse_duration(value: str | int | float | None) -> float | None:
@@ -109,7 +122,9 @@ class Recipe:
         return recipe if recipe.name else recipe.with_overrides(name=p.stem)
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    def from_dict(cls, doc: dict[str, Any], source: str = "<recipe>", stored: bool = False) -> Recipe:
+        """`stored`: a recipe a study holds, accepted when the study was created; settings an older
+        vitshrink let through without meaning (e.g. data_dir on digits) are not refused again."""
         for table, value in doc.items():
             if table not in _SCHEMA:
                 raise ConfigError(f"{source}: unknown table [{table}]{_hint(table, _SCHEMA)}")
@@ -169,10 +184,10 @@ class Recipe:
             constraints={k: float(v) for k, v in constraints.items()},
             space=space,
         )
-        recipe.validate(source)
+        recipe.validate(source, stored=stored)
         return recipe
 
-    def validate(self, source: str = "<recipe>") -> None:
+    def validate(self, source: str = "<recipe>", stored: bool = False) -> None:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"{source}: study.sampler = {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         if self.trials < 1:
@@ -190,6 +205,15 @@ class Recipe:
         drop = self.constraints.get("max_accuracy_drop")
         if drop is not None and not 0 <= drop <= 1:
             raise ConfigError(f"{source}: constraints.max_accuracy_drop = {drop} is a fraction in [0, 1] (0.01 = one point)")
+        if not stored:
+            _check_positive(self, source)
+            _check_data_keys(self, source)
+            _check_teacher_keys(self, source)
+
+    @property
+    def canonical_dataset(self) -> str | None:
+        """The dataset's name with aliases resolved (fashion_mnist -> fashion-mnist); None if unknown."""
+        return data_shape.canonical_name(self.dataset)
 
     @property
     def kd_limit(self) -> int | None:
@@ -198,18 +222,103 @@ class Recipe:
         return self.data_options.get("kd_limit")
 
     def with_overrides(self, **changes: Any) -> Recipe:
-        """A copy with the non-None `changes` applied (how CLI options override the recipe)."""
-        import dataclasses
+        """A copy with the non-None `changes` applied (how CLI options override the recipe).
 
+        A new `dataset` also replaces the recipe's settings written for its own dataset (its data_dir
+        unless given too, download, img_size, and the teacher's in_chans, img_size and num_classes,
+        which then follow the new data); a new exact `teacher_checkpoint` drops the recipe's
+        [teacher.train] (a checkpoint read as it is is not trained)."""
         clean = {k: v for k, v in changes.items() if v is not None}
         recipe = dataclasses.replace(self, **clean)
+        if "dataset" in clean and data_shape.canonical_name(clean["dataset"]) != self.canonical_dataset:
+            recipe = recipe._for_new_dataset(keep_dir="data_dir" in clean)
+        if "teacher_checkpoint" in clean and not recipe.teacher_pretrained and recipe.teacher_train:
+            log.info("the recipe's [teacher.train] is not used: the teacher is read as it is from %s",
+                     recipe.teacher_checkpoint)
+            recipe = dataclasses.replace(recipe, teacher_train={})
         recipe.validate("command line")
         return recipe
+
+    def _for_new_dataset(self, keep_dir: bool) -> Recipe:
+        dropped = [f"data.{k} = {v!r}" for k, v in self.data_options.items() if k in _DATASET_OWN_OPTIONS]
+        dropped += [f"teacher.kwargs.{k} = {v!r}" for k, v in self.teacher_kwargs.items() if k in data_shape.DATA_SHAPED]
+        if self.data_dir and not keep_dir:
+            dropped.append(f"data.data_dir = {self.data_dir!r}")
+        if dropped:
+            log.info("--dataset %s: the recipe's %s (written for its own dataset) now follow the new data",
+                     self.dataset, ", ".join(dropped))
+        return dataclasses.replace(
+            self, data_dir=self.data_dir if keep_dir else None,
+            data_options={k: v for k, v in self.data_options.items() if k not in _DATASET_OWN_OPTIONS},
+            teacher_kwargs={k: v for k, v in self.teacher_kwargs.items() if k not in data_shape.DATA_SHAPED})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["space"] = self.space.to_dict()
         return d
+
+
+def _check_positive(r: Recipe, source: str) -> None:
+    """Values that would make a setting meaningless: nothing to time, train or allow."""
+    checks = [("target.batch", r.latency_batch, 1), ("target.warmup", r.latency_warmup, 0),
+              ("target.throughput_batch", r.throughput_batch, 0), ("data.limit", r.data_options.get("limit"), 1),
+              ("study.max_failures", r.max_failures, 1), ("teacher.train.epochs", r.teacher_train.get("epochs"), 1),
+              ("teacher.train.batch_size", r.teacher_train.get("batch_size"), 1)]
+    for name, value, low in checks:
+        if value is not None and value < low:
+            raise ConfigError(f"{source}: {name} = {value} must be >= {low}")
+    if r.throughput_batch and r.throughput_batch == r.latency_batch:
+        raise ConfigError(f"{source}: target.throughput_batch = {r.throughput_batch} equals target.batch, so it adds "
+                          "nothing; give a larger batch for throughput, or 0 to measure none")
+    for key in ("max_latency_ms", "max_size_mb"):
+        if key in r.constraints and r.constraints[key] <= 0:
+            raise ConfigError(f"{source}: constraints.{key} = {r.constraints[key]} rules out every model; give a "
+                              "positive bound or remove it")
+    lr = r.teacher_train.get("lr")
+    if lr is not None and lr <= 0:
+        raise ConfigError(f"{source}: teacher.train.lr = {lr} must be positive")
+    smoothing = r.teacher_train.get("label_smoothing")
+    if smoothing is not None and not 0 <= smoothing < 1:
+        raise ConfigError(f"{source}: teacher.train.label_smoothing = {smoothing} must be in [0, 1)")
+
+
+def _check_data_keys(r: Recipe, source: str) -> None:
+    """Refuse [data] keys the chosen dataset (or the search space) would not use."""
+    ds = r.canonical_dataset
+    if ds is None:
+        raise ConfigError(f"{source}: unknown dataset {r.dataset!r}; choose one of {', '.join(data_shape.DATASETS)}")
+    given = {"data_dir": r.data_dir, **{k: r.data_options.get(k) for k in ("download", "img_size")}}
+    for key, value in given.items():
+        applies_to, why = _DATA_KEYS_FOR[key]
+        if value is not None and ds not in applies_to:
+            px = data_shape.FIXED_SHAPES.get(ds, (0, 0))[1]
+            raise ConfigError(f"{source}: data.{key} = {value!r} does not apply to {ds} ({why.format(ds=ds, px=px)}); "
+                              f"remove it{' (and --data-dir)' if key == 'data_dir' else ''}")
+    kd_limit = r.data_options.get("kd_limit")
+    trains = any(v != "none" for v in r.space.values_of("student")) or any(
+        (v or 0) > 0 for v in r.space.values_of("kd_epochs"))
+    if kd_limit is not None and not trains:
+        raise ConfigError(f"{source}: data.kd_limit = {kd_limit} has nothing to limit: the space never trains a "
+                          "student or fine-tunes (student is always 'none', kd_epochs always 0); remove it")
+
+
+def _check_teacher_keys(r: Recipe, source: str) -> None:
+    """Refuse teacher settings the data or the teacher's source would contradict or not use."""
+    if r.teacher_checkpoint and not r.teacher_pretrained and r.teacher_train:
+        raise ConfigError(f"{source}: [teacher.train] does not apply to a teacher read as it is from "
+                          f"teacher.checkpoint (it is not trained); remove [teacher.train], or set pretrained = true "
+                          "to fine-tune from the checkpoint")
+    ds, kwargs = r.canonical_dataset, r.teacher_kwargs
+    try:
+        if ds in data_shape.FIXED_SHAPES:
+            data_shape.fit_teacher_kwargs(kwargs, ds, *data_shape.FIXED_SHAPES[ds])
+        elif "img_size" in kwargs and r.data_options.get("img_size") is not None:
+            data_shape.fit_teacher_kwargs(kwargs, ds, None, r.data_options["img_size"], None)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if ds == "image-folder" and kwargs.get("in_chans", 3) not in (1, 3):
+        raise ConfigError(f"{source}: teacher.kwargs.in_chans = {kwargs['in_chans']!r} cannot be read from an image "
+                          "folder; use 1 (grayscale) or 3 (RGB), or leave it out to follow the images")
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:

@@ -24,6 +24,7 @@ from ._config import (
     ConfigError,
     check_field_type,
 )
+from ._fit import ModelShape, drop_problem, indices_problem, landmarks_problem, merge_problem
 
 _FIELD_TYPES = {f.name: f.type for f in fields(CompressionConfig)}
 _DEFAULTS = CompressionConfig().to_dict()
@@ -259,13 +260,18 @@ class SearchSpace:
         fixed = dict(self.fixed)
         heads_vals = list(heads.choices) if heads and heads.choices else ([fixed["student_heads"]] if "student_heads" in fixed else [])
         embed_vals = list(embed.choices) if embed and embed.choices else ([fixed["student_embed_dim"]] if "student_embed_dim" in fixed else [])
+        # A width no head count divides (or a head count that divides no width) is never usable: refused.
+        # A pair that only some samples draw (64 wide with 3 heads, beside 48 with 3) is pruned in its trial.
         for e in embed_vals:
-            for h in heads_vals:
-                if e % h:
-                    raise ConfigError(
-                        f"impossible combination: student_embed_dim={e} is not divisible by student_heads={h}; "
-                        "give embed dims that every head count divides"
-                    )
+            if heads_vals and all(e % h for h in heads_vals):
+                raise ConfigError(
+                    f"impossible combination: student_embed_dim={e} is not divisible by any of student_heads="
+                    f"{heads_vals}; give embed dims that some head count divides")
+        for h in heads_vals:
+            if embed_vals and all(e % h for e in embed_vals):
+                raise ConfigError(
+                    f"impossible combination: student_heads={h} divides none of student_embed_dim={embed_vals}; "
+                    "give head counts that divide some embed dim")
         if (heads and heads.choices is None) or (embed and embed.choices is None):
             raise ConfigError("student_embed_dim and student_heads must be given as choices (lists), not ranges")
         for name in ("prune_heads", "prune_mlp", "token_drop"):
@@ -366,14 +372,23 @@ class SearchSpace:
         fixed = dict(self.fixed)
         return [fixed[name]] if name in fixed else [_DEFAULTS[name]]
 
-    def check_model(self, num_tokens: int, depth: int, prefix_tokens: int = 1, model: str = "the teacher") -> None:
-        """Refuse settings this space can sample that the model cannot honour, before any trial runs.
+    def check_model(self, num_tokens: int, depth: int, prefix_tokens: int = 1, model: str = "the teacher", *,
+                    cls_token: bool = True, students: dict[str, ModelShape] | None = None) -> None:
+        """Refuse values this space can sample that no model it can produce honours, before any trial runs.
+
+        The stages after the student act on the student when there is one, so block indices,
+        landmarks, merging and patch dropping are asked of every model the space can produce: the
+        teacher (when `student` can be "none"), the deepest custom student, and each timm-named
+        student in `students`. A value that only some of them honour (a block index beyond a shallow
+        student) passes here; the trial that samples the impossible combination is pruned.
 
         Args:
-            num_tokens: Tokens entering the first block (patches + prefix tokens such as cls).
-            depth: Number of transformer blocks.
+            num_tokens: Tokens entering the teacher's first block (patches + prefix tokens such as cls).
+            depth: The teacher's number of transformer blocks.
             prefix_tokens: Tokens that are never merged or dropped (cls, register tokens).
             model: A name for the messages.
+            cls_token: Whether the teacher has a cls token (custom students copy the teacher's token setup).
+            students: ModelShape of each timm-named student the space can sample, by name.
 
         Pruning needs no check here: `prune_heads` < 1 always keeps at least one head per block.
 
@@ -387,30 +402,42 @@ class SearchSpace:
             ...
             vitshrink.spaces._config.ConfigError: impossible combination: landmarks reaches 64 but ...
         """
-        patches = num_tokens - prefix_tokens
+        teacher = ModelShape(model, num_tokens, depth, prefix_tokens, cls_token)
+        shapes = self._model_shapes(teacher, students or {})
         lowrank = self.values_of("lowrank")
+        demands: list[tuple[Any, Any]] = []  # (rule on a shape, which shape comes closest to honouring it)
         if "nystrom" in lowrank:
             most = max(self.values_of("landmarks"))
-            if most > num_tokens:
-                raise ConfigError(
-                    f"impossible combination: landmarks reaches {most} but {model} has {num_tokens} tokens "
-                    f"({patches} patches + {prefix_tokens} prefix); Nystrom needs landmarks <= tokens, "
-                    f"so keep landmarks <= {num_tokens}")
+            demands.append((lambda s, m=most: landmarks_problem(m, s), lambda s: s.tokens))
         for name, active in (("lowrank_blocks", any(v != "none" for v in lowrank)),
                              ("token_drop_at", max(self.values_of("token_drop")) > 0)):
-            if not active:
-                continue
-            indices = sorted({int(i) for v in self.values_of(name) for i in (v or ())})
-            bad = [i for i in indices if not 0 <= i < depth]
-            if bad:
-                raise ConfigError(
-                    f"impossible combination: {name} names block(s) {bad} but {model} has {depth} blocks; "
-                    f"use indices 0..{depth - 1}")
+            if active:
+                for value in self.values_of(name):
+                    demands.append((lambda s, n=name, v=value: indices_problem(n, v or (), s), lambda s: s.depth))
+        if max(self.values_of("token_drop")) > 0:
+            demands.append((drop_problem, lambda s: s.cls_token))
         most_r = max(self.values_of("token_merge_r"))
-        if most_r > patches // 2:
-            raise ConfigError(
-                f"impossible combination: token_merge_r reaches {most_r} but {model} has {patches} patch tokens, "
-                f"and a block can merge at most half of them ({patches // 2}); keep token_merge_r <= {patches // 2}")
+        if most_r > 0:
+            demands.append((lambda s: merge_problem(most_r, s), lambda s: s.patches))
+        for rule, closest in demands:
+            problems = [rule(s) for s in shapes]
+            if all(problems):
+                best = max(range(len(shapes)), key=lambda i: closest(shapes[i]))
+                raise ConfigError(f"impossible combination: {problems[best]}")
+
+    def _model_shapes(self, teacher: ModelShape, students: dict[str, ModelShape]) -> list[ModelShape]:
+        """The models leaving the student stage that this space can produce (the deepest custom one)."""
+        shapes = []
+        for student in self.values_of("student"):
+            if student == "none":
+                shapes.append(teacher)
+            elif student == "custom":
+                deepest = int(max(self.values_of("student_depth")))
+                shapes.append(ModelShape(f"the deepest custom student ({deepest} blocks)", teacher.tokens, deepest,
+                                         teacher.prefix, teacher.cls_token))
+            elif student in students:
+                shapes.append(students[student])
+        return shapes or [teacher]
 
     def diff(self, other: SearchSpace) -> list[str]:
         """Human-readable differences between two spaces (for refusing a changed resume)."""

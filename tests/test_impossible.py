@@ -1,0 +1,183 @@
+"""Impossible work is refused before the study exists, or, when only some samples are impossible,
+pruned in the trial that samples it (before anything trains) without counting as a failure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.recipes import tiny_recipe
+from vitshrink.compress import build, impossible_reason
+from vitshrink.search import run_search
+from vitshrink.search._storage import open_storage, study_names
+from vitshrink.search._trial import check_space_fits_teacher
+from vitshrink.spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
+
+
+def _recipe(space: str, kwargs: str = "", max_failures: int | None = None, **kw) -> Recipe:
+    text = tiny_recipe("imp", space, **kw)
+    if max_failures is not None:
+        text = text.replace("[data]", f"max_failures = {max_failures}\n[data]", 1)
+    if kwargs:
+        text = text.replace("mlp_ratio = 2.0\n", f"mlp_ratio = 2.0\n{kwargs}\n", 1)
+    return Recipe.from_toml_text(text)
+
+
+NO_CLS = 'global_pool = "avg"\nclass_token = false'
+
+# (space, teacher kwargs, extra recipe arguments, words of the one-sentence refusal)
+REFUSED = {
+    "patch dropping without a cls token": (
+        "token_drop = [0.0, 0.5]\ntoken_drop_at = [[0], [1]]", NO_CLS, {},
+        r"impossible combination: token_drop ranks patches by the cls token's attention but the teacher "
+        r"vit_tiny_patch16_224 has no cls token .*; search token_merge_r instead"),
+    "patch dropping without a cls token, custom students copy the teacher's tokens": (
+        'student = ["custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16]\nstudent_heads = [2]\n'
+        "token_drop = [0.1, 0.5]\ntoken_drop_at = [[0]]\n[fixed]\nstudent_epochs = 1", NO_CLS, {},
+        "custom student .*has no cls token"),
+    "drop block beyond every student's depth": (
+        'student = ["custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16]\nstudent_heads = [2]\n'
+        "token_drop = [0.1, 0.5]\ntoken_drop_at = [[3]]\n[fixed]\nstudent_epochs = 1", "", {},
+        r"token_drop_at names block\(s\) \[3\] but the deepest custom student \(2 blocks\) has 2 blocks; use indices 0..1"),
+    "low-rank block beyond the teacher": (
+        'lowrank = ["none", "svd"]\nlowrank_blocks = [[0], [4]]', "", {},
+        r"lowrank_blocks names block\(s\) \[4\] but the teacher vit_tiny_patch16_224 has 2 blocks"),
+    "pruning heads mixed by a norm": (
+        "prune_heads = [0.0, 0.5]", "scale_attn_norm = true", {},
+        r"prune_heads=0.5 removes heads but block 0's attention normalises over all heads \(scale_attn_norm\)"),
+    "pruning MLP units normalised together": (
+        "prune_mlp = [0.0, 0.5]", "scale_mlp_norm = true", {},
+        r"prune_mlp=0.5 removes MLP units but block 0's MLP normalises its hidden layer"),
+    "a timm student that is not a ViT": (
+        'student = ["none", "resnet18"]\n[fixed]\nstudent_epochs = 1', "", {},
+        "student='resnet18': cannot create timm model 'resnet18'"),
+    "landmarks beyond every model's tokens": (
+        'student = ["none", "deit_tiny_distilled_patch16_224"]\nlowrank = ["nystrom"]\nlandmarks = [2, 19]\n'
+        "[fixed]\nstudent_epochs = 1", "", {},
+        "landmarks reaches 19 but the student deit_tiny_distilled_patch16_224 has 18 tokens"),
+    "CPU-only quantization on a CUDA target": (
+        'quant = ["none", "ort_int8"]', "", {"device": "cuda:0"},
+        "quant='ort_int8' runs on the CPU only .* the latency target is a CUDA device"),
+    "student width no head count divides": (
+        'student = ["custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16, 20]\nstudent_heads = [3, 6]\n'
+        "[fixed]\nstudent_epochs = 1", "", {},
+        r"student_embed_dim=16 is not divisible by any of student_heads=\[3, 6\]"),
+    "a student MLP without hidden units": (
+        'student = ["custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16]\nstudent_heads = [2]\n'
+        "student_mlp_ratio = [0.0, 2.0]\n[fixed]\nstudent_epochs = 1", "", {},
+        "student_mlp_ratio=0.0 must be > 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_impossible_space_is_refused_before_the_study_exists(case, tmp_path) -> None:
+    space, kwargs, extra, words = REFUSED[case]
+    url = f"sqlite:///{tmp_path / 'imp.db'}"
+    with pytest.raises(ConfigError, match=words):
+        run_search(_recipe(space, kwargs, **extra), storage=url, artifact_dir=tmp_path / "art")
+    assert study_names(open_storage(url)) == []  # nothing was created, nothing trained
+
+
+def test_impossible_space_exits_2_with_one_sentence_from_the_cli(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from vitshrink.cli import app
+
+    path = tmp_path / "nocls.toml"
+    path.write_text(tiny_recipe("imp", "token_drop = [0.0, 0.5]\ntoken_drop_at = [[0]]")
+                    .replace("mlp_ratio = 2.0\n", f"mlp_ratio = 2.0\n{NO_CLS}\n", 1))
+    url = f"sqlite:///{tmp_path / 'imp.db'}"
+    res = CliRunner().invoke(app, ["search", str(path), "--storage", url])
+    assert res.exit_code == 2, res.output
+    assert "error: impossible combination: token_drop ranks patches" in " ".join(res.output.split())
+    assert study_names(open_storage(url)) == []
+
+
+@pytest.mark.parametrize("space", [
+    # teacher depth 2, but custom students of 4 blocks honour block 3
+    'student = ["none", "custom"]\nstudent_depth = [1, 4]\nstudent_embed_dim = [16]\nstudent_heads = [2]\n'
+    "token_drop = [0.1, 0.5]\ntoken_drop_at = [[3]]\n[fixed]\nstudent_epochs = 1",
+    # the teacher has 17 tokens, the distilled student 18: 18 landmarks fit it
+    'student = ["none", "deit_tiny_distilled_patch16_224"]\nlowrank = ["nystrom"]\nlandmarks = [2, 18]\n'
+    "[fixed]\nstudent_epochs = 1",
+    # 16 is divisible by 2 only, 24 by both: the mismatched pair is pruned per sample, not refused
+    'student = ["custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16, 24]\nstudent_heads = [2, 3]\n'
+    "[fixed]\nstudent_epochs = 1",
+])
+def test_values_some_model_honours_are_accepted(space) -> None:
+    check_space_fits_teacher(_recipe(space))
+
+
+def test_a_teacher_without_cls_token_still_merges_tokens() -> None:
+    check_space_fits_teacher(_recipe("token_merge_r = [0, 8]", NO_CLS))
+
+
+def test_build_refuses_an_impossible_config_before_distilling(tiny_vit, tiny_data) -> None:
+    cfg = CompressionConfig(student="custom", student_depth=1, student_embed_dim=16, student_heads=2,
+                            student_epochs=50, token_drop=0.5, token_drop_at=(1,))
+    assert "the 1-block custom student has 1 blocks" in impossible_reason(tiny_vit, cfg)
+    before = {k: v.clone() for k, v in tiny_vit.state_dict().items()}
+    with pytest.raises(ConfigError, match="impossible combination: token_drop_at names block"):
+        build(tiny_vit, cfg, tiny_data)  # 50 KD epochs would take minutes: it refuses at once
+    assert all(torch.equal(before[k], v) for k, v in tiny_vit.state_dict().items())
+
+
+def test_tome_never_merges_below_one_patch_over_any_depth() -> None:
+    from vitshrink.compress.tokens import token_plan
+
+    # the largest r check_model allows, over 24 blocks, with and without a cls token, with dropping too
+    for prefix in (0, 1, 2):
+        for patches in (4, 16, 49, 196):
+            plan = token_plan(patches + prefix, prefix, 24, r=patches // 2, drop=0.9, drop_at={0, 5})
+            assert min(plan) >= prefix + 1
+
+
+@pytest.mark.slow
+def test_sample_dependent_impossibility_is_pruned_not_failed_and_the_budget_is_reached(tmp_path) -> None:
+    from optuna.trial import TrialState
+
+    from vitshrink.studies import list_studies, open_study
+
+    # depth-1 students cannot drop at block 1; 16 wide students cannot have 3 heads: both only for some samples
+    space = ('student = ["custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16, 24]\nstudent_heads = [2, 3]\n'
+             "token_drop = [0.1, 0.5]\ntoken_drop_at = [[1]]\n[fixed]\nstudent_epochs = 1")
+    recipe = _recipe(space, max_failures=1, trials=4, sampler="random")  # a pruned trial counted as FAIL would stop it
+    url = f"sqlite:///{tmp_path / 'imp.db'}"
+    summary = run_search(recipe, storage=url, artifact_dir=tmp_path / "art", evaluate_test=False)
+    trials = summary.study.get_trials(deepcopy=False)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert summary.stopped_by == "trials" and summary.completed == 4 and summary.failed == 0
+    assert pruned and summary.pruned == len(pruned)
+    reasons = {t.user_attrs["pruned_reason"] for t in pruned}
+    assert reasons <= {"impossible combination: token_drop_at names block(s) [1] but the 1-block custom student "
+                       "has 1 blocks; use indices 0..0",
+                       "invalid compression config: student_embed_dim=16 is not divisible by student_heads=3"}
+    for t in pruned:  # pruned before training: no artifact, no build record; the sampler sees the params
+        assert "artifact" not in t.user_attrs and "records" not in t.user_attrs and t.params
+    # tables that read the study still work and show the pruned trials
+    row = list_studies(url).set_index("study").loc["imp"]
+    assert (row["complete"], row["failed"], row["pruned"]) == (4, 0, len(pruned))
+    handle = open_study("imp", url)
+    assert len(handle.pareto()) >= 1
+    table = handle.trials()
+    assert set(table[table.state == "PRUNED"].fail_reason) == reasons
+
+
+@pytest.mark.slow
+def test_a_space_of_only_impossible_combinations_stops_instead_of_looping(tmp_path) -> None:
+    # each value fits some model (the 4-block teacher drops at block 3; custom students can be pruned), but
+    # never together: the teacher's heads are mixed by a norm, the students have at most 2 blocks
+    space = ('student = ["none", "custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16]\nstudent_heads = [2]\n'
+             "[fixed]\nstudent_epochs = 1\nprune_heads = 0.5\ntoken_drop = 0.3\ntoken_drop_at = [3]")
+    text = tiny_recipe("imp", space, trials=2).replace("depth = 2\n", "depth = 4\nscale_attn_norm = true\n", 1)
+    url = f"sqlite:///{tmp_path / 'imp.db'}"
+    summary = run_search(Recipe.from_toml_text(text), storage=url, artifact_dir=tmp_path / "art", evaluate_test=False)
+    assert summary.stopped_by == "pruned" and summary.pruned == 50 and summary.failed == 0
+
+
+def test_check_model_names_the_closest_model() -> None:
+    space = SearchSpace.from_dict({"student": ["none", "custom"], "student_depth": [1, 3], "student_embed_dim": [16],
+                                   "student_heads": [2], "lowrank": ["svd"], "lowrank_blocks": [[5]]},
+                                  {"student_epochs": 1})
+    with pytest.raises(ConfigError, match=r"the deepest custom student \(3 blocks\) has 3 blocks"):
+        space.check_model(num_tokens=17, depth=2)

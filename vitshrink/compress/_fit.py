@@ -1,0 +1,76 @@
+"""Whether a config can be applied to a teacher at all, decided from modules and numbers before anything
+trains: the model leaving the student stage (the teacher, or the student built on the meta device, which
+allocates nothing) against the config's numbers (`vitshrink.spaces.config_problem`) and each technique's
+own precondition (`prune_problem`, `lowrank_problem`, `token_problem`, `student_problem`).
+
+`build` calls `check_fits` first, so an impossible config fails before a student is distilled; a search
+trial calls it after sampling and prunes the trial instead of failing it.
+
+Example:
+    >>> impossible_reason(teacher, CompressionConfig(token_drop=0.5, token_drop_at=(0,)))  # doctest: +SKIP
+    "token_drop ranks patches by the cls token's attention but the teacher has no cls token ..."
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..spaces import CompressionConfig, ConfigError, ModelShape, config_problem
+from .distill import make_student, student_problem
+from .lowrank import lowrank_problem, num_tokens
+from .prune import prune_problem
+from .tokens import token_problem
+
+
+def model_shape(model: nn.Module, name: str) -> ModelShape:
+    """The numbers of a timm ViT the settings depend on (tokens, depth, prefix tokens, cls token).
+
+    Raises:
+        ConfigError: for a model without patch_embed (its token count is unknown).
+    """
+    return ModelShape(name, num_tokens(model), len(getattr(model, "blocks", ())),
+                      int(getattr(model, "num_prefix_tokens", 0)), getattr(model, "cls_token", None) is not None)
+
+
+def stage_model(teacher: nn.Module, config: CompressionConfig) -> tuple[nn.Module, str]:
+    """The model the stages after the student act on, and its name for messages: the teacher, or the
+    untrained student of `config` with its tensors on the meta device (structure only, no memory)."""
+    if config.student == "none":
+        return teacher, "the teacher"
+    with torch.device("meta"):
+        student = make_student(teacher, config)
+    depth = len(getattr(student, "blocks", ()))
+    name = f"the {depth}-block custom student" if config.student == "custom" else f"the student {config.student}"
+    return student, name
+
+
+def impossible_reason(teacher: nn.Module, config: CompressionConfig) -> str | None:
+    """Why `config` can never be built from `teacher`, or None; nothing is trained or measured."""
+    try:
+        model, name = stage_model(teacher, config)
+    except ConfigError as exc:
+        return str(exc)
+    if config.student != "none" and (problem := student_problem(model)):
+        return problem
+    try:
+        shape = model_shape(model, name)
+    except ConfigError:
+        shape = None  # not a ViT: the technique checks below say which stage cannot take it
+    checks = (
+        lambda: config_problem(config, shape) if shape is not None else None,
+        lambda: prune_problem(model, config.prune_heads, config.prune_mlp),
+        lambda: lowrank_problem(model, config.lowrank),
+        lambda: token_problem(model, config.token_merge_r, config.token_drop),
+    )
+    return next((p for check in checks if (p := check())), None)
+
+
+def check_fits(teacher: nn.Module, config: CompressionConfig) -> None:
+    """Raise ConfigError ("impossible combination: ...") when `config` can never be built from `teacher`."""
+    reason = impossible_reason(teacher, config)
+    if reason:
+        raise ConfigError(f"impossible combination: {reason}")
+
+
+__all__ = ["check_fits", "impossible_reason", "model_shape", "stage_model"]

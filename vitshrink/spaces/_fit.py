@@ -1,0 +1,95 @@
+"""What the compression settings demand of the model they act on, in numbers: block indices below its
+depth, landmarks within its tokens, merging at most half of its patches, a cls token for patch dropping.
+
+The stages after the student act on the student when there is one, so these rules are asked of the
+model that leaves the student stage. `config_problem` checks one config against one model (a trial);
+`SearchSpace.check_model` asks, for every value a space can sample, whether some model the space can
+produce honours it (the study), so a value that no model honours is refused before the study exists
+and a value that only some samples honour is pruned in the trial that samples it.
+
+Example:
+    >>> from vitshrink.spaces import CompressionConfig
+    >>> shape = ModelShape("a 1-block student", tokens=17, depth=1)
+    >>> config_problem(CompressionConfig(token_drop=0.5, token_drop_at=(2,)), shape)
+    'token_drop_at names block(s) [2] but a 1-block student has 1 blocks; use indices 0..0'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from ._config import CompressionConfig
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a timm ViT that the settings depend on.
+
+    Args:
+        name: How messages name the model ("the teacher vit_tiny_patch16_224", "the custom student").
+        tokens: Tokens entering the first block (patches + prefix tokens).
+        depth: Number of transformer blocks.
+        prefix: Tokens that are never merged or dropped (cls, distillation and register tokens).
+        cls_token: Whether the model has a cls token (patch dropping ranks patches by its attention).
+    """
+
+    name: str
+    tokens: int
+    depth: int
+    prefix: int = 1
+    cls_token: bool = True
+
+    @property
+    def patches(self) -> int:
+        return self.tokens - self.prefix
+
+
+def indices_problem(setting: str, indices: Iterable[int], shape: ModelShape) -> str | None:
+    bad = sorted({int(i) for i in indices if not 0 <= int(i) < shape.depth})
+    if not bad:
+        return None
+    return (f"{setting} names block(s) {bad} but {shape.name} has {shape.depth} blocks; "
+            f"use indices 0..{shape.depth - 1}")
+
+
+def landmarks_problem(landmarks: int, shape: ModelShape) -> str | None:
+    if landmarks <= shape.tokens:
+        return None
+    return (f"landmarks reaches {landmarks} but {shape.name} has {shape.tokens} tokens ({shape.patches} patches + "
+            f"{shape.prefix} prefix); Nystrom needs landmarks <= tokens, so keep landmarks <= {shape.tokens}")
+
+
+def merge_problem(r: int, shape: ModelShape) -> str | None:
+    # ToMe merges at most half the patches of a block and clamps later blocks the same way, so a
+    # whole stack never merges below one patch token: only the first block's bound can be exceeded.
+    most = shape.patches // 2
+    if r <= most:
+        return None
+    return (f"token_merge_r reaches {r} but {shape.name} has {shape.patches} patch tokens, and a block can merge "
+            f"at most half of them ({most}); keep token_merge_r <= {most}")
+
+
+def drop_problem(shape: ModelShape) -> str | None:
+    if shape.cls_token:
+        return None
+    return (f"token_drop ranks patches by the cls token's attention but {shape.name} has no cls token "
+            "(class_token = false); search token_merge_r instead, or give the model a cls token")
+
+
+def config_problem(config: CompressionConfig, shape: ModelShape) -> str | None:
+    """Why `config` cannot be applied to the model of `shape` (the one leaving the student stage),
+    or None when it can."""
+    checks = []
+    if config.lowrank != "none":
+        checks.append(indices_problem("lowrank_blocks", config.lowrank_blocks, shape))
+    if config.lowrank == "nystrom":
+        checks.append(landmarks_problem(config.landmarks, shape))
+    if config.token_drop > 0:
+        checks += [drop_problem(shape), indices_problem("token_drop_at", config.token_drop_at, shape)]
+    if config.token_merge_r > 0:
+        checks.append(merge_problem(config.token_merge_r, shape))
+    return next((c for c in checks if c), None)
+
+
+__all__ = ["ModelShape", "config_problem", "drop_problem", "indices_problem", "landmarks_problem", "merge_problem"]
