@@ -33,6 +33,9 @@ class BuildContext:
     train: bool = True  # False: training stages only shape the model (rebuilding a stored trial)
     kd_limit: int | None = None  # KD / fine-tune train on this many train images (seeded subset); None: all
     notes: dict[str, Any] = field(default_factory=dict)  # what the running stage did; see note()
+    # called after each training epoch with (stage, epoch, epochs, model): search/_rungs.py measures the
+    # model there and may stop the build by raising (optuna.TrialPruned)
+    on_epoch: Callable[[str, int, int, nn.Module], None] | None = None
 
     def example(self, batch: int = 1) -> torch.Tensor:
         """A batch of validation images (for tracing and MAC counting)."""

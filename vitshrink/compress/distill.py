@@ -392,10 +392,17 @@ def _kd_inputs(ctx: BuildContext) -> tuple[DataBundle, torch.Tensor]:
     return dataclasses.replace(ctx.data, train=train), logits[idx]
 
 
-def _stage_progress(ctx: BuildContext, stage: str) -> Callable[[int, int, float], None] | None:
-    if ctx.progress is None:
+def _stage_progress(ctx: BuildContext, stage: str, model: nn.Module) -> Callable[[int, int, float], None] | None:
+    if ctx.progress is None and ctx.on_epoch is None:
         return None
-    return lambda epoch, total, loss: ctx.progress(stage, epoch, total, loss)
+
+    def report(epoch: int, total: int, loss: float) -> None:
+        if ctx.progress is not None:
+            ctx.progress(stage, epoch, total, loss)
+        if ctx.on_epoch is not None:  # the model being trained, after `epoch` of `total` epochs
+            ctx.on_epoch(stage, epoch, total, model)
+
+    return report
 
 
 @register_transform("student", "student", lambda c: c.student != "none")
@@ -415,7 +422,7 @@ def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
         kd_data, kd_logits = _kd_inputs(ctx)
         kd_images = len(kd_data.train)
         final_loss = distill_train(new, kd_data, kd_logits, settings, config.kd_temperature,
-                                   config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "student"))
+                                   config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "student", new))
     ctx.note(
         student_params=param_count(new),
         student_arch=student_arch(new),
@@ -439,7 +446,7 @@ def finetune(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> 
     settings = dataclasses.replace(FINETUNE_SETTINGS, epochs=config.kd_epochs)
     kd_data, kd_logits = _kd_inputs(ctx)
     final_loss = distill_train(new, kd_data, kd_logits, settings, config.kd_temperature,
-                               config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "finetune"))
+                               config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "finetune", new))
     ctx.note(kd_epochs=config.kd_epochs, kd_images=len(kd_data.train), lr=settings.lr, final_loss=round(final_loss, 5),
              kd_temperature=config.kd_temperature, kd_alpha=config.kd_alpha)
     return new.eval()
