@@ -17,13 +17,14 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import __version__
+from ..preprocessing import PREPROCESSING_ATTR, describe_preprocessing
 from ..spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
 from ._pareto import pareto_trials
 from ._samplers import make_sampler
 from ._storage import (ARTIFACT_DIR_ATTR, DEFAULT_GRACE_PERIOD, default_artifact_dir, fail_stale_trials,
                        heartbeat_interval_for, mask_url, open_storage, study_names, trial_heartbeat)
 from ._trial import (DIRECTIONS, METRIC_NAMES, SearchContext, check_space_fits_teacher, make_context, recipe_doc,
-                     run_trial)
+                     run_trial, training_device_of)
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +162,15 @@ def run_search(
     seconds are failed and retried with the same parameters."""
     start = time.perf_counter()
     check_space_fits_teacher(recipe)  # an impossible space is refused before the study exists
+    training_device_of(recipe)  # so is a GPU asked for and absent
     study = open_or_create_study(recipe, storage, study_name, new_study, artifact_dir, grace_period=grace_period)
     ctx = make_context(recipe, progress=on_teacher_epoch)
     study.set_user_attr(TEACHER_ATTR, ctx.teacher_spec.to_dict())
     study.set_user_attr("vitshrink.teacher_accuracy", ctx.teacher_accuracy)
     study.set_user_attr("vitshrink.data", ctx.data.describe())
     study.set_user_attr("vitshrink.target", ctx.target.describe())
+    study.set_user_attr("vitshrink.training", ctx.training.describe())  # this driver's; trials record their own
+    study.set_user_attr(PREPROCESSING_ATTR, describe_preprocessing(recipe.dataset, ctx.data))
     enqueue_warm_starts(study, recipe)
     art_dir = study.user_attrs[ARTIFACT_DIR_ATTR]
     if executor == "ray":

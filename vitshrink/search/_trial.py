@@ -29,6 +29,7 @@ from ..data import DataBundle, load_dataset
 from ..models import TeacherSpec, TrainSettings, evaluate, get_teacher
 from ..objectives import LatencyProtocol, Target, accuracy, measure_latency_cached, size_bytes
 from ..spaces import CompressionConfig, Recipe
+from ..training import TrainingDevice, resolve_training
 from ._storage import this_worker
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class SearchContext:
     teacher_logits: torch.Tensor
     target: Target
     protocol: LatencyProtocol
+    training: TrainingDevice = TrainingDevice("cpu", "fp32")  # where students and fine-tunes train
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -71,7 +73,13 @@ def _context_cached(recipe_json: str) -> SearchContext:
     return make_context(Recipe.from_dict(json.loads(recipe_json)))
 
 
+def training_device_of(recipe: Recipe) -> TrainingDevice:
+    """Where this machine trains the recipe's models; ConfigError when it lacks the GPU asked for."""
+    return resolve_training(recipe.teacher_train.get("device"), recipe.teacher_train.get("precision"))
+
+
 def make_context(recipe: Recipe, progress=None) -> SearchContext:
+    training = training_device_of(recipe)  # a missing GPU is refused before data is read or anything trains
     data = load_data(recipe)
     settings = TrainSettings(**recipe.teacher_train)
     teacher, spec = get_teacher(teacher_spec_of(recipe), data, settings, seed=recipe.seed, progress=progress)
@@ -80,7 +88,8 @@ def make_context(recipe: Recipe, progress=None) -> SearchContext:
     batches = (recipe.latency_batch,) + ((recipe.throughput_batch,) if recipe.throughput_batch else ())
     protocol = LatencyProtocol(warmup=recipe.latency_warmup, runs=recipe.latency_runs, batch_sizes=batches,
                                threads=target.threads)
-    return SearchContext(recipe, data, teacher, spec, acc, cached_teacher_logits(teacher, data), target, protocol)
+    logits = cached_teacher_logits(teacher, data, device=training.device)
+    return SearchContext(recipe, data, teacher, spec, acc, logits, target, protocol, training)
 
 
 def check_space_fits_teacher(recipe: Recipe) -> None:
@@ -176,7 +185,8 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
         trial.set_user_attr("label", config.summary())
         t0 = time.perf_counter()
         result = build(ctx.teacher, config, ctx.data, seed=recipe.seed, teacher_logits=ctx.teacher_logits,
-                       kd_limit=recipe.kd_limit)
+                       kd_limit=recipe.kd_limit, train_device=ctx.training.device,
+                       train_precision=ctx.training.precision)
         t1 = time.perf_counter()
         acc_result = accuracy(result.model, ctx.data.val)
         lat, cached = measure_latency_cached(result.model, ctx.example_shape, ctx.target, ctx.protocol,
