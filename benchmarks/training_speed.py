@@ -11,8 +11,8 @@ order, after one untimed warm-up round) and the median of the per-round ratios
 vitshrink / plain images per second is reported. The bar: vitshrink within 10 % (ratio >= 0.9).
 
 The images are seeded random tensors: speed does not depend on pixel values. The accuracy cost of
-bf16 is measured on real data: the quickstart's teacher (digits; 30 epochs by default, --accuracy-epochs) trained fp32 and bf16 with the
-same seed, val accuracy of each.
+bf16 is measured on real data: the quickstart's teacher (digits; 30 epochs by default, see
+--accuracy-epochs) trained fp32 and bf16 with the same seed, val accuracy of each.
 
 The machine is shared: the load average before and after is stored beside the numbers.
 
@@ -174,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--accuracy-epochs", type=int, default=None, help="teacher epochs for the accuracy cost")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", nargs="*", default=None, help=f"a subset of {', '.join(MODELS)}")
     ap.add_argument("--out", default="benchmarks/results/training_speed.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    models = SMOKE_MODELS if args.smoke else MODELS
+    models = SMOKE_MODELS if args.smoke else {k: v for k, v in MODELS.items() if not args.models or k in args.models}
     rounds, steps, batch = (2, 2, 16) if args.smoke else (args.rounds, args.steps, args.batch)
     precisions = ["fp32", "bf16"]
     load_before = os.getloadavg()

@@ -52,7 +52,7 @@ class DataBundle:
     test: Split
     num_classes: int
     class_names: tuple[str, ...] = ()
-    mean: tuple[float, ...] = ()  # per channel, of the train split (pixels already scaled to [0, 1]): x = (v - mean) / std
+    mean: tuple[float, ...] = ()  # per channel, of the train split scaled to [0, 1]: x = (v - mean) / std
     std: tuple[float, ...] = ()
 
     @property

@@ -190,7 +190,7 @@ def augment_batch(x: torch.Tensor, kinds: tuple[str, ...], gen: torch.Generator,
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, torch.Tensor]:
     """Top-1 accuracy and the logits (float32, on the CPU) of `model` on (x, y), on the model's device."""
     model.eval()
-    dev = next(model.parameters()).device
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     logits = torch.cat([model(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
     return float((logits.argmax(1) == y).float().mean()), logits
 

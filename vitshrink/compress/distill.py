@@ -34,7 +34,6 @@ from torch import nn
 from ..data import DataBundle, Split, cache_dir
 from ..models import ModelError, TeacherSpec, TrainSettings, copy_model, create_model, param_count, train_classifier
 from ..spaces import CompressionConfig, ConfigError
-from ..training import resolve_training
 from ._registry import BuildContext, register_transform
 
 log = logging.getLogger(__name__)
@@ -160,7 +159,8 @@ def _run_teacher(teacher: nn.Module, x: torch.Tensor, batch_size: int, device: s
     was_training = teacher.training
     teacher.eval()
     try:
-        return torch.cat([teacher(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+        return torch.cat([teacher(x[i : i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(x), batch_size)])
     finally:
         teacher.train(was_training)
 
