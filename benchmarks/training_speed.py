@@ -175,21 +175,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--accuracy-epochs", type=int, default=None, help="teacher epochs for the accuracy cost")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", nargs="*", default=None, help=f"a subset of {', '.join(MODELS)}")
+    ap.add_argument("--precisions", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    ap.add_argument("--no-accuracy", action="store_true", help="skip the bf16 accuracy cost (speed only)")
     ap.add_argument("--out", default="benchmarks/results/training_speed.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = SMOKE_MODELS if args.smoke else {k: v for k, v in MODELS.items() if not args.models or k in args.models}
     rounds, steps, batch = (2, 2, 16) if args.smoke else (args.rounds, args.steps, args.batch)
-    precisions = ["fp32", "bf16"]
+    precisions = args.precisions
     load_before = os.getloadavg()
     started = time.perf_counter()
     rows = [row for name, kwargs in models.items() for p in precisions
             for row in compare(name, kwargs, p, args.device, batch, steps, rounds)]
     epochs = args.accuracy_epochs or (1 if args.smoke else 30)
-    accuracy = accuracy_cost(args.device, epochs, args.smoke)
+    accuracy = None if args.no_accuracy else accuracy_cost(args.device, epochs, args.smoke)
     speedup = {}
     for r in rows:
-        if r["precision"] == "bf16":
+        if r["precision"] == "bf16" and "fp32" in precisions:
             fp32 = next(x for x in rows if (x["model"], x["mode"], x["precision"]) == (r["model"], r["mode"], "fp32"))
             speedup[f"{r['model']} {r['mode']}"] = round(r["vitshrink_img_s"] / fp32["vitshrink_img_s"], 3)
     result = {
