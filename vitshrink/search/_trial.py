@@ -30,6 +30,7 @@ from ..data_shape import fit_teacher_kwargs, side
 from ..models import TeacherSpec, TrainSettings, evaluate, get_teacher
 from ..objectives import LatencyProtocol, Target, accuracy, measure_latency_cached, size_bytes
 from ..spaces import CompressionConfig, ConfigError, Recipe
+from ..training import TrainingDevice, resolve_training
 from ._storage import this_worker
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class SearchContext:
     teacher_logits: torch.Tensor
     target: Target
     protocol: LatencyProtocol
+    training: TrainingDevice = TrainingDevice("cpu", "fp32")  # where students and fine-tunes train
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -97,8 +99,14 @@ def _context_cached(recipe_json: str) -> SearchContext:
     return make_context(Recipe.from_dict(json.loads(recipe_json)))
 
 
+def training_device_of(recipe: Recipe) -> TrainingDevice:
+    """Where this machine trains the recipe's models; ConfigError when it lacks the GPU asked for."""
+    return resolve_training(recipe.teacher_train.get("device"), recipe.teacher_train.get("precision"))
+
+
 def make_context(recipe: Recipe, progress=None, data: DataBundle | None = None) -> SearchContext:
     """Data (`data`, if already loaded from this recipe), teacher, its logits, target and protocol."""
+    training = training_device_of(recipe)  # a missing GPU is refused before data is read or anything trains
     data = data if data is not None else load_data(recipe)
     log.info("data: %s; classes: %s", data.describe(), describe_classes(data))
     settings = TrainSettings(**recipe.teacher_train)
@@ -109,7 +117,8 @@ def make_context(recipe: Recipe, progress=None, data: DataBundle | None = None) 
     batches = (recipe.latency_batch,) + ((recipe.throughput_batch,) if recipe.throughput_batch else ())
     protocol = LatencyProtocol(warmup=recipe.latency_warmup, runs=recipe.latency_runs, batch_sizes=batches,
                                threads=target.threads)
-    return SearchContext(recipe, data, teacher, spec, acc, cached_teacher_logits(teacher, data), target, protocol)
+    logits = cached_teacher_logits(teacher, data, device=training.device)
+    return SearchContext(recipe, data, teacher, spec, acc, logits, target, protocol, training)
 
 
 def check_space_fits_teacher(recipe: Recipe) -> None:
@@ -276,7 +285,8 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
         t_screen = time.perf_counter() - t0
         t0 = time.perf_counter()
         result = build(ctx.teacher, config, ctx.data, seed=recipe.seed, teacher_logits=ctx.teacher_logits,
-                       kd_limit=recipe.kd_limit, on_epoch=monitor)
+                       kd_limit=recipe.kd_limit, on_epoch=monitor, train_device=ctx.training.device,
+                       train_precision=ctx.training.precision)
         t1 = time.perf_counter()
         acc_result = accuracy(result.model, ctx.data.val)
         lat, cached = measure_latency_cached(result.model, ctx.example_shape, ctx.target, ctx.protocol,

@@ -43,8 +43,9 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "space": {},
     "fixed": {},
 }
+# device and precision: where every model of the study trains (teacher, students, KD fine-tunes); training.py
 _TRAIN_KEYS = {"epochs": int, "lr": float, "weight_decay": float, "batch_size": int, "label_smoothing": float,
-               "augment": list}
+               "augment": list, "device": str, "precision": str}
 AUGMENTATIONS = ("flip", "shift")
 # [data] keys that apply to some datasets only (the others apply to every dataset), and why not elsewhere
 _DATA_KEYS_FOR = {
@@ -151,6 +152,13 @@ class Recipe:
             if key == "augment" and (bad := [a for a in v if a not in AUGMENTATIONS]):
                 raise ConfigError(f"{source}: teacher.train.augment has unknown augmentation(s) {bad}; "
                                   f"choose from {list(AUGMENTATIONS)} (flip: random horizontal flip, shift: up to 2 px)")
+        train = teacher.get("train", {})
+        try:
+            from ..training import check_training_keys  # lazy: training imports this package
+
+            check_training_keys(train.get("device"), train.get("precision"))
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         try:
             space = SearchSpace.from_dict(doc.get("space", {}), doc.get("fixed", {}))
         except ConfigError as exc:
