@@ -101,3 +101,53 @@ def test_kd_limit_trains_on_a_seeded_subset(tiny_vit, tiny_data):
     assert recipe.kd_limit == 500 and Recipe.from_toml_text('[study]\nname = "x"\n').kd_limit is None
     with pytest.raises(ConfigError, match="kd_limit"):
         Recipe.from_toml_text('[study]\nname = "x"\n[data]\nkd_limit = 0\n')
+
+
+@pytest.mark.slow
+def test_training_speed_smoke(tmp_path):
+    """vitshrink's fine-tune and KD steps timed against a plain timm + torch loop, fp32 and bf16,
+    interleaved; the bf16 accuracy cost on digits."""
+    import statistics
+
+    bench = _load("training_speed")
+    out = tmp_path / "speed.json"
+    assert bench.main(["--smoke", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert {(r["precision"], r["mode"]) for r in res["rows"]} == {
+        ("fp32", "finetune"), ("fp32", "kd"), ("bf16", "finetune"), ("bf16", "kd")}
+    for r in res["rows"]:
+        assert r["device"] == "cpu" and r["vitshrink_img_s"] > 0 and r["plain_img_s"] > 0
+        assert len(r["ratios"]) == 2 * res["settings"]["rounds"]  # two ABBA pairs per kept round
+        assert r["ratio_median"] == pytest.approx(statistics.median(r["ratios"]), abs=1e-3)
+        assert r["within_bar"] == (r["ratio_median"] >= 0.9)
+    acc = res["accuracy_cost"]
+    assert 0 <= acc["fp32"]["val_accuracy"] <= 1 and 0 <= acc["bf16"]["val_accuracy"] <= 1
+    assert acc["bf16_minus_fp32"] == pytest.approx(acc["bf16"]["val_accuracy"] - acc["fp32"]["val_accuracy"], abs=1e-4)
+    assert len(res["machine"]["load_average_before"]) == 3 and "shared" in res["machine"]["note"]
+
+
+def test_gpu_check_without_a_gpu_says_so(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: benchmarks/gpu_check.py runs in full there")
+    bench = _load("gpu_check")
+    assert bench.main(["--out", str(tmp_path / "gpu.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: torch sees no GPU") and "--cpu-only" in err[0]
+    assert not (tmp_path / "gpu.json").exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_half(tmp_path):
+    """The CPU half of the GPU check: two trials trained and timed on the CPU, models back as float32."""
+    bench = _load("gpu_check")
+    out = tmp_path / "gpu.json"
+    assert bench.main(["--cpu-only", "--epochs", "3", "--student-epochs", "1", "--out", str(out),
+                       "--tmp", str(tmp_path / "tmp")]) == 0
+    res = json.loads(out.read_text())
+    assert res["passed"] and res["gpu"] is None and res["cpu"]["completed"] == 2
+    assert res["cpu"]["training"]["device"] == "cpu" and res["cpu"]["target"]["target"] == "cpu:2"
+    kd = res["cpu"]["trials"]["student+prune+kd"]
+    assert kd["trained_on"] == [{"device": "cpu", "precision": "fp32"}] * 2  # the student, then the KD fine-tune
+    assert kd["loaded_params"] == ["cpu/float32"] and kd["latency_ms"] > 0

@@ -241,7 +241,8 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
             if done:
                 best = (f"best acc {max(t.values[0] for t in done):.3f} · "
                         f"lat {min(t.values[1] for t in done):.3f} ms · "
-                        f"size {min(t.values[2] for t in done) / 1e3:.0f} kB · failed {counts['FAIL']}")
+                        f"size {min(t.values[2] for t in done) / 1e3:.0f} kB · failed {counts['FAIL']}"
+                        f" · pruned {counts['PRUNED']}")
             progress.update(trial_task, completed=counts["COMPLETE"], best=best)
             if frozen.state.name == "FAIL" and executor != "local":  # local trials log their own failure
                 log.warning("trial %d failed: %s", frozen.number, frozen.user_attrs.get("fail_reason"))
@@ -280,7 +281,7 @@ def _stopped_by_failures(study, r) -> None:
 
 
 def _stopped_by_pruning(study, r) -> None:
-    """Nearly every sample was impossible: name the most common reason and exit 1."""
+    """Nearly every sample was impossible, screened or stopped: name the most common reason and exit 1."""
     from collections import Counter
 
     from .search._driver import max_pruned
@@ -289,8 +290,10 @@ def _stopped_by_pruning(study, r) -> None:
                       for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED")
     reason, n = reasons.most_common(1)[0]
     console.print(f"[bold red]error:[/] search stopped: {max_pruned(r)} sampled configurations in this run were "
-                  f"impossible; most common reason ({n}x): {_mask(reason)}. Narrow the search space so that its "
-                  "dimensions fit together, then run the same command to resume", highlight=False, soft_wrap=True)
+                  f"pruned (impossible, or screened / stopped as unable to enter the front); most common reason "
+                  f"({n}x): {_mask(reason)}. Narrow the search space so that its dimensions fit together (or relax "
+                  "[constraints] that no candidate meets), then run the same command to resume",
+                  highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -357,10 +360,22 @@ def pareto(
             return
         if format == "table":
             _pareto_table(handle.pareto(), study)
+            _pruned_counts(handle)
             return
         _format_table(handle.pareto(), format)
     except _user_errors() as exc:
         _fail(exc)
+
+
+def _pruned_counts(handle) -> None:
+    """One line under the Pareto table: trials screened (never trained) and stopped early."""
+    trials = handle.study.get_trials(deepcopy=False)
+    screened = sum(t.state.name == "PRUNED" and "screened" in t.user_attrs for t in trials)
+    stopped = sum(t.state.name == "PRUNED" and "stopped" in t.user_attrs for t in trials)
+    complete = sum(t.state.name == "COMPLETE" for t in trials)
+    impossible = sum(t.state.name == "PRUNED" for t in trials) - screened - stopped
+    console.print(f"{complete} completed, {screened} screened (not trained), {stopped} stopped early, {impossible} "
+                  "impossible (none eligible for the front)", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -429,7 +444,7 @@ def _show_table(info: dict[str, Any]) -> None:
             ("size bytes", None if info["objectives"].get("size_bytes") is None
              else int(info["objectives"]["size_bytes"])), ("params", info["params"]), ("MACs", info["macs"]),
             ("feasible", info["feasible"]), ("seconds", info["seconds"]), ("fail reason", info["fail_reason"]),
-            ("pruned reason", info.get("pruned_reason"))]
+            ("pruned reason", info.get("pruned_reason")), ("rungs", info.get("rungs") or None)]
     for k, v in rows:
         if v is not None:
             head.add_row(k, _fmt(v))
@@ -480,14 +495,17 @@ def plot(
     study: str = typer.Argument(..., help="Study name."),
     out_path: str = typer.Option("pareto.png", "--out", "-o", help=".png/.svg/.pdf, or .html (needs plotly)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL."),
+    history: bool = typer.Option(False, "--history", help="Plot hypervolume against search time instead."),
 ) -> None:
-    """Plot accuracy vs latency (marker size = model size), the Pareto front, teacher and references."""
+    """Plot accuracy vs latency (marker size = model size), the Pareto front, teacher and references;
+    with --history, the hypervolume against the search's wall-clock time."""
     try:
-        from .plotting import plot_study
+        from .plotting import plot_history, plot_study
         from .studies import open_study
 
         with _busy(f"plotting {study}"):
-            path = plot_study(open_study(study, storage), out_path)
+            handle = open_study(study, storage)
+            path = plot_history([handle], out_path) if history else plot_study(handle, out_path)
         console.print(f"wrote {path}", highlight=False)
     except _user_errors() as exc:
         _fail(exc)

@@ -56,6 +56,8 @@ class DataBundle:
     test: Split
     num_classes: int
     class_names: tuple[str, ...] = ()
+    mean: tuple[float, ...] = ()  # per channel, of the train split scaled to [0, 1]: x = (v - mean) / std
+    std: tuple[float, ...] = ()
 
     @property
     def in_chans(self) -> int:
@@ -105,7 +107,8 @@ def _bundle(
         x = (xy[0].astype(np.float32) - mean) / std
         return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(xy[1].astype(np.int64)))
 
-    return DataBundle(name, *(to_split(p) for p in parts), num_classes=num_classes, class_names=class_names)
+    return DataBundle(name, *(to_split(p) for p in parts), num_classes=num_classes, class_names=class_names,
+                      mean=tuple(map(float, mean.ravel())), std=tuple(map(float, std.ravel())))
 
 
 def load_digits(seed: int = 0, val_frac: float = 0.2, test_frac: float = 0.2) -> DataBundle:

@@ -18,7 +18,11 @@ What each format holds, by the trial's quantization mode:
 Every export is checked before it is reported done: the exported file is loaded back and run on
 validation images, and the card records how far its outputs are from the torch model's.
 The card (``<file>.card.json``) holds config, objectives, latency spread, val and test accuracy,
-the target description, the teacher's accuracy and the library versions.
+the target description, the teacher's accuracy and the library versions, and what deploying the
+file needs besides it: the preprocessing from a raw image to the input (read, resize, crop, value
+scale, channel order, the train split's mean and std; see `vitshrink.preprocessing`) and the class
+names, index by index. An ONNX file carries those two in its own ``metadata_props`` as JSON
+(keys ``vitshrink.preprocessing`` and ``vitshrink.classes``), so it is deployable on its own.
 
 Example:
     >>> from vitshrink.studies import open_study
@@ -92,13 +96,43 @@ def _check_float(check: dict[str, float], what: str) -> None:
                           "re-run with --debug and report it")
 
 
+def preprocessing(handle: StudyHandle) -> dict[str, Any]:
+    """The study's preprocessing (stored by the search driver), or worked out from its data for
+    studies searched before it was stored."""
+    from .preprocessing import PREPROCESSING_ATTR, describe_preprocessing
+
+    stored = handle.study.user_attrs.get(PREPROCESSING_ATTR)
+    return stored if stored is not None else describe_preprocessing(handle.recipe.dataset, handle.data)
+
+
+def class_names(handle: StudyHandle) -> list[str]:
+    """The class names, index by index (the indices as text where the dataset names none)."""
+    names = list(handle.data.class_names)
+    return names if len(names) == handle.data.num_classes else [str(i) for i in range(handle.data.num_classes)]
+
+
+def _write_onnx(path: Path, blob: bytes, handle: StudyHandle) -> None:
+    """Write an ONNX graph with the preprocessing and class names in its metadata_props (the graph
+    itself is untouched)."""
+    import onnx
+
+    model = onnx.load_from_string(blob)
+    props = {"vitshrink.preprocessing": json.dumps(preprocessing(handle), sort_keys=True),
+             "vitshrink.classes": json.dumps(class_names(handle)), "vitshrink.study": handle.name}
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in kept}, **props})
+    path.write_bytes(model.SerializeToString())
+
+
 def _export_onnx(handle: StudyHandle, number: int, config: CompressionConfig, path: Path, x: torch.Tensor
                  ) -> dict[str, Any]:
     from .compress.onnx_runtime import OrtModule, onnx_bytes, quantize_onnx_dynamic
 
     deployed = handle.load_model(number)
     if isinstance(deployed, OrtModule):  # ort_fp32, ort_int8, static_int8: the graph measured in the trial
-        path.write_bytes(deployed.model_bytes)
+        _write_onnx(path, deployed.model_bytes, handle)
         check = agreement(run_onnx(path, x), _logits(deployed, x))
         _check_float(check, "ONNX graph")  # the same graph in the same runtime: equal up to thread scheduling
         return {"exported_model": f"the ONNX Runtime graph measured in the trial (quant={config.quant}, "
@@ -106,12 +140,12 @@ def _export_onnx(handle: StudyHandle, number: int, config: CompressionConfig, pa
     float_model = handle.load_float_model(number)
     blob = onnx_bytes(float_model, x[:1])
     if config.quant == "dynamic_int8":
-        path.write_bytes(quantize_onnx_dynamic(blob))
+        _write_onnx(path, quantize_onnx_dynamic(blob), handle)
         return {"exported_model": "ONNX Runtime dynamic int8 quantization (int8 MatMul/Gemm weights) of the trial's "
                                   "float weights; the trial measured torch's dynamic int8 of the same weights",
                 "checked_against": "the torch dynamic_int8 model", "check": agreement(run_onnx(path, x),
                                                                                        _logits(deployed, x))}
-    path.write_bytes(blob)
+    _write_onnx(path, blob, handle)
     check = agreement(run_onnx(path, x), _logits(float_model, x))
     _check_float(check, "ONNX graph")
     what = "the float32 model (the trial ran bf16 weights; ONNX Runtime's CPU has no bf16 matmul)" \
@@ -153,7 +187,8 @@ def _export_safetensors(handle: StudyHandle, number: int, config: CompressionCon
     state, stored = handle.float_weights(number)
     teacher = handle.study.user_attrs.get(TEACHER_ATTR)
     doc = {"config": stored.to_dict(), "teacher": teacher, "input_shape": list(x.shape[1:]),
-           "num_classes": handle.data.num_classes, "study": handle.name, "trial": number}
+           "num_classes": handle.data.num_classes, "study": handle.name, "trial": number,
+           "preprocessing": preprocessing(handle), "classes": class_names(handle)}
     save_file(state, str(path), metadata={"format": "vitshrink-float-1", "config": stored.to_json(),
                                           "teacher": json.dumps(teacher, sort_keys=True)})
     cfg_path = path.with_name(path.stem + ".config.json")
@@ -199,6 +234,8 @@ def model_card(handle: StudyHandle, number: int, fmt: str, path: Path, info: dic
         "data": handle.study.user_attrs.get("vitshrink.data"),
         "input": {"name": "images", "shape": ["batch", *input_shape], "dtype": "float32"},
         "output": {"name": "logits", "shape": ["batch", handle.data.num_classes]},
+        "preprocessing": preprocessing(handle), "classes": class_names(handle),
+        "trained_on": handle.study.user_attrs.get("vitshrink.training"),
         "exported_model": info["exported_model"], "checked_against": info["checked_against"],
         "check": info["check"], "versions": library_versions(),
     }
@@ -241,5 +278,5 @@ def export_trial(handle: StudyHandle, trial_number: int, fmt: str, path: str | P
     return path
 
 
-__all__ = ["FORMATS", "ExportError", "agreement", "card_path", "export_trial", "library_versions",
-           "model_card", "run_onnx"]
+__all__ = ["FORMATS", "ExportError", "agreement", "card_path", "class_names", "export_trial", "library_versions",
+           "model_card", "preprocessing", "run_onnx"]

@@ -26,6 +26,7 @@ from torch import nn
 from .data import DataBundle, cache_dir
 from .data_shape import fit_teacher_kwargs
 from .spaces._recipe import AUGMENTATIONS
+from .training import check_training_keys, resolve_training
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +158,14 @@ class TrainSettings:
     batch_size: int = 64
     label_smoothing: float = 0.0
     augment: tuple[str, ...] = ()  # "flip" (random horizontal flip), "shift" (random translation <= 2 px)
+    device: str = "auto"  # where to train: auto (a GPU when there is one), cpu, cuda, cuda:N (see training.py)
+    precision: str = "auto"  # auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16 (autocast)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "augment", tuple(self.augment))
         if bad := [a for a in self.augment if a not in AUGMENTATIONS]:
             raise ValueError(f"unknown augmentation(s) {bad}; choose from {list(AUGMENTATIONS)}")
+        check_training_keys(self.device, self.precision)
 
 
 def augment_batch(x: torch.Tensor, kinds: tuple[str, ...], gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
@@ -188,10 +192,16 @@ def augment_batch(x: torch.Tensor, kinds: tuple[str, ...], gen: torch.Generator,
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, torch.Tensor]:
-    """Top-1 accuracy and the logits of `model` on (x, y)."""
+    """Top-1 accuracy and the logits (float32, on the CPU) of `model` on (x, y), on the model's device."""
     model.eval()
-    logits = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    logits = torch.cat([model(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
     return float((logits.argmax(1) == y).float().mean()), logits
+
+
+def _float_logits(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Logits in float32 (bf16 under autocast), so losses are computed in float32; a no-op in fp32."""
+    return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
 
 def train_classifier(
@@ -207,9 +217,15 @@ def train_classifier(
 
     `loss_fn(logits, labels, extra)` replaces cross-entropy (knowledge distillation passes
     the teacher's cached logits as `extra_targets`, indexed like the train split).
+
+    Trains on `settings.device` in `settings.precision` (bf16 autocast: the weights and the
+    optimizer stay float32; the loss is taken in float32), batches moved there one at a time; the
+    model comes back on the CPU. Same seed and device: the same weights.
     """
+    where = resolve_training(settings.device, settings.precision)
     torch.manual_seed(seed)
     x, y = data.train.x, data.train.y
+    model.to(where.device)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = max(1, (len(x) + settings.batch_size - 1) // settings.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -219,22 +235,27 @@ def train_classifier(
     for epoch in range(settings.epochs):
         model.train()
         perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
+        # summed on the device in float64: no host sync per step, the same sum as Python floats
+        total = torch.zeros((), dtype=torch.float64, device=where.device)
         for i in range(0, len(x), settings.batch_size):
-            idx = perm[i : i + settings.batch_size]
-            logits = model(augment_batch(x[idx], settings.augment, gen) if settings.augment else x[idx])
+            idx = perm[i : i + settings.batch_size]  # sampling and augmentation stay on the CPU generator
+            xb = augment_batch(x[idx], settings.augment, gen) if settings.augment else x[idx]
+            yb = y[idx].to(where.device, non_blocking=True)
+            with where.autocast():
+                logits = _float_logits(model(xb.to(where.device, non_blocking=True)))
             if loss_fn is None:
-                loss = F.cross_entropy(logits, y[idx], label_smoothing=settings.label_smoothing)
+                loss = F.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
             else:
-                loss = loss_fn(logits, y[idx], extra_targets[idx] if extra_targets is not None else None)
+                extra = extra_targets[idx].to(where.device, non_blocking=True) if extra_targets is not None else None
+                loss = loss_fn(logits, yb, extra)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach()) * len(idx)
+            total += loss.detach().double() * len(idx)
         if progress:
-            progress(epoch + 1, settings.epochs, total / len(x))
-    return model.eval()
+            progress(epoch + 1, settings.epochs, float(total) / len(x))
+    return model.to("cpu").eval()  # the rest of the pipeline (accuracy, latency, export) runs on the CPU
 
 
 def checkpoint_sha256(path: str | Path) -> str:
@@ -254,11 +275,14 @@ def _teacher_key(spec: TeacherSpec, data: DataBundle, settings: TrainSettings, s
     test images), training settings, seed and timm's version."""
     from .digests import data_sha256
 
+    # no augmentation is left out of the key, so teachers cached before `augment` existed stay valid;
+    # the training device counts as it resolves here (cuda/bf16), and not at all on the CPU in fp32
+    train = {k: v for k, v in settings.__dict__.items()
+             if not (k == "augment" and not v) and k not in ("device", "precision")}
+    tag = resolve_training(settings.device, settings.precision).cache_tag()
     blob = json.dumps(
-        # no augmentation is left out of the key, so teachers cached before `augment` existed stay valid
-        {"spec": spec.to_dict(), "data": data.describe(), "seed": seed,
-         "train": {k: v for k, v in settings.__dict__.items() if not (k == "augment" and not v)},
-         "timm": __import__("timm").__version__,
+        {"spec": spec.to_dict(), "data": data.describe(), "seed": seed, "train": train,
+         "timm": __import__("timm").__version__, **({"trained_on": tag} if tag else {}),
          "data_seed": data_seed, "data_sha256": data_sha256(data),
          "checkpoint_sha256": checkpoint_sha256(spec.checkpoint) if spec.checkpoint else None},
         sort_keys=True,

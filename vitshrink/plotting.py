@@ -140,6 +140,41 @@ def plot_comparison(handles: list[StudyHandle], path: str | Path, title: str | N
     return path
 
 
+def plot_history(handles: list[StudyHandle], path: str | Path, title: str | None = None) -> Path:
+    """Hypervolume (teacher-normalised) against the search's busy seconds, one step line per study:
+    how fast each search improved its front (`StudyHandle.hypervolume_history`). PNG/SVG/PDF only.
+
+    Example:
+        >>> plot_history([open_study("a"), open_study("b")], "history.png")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if _check_suffix(path) not in STATIC_SUFFIXES:
+        raise PlotError(f"the history plot is drawn with matplotlib: write {path.stem}.png (or .svg, .pdf)")
+    series = [(h.name, h.hypervolume_history()) for h in handles]
+    if all(df.empty for _, df in series):
+        raise PlotError("no finished trial to plot yet; run `vitshrink search` first")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (name, df) in enumerate(series):
+        ax.step(df["seconds"], df["hypervolume"], where="post", color=f"C{i % 10}", label=name)
+        pruned = df[df["state"] == "PRUNED"]
+        ax.scatter(pruned["seconds"], pruned["hypervolume"], marker="x", s=18, color=f"C{i % 10}", alpha=0.6)
+    ax.set_xlabel("search time (s, busy wall-clock summed across resumes)")
+    ax.set_ylabel("hypervolume (teacher-normalised)")
+    ax.set_title(title or "hypervolume over time (x: a screened or stopped trial)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _plotly(series: list[tuple[str, pd.DataFrame]], path: Path, title: str, fronts_only: bool = False) -> Path:
     try:
         import plotly.graph_objects as go
@@ -170,4 +205,4 @@ def _plotly(series: list[tuple[str, pd.DataFrame]], path: Path, title: str, fron
     return path
 
 
-__all__ = ["PlotError", "plot_comparison", "plot_study"]
+__all__ = ["PlotError", "plot_comparison", "plot_history", "plot_study"]

@@ -75,13 +75,16 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
             "failed": sum(t.state == TrialState.FAIL and not is_not_run(t) for t in trials),  # not slots given back
             "pruned": sum(t.state == TrialState.PRUNED for t in trials),  # impossible samples, never built
             "running": sum(t.state == TrialState.RUNNING for t in trials),
+            "screened": sum(t.state == TrialState.PRUNED and "screened" in t.user_attrs for t in trials),
+            "stopped": sum(t.state == TrialState.PRUNED and "stopped" in t.user_attrs for t in trials),
             "best_accuracy": max((t.values[0] for t in done), default=None),
             "best_latency_ms": min((t.values[1] for t in done), default=None),
             "best_size_bytes": min((t.values[2] for t in done), default=None),
             "last_update": last,
         }
         rows.append(row)
-    return pd.DataFrame(rows, columns=["study", "complete", "failed", "pruned", "running", "best_accuracy", "best_latency_ms",
+    return pd.DataFrame(rows, columns=["study", "complete", "failed", "pruned", "screened", "stopped", "running",
+                                       "best_accuracy", "best_latency_ms",
                                        "best_size_bytes", "last_update"])
 
 
@@ -113,6 +116,26 @@ def _trial_row(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
     for k, v in (t.user_attrs.get("config") or {}).items():
         row[f"config.{k}"] = tuple(v) if isinstance(v, list) else v
     return row
+
+
+def _busy_span(t: FrozenTrial) -> tuple[float, float] | None:
+    """(start, end) epoch seconds a finished trial ran, or None when unknown (see hypervolume_history)."""
+    if t.datetime_start is None:
+        return None
+    end = t.datetime_complete if t.state in (TrialState.COMPLETE, TrialState.PRUNED) else None
+    if t.state == TrialState.FAIL and t.user_attrs.get("finished_at") is not None:
+        return t.datetime_start.timestamp(), float(t.user_attrs["finished_at"])
+    return (t.datetime_start.timestamp(), end.timestamp()) if end is not None else None
+
+
+def _busy_seconds(spans: Iterable[tuple[float, float]], until: float) -> float:
+    """Length of the union of `spans`, clipped at `until`."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted((s, min(e, until)) for s, e in spans if s < until):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 @dataclass
@@ -207,6 +230,8 @@ class StudyHandle:
             "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None, "constraints": ua.get("constraints"),
             "config": ua.get("config"), "records": ua.get("records") or [], "seconds": ua.get("seconds"),
             "fail_reason": ua.get("fail_reason"), "pruned_reason": ua.get("pruned_reason"), "worker": ua.get("worker"),
+            "screened": ua.get("screened"), "stopped": ua.get("stopped"), "stopped_at": ua.get("stopped_at"),
+            "rungs": {k: v for k, v in ua.items() if k.startswith("rung:")},
             "started": t.datetime_start.isoformat() if t.datetime_start else None,
             "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,
         }
@@ -232,6 +257,37 @@ class StudyHandle:
         """
         lat, size = self.teacher_costs()
         return hypervolume(pareto_trials(self.study), lat, size, reference_point or HV_REFERENCE)
+
+    def hypervolume_history(self, reference_point: tuple[float, float, float] | None = None) -> pd.DataFrame:
+        """How the search improved: one row per finished trial, in the order they finished, with the
+        search's busy seconds so far and the hypervolume (as `hypervolume`) of the feasible trials
+        completed by then.
+
+        Busy seconds are the union of the trials' running intervals, read from the storage: time
+        between resumes (nothing running) is not counted, time with several trials running at once
+        counts once, so a study resumed three times or run by many workers is put on one wall clock.
+        A trial's interval ends when it completed or was pruned, or, for a failed trial, when it
+        recorded its failure ("finished_at"); a worker killed mid-trial leaves no end and adds nothing.
+
+        Columns: trial, state, seconds, complete (completed trials so far), hypervolume.
+
+        Example:
+            >>> open_study("quickstart").hypervolume_history().tail(1)  # doctest: +SKIP
+        """
+        lat, size = self.teacher_costs()
+        spans = {t.number: span for t in self.study.get_trials(deepcopy=False) if (span := _busy_span(t))}
+        trials = sorted((t for t in self.study.get_trials(deepcopy=False) if t.number in spans),
+                        key=lambda t: spans[t.number][1])
+        rows, done, complete = [], [], 0
+        for t in trials:
+            end = spans[t.number][1]
+            complete += t.state == TrialState.COMPLETE
+            if t.state == TrialState.COMPLETE and is_feasible(t):
+                done.append(t)
+            rows.append({"trial": t.number, "state": t.state.name, "seconds": _busy_seconds(spans.values(), end),
+                         "complete": complete,
+                         "hypervolume": hypervolume(done, lat, size, reference_point or HV_REFERENCE)})
+        return pd.DataFrame(rows, columns=["trial", "state", "seconds", "complete", "hypervolume"])
 
     def normalized_front(self) -> pd.DataFrame:
         """The front in the hypervolume's space: trial, 1 - accuracy, latency and size relative to the teacher."""

@@ -47,6 +47,9 @@ def build(
     float_state: dict[str, torch.Tensor] | None = None,
     progress=None,
     kd_limit: int | None = None,
+    on_epoch=None,
+    train_device: str = "auto",
+    train_precision: str = "auto",
 ) -> BuildResult:
     """Apply `config` to a copy of `teacher`: student -> prune -> low-rank -> tokens -> fine-tune -> quantize.
 
@@ -54,6 +57,9 @@ def build(
     shape the model (students are created but not trained, fine-tuning is skipped); together with
     `float_state` (the saved float weights of a trial) this rebuilds a stored trial exactly.
     `kd_limit` restricts student / fine-tune training to a seeded subset of that many train images.
+    `on_epoch(stage, epoch, epochs, model)` is called after each training epoch (see BuildContext).
+    `train_device` / `train_precision` say where students and fine-tunes train (see vitshrink.training);
+    the model comes back on the CPU in float32 either way.
 
     Example:
         >>> result = build(teacher, CompressionConfig(prune_heads=0.5), data)  # doctest: +SKIP
@@ -66,7 +72,8 @@ def build(
     check_fits(teacher, config)  # an impossible config fails here, before a student is distilled
     seed_everything(seed)
     ctx = BuildContext(data=data, teacher=teacher.eval(), seed=seed, teacher_logits=teacher_logits,
-                       progress=progress, train=train, kd_limit=kd_limit)
+                       progress=progress, train=train, kd_limit=kd_limit, on_epoch=on_epoch,
+                       train_device=train_device, train_precision=train_precision)
     model = copy_model(teacher).eval()
     float_model = model
     for stage in STAGES:

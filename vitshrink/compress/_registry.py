@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -9,7 +10,9 @@ import torch
 from torch import nn
 
 from ..data import DataBundle
+from ..models import TrainSettings
 from ..spaces import CompressionConfig
+from ..training import TrainingDevice, resolve_training
 
 # The documented order of application; build() walks it.
 STAGES = ("student", "prune", "lowrank", "tokens", "finetune", "quantize")
@@ -33,6 +36,20 @@ class BuildContext:
     train: bool = True  # False: training stages only shape the model (rebuilding a stored trial)
     kd_limit: int | None = None  # KD / fine-tune train on this many train images (seeded subset); None: all
     notes: dict[str, Any] = field(default_factory=dict)  # what the running stage did; see note()
+    # called after each training epoch with (stage, epoch, epochs, model): search/_rungs.py measures the
+    # model there and may stop the build by raising (optuna.TrialPruned)
+    on_epoch: Callable[[str, int, int, nn.Module], None] | None = None
+    train_device: str = "auto"  # where students and KD fine-tunes train (training.py); the teacher's setting
+    train_precision: str = "auto"
+
+    def training(self) -> TrainingDevice:
+        """The concrete training device and precision on this machine."""
+        return resolve_training(self.train_device, self.train_precision)
+
+    def train_settings(self, base: TrainSettings, **changes: Any) -> TrainSettings:
+        """`base` with `changes`, trained on this context's device and precision."""
+        where = self.training()
+        return dataclasses.replace(base, device=where.device, precision=where.precision, **changes)
 
     def example(self, batch: int = 1) -> torch.Tensor:
         """A batch of validation images (for tracing and MAC counting)."""

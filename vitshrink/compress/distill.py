@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -124,13 +125,15 @@ def clear_logits_memory() -> None:
 
 
 def teacher_logits(
-    teacher: nn.Module, data: DataBundle, cache_key: str | None = None, batch_size: int = 256
+    teacher: nn.Module, data: DataBundle, cache_key: str | None = None, batch_size: int = 256, device: str = "cpu"
 ) -> torch.Tensor:
-    """The teacher's logits on the train split, shape (len(data.train), num_classes), float32.
+    """The teacher's logits on the train split, shape (len(data.train), num_classes), float32 on the CPU.
 
-    Computed once: kept in memory for the process and on disk at
-    ``cache_dir()/logits/<key>.safetensors`` (key: `cache_key`, else `logits_cache_key`). The
-    returned tensor is the cached one: read it, never modify it in place.
+    Computed once, on `device` (the training device; in float32 there too, whatever the training
+    precision: the targets stay as good as the teacher): kept in memory for the process and on disk at
+    ``cache_dir()/logits/<key>.safetensors`` (key: `cache_key`, else `logits_cache_key`, plus the
+    device type when it is not the CPU: a GPU's rounding differs). The returned tensor is the cached
+    one: read it, never modify it in place.
 
     Example:
         >>> logits = teacher_logits(teacher, data)  # doctest: +SKIP
@@ -140,6 +143,8 @@ def teacher_logits(
     from safetensors.torch import load_file, save_file
 
     key = cache_key or logits_cache_key(teacher, data)
+    if (kind := torch.device(device).type) != "cpu":
+        key = f"{key}-{kind}"
     if key in _LOGITS_MEMORY:
         return _LOGITS_MEMORY[key]
     folder = cache_dir() / "logits"
@@ -155,7 +160,7 @@ def teacher_logits(
                         path, logits.shape[0], len(data.train))
             logits = None
     if logits is None:
-        logits = _run_teacher(teacher, data.train.x, batch_size)
+        logits = _run_teacher(teacher, data.train.x, batch_size, device)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per-process: parallel workers never share one
         save_file({"logits": logits.contiguous()}, str(tmp), metadata={"data": data.describe()})
@@ -166,11 +171,14 @@ def teacher_logits(
 
 
 @torch.no_grad()
-def _run_teacher(teacher: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _run_teacher(teacher: nn.Module, x: torch.Tensor, batch_size: int, device: str = "cpu") -> torch.Tensor:
+    if torch.device(device).type != "cpu":
+        teacher = copy.deepcopy(teacher).to(device)  # the shared CPU teacher is left where it is
     was_training = teacher.training
     teacher.eval()
     try:
-        return torch.cat([teacher(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
+        return torch.cat([teacher(x[i : i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(x), batch_size)])
     finally:
         teacher.train(was_training)
 
@@ -377,7 +385,7 @@ def distill_train(
 def _context_logits(ctx: BuildContext) -> torch.Tensor:
     if ctx.teacher_logits is None:
         # kept on the context so a build that trains a student and fine-tunes reads them once
-        ctx.teacher_logits = teacher_logits(ctx.teacher, ctx.data)
+        ctx.teacher_logits = teacher_logits(ctx.teacher, ctx.data, device=ctx.training().device)
     return ctx.teacher_logits
 
 
@@ -392,10 +400,17 @@ def _kd_inputs(ctx: BuildContext) -> tuple[DataBundle, torch.Tensor]:
     return dataclasses.replace(ctx.data, train=train), logits[idx]
 
 
-def _stage_progress(ctx: BuildContext, stage: str) -> Callable[[int, int, float], None] | None:
-    if ctx.progress is None:
+def _stage_progress(ctx: BuildContext, stage: str, model: nn.Module) -> Callable[[int, int, float], None] | None:
+    if ctx.progress is None and ctx.on_epoch is None:
         return None
-    return lambda epoch, total, loss: ctx.progress(stage, epoch, total, loss)
+
+    def report(epoch: int, total: int, loss: float) -> None:
+        if ctx.progress is not None:
+            ctx.progress(stage, epoch, total, loss)
+        if ctx.on_epoch is not None:  # the model being trained, after `epoch` of `total` epochs
+            ctx.on_epoch(stage, epoch, total, model)
+
+    return report
 
 
 @register_transform("student", "student", lambda c: c.student != "none")
@@ -411,11 +426,11 @@ def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
     base = FINETUNE_SETTINGS if selection else STUDENT_SETTINGS
     final_loss, kd_images = None, 0
     if ctx.train:
-        settings = dataclasses.replace(base, epochs=config.student_epochs)
+        settings = ctx.train_settings(base, epochs=config.student_epochs)
         kd_data, kd_logits = _kd_inputs(ctx)
         kd_images = len(kd_data.train)
         final_loss = distill_train(new, kd_data, kd_logits, settings, config.kd_temperature,
-                                   config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "student"))
+                                   config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "student", new))
     ctx.note(
         student_params=param_count(new),
         student_arch=student_arch(new),
@@ -423,6 +438,7 @@ def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
         kd_images=kd_images,
         final_loss=None if final_loss is None else round(final_loss, 5),
         lr=base.lr,
+        **({"trained_on": dataclasses.asdict(ctx.training())} if ctx.train else {}),
         init="random" if selection is None else {"teacher_blocks": selection["blocks"], "tensors_copied": selection["copied"],
                                                  "tensors_kept": len(selection["kept"])},
     )
@@ -436,12 +452,13 @@ def finetune(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> 
     new = copy_model(model)
     if config.kd_epochs == 0 or not ctx.train:
         return new.eval()  # identity setting, or a rebuild whose weights are loaded afterwards
-    settings = dataclasses.replace(FINETUNE_SETTINGS, epochs=config.kd_epochs)
+    settings = ctx.train_settings(FINETUNE_SETTINGS, epochs=config.kd_epochs)
     kd_data, kd_logits = _kd_inputs(ctx)
     final_loss = distill_train(new, kd_data, kd_logits, settings, config.kd_temperature,
-                               config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "finetune"))
+                               config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "finetune", new))
     ctx.note(kd_epochs=config.kd_epochs, kd_images=len(kd_data.train), lr=settings.lr, final_loss=round(final_loss, 5),
-             kd_temperature=config.kd_temperature, kd_alpha=config.kd_alpha)
+             kd_temperature=config.kd_temperature, kd_alpha=config.kd_alpha,
+             trained_on=dataclasses.asdict(ctx.training()))
     return new.eval()
 
 

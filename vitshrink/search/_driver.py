@@ -17,6 +17,7 @@ import optuna
 
 from .. import __version__
 from ..digests import data_sha256
+from ..preprocessing import PREPROCESSING_ATTR, describe_preprocessing
 from ..spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
 from ._budget import POLL_S, budget_left, claim_slot, count_states, is_not_run, max_pruned  # noqa: F401 - re-exported
 from ._fingerprint import FINGERPRINT_ATTR, changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
@@ -25,7 +26,7 @@ from ._samplers import make_sampler
 from ._storage import (ARTIFACT_DIR_ATTR, DEFAULT_GRACE_PERIOD, default_artifact_dir, fail_stale_trials,
                        heartbeat_interval_for, mask_url, open_storage, study_names, trial_heartbeat)
 from ._trial import (DIRECTIONS, METRIC_NAMES, SearchContext, check_space_fits_teacher, load_data, make_context,
-                     recipe_doc, run_trial)
+                     recipe_doc, run_trial, training_device_of)
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ def run_search(
     start = time.perf_counter()
     check_space_fits_teacher(recipe)  # an impossible space is refused before the study exists
     fingerprint = recipe_fingerprint(recipe)  # reads the teacher checkpoint: a missing one is refused here
+    training_device_of(recipe)  # so is a GPU asked for and absent, before the data is read
     data = load_data(recipe)  # cheap next to the teacher: its digest is checked before any training
     fingerprint["data"]["sha256"] = data_sha256(data)
     study = open_or_create_study(recipe, storage, study_name, new_study, artifact_dir, grace_period=grace_period,
@@ -195,6 +197,8 @@ def run_search(
     study.set_user_attr("vitshrink.data", ctx.data.describe())
     study.set_user_attr("vitshrink.classes", list(ctx.data.class_names))
     study.set_user_attr("vitshrink.target", ctx.target.describe())
+    study.set_user_attr("vitshrink.training", ctx.training.describe())  # this driver's; trials record their own
+    study.set_user_attr(PREPROCESSING_ATTR, describe_preprocessing(recipe.dataset, ctx.data))
     enqueue_warm_starts(study, recipe)
     art_dir = study.user_attrs[ARTIFACT_DIR_ATTR]
     if executor == "ray":

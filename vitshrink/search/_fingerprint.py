@@ -54,8 +54,10 @@ def teacher_part(recipe: Recipe, checkpoint_digest: str | None = None) -> dict[s
     loaded_as_is = bool(recipe.teacher_checkpoint) and not recipe.teacher_pretrained
     if checkpoint_digest is None and recipe.teacher_checkpoint:
         checkpoint_digest = checkpoint_sha256(recipe.teacher_checkpoint)
+    # where it trains (`device`) is free to change, as results are reproducible per device; precision is not
     train = None if loaded_as_is else {k: (list(v) if isinstance(v, tuple) else v)
-                                       for k, v in TrainSettings(**recipe.teacher_train).__dict__.items()}
+                                       for k, v in TrainSettings(**recipe.teacher_train).__dict__.items()
+                                       if k != "device"}
     return {"model": recipe.teacher_model, "kwargs": dict(recipe.teacher_kwargs),
             "pretrained": bool(recipe.teacher_pretrained), "checkpoint_sha256": checkpoint_digest,
             "train": train}

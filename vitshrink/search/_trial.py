@@ -30,6 +30,7 @@ from ..data_shape import fit_teacher_kwargs, side
 from ..models import TeacherSpec, TrainSettings, evaluate, get_teacher
 from ..objectives import LatencyProtocol, Target, accuracy, measure_latency_cached, size_bytes
 from ..spaces import CompressionConfig, ConfigError, Recipe
+from ..training import TrainingDevice, resolve_training
 from ._storage import this_worker
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class SearchContext:
     teacher_logits: torch.Tensor
     target: Target
     protocol: LatencyProtocol
+    training: TrainingDevice = TrainingDevice("cpu", "fp32")  # where students and fine-tunes train
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -97,8 +99,14 @@ def _context_cached(recipe_json: str) -> SearchContext:
     return make_context(Recipe.from_dict(json.loads(recipe_json)))
 
 
+def training_device_of(recipe: Recipe) -> TrainingDevice:
+    """Where this machine trains the recipe's models; ConfigError when it lacks the GPU asked for."""
+    return resolve_training(recipe.teacher_train.get("device"), recipe.teacher_train.get("precision"))
+
+
 def make_context(recipe: Recipe, progress=None, data: DataBundle | None = None) -> SearchContext:
     """Data (`data`, if already loaded from this recipe), teacher, its logits, target and protocol."""
+    training = training_device_of(recipe)  # a missing GPU is refused before data is read or anything trains
     data = data if data is not None else load_data(recipe)
     log.info("data: %s; classes: %s", data.describe(), describe_classes(data))
     settings = TrainSettings(**recipe.teacher_train)
@@ -109,7 +117,8 @@ def make_context(recipe: Recipe, progress=None, data: DataBundle | None = None) 
     batches = (recipe.latency_batch,) + ((recipe.throughput_batch,) if recipe.throughput_batch else ())
     protocol = LatencyProtocol(warmup=recipe.latency_warmup, runs=recipe.latency_runs, batch_sizes=batches,
                                threads=target.threads)
-    return SearchContext(recipe, data, teacher, spec, acc, cached_teacher_logits(teacher, data), target, protocol)
+    logits = cached_teacher_logits(teacher, data, device=training.device)
+    return SearchContext(recipe, data, teacher, spec, acc, logits, target, protocol, training)
 
 
 def check_space_fits_teacher(recipe: Recipe) -> None:
@@ -205,7 +214,8 @@ def context_for(recipe: Recipe) -> SearchContext:
 def recipe_doc(recipe: Recipe) -> dict[str, Any]:
     """The recipe as the TOML-shaped dict `Recipe.from_dict` reads (stored on the study)."""
     doc: dict[str, Any] = {
-        "study": {"name": recipe.name, "trials": recipe.trials, "sampler": recipe.sampler, "seed": recipe.seed},
+        "study": {"name": recipe.name, "trials": recipe.trials, "sampler": recipe.sampler, "seed": recipe.seed,
+                  "screening": recipe.screening, "rungs": recipe.rungs, "rung_margin": recipe.rung_margin},
         "data": {"dataset": recipe.dataset, "seed": recipe.data_seed, **recipe.data_options},
         "teacher": {"model": recipe.teacher_model, "kwargs": recipe.teacher_kwargs, "train": recipe.teacher_train,
                     "pretrained": recipe.teacher_pretrained},
@@ -263,15 +273,20 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
               ) -> tuple[float, float, float]:
     """The objective: returns (val accuracy, latency ms, size bytes); failures are recorded with their reason."""
     ctx = ctx or context_for(recipe)
-    start = time.perf_counter()
+    start = t0 = time.perf_counter()
+    t_screen = None
     trial.set_user_attr("worker", this_worker())
     if "fail_reason" in trial.user_attrs:  # a retried trial starts clean
         trial.set_user_attr("fail_reason", None)
     try:
         config = _sample_or_prune(trial, recipe, ctx)
         t0 = time.perf_counter()
+        monitor = _efficiency_hooks(trial, config, recipe, ctx)  # may end the trial PRUNED (screened)
+        t_screen = time.perf_counter() - t0
+        t0 = time.perf_counter()
         result = build(ctx.teacher, config, ctx.data, seed=recipe.seed, teacher_logits=ctx.teacher_logits,
-                       kd_limit=recipe.kd_limit)
+                       kd_limit=recipe.kd_limit, on_epoch=monitor, train_device=ctx.training.device,
+                       train_precision=ctx.training.precision)
         t1 = time.perf_counter()
         acc_result = accuracy(result.model, ctx.data.val)
         lat, cached = measure_latency_cached(result.model, ctx.example_shape, ctx.target, ctx.protocol,
@@ -296,15 +311,20 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
             trial.set_constraint(name, value)
         # build: the transforms; measure: accuracy, latency, size; save: the artifact upload; total: all of
         # run_trial (the rest is sampling and storage writes: benchmarks/overhead.py reads these)
-        trial.set_user_attr("seconds", {"build": round(t1 - t0, 4), "measure": round(t2 - t1, 4),
+        trial.set_user_attr("seconds", {"screen": round(t_screen, 4), "build": round(t1 - t0, 4),
+                                        "measure": round(t2 - t1, 4),
                                         "save": round(t3 - t2, 4), "total": round(time.perf_counter() - start, 4)})
         return values
-    except optuna.TrialPruned:
-        raise  # an impossible sample: recorded PRUNED with its reason, not a failure
+    except optuna.TrialPruned:  # impossible, screened or stopped: not a failure; the reason is stored already
+        if t_screen is not None:  # stopped in training: what it cost before it stopped
+            trial.set_user_attr("seconds", {"screen": round(t_screen, 4), "build": round(time.perf_counter() - t0, 4),
+                                            "total": round(time.perf_counter() - start, 4)})
+        raise
     except BaseException as exc:  # record every failure (KeyboardInterrupt too), then let Optuna mark FAIL
         reason = _reason(exc)
         try:
             trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("finished_at", time.time())  # the end of its busy time (hypervolume_history)
         except Exception:  # noqa: BLE001 - the storage itself may be what failed
             log.warning("could not record the failure reason of trial %d", trial.number)
         log.warning("trial %d failed: %s", trial.number, reason)
@@ -312,6 +332,20 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
         if isinstance(exc, KeyboardInterrupt):
             _enqueue_retry(trial)
         raise
+
+
+def _efficiency_hooks(trial: optuna.Trial, config: CompressionConfig, recipe: Recipe, ctx: SearchContext):
+    """Screen a sampled candidate by its untrained structure, then return the per-epoch rung monitor
+    of its training (None when neither is on). Warm starts are never screened nor stopped, but
+    record their rungs: they are the peers sampled trials are compared with."""
+    from ._rungs import RungMonitor
+    from ._screening import screen
+
+    warm = trial.user_attrs.get("config_override") is not None
+    if not (recipe.screening or recipe.rungs):
+        return None
+    structure = None if warm else screen(trial, config, recipe, ctx)
+    return RungMonitor(trial, recipe, ctx, config, structure, may_stop=not warm) if recipe.rungs else None
 
 
 def _sample_or_prune(trial: optuna.Trial, recipe: Recipe, ctx: SearchContext) -> CompressionConfig:

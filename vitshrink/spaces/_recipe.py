@@ -34,7 +34,7 @@ SAMPLERS = ("nsga2", "tpe", "gp", "random")
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "study": {"name": str, "trials": int, "timeout": (str, int, float), "sampler": str, "seed": int,
-              "seed_with": str, "max_failures": int},
+              "seed_with": str, "max_failures": int, "screening": bool, "rungs": bool, "rung_margin": (int, float)},
     "data": {"dataset": str, "data_dir": str, "seed": int, "download": bool, "limit": int, "img_size": int,
              "kd_limit": int},
     "teacher": {"model": str, "checkpoint": str, "pretrained": bool, "kwargs": dict, "train": dict},
@@ -43,8 +43,9 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "space": {},
     "fixed": {},
 }
+# device and precision: where every model of the study trains (teacher, students, KD fine-tunes); training.py
 _TRAIN_KEYS = {"epochs": int, "lr": float, "weight_decay": float, "batch_size": int, "label_smoothing": float,
-               "augment": list}
+               "augment": list, "device": str, "precision": str}
 AUGMENTATIONS = ("flip", "shift")
 # [data] keys that apply to some datasets only (the others apply to every dataset), and why not elsewhere
 _DATA_KEYS_FOR = {
@@ -99,6 +100,9 @@ class Recipe:
     seed: int = 0
     seed_with: str | None = None
     max_failures: int | None = None
+    screening: bool = True  # measure the untrained structure first; skip candidates that cannot enter the front
+    rungs: bool = True  # stop a trial whose per-epoch accuracy falls clearly behind its peers (search/_rungs.py)
+    rung_margin: float = 0.02  # "clearly behind": this much val accuracy below its peers at the same epoch
     constraints: dict[str, float] = field(default_factory=dict)
     space: SearchSpace = field(default_factory=SearchSpace)
 
@@ -148,6 +152,13 @@ class Recipe:
             if key == "augment" and (bad := [a for a in v if a not in AUGMENTATIONS]):
                 raise ConfigError(f"{source}: teacher.train.augment has unknown augmentation(s) {bad}; "
                                   f"choose from {list(AUGMENTATIONS)} (flip: random horizontal flip, shift: up to 2 px)")
+        train = teacher.get("train", {})
+        try:
+            from ..training import check_training_keys  # lazy: training imports this package
+
+            check_training_keys(train.get("device"), train.get("precision"))
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         try:
             space = SearchSpace.from_dict(doc.get("space", {}), doc.get("fixed", {}))
         except ConfigError as exc:
@@ -175,6 +186,9 @@ class Recipe:
             seed=study.get("seed", 0),
             seed_with=study.get("seed_with"),
             max_failures=study.get("max_failures"),
+            screening=study.get("screening", True),
+            rungs=study.get("rungs", True),
+            rung_margin=float(study.get("rung_margin", 0.02)),
             constraints={k: float(v) for k, v in constraints.items()},
             space=space,
         )
@@ -190,6 +204,9 @@ class Recipe:
             raise ConfigError(f"{source}: target.runs = {self.latency_runs} is too few for a median and spread; use >= 5")
         if self.seed_with not in (None, "reference"):
             raise ConfigError(f"{source}: study.seed_with = {self.seed_with!r}; the only warm start is 'reference'")
+        if not 0 <= self.rung_margin <= 1:
+            raise ConfigError(f"{source}: study.rung_margin = {self.rung_margin} is a fraction of val accuracy in "
+                              "[0, 1] (0.02 = two points)")
         kd_limit = self.data_options.get("kd_limit")
         if kd_limit is not None and kd_limit < 1:
             raise ConfigError(f"{source}: data.kd_limit = {kd_limit} must be >= 1 (leave it out to train KD on the whole split)")
