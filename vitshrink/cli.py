@@ -31,9 +31,13 @@ def _main(
 ) -> None:
     STATE.update(debug=debug, quiet=quiet)
     level = logging.DEBUG if verbose or debug else logging.WARNING if quiet else logging.INFO
-    from rich.logging import RichHandler
+    if console.is_terminal:
+        from rich.logging import RichHandler
 
-    handler = RichHandler(console=console, show_path=False)
+        handler: logging.Handler = RichHandler(console=console, show_path=False)
+    else:  # a log file: one plain line per record, never wrapped at 80 columns
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_MaskPasswords())
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     for noisy in ("optuna", "ray", "torch", "onnxruntime", "matplotlib", "PIL"):
@@ -210,13 +214,16 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .search import run_search
+    from .search._budget import is_not_run
     from .search._storage import describe_storage
 
     quiet = STATE.get("quiet")
+    plain = not out.is_terminal  # output to a file or pipe: a line per finished trial instead of a live bar
     console.print(f"[bold]vitshrink search[/] {r.name}: {r.dataset}, teacher {r.teacher_model}, "
-                  f"{r.trials} trials, storage {describe_storage(storage)}")
+                  f"{r.trials} trials, storage {describe_storage(storage)}", soft_wrap=True)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[best]}"), console=console, disable=bool(quiet), transient=False)
+                        TextColumn("{task.fields[best]}"), console=console, transient=False,
+                        disable=bool(quiet) or plain or not console.is_terminal)
     with progress:
         teacher_task = progress.add_task("teacher epochs", total=None, best="", visible=False)
         trial_task = progress.add_task("trials", total=r.trials, best="")
@@ -225,6 +232,10 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
             progress.update(teacher_task, visible=True, total=total, completed=epoch, best=f"loss {loss:.3f}")
 
         def on_trial(st, frozen, counts) -> None:
+            if is_not_run(frozen):  # a budget slot given back to another driver: nothing ran
+                return
+            if plain and not quiet:
+                print(_trial_line(frozen, counts, r.trials), flush=True)
             done = [t for t in st.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
             best = ""
             if done:
@@ -241,12 +252,13 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
                              on_teacher_epoch=on_epoch, grace_period=grace_period)
     pruned = f", {summary.pruned} pruned as impossible samples" if summary.pruned else ""
     console.print(f"study {summary.study.study_name!r}: {summary.completed} completed, {summary.failed} failed{pruned}, "
-                  f"{summary.new_trials} run now in {summary.seconds:.0f} s (stopped by {summary.stopped_by})")
+                  f"{summary.new_trials} run now in {summary.seconds:.0f} s (stopped by {summary.stopped_by})",
+                  soft_wrap=True)
     from .studies import StudyHandle
 
     df = StudyHandle(summary.study, storage or "").pareto()
     if len(df):
-        _format_table(df, "table", _TABLE_COLUMNS)
+        _pareto_table(df, summary.study.study_name)
     if summary.stopped_by == "failures":
         _stopped_by_failures(summary.study, r)
     if summary.stopped_by == "pruned":
@@ -286,6 +298,50 @@ def _stopped_by_pruning(study, r) -> None:
 
 
 _TABLE_COLUMNS = ["trial", "accuracy", "test_accuracy", "latency_ms", "latency_iqr_ms", "size_bytes", "label"]
+# Output to a file or pipe: the columns that fit 80 characters, the label cut to what is left.
+_PLAIN_COLUMNS = (("trial", "trial", "{:.0f}".format), ("accuracy", "val_acc", "{:.4f}".format),
+                  ("test_accuracy", "test_acc", "{:.4f}".format), ("latency_ms", "latency_ms", "{:.3f}".format),
+                  ("size_bytes", "size_kB", lambda v: f"{v / 1e3:.1f}"))
+PLAIN_WIDTH = 80
+
+
+def _trial_line(frozen, counts: dict[str, int], budget: int) -> str:
+    """One line per finished trial, for logs: number, state, progress, objectives and label, or why it
+    failed or was pruned."""
+    head = f"trial {frozen.number} {frozen.state.name} [{counts['COMPLETE']}/{budget}]"
+    if frozen.state.name == "COMPLETE":
+        acc, lat, size = frozen.values
+        text = f"acc {acc:.4f} latency {lat:.3f} ms size {size / 1e3:.1f} kB  {frozen.user_attrs.get('label') or ''}"
+    else:
+        ua = frozen.user_attrs
+        text = _mask(ua.get("fail_reason") or ua.get("pruned_reason") or "no reason recorded")
+    return f"{head} {text}".replace("\r", " ").replace("\n", " ").rstrip()
+
+
+def _pareto_table(df, study_name: str) -> None:
+    """The Pareto table: a rich table on a terminal, else plain text that fits `PLAIN_WIDTH` columns."""
+    if out.is_terminal:
+        _format_table(df, "table", _TABLE_COLUMNS)
+        return
+    import pandas as pd
+
+    def cell(value, fmt) -> str:
+        return "-" if value is None or pd.isna(value) else fmt(value)
+
+    rows = [[cell(row[c], fmt) for c, _, fmt in _PLAIN_COLUMNS] for _, row in df.iterrows()]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, (_, h, _) in enumerate(_PLAIN_COLUMNS)]
+    room = max(8, PLAIN_WIDTH - sum(widths) - 2 * len(widths))
+    cut = False
+    lines = ["  ".join(h.rjust(w) for (_, h, _), w in zip(_PLAIN_COLUMNS, widths)) + "  label"]
+    for r, label in zip(rows, df["label"]):
+        label = "" if label is None or (isinstance(label, float) and pd.isna(label)) else str(label)
+        if len(label) > room:
+            label, cut = label[:room - 3] + "...", True
+        lines.append(("  ".join(v.rjust(w) for v, w in zip(r, widths)) + "  " + label).rstrip())
+    if cut:
+        lines.append(f"labels cut to fit; every column: vitshrink pareto {study_name} --format csv")
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
 
 
 @app.command()
@@ -302,9 +358,11 @@ def pareto(
         if format == "json":
             sys.stdout.write(json.dumps(_pareto_records(handle), indent=2) + "\n")
             return
-        _format_table(handle.pareto(), format, _TABLE_COLUMNS if format == "table" else None)
         if format == "table":
+            _pareto_table(handle.pareto(), study)
             _pruned_counts(handle)
+            return
+        _format_table(handle.pareto(), format)
     except _user_errors() as exc:
         _fail(exc)
 
@@ -317,7 +375,7 @@ def _pruned_counts(handle) -> None:
     complete = sum(t.state.name == "COMPLETE" for t in trials)
     impossible = sum(t.state.name == "PRUNED" for t in trials) - screened - stopped
     console.print(f"{complete} completed, {screened} screened (not trained), {stopped} stopped early, {impossible} "
-                  "impossible (none eligible for the front)", highlight=False)
+                  "impossible (none eligible for the front)", highlight=False, soft_wrap=True)
 
 
 @app.command()

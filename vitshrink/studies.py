@@ -32,6 +32,7 @@ from torch import nn
 from .data import DataBundle
 from .search import DEFAULT_STORAGE, open_storage, pareto_trials
 from .search._artifacts import ArtifactError, LoadedTrial, artifact_dir_of, read_artifact, rebuild_trial
+from .search._budget import is_not_run
 from .search._driver import RECIPE_ATTR, TEACHER_ATTR
 from .search._pareto import HV_REFERENCE, hypervolume, is_feasible, normalized_objectives
 from .search._storage import artifact_store, mask_url, study_names
@@ -71,7 +72,7 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
         row: dict[str, Any] = {
             "study": s.study_name,
             "complete": len(done),
-            "failed": sum(t.state == TrialState.FAIL for t in trials),
+            "failed": sum(t.state == TrialState.FAIL and not is_not_run(t) for t in trials),  # not slots given back
             "pruned": sum(t.state == TrialState.PRUNED for t in trials),  # impossible samples, never built
             "running": sum(t.state == TrialState.RUNNING for t in trials),
             "screened": sum(t.state == TrialState.PRUNED and "screened" in t.user_attrs for t in trials),

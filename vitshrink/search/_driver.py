@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from optuna.trial import TrialState
 
 from .. import __version__
 from ..digests import data_sha256
 from ..preprocessing import PREPROCESSING_ATTR, describe_preprocessing
 from ..spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
+from ._budget import POLL_S, budget_left, claim_slot, count_states, is_not_run, max_pruned  # noqa: F401 - re-exported
 from ._fingerprint import FINGERPRINT_ATTR, changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
 from ._pareto import pareto_trials
 from ._samplers import make_sampler
@@ -42,8 +42,8 @@ class SearchError(RuntimeError):
 class SearchSummary:
     study: optuna.Study
     completed: int
-    failed: int
-    new_trials: int
+    failed: int  # failed trials in the study (not those that gave their budget slot back)
+    new_trials: int  # trials this driver ran (other drivers' trials and slots given back not counted)
     seconds: float
     stopped_by: str  # "trials", "timeout", "failures", "pruned"
     pruned: int = 0  # trials pruned as impossible samples (never built; not counted as completed or failed)
@@ -94,7 +94,7 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
     name = study_name or recipe.name
     existing = name in study_names(storage)
     if existing:
-        stored = optuna.load_study(study_name=name, storage=storage)
+        stored = _created_study(storage, name)
         if stored.user_attrs.get(RECIPE_ATTR) is None:
             raise SearchError(f"study {name!r} in {mask_url(storage_url or '')} was not created by vitshrink; "
                               "choose another --study name")
@@ -125,11 +125,22 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
     return study
 
 
-def count_states(study: optuna.Study) -> dict[str, int]:
-    counts = {s.name: 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] += 1
-    return counts
+CREATION_WAIT_S = 10.0
+
+
+def _created_study(storage, name: str) -> optuna.Study:
+    """The stored study, once the driver creating it (another process, at this moment) has written
+    its vitshrink attributes: without waiting, a second driver started with the first would read a
+    study without them and refuse it. A study that has them, or trials, is returned at once."""
+    deadline = time.monotonic() + CREATION_WAIT_S
+    while True:
+        stored = optuna.load_study(study_name=name, storage=storage)
+        attrs = stored.user_attrs
+        if FINGERPRINT_ATTR in attrs or stored.get_trials(deepcopy=False) or time.monotonic() >= deadline:
+            return stored
+        if RECIPE_ATTR in attrs:  # the fingerprint is written next; an older vitshrink's study never has one
+            deadline = min(deadline, time.monotonic() + 1.0)
+        time.sleep(0.2)
 
 
 def warm_start_configs(recipe: Recipe) -> list[tuple[str, CompressionConfig]]:
@@ -177,6 +188,9 @@ def run_search(
     fingerprint["data"]["sha256"] = data_sha256(data)
     study = open_or_create_study(recipe, storage, study_name, new_study, artifact_dir, grace_period=grace_period,
                                  fingerprint=fingerprint)
+    # trials taken when this driver opened the study (and fixed its sampler's seed): any other trial it
+    # does not take itself is another driver's, sampling from the same seed unless one reseeds
+    taken_at_open = _taken(study)
     ctx = make_context(recipe, progress=on_teacher_epoch, data=data)
     study.set_user_attr(TEACHER_ATTR, ctx.teacher_spec.to_dict())
     study.set_user_attr("vitshrink.teacher_accuracy", ctx.teacher_accuracy)
@@ -193,7 +207,7 @@ def run_search(
         summary = run_on_ray(study, recipe, storage, art_dir, address=address, workers=workers, on_trial=on_trial,
                              started=start, grace_period=grace_period)
     elif executor == "local":
-        summary = _run_local(study, recipe, art_dir, ctx, on_trial, start, grace_period)
+        summary = _run_local(study, recipe, art_dir, ctx, on_trial, start, grace_period, taken_at_open)
     else:
         raise ConfigError(f"unknown executor {executor!r}; use local or ray")
     if evaluate_test:
@@ -201,56 +215,64 @@ def run_search(
     return summary
 
 
-def max_pruned(recipe: Recipe) -> int:
-    """Pruned (impossible) samples one run tolerates: they cost no training, but a space whose samples are
-    nearly all impossible together would otherwise never reach its budget."""
-    return max(50, 10 * recipe.trials)
-
-
-def budget_left(study: optuna.Study, recipe: Recipe, started: float, failures_at_start: int,
-                pruned_at_start: int | None = None) -> tuple[int, str | None]:
-    """Completed trials still wanted, or 0 and why the run stops. PRUNED trials (impossible samples)
-    count neither as completed nor toward max_failures; beyond `max_pruned` in one run they stop it."""
-    counts = count_states(study)
-    if counts["COMPLETE"] >= recipe.trials:
-        return 0, "trials"
-    if recipe.timeout and time.perf_counter() - started >= recipe.timeout:
-        return 0, "timeout"
-    max_fail = recipe.max_failures if recipe.max_failures is not None else max(5, recipe.trials)
-    if counts["FAIL"] - failures_at_start >= max_fail:
-        return 0, "failures"
-    if pruned_at_start is not None and counts["PRUNED"] - pruned_at_start >= max_pruned(recipe):
-        return 0, "pruned"
-    return recipe.trials - counts["COMPLETE"], None
-
-
 def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchContext, on_trial, started: float,
-               grace_period: int = DEFAULT_GRACE_PERIOD) -> SearchSummary:
+               grace_period: int = DEFAULT_GRACE_PERIOD, taken_before: set[int] | None = None) -> SearchSummary:
+    """Run trials in this process until the study's budget is met: other drivers on the same storage
+    (processes, Ray) share the budget, and this one waits while their running trials hold the rest.
+
+    `taken_before`: trials already taken when the study was opened (default: now)."""
     at_start = count_states(study)
     failures_at_start, pruned_at_start = at_start["FAIL"], at_start["PRUNED"]
-    before = len(study.trials)
-    stopped_by = "trials"
+    if taken_before is None:
+        taken_before = _taken(study)
+    asked: set[int] = set()  # trials this driver took (ran or gave back)
+    reseeded = False
+    ran: list[int] = []  # trials this driver ran (not those it gave back)
 
     def callback(st: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        if not is_not_run(frozen):
+            ran.append(frozen.number)
         if on_trial:
             on_trial(st, frozen, count_states(st))
 
     def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        nonlocal reseeded
+        asked.add(trial.number)
+        claim_slot(trial, recipe.trials)  # another driver may have taken the last slot since budget_left
+        if not reseeded and _other_driver_active(trial.study, taken_before, asked):
+            # drivers that opened the study together share its seed (recipe seed + trials at open): left
+            # as is, each would sample the same configurations. Checked after this trial exists, so of two
+            # drivers sampling at once the later one sees the other. Alone, a driver keeps the seed.
+            trial.study.sampler.reseed_rng()
+            reseeded = True
         with trial_heartbeat(trial, heartbeat_interval_for(grace_period)):
             return run_trial(trial, recipe, art_dir, ctx)
 
     while True:
         fail_stale_trials(study, grace_period)  # a crashed run's trials: failed, re-enqueued, run first
-        left, reason = budget_left(study, recipe, started, failures_at_start, pruned_at_start)
-        if not left:
-            stopped_by = reason or "trials"
+        free, stopped_by = budget_left(study, recipe, started, failures_at_start, pruned_at_start)
+        if stopped_by:
             break
+        if not free:  # the rest of the budget is running elsewhere: wait until it completes or a trial fails
+            time.sleep(POLL_S)
+            continue
         timeout = None if recipe.timeout is None else max(1.0, recipe.timeout - (time.perf_counter() - started))
         study.optimize(objective, n_trials=1, timeout=timeout,
                        catch=(Exception,), callbacks=[callback], gc_after_trial=False)
     counts = count_states(study)
-    return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(study.trials) - before,
-                         time.perf_counter() - started, stopped_by, counts["PRUNED"])
+    return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(ran), time.perf_counter() - started,
+                         stopped_by, counts["PRUNED"])
+
+
+def _taken(study: optuna.Study) -> set[int]:
+    return {t.number for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING}
+
+
+def _other_driver_active(study: optuna.Study, taken_before: set[int], asked: set[int]) -> bool:
+    """Whether another driver took a trial since this one started (queued trials, such as retries
+    this driver enqueued itself, do not count until someone takes them)."""
+    return any(t.number not in taken_before and t.number not in asked and t.state != optuna.trial.TrialState.WAITING
+               for t in study.get_trials(deepcopy=False))
 
 
 def evaluate_pareto_on_test(study: optuna.Study, ctx: SearchContext) -> dict[int, float]:

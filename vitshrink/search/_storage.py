@@ -32,9 +32,11 @@ DEFAULT_STORAGE = "sqlite:///vitshrink.db"
 ARTIFACT_DIR_ATTR = "vitshrink.artifact_dir"
 DEFAULT_GRACE_PERIOD = 30
 HEARTBEAT_ATTR = "vitshrink.heartbeat"  # journal storages: epoch seconds of the owner's last beat
+NOT_RUN_ATTR = "not_run"  # the trial gave its budget slot back unbuilt (search/_budget.py)
+REQUEUED_FROM_ATTR = "requeued_from"  # on a queued copy of a trial that gave its slot back
 # Attributes that describe the process running a trial: a retry must not inherit them, or the new
 # owner's trial would look like the dead one until it overwrites them.
-OWNER_USER_ATTRS = ("worker", "driver", "ray_task", "fail_reason")
+OWNER_USER_ATTRS = ("worker", "driver", "ray_task", "fail_reason", NOT_RUN_ATTR)
 
 
 class StorageError(RuntimeError):
@@ -258,6 +260,8 @@ def fail_trial_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, m
             return False
     except UpdateFinishedTrialError:
         return False
+    if any(t.user_attrs.get(REQUEUED_FROM_ATTR) == trial.number for t in study.get_trials(deepcopy=False)):
+        return True  # it was giving its budget slot back and had queued its parameters again already
     log.warning("trial %d failed: %s; retrying it with the same parameters", trial.number, reason)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -7,8 +7,10 @@ search would have two records to reconcile, and Tune's trial count is not Optuna
 COMPLETE trials. Here the Optuna storage stays the one source of truth, exactly as with the local
 executor: a task runs ``study.optimize(n_trials=1)`` against the same storage (so it gets Optuna's
 heartbeat, enqueued warm starts and retries for free), and the driver starts a task only while
-``completed + running < budget``; trials that die with their worker are failed and retried with the
-same parameters, never counted twice.
+``completed + running < budget``, counting the trials of every other driver of the study; each task
+then claims its slot by the rule the local executor uses (`_budget.claim_slot`), so Ray and local
+drivers together complete exactly the budget. Trials that die with their worker are failed and
+retried with the same parameters, never counted twice.
 
 Each task gets an equal CPU share (``num_cpus``) and sets torch's threads to it. Without
 `address` a local cluster is started on loopback with this machine's CPUs. With a ``ray:RESOURCE``
@@ -107,6 +109,7 @@ def _trial_task(recipe: Recipe, storage_url: str, study_name: str, artifact_dir:
     import ray
     import torch
 
+    from ._budget import claim_slot
     from ._driver import warm_start_configs
     from ._samplers import make_sampler
     from ._trial import context_for, run_trial
@@ -125,6 +128,7 @@ def _trial_task(recipe: Recipe, storage_url: str, study_name: str, artifact_dir:
         # recorded first, so the driver can tie a crashed task to its trial
         trial.set_user_attr("ray_task", task_id)
         trial.set_user_attr("driver", driver_id)
+        claim_slot(trial, recipe.trials)  # the same rule as the local executor: other drivers share the budget
         with trial_heartbeat(trial, heartbeat_interval_for(grace_period)):
             return run_trial(trial, recipe, artifact_dir, ctx)
 
@@ -132,13 +136,6 @@ def _trial_task(recipe: Recipe, storage_url: str, study_name: str, artifact_dir:
     study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
                    callbacks=[lambda _st, frozen: numbers.append(frozen.number)])
     return {"trial": numbers[0], "worker": this_worker()}
-
-
-def _running_elsewhere(study: optuna.Study, driver_id: str) -> int:
-    """RUNNING trials not started by this driver's tasks (another driver, or a crashed run's trials
-    that are not stale yet): they hold budget too."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-               if t.user_attrs.get("driver") != driver_id)
 
 
 def _trial_of_task(study: optuna.Study, task_id: str) -> optuna.trial.FrozenTrial | None:
@@ -175,7 +172,8 @@ def run_on_ray(
     Example:
         >>> run_on_ray(study, recipe, "sqlite:////tmp/s.db", "/tmp/s.artifacts", workers=2)  # doctest: +SKIP
     """
-    from ._driver import SearchError, SearchSummary, budget_left, count_states
+    from ._budget import budget_left, count_states, is_not_run
+    from ._driver import SearchError, SearchSummary
 
     if workers < 1:
         raise ConfigError(f"--workers {workers}: need at least 1")
@@ -197,14 +195,19 @@ def run_on_ray(
         at_start = count_states(study)
         failures_at_start, pruned_at_start = at_start["FAIL"], at_start["PRUNED"]
         before = len(study.trials)
+        ran: list[int] = []  # trials this driver's tasks ran (not those that gave their slot back)
+
+        def own(t: optuna.trial.FrozenTrial) -> bool:  # counted through `pending` instead
+            return t.user_attrs.get("driver") == driver_id
+
         dispatched, task_errors, last_stale_check = 0, [], 0.0
         while True:
             if time.monotonic() - last_stale_check >= min(5, heartbeat_interval_for(grace_period)):
                 fail_stale_trials(study, grace_period)
                 last_stale_check = time.monotonic()
-            left, reason = budget_left(study, recipe, started, failures_at_start, pruned_at_start)
+            left, reason = budget_left(study, recipe, started, failures_at_start, pruned_at_start, own=own)
             if reason is None:
-                free = left - len(pending) - _running_elsewhere(study, driver_id)
+                free = left - len(pending)
                 while len(pending) < workers and free > 0:
                     ref = task.remote(recipe, url, study.study_name, artifact_dir, share,
                                       recipe.seed + before + dispatched, grace_period, driver_id)
@@ -220,6 +223,8 @@ def run_on_ray(
             for ref in done:
                 pending.pop(ref)
                 frozen = _collect(ray, study, ref, task_errors)
+                if frozen is not None and not is_not_run(frozen):
+                    ran.append(frozen.number)
                 if frozen is not None and on_trial:
                     on_trial(study, frozen, count_states(study))
             if len(task_errors) >= MAX_TASK_ERRORS:
@@ -233,8 +238,8 @@ def run_on_ray(
             ray.shutdown()
     counts = count_states(study)
     _, reason = budget_left(study, recipe, started, failures_at_start, pruned_at_start)
-    return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(study.trials) - before,
-                         time.perf_counter() - started, reason or "trials", counts["PRUNED"])
+    return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(ran), time.perf_counter() - started,
+                         reason or "trials", counts["PRUNED"])
 
 
 def _collect(ray, study: optuna.Study, ref, task_errors: list[str]) -> optuna.trial.FrozenTrial | None:
