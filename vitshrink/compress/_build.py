@@ -58,8 +58,8 @@ def build(
     `on_epoch(stage, epoch, epochs, model)` is called after each training epoch (see BuildContext).
 
     Example:
-        >>> result = build(teacher, CompressionConfig(prune_heads=0.5), data)  # doctest: +SKIP
-        >>> [r["stage"] for r in result.records]  # doctest: +SKIP
+        >>> result = build(teacher, CompressionConfig(prune_heads=0.5), data)
+        >>> [r["stage"] for r in result.records]
         ['prune']
     """
     from ..objectives.macs import count_macs  # lazy: objectives sits right of compress, macs is leaf-only
