@@ -23,10 +23,10 @@ validation images, and the card records how far its outputs are from the torch m
 The card (``<file>.card.json``) holds config, objectives, latency spread, val and test accuracy,
 the target description, the teacher's accuracy and the library versions.
 
-Example:
-    >>> from vitshrink.studies import open_study
-    >>> export_trial(open_study("quickstart"), 3, "onnx", Path("model.onnx"))  # doctest: +SKIP
-    PosixPath('model.onnx')
+Example (not run as a doctest: it needs a stored study)::
+
+    from vitshrink.studies import open_study
+    export_trial(open_study("quickstart"), 3, "onnx", Path("model.onnx"))  # -> PosixPath('model.onnx')
 """
 
 from __future__ import annotations
@@ -231,8 +231,9 @@ def export_trial(handle: StudyHandle, trial_number: int, fmt: str, path: str | P
     Returns:
         `path`. Raises ExportError (bad format, a form the trial has not) or TrialNotAvailable.
 
-    Example:
-        >>> export_trial(open_study("quickstart"), 3, "torchscript", "m.pt")  # doctest: +SKIP
+    Example (not run as a doctest: it needs a stored study)::
+
+        export_trial(open_study("quickstart"), 3, "torchscript", "m.pt")
     """
     fmt = fmt.lower()
     if fmt not in FORMATS:
