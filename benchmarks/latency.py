@@ -36,7 +36,7 @@ log = logging.getLogger("benchmarks.latency")
 NOISY_CV = 0.25  # above this spread, other load on the machine distorted the timing
 
 # CI's smoke run: every technique once and one combination, so it stays under a minute
-SMOKE_VARIANTS = ("fp32", "dynamic_int8", "bf16", "ort_int8", "prune50", "svd50", "tome8", "drop30", "nystrom16",
+SMOKE_VARIANTS = ("fp32", "dynamic_int8", "bf16", "ort_int8", "openvino_int8", "prune50", "svd50", "tome8", "drop30", "nystrom16",
                   "prune50+tome8+ort_int8")
 SMOKE_KWARGS = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4, "num_classes": 10}
 
@@ -63,6 +63,8 @@ def variants(depth: int, tokens: int, smoke: bool) -> dict[str, CompressionConfi
         "bf16": CompressionConfig(quant="bf16"),
         "ort_fp32": CompressionConfig(quant="ort_fp32"),
         "ort_int8": CompressionConfig(quant="ort_int8"),
+        "openvino_fp32": CompressionConfig(quant="openvino_fp32"),
+        "openvino_int8": CompressionConfig(quant="openvino_int8", calib_size=16),
         "prune50": CompressionConfig(prune_heads=0.5, prune_mlp=0.5),
         "svd50": CompressionConfig(lowrank="svd", svd_rank=0.5),
         "tome8": CompressionConfig(token_merge_r=8),
@@ -74,6 +76,8 @@ def variants(depth: int, tokens: int, smoke: bool) -> dict[str, CompressionConfi
                                                      token_drop_at=drop_at, quant="ort_int8"),
         "prune50+tome8+dynamic_int8": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, token_merge_r=8,
                                                         quant="dynamic_int8"),
+        "prune50+tome8+openvino_int8": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, token_merge_r=8,
+                                                         quant="openvino_int8", calib_size=16),
     }
     if tokens > landmarks:
         out["nystrom64" if not smoke else f"nystrom{landmarks}"] = CompressionConfig(lowrank="nystrom",

@@ -49,7 +49,7 @@ def configs(draw) -> CompressionConfig:
         token_drop_at=(1, 2) if drop else (),
         kd_epochs=draw(st.integers(0, 3)),
         quant=quant,
-        calib_size=draw(st.integers(1, 64)) if quant == "static_int8" else 0,
+        calib_size=draw(st.integers(1, 64)) if quant in ("static_int8", "openvino_int8") else 0,
     )
 
 

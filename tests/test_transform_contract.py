@@ -24,6 +24,7 @@ ACTIVE = {
     "tokens": CompressionConfig(token_merge_r=2, token_drop=0.25, token_drop_at=(1,)),
     "finetune": CompressionConfig(kd_epochs=1),
     "quantize": CompressionConfig(quant="dynamic_int8"),
+    "openvino": CompressionConfig(quant="openvino_int8", calib_size=16),
 }
 IDENTITY = {
     "student": None,
@@ -33,6 +34,7 @@ IDENTITY = {
     "tokens": (CompressionConfig(token_merge_r=0, token_drop=0.0), 0.0),
     "finetune": (CompressionConfig(kd_epochs=0), 0.0),
     "quantize": (CompressionConfig(quant="none"), 0.0),
+    "openvino": (CompressionConfig(quant="openvino_fp32"), 1e-5),  # the same float graph in another runtime
 }
 
 
@@ -43,7 +45,9 @@ def test_every_registered_transform_is_covered() -> None:
 
 
 @pytest.fixture()
-def ctx(tiny_data, tiny_vit) -> BuildContext:
+def ctx(request, tiny_data, tiny_vit) -> BuildContext:
+    if getattr(request.node, "callspec", None) and request.node.callspec.params.get("name") == "openvino":
+        pytest.importorskip("openvino")  # the optional extra vitshrink[openvino] (CI installs it)
     return BuildContext(data=tiny_data, teacher=tiny_vit, seed=0)
 
 

@@ -107,7 +107,9 @@ def _fail(exc: BaseException) -> None:
 
         _mask_exception(exc)
         sys.stderr.write("".join(traceback.format_exception(exc)))
-    console.print(f"[bold red]error:[/] {_mask(str(exc))}", highlight=False, soft_wrap=True)
+    from rich.markup import escape  # a message's own brackets ("pip install 'vitshrink[openvino]'") are text
+
+    console.print(f"[bold red]error:[/] {escape(_mask(str(exc)))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

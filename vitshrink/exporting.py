@@ -12,6 +12,9 @@ What each format holds, by the trial's quantization mode:
 - ``torchscript``: ``torch.jit.trace`` of the deployed torch model (dynamic int8 Linear layers
   and the bf16 wrapper trace as they are). ``ort_fp32`` trials trace the float model (the same
   arithmetic); ONNX Runtime int8 graphs have no torch form and are refused (export them as onnx).
+- OpenVINO trials: ``openvino_fp32`` exports the float model (onnx: the graph OpenVINO read;
+  torchscript: its trace); ``openvino_int8`` (NNCF) is refused in both, with the one call that
+  writes its OpenVINO IR instead (`OpenVinoModule.save_ir`).
 - ``safetensors``: the float weights exactly as stored in the trial's artifact, with the config in
   the file's metadata and in ``<name>.config.json`` (rebuild with `vitshrink.compress.build`).
 
@@ -24,10 +27,10 @@ scale, channel order, the train split's mean and std; see `vitshrink.preprocessi
 names, index by index. An ONNX file carries those two in its own ``metadata_props`` as JSON
 (keys ``vitshrink.preprocessing`` and ``vitshrink.classes``), so it is deployable on its own.
 
-Example:
-    >>> from vitshrink.studies import open_study
-    >>> export_trial(open_study("quickstart"), 3, "onnx", Path("model.onnx"))  # doctest: +SKIP
-    PosixPath('model.onnx')
+Example (not run as a doctest: it needs a stored study)::
+
+    from vitshrink.studies import open_study
+    export_trial(open_study("quickstart"), 3, "onnx", Path("model.onnx"))  # -> PosixPath('model.onnx')
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ def _export_onnx(handle: StudyHandle, number: int, config: CompressionConfig, pa
         _check_float(check, "ONNX graph")  # the same graph in the same runtime: equal up to thread scheduling
         return {"exported_model": f"the ONNX Runtime graph measured in the trial (quant={config.quant}, "
                                   f"{deployed.kind})", "checked_against": "the trial's deployed model", "check": check}
+    _refuse_openvino_int8(deployed, number, "onnx")
     float_model = handle.load_float_model(number)
     blob = onnx_bytes(float_model, x[:1])
     if config.quant == "dynamic_int8":
@@ -148,9 +152,17 @@ def _export_onnx(handle: StudyHandle, number: int, config: CompressionConfig, pa
     _write_onnx(path, blob, handle)
     check = agreement(run_onnx(path, x), _logits(float_model, x))
     _check_float(check, "ONNX graph")
-    what = "the float32 model (the trial ran bf16 weights; ONNX Runtime's CPU has no bf16 matmul)" \
-        if config.quant == "bf16" else "the float32 model"
+    what = {"bf16": "the float32 model (the trial ran bf16 weights; ONNX Runtime's CPU has no bf16 matmul)",
+            "openvino_fp32": "the float32 ONNX graph the trial ran in OpenVINO"}.get(config.quant, "the float32 model")
     return {"exported_model": what, "checked_against": "the float torch model", "check": check}
+
+
+def _refuse_openvino_int8(model: nn.Module, number: int, fmt: str) -> None:
+    """An NNCF int8 OpenVINO model exists only as OpenVINO IR: say how to write that instead."""
+    if getattr(model, "kind", None) == "int8" and type(model).__name__ == "OpenVinoModule":
+        raise ExportError(f"trial {number} is quantized by OpenVINO (NNCF int8) and has no {fmt} form; write its "
+                          f"OpenVINO IR with open_study(...).load_model({number}).save_ir('model.xml'), or export "
+                          "--format safetensors for its float weights")
 
 
 def _export_torchscript(handle: StudyHandle, number: int, config: CompressionConfig, path: Path, x: torch.Tensor
@@ -159,6 +171,9 @@ def _export_torchscript(handle: StudyHandle, number: int, config: CompressionCon
 
     model = handle.load_model(number)
     what = f"the deployed torch model (quant={config.quant})"
+    _refuse_openvino_int8(model, number, "torchscript")
+    if config.quant == "openvino_fp32":
+        model, what = handle.load_float_model(number), "the float32 model (the trial ran the same graph in OpenVINO)"
     if isinstance(model, OrtModule):
         if model.kind != "fp32":
             raise ExportError(f"trial {number} is quantized by ONNX Runtime (quant={config.quant}) and has no "
@@ -253,8 +268,9 @@ def export_trial(handle: StudyHandle, trial_number: int, fmt: str, path: str | P
     Returns:
         `path`. Raises ExportError (bad format, a form the trial has not) or TrialNotAvailable.
 
-    Example:
-        >>> export_trial(open_study("quickstart"), 3, "torchscript", "m.pt")  # doctest: +SKIP
+    Example (not run as a doctest: it needs a stored study)::
+
+        export_trial(open_study("quickstart"), 3, "torchscript", "m.pt")
     """
     fmt = fmt.lower()
     if fmt not in FORMATS:

@@ -7,10 +7,10 @@ the chosen files (every one fully, so a truncated file is found here, not in the
 
 Split folder names (train, val/valid/validation, test) are never classes.
 
-Example:
-    >>> layout = scan_folder("pets")  # doctest: +SKIP
-    >>> layout.classes, sorted(layout.splits)  # doctest: +SKIP
-    (('cat', 'dog'), ['train', 'val'])
+Example (not run as a doctest: it needs a folder of images)::
+
+    layout = scan_folder("pets")
+    layout.classes, sorted(layout.splits)  # -> (('cat', 'dog'), ['train', 'val'])
 """
 
 from __future__ import annotations

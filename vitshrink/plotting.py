@@ -5,10 +5,10 @@ trials are filled and joined by a step line, dominated or infeasible ones are fa
 is a star and the reference configurations are diamonds. ``.png`` / ``.svg`` / ``.pdf`` go through
 matplotlib (headless), ``.html`` through plotly (an optional dependency).
 
-Example:
-    >>> from vitshrink.studies import open_study
-    >>> plot_study(open_study("quickstart"), "pareto.png")  # doctest: +SKIP
-    PosixPath('pareto.png')
+Example (not run as a doctest: it needs stored studies)::
+
+    from vitshrink.studies import open_study
+    plot_study(open_study("quickstart"), "pareto.png")  # -> PosixPath('pareto.png')
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def _check_suffix(path: Path) -> str:
 def plot_study(handle: StudyHandle, path: str | Path, title: str | None = None) -> Path:
     """Draw the study's trials and Pareto front to `path` (.png/.svg/.pdf, or .html with plotly).
 
-    Example:
-        >>> plot_study(open_study("quickstart"), "front.html")  # doctest: +SKIP
+    Example (not run as a doctest: it needs stored studies)::
+
+        plot_study(open_study("quickstart"), "front.html")
     """
     path = Path(path)
     suffix = _check_suffix(path)
@@ -102,8 +103,9 @@ def plot_study(handle: StudyHandle, path: str | Path, title: str | None = None) 
 def plot_comparison(handles: list[StudyHandle], path: str | Path, title: str | None = None) -> Path:
     """The Pareto fronts of several studies on one figure (one colour per study, teachers as stars).
 
-    Example:
-        >>> plot_comparison([open_study("a"), open_study("b")], "cmp.png")  # doctest: +SKIP
+    Example (not run as a doctest: it needs stored studies)::
+
+        plot_comparison([open_study("a"), open_study("b")], "cmp.png")
     """
     path = Path(path)
     suffix = _check_suffix(path)
@@ -144,8 +146,9 @@ def plot_history(handles: list[StudyHandle], path: str | Path, title: str | None
     """Hypervolume (teacher-normalised) against the search's busy seconds, one step line per study:
     how fast each search improved its front (`StudyHandle.hypervolume_history`). PNG/SVG/PDF only.
 
-    Example:
-        >>> plot_history([open_study("a"), open_study("b")], "history.png")  # doctest: +SKIP
+    Example (not run as a doctest: it needs stored studies)::
+
+        plot_history([open_study("a"), open_study("b")], "history.png")
     """
     path = Path(path)
     if _check_suffix(path) not in STATIC_SUFFIXES:

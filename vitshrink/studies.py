@@ -4,14 +4,14 @@ A study is read from Optuna's storage alone (plus the artifact folder recorded o
 `vitshrink search` wrote, on this machine or a cluster, opens here; and Optuna's own API
 (`optuna.load_study`, `study.best_trials`, `trials_dataframe()`) reads the same study.
 
-Example:
-    >>> import vitshrink
-    >>> study = vitshrink.open_study("quickstart", storage="sqlite:///vitshrink.db")  # doctest: +SKIP
-    >>> study.pareto()[["trial", "accuracy", "test_accuracy", "latency_ms", "size_bytes"]]  # doctest: +SKIP
-    >>> study.hypervolume()  # doctest: +SKIP
-    0.41
-    >>> model = study.load_model(3)  # doctest: +SKIP
-    >>> study.export(3, "onnx", "model.onnx")  # doctest: +SKIP
+Example (not run as a doctest: it needs a stored study)::
+
+    import vitshrink
+    study = vitshrink.open_study("quickstart", storage="sqlite:///vitshrink.db")
+    study.pareto()[["trial", "accuracy", "test_accuracy", "latency_ms", "size_bytes"]]
+    study.hypervolume()  # -> 0.41
+    model = study.load_model(3)
+    study.export(3, "onnx", "model.onnx")
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ class TrialNotAvailable(LookupError):
 def list_studies(storage: str | None = None) -> pd.DataFrame:
     """One row per study: name, trials done / failed / running, best values, last update.
 
-    Example:
-        >>> list_studies("sqlite:///vitshrink.db")[["study", "complete"]]  # doctest: +SKIP
+    Example (not run as a doctest: it needs a stored study)::
+
+        list_studies("sqlite:///vitshrink.db")[["study", "complete"]]
     """
     st = open_storage(storage)
     rows = []
@@ -142,9 +143,10 @@ def _busy_seconds(spans: Iterable[tuple[float, float]], until: float) -> float:
 class StudyHandle:
     """A vitshrink study in an Optuna storage: tables, front quality, models and exports.
 
-    Example:
-        >>> h = open_study("quickstart")  # doctest: +SKIP
-        >>> h.trials().query("state == 'FAIL'")[["trial", "fail_reason"]]  # doctest: +SKIP
+    Example (not run as a doctest: it needs a stored study)::
+
+        h = open_study("quickstart")
+        h.trials().query("state == 'FAIL'")[["trial", "fail_reason"]]
     """
 
     study: optuna.Study
@@ -215,9 +217,9 @@ class StudyHandle:
         """Everything stored about one trial, JSON-able: state, objectives, latency spread, test
         accuracy, config, every build stage's record, timings, fail reason.
 
-        Example:
-            >>> open_study("quickstart").describe(3)["records"][0]["stage"]  # doctest: +SKIP
-            'prune'
+        Example (not run as a doctest: it needs a stored study)::
+
+            open_study("quickstart").describe(3)["records"][0]["stage"]  # -> 'prune'
         """
         t = self.trial(number, complete=False)
         ua = t.user_attrs
@@ -251,9 +253,9 @@ class StudyHandle:
         the default reference point is `HV_REFERENCE` = (1.0, 1.1, 1.1): zero accuracy and 10 %
         slower and larger than the teacher. Larger is better; at most 1.21.
 
-        Example:
-            >>> open_study("quickstart").hypervolume()  # doctest: +SKIP
-            0.412
+        Example (not run as a doctest: it needs a stored study)::
+
+            open_study("quickstart").hypervolume()  # -> 0.412
         """
         lat, size = self.teacher_costs()
         return hypervolume(pareto_trials(self.study), lat, size, reference_point or HV_REFERENCE)
@@ -271,8 +273,9 @@ class StudyHandle:
 
         Columns: trial, state, seconds, complete (completed trials so far), hypervolume.
 
-        Example:
-            >>> open_study("quickstart").hypervolume_history().tail(1)  # doctest: +SKIP
+        Example (not run as a doctest: it needs a stored study)::
+
+            open_study("quickstart").hypervolume_history().tail(1)
         """
         lat, size = self.teacher_costs()
         spans = {t.number: span for t in self.study.get_trials(deepcopy=False) if (span := _busy_span(t))}
@@ -309,8 +312,9 @@ class StudyHandle:
     def load_model(self, number: int) -> nn.Module:
         """The deployed model of a completed trial, rebuilt from its safetensors weights and config.
 
-        Example:
-            >>> model = open_study("quickstart").load_model(3)  # doctest: +SKIP
+        Example (not run as a doctest: it needs a stored study)::
+
+            model = open_study("quickstart").load_model(3)
         """
         return self.load_trial(number).model
 
@@ -359,8 +363,9 @@ class StudyHandle:
 def open_study(name: str, storage: str | None = None) -> StudyHandle:
     """Open a vitshrink study by name from an Optuna storage URL (default: sqlite:///vitshrink.db).
 
-    Example:
-        >>> h = open_study("quickstart", "sqlite:///vitshrink.db")  # doctest: +SKIP
+    Example (not run as a doctest: it needs a stored study)::
+
+        h = open_study("quickstart", "sqlite:///vitshrink.db")
     """
     url = storage or DEFAULT_STORAGE
     st = open_storage(url)
@@ -379,8 +384,9 @@ def compare_studies(handles: list[StudyHandle], reference_point: tuple[float, fl
                     ) -> pd.DataFrame:
     """One row per study: its front size, hypervolume (teacher-normalised), teacher and best values.
 
-    Example:
-        >>> compare_studies([open_study("a"), open_study("b")])[["study", "hypervolume"]]  # doctest: +SKIP
+    Example (not run as a doctest: it needs a stored study)::
+
+        compare_studies([open_study("a"), open_study("b")])[["study", "hypervolume"]]
     """
     rows = []
     for h in handles:
@@ -402,8 +408,9 @@ def compare_studies(handles: list[StudyHandle], reference_point: tuple[float, fl
 def load_model(study_name: str, trial_number: int, storage: str | None = None) -> nn.Module:
     """Rebuild the model of a completed trial; its outputs on the val split equal those measured.
 
-    Example:
-        >>> model = load_model("quickstart", 3)  # doctest: +SKIP
+    Example (not run as a doctest: it needs a stored study)::
+
+        model = load_model("quickstart", 3)
     """
     return open_study(study_name, storage).load_model(trial_number)
 
@@ -411,9 +418,9 @@ def load_model(study_name: str, trial_number: int, storage: str | None = None) -
 def export(study_name: str, trial_number: int, fmt: str, path: str | Path, storage: str | None = None) -> Path:
     """Export a trial's model (onnx, torchscript or safetensors) plus a JSON model card; returns the path.
 
-    Example:
-        >>> export("quickstart", 3, "onnx", "model.onnx")  # doctest: +SKIP
-        PosixPath('model.onnx')
+    Example (not run as a doctest: it needs a stored study)::
+
+        export("quickstart", 3, "onnx", "model.onnx")  # -> PosixPath('model.onnx')
     """
     return open_study(study_name, storage).export(trial_number, fmt, path)
 

@@ -62,8 +62,8 @@ def build(
     the model comes back on the CPU in float32 either way.
 
     Example:
-        >>> result = build(teacher, CompressionConfig(prune_heads=0.5), data)  # doctest: +SKIP
-        >>> [r["stage"] for r in result.records]  # doctest: +SKIP
+        >>> result = build(teacher, CompressionConfig(prune_heads=0.5), data)
+        >>> [r["stage"] for r in result.records]
         ['prune']
     """
     from ..objectives.macs import count_macs  # lazy: objectives sits right of compress, macs is leaf-only

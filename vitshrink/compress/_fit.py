@@ -7,8 +7,8 @@ own precondition (`prune_problem`, `lowrank_problem`, `token_problem`, `student_
 trial calls it after sampling and prunes the trial instead of failing it.
 
 Example:
-    >>> impossible_reason(teacher, CompressionConfig(token_drop=0.5, token_drop_at=(0,)))  # doctest: +SKIP
-    "token_drop ranks patches by the cls token's attention but the teacher has no cls token ..."
+    >>> impossible_reason(teacher, CompressionConfig(lowrank="nystrom", landmarks=40))
+    'landmarks reaches 40 but the teacher has 17 tokens (16 patches + 1 prefix); ...'
 """
 
 from __future__ import annotations

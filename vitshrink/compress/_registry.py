@@ -67,7 +67,7 @@ class BuildContext:
         its cached logits still cover the whole split.
 
         Example:
-            >>> BuildContext(data, teacher, seed=0, kd_limit=100).kd_indices().shape  # doctest: +SKIP
+            >>> BuildContext(data, teacher, seed=0, kd_limit=100).kd_indices().shape
             torch.Size([100])
         """
         if not self.kd_limit or self.kd_limit >= len(self.data.train):

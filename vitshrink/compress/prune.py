@@ -14,9 +14,9 @@ Importance scores (``config.prune_score``):
   Better than One?", NeurIPS 2019, and for channels by Hu et al., "Network Trimming", 2016).
 
 Example:
-    >>> cfg = CompressionConfig(prune_heads=0.5, prune_mlp=0.5)  # doctest: +SKIP
-    >>> small = prune_vit(model, cfg, ctx)  # doctest: +SKIP
-    >>> ctx.notes["heads_kept"]  # doctest: +SKIP
+    >>> cfg = CompressionConfig(prune_heads=0.5, prune_mlp=0.5)
+    >>> small = prune_vit(model, cfg, ctx)
+    >>> ctx.notes["heads_kept"]
     [[1], [0]]
 """
 
@@ -74,7 +74,7 @@ def prune_problem(model: nn.Module, prune_heads: float, prune_mlp: float) -> str
     mixes the heads (`scale_attn_norm`) or the hidden units (`scale_mlp_norm`).
 
     Example:
-        >>> prune_problem(tiny_vit, 0.5, 0.0) is None  # doctest: +SKIP
+        >>> prune_problem(tiny_vit, 0.5, 0.0) is None
         True
     """
     if prune_heads <= 0 and prune_mlp <= 0:
@@ -132,8 +132,8 @@ def prune_structure(model: nn.Module, heads_kept: list[list[int]], mlp_kept: lis
     Keeping every head and unit in their original order gives a model with identical outputs.
 
     Example:
-        >>> small = prune_structure(tiny_vit, [[1], [0, 1]], [list(range(32)), [0, 5]])  # doctest: +SKIP
-        >>> small.blocks[0].attn.qkv.out_features, small.blocks[1].mlp.fc1.out_features  # doctest: +SKIP
+        >>> small = prune_structure(tiny_vit, [[1], [0, 1]], [list(range(32)), [0, 5]])
+        >>> small.blocks[0].attn.qkv.out_features, small.blocks[1].mlp.fc1.out_features
         (48, 2)
     """
     new = copy_model(model)
@@ -274,8 +274,8 @@ def importance_scores(model: nn.Module, score: str, ctx: BuildContext | None = N
     `model` is not changed.
 
     Example:
-        >>> heads, units = importance_scores(tiny_vit, "magnitude")[0]  # doctest: +SKIP
-        >>> heads.shape, units.shape  # doctest: +SKIP
+        >>> heads, units = importance_scores(tiny_vit, "magnitude")[0]
+        >>> heads.shape, units.shape
         (torch.Size([2]), torch.Size([64]))
     """
     blocks = _check_vit(model)
@@ -307,8 +307,8 @@ def prune_vit(model: nn.Module, config: CompressionConfig, ctx: BuildContext | N
     per block), `mlp_hidden` (units per block) and `prune_score`.
 
     Example:
-        >>> small = prune_vit(tiny_vit, CompressionConfig(prune_mlp=0.5), ctx)  # doctest: +SKIP
-        >>> small.blocks[0].mlp.fc1.out_features  # doctest: +SKIP
+        >>> small = prune_vit(tiny_vit, CompressionConfig(prune_mlp=0.5), ctx)
+        >>> small.blocks[0].mlp.fc1.out_features
         32
     """
     blocks = _check_vit(model)

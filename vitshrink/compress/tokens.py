@@ -18,8 +18,8 @@ official ToMe timm patch.
 
 Example:
     >>> from vitshrink.spaces import CompressionConfig
-    >>> new = reduce_tokens(vit, CompressionConfig(token_merge_r=4), ctx)  # doctest: +SKIP
-    >>> ctx.notes["tokens_per_block"]  # doctest: +SKIP
+    >>> new = reduce_tokens(vit, CompressionConfig(token_merge_r=4), ctx)
+    >>> ctx.notes["tokens_per_block"]
     [13, 9]
 """
 
@@ -47,7 +47,7 @@ def softmax_attend(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None =
     log(size) to the key logits (ToMe's proportional attention).
 
     Example:
-        >>> out, keys, cls = softmax_attend(vit.blocks[0].attn, torch.randn(1, 17, 32), None, True)  # doctest: +SKIP
+        >>> out, keys, cls = softmax_attend(vit.blocks[0].attn, torch.randn(1, 17, 32), None, True)
     """
     b, n, _ = x.shape
     qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -144,9 +144,9 @@ class ToMeBlock(nn.Module):
     nothing, it calls the attention module itself, so it is exact at r = 0, drop = 0.
 
     Example:
-        >>> blk = ToMeBlock(vit.blocks[0], r=4, drop=0.0, prefix=1)  # doctest: +SKIP
-        >>> y, size = blk(torch.randn(2, 17, 32))  # doctest: +SKIP
-        >>> y.shape  # doctest: +SKIP
+        >>> blk = ToMeBlock(vit.blocks[0], r=4, drop=0.0, prefix=1)
+        >>> y, size = blk(torch.randn(2, 17, 32))
+        >>> y.shape
         torch.Size([2, 13, 32])
     """
 
@@ -228,7 +228,7 @@ def token_problem(model: nn.Module, merge_r: int, drop: float) -> str | None:
     whose attention exposes its keys, and a cls token when patches are dropped.
 
     Example:
-        >>> token_problem(tiny_vit, 2, 0.0) is None  # doctest: +SKIP
+        >>> token_problem(tiny_vit, 2, 0.0) is None
         True
     """
     if merge_r <= 0 and drop <= 0:
@@ -253,7 +253,7 @@ def reduce_tokens(model: nn.Module, config: CompressionConfig, ctx: BuildContext
     fraction of patches at the blocks `config.token_drop_at`; notes the tokens per block.
 
     Example:
-        >>> new = reduce_tokens(vit, CompressionConfig(token_merge_r=2), ctx)  # doctest: +SKIP
+        >>> new = reduce_tokens(vit, CompressionConfig(token_merge_r=2), ctx)
     """
     new = copy.deepcopy(model)
     n = num_tokens(new)

@@ -1,8 +1,9 @@
 """The search driver: create or resume the Optuna study of a recipe and run trials up to the budget.
 
-Example:
-    >>> from vitshrink.spaces import resolve_recipe
-    >>> study = run_search(resolve_recipe("quickstart"), storage="sqlite:///vitshrink.db")  # doctest: +SKIP
+Example (not run as a doctest: it runs a whole search)::
+
+    from vitshrink.spaces import resolve_recipe
+    study = run_search(resolve_recipe("quickstart"), storage="sqlite:///vitshrink.db")
 """
 
 from __future__ import annotations

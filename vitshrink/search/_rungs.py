@@ -100,9 +100,10 @@ def last_training_rung(config: CompressionConfig) -> tuple[str, int] | None:
 class RungMonitor:
     """The `on_epoch` callback of one trial's build: records each rung and stops a trial behind.
 
-    Example:
-        >>> monitor = RungMonitor(trial, recipe, ctx, config, structure)  # doctest: +SKIP
-        >>> build(teacher, config, data, on_epoch=monitor)  # doctest: +SKIP
+    Example (not run as a doctest: it runs inside a search trial)::
+
+        monitor = RungMonitor(trial, recipe, ctx, config, structure)
+        build(teacher, config, data, on_epoch=monitor)
     """
 
     def __init__(self, trial: optuna.Trial, recipe: Recipe, ctx: SearchContext, config: CompressionConfig,

@@ -189,9 +189,10 @@ def trial_heartbeat(trial: optuna.Trial, interval: float) -> Iterator[None]:
     RDB storages with a heartbeat already beat (Optuna's own thread); on journal storages this
     writes `HEARTBEAT_ATTR` as a trial system attribute, which `fail_stale_trials` reads.
 
-    Example:
-        >>> with trial_heartbeat(trial, interval=10):  # doctest: +SKIP
-        ...     run_trial(trial, recipe, artifact_dir)
+    Example (not run as a doctest: it needs a study and its trials)::
+
+        with trial_heartbeat(trial, interval=10):
+            run_trial(trial, recipe, artifact_dir)
     """
     storage = trial.study._storage
     if _uses_optuna_heartbeat(storage):
@@ -278,9 +279,9 @@ def fail_stale_trials(study: optuna.Study, grace_period: float = DEFAULT_GRACE_P
     Optuna's `fail_stale_trials` (run by `Study.optimize` too) does the same on RDB storages but
     records no reason; this one stores ``fail_reason`` on the trial first.
 
-    Example:
-        >>> fail_stale_trials(study, grace_period=30)  # doctest: +SKIP
-        [3]
+    Example (not run as a doctest: it needs a study and its trials)::
+
+        fail_stale_trials(study, grace_period=30)  # -> [3]
     """
     storage = study._storage
     optuna_beats = _uses_optuna_heartbeat(storage)
@@ -309,9 +310,9 @@ def fail_own_running_trials(url: str | None, reason: str) -> list[tuple[str, int
     """After an interrupt: fail (and retry) every trial in the storage still RUNNING in this process,
     so the storage holds no RUNNING trial nobody owns. Returns (study, trial number) pairs.
 
-    Example:
-        >>> fail_own_running_trials("sqlite:///vitshrink.db", "interrupted by the user")  # doctest: +SKIP
-        []
+    Example (not run as a doctest: it needs a study and its trials)::
+
+        fail_own_running_trials("sqlite:///vitshrink.db", "interrupted by the user")  # -> []
     """
     storage = open_storage(url, heartbeat_interval=None)
     me = this_worker()

@@ -18,9 +18,10 @@ latency target, the trial's model is timed by a nested task that needs ``{RESOUR
 1 on the target node), so measurements run on that node and never overlap; with ``cpu:N`` the
 machine-wide latency lock keeps measurements on one machine apart.
 
-Example:
-    >>> summary = run_search(recipe, storage="postgresql://user@db/vitshrink", executor="ray",
-    ...                      address="auto", workers=4)  # doctest: +SKIP
+Example (not run as a doctest: it needs a Ray cluster)::
+
+    summary = run_search(recipe, storage="postgresql://user@db/vitshrink", executor="ray",
+                         address="auto", workers=4)
 """
 
 from __future__ import annotations
@@ -169,8 +170,9 @@ def run_on_ray(
     `storage_url` must be reachable from every node (PostgreSQL, Redis, or a file on shared storage).
     Returns the driver's `SearchSummary`; trials of crashed workers are failed and retried.
 
-    Example:
-        >>> run_on_ray(study, recipe, "sqlite:////tmp/s.db", "/tmp/s.artifacts", workers=2)  # doctest: +SKIP
+    Example (not run as a doctest: it needs a Ray cluster)::
+
+        run_on_ray(study, recipe, "sqlite:////tmp/s.db", "/tmp/s.artifacts", workers=2)
     """
     from ._budget import budget_left, count_states, is_not_run
     from ._driver import SearchError, SearchSummary

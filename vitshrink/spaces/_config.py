@@ -7,7 +7,9 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-QUANT_MODES = ("none", "dynamic_int8", "static_int8", "bf16", "ort_fp32", "ort_int8")
+QUANT_MODES = ("none", "dynamic_int8", "static_int8", "bf16", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
+# quant modes that calibrate on calib_size >= 1 training images; ort_int8 may (static QDQ) or may not (dynamic)
+CALIBRATED_QUANT = ("static_int8", "openvino_int8")
 LOWRANK_MODES = ("none", "nystrom", "svd")
 PRUNE_SCORES = ("magnitude", "taylor", "activation")
 STUDENT_INITS = ("random", "teacher")
@@ -145,10 +147,10 @@ class CompressionConfig:
             raise bad("token_merge_r, kd_epochs, calib_size and nystrom_conv must be >= 0")
         if self.token_drop > 0 and not self.token_drop_at:
             raise bad("token_drop > 0 needs token_drop_at: the block indices where patches are dropped")
-        if self.quant == "static_int8" and self.calib_size < 1:
-            raise bad("quant='static_int8' needs calib_size >= 1 calibration images")
-        if self.quant != "static_int8" and self.quant != "ort_int8" and self.calib_size:
-            raise bad(f"calib_size={self.calib_size} is only used by quant='static_int8' or 'ort_int8'")
+        if self.quant in CALIBRATED_QUANT and self.calib_size < 1:
+            raise bad(f"quant={self.quant!r} needs calib_size >= 1 calibration images")
+        if self.quant not in (*CALIBRATED_QUANT, "ort_int8") and self.calib_size:
+            raise bad(f"calib_size={self.calib_size} is only used by quant={', '.join(CALIBRATED_QUANT)} or ort_int8")
         if self.kd_temperature <= 0 or not 0.0 <= self.kd_alpha <= 1.0:
             raise bad("kd_temperature must be > 0 and kd_alpha in [0, 1]")
 
@@ -190,4 +192,4 @@ class CompressionConfig:
 # field name -> "str" | "int" | "float" | "tuple[int, ...]" (annotations are strings here)
 _FIELD_KINDS = {f.name: f.type for f in fields(CompressionConfig)}
 
-__all__ = ["check_field_type", "CompressionConfig", "ConfigError", "QUANT_MODES", "LOWRANK_MODES", "PRUNE_SCORES"]
+__all__ = ["CALIBRATED_QUANT", "check_field_type", "CompressionConfig", "ConfigError", "QUANT_MODES", "LOWRANK_MODES", "PRUNE_SCORES"]

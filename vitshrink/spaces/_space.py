@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ._config import (
+    CALIBRATED_QUANT,
     LOWRANK_MODES,
     PRUNE_SCORES,
     QUANT_MODES,
@@ -49,7 +50,7 @@ CONDITIONS: dict[str, tuple[str, Any]] = {
     "nystrom_conv": ("lowrank", "nystrom"),
     "svd_rank": ("lowrank", "svd"),
     "token_drop_at": ("token_drop", ">0"),
-    "calib_size": ("quant", "static_int8"),  # ort_int8 takes a fixed calib_size (static QDQ) or none (dynamic)
+    "calib_size": ("quant", "|".join(CALIBRATED_QUANT)),  # ort_int8 takes a fixed calib_size (static QDQ) or none
 }
 
 
@@ -294,11 +295,11 @@ class SearchSpace:
             merged["lowrank"] = "nystrom"
         if merged.get("lowrank") == "nystrom" and not merged.get("landmarks"):
             merged["landmarks"] = 8
-        if "calib_size" in merged and merged.get("quant") not in ("static_int8", "ort_int8"):
+        if "calib_size" in merged and merged.get("quant") not in (*CALIBRATED_QUANT, "ort_int8"):
             merged["quant"] = "static_int8"
-        if merged.get("quant") == "static_int8" and not merged.get("calib_size"):
+        if merged.get("quant") in CALIBRATED_QUANT and not merged.get("calib_size"):
             merged["calib_size"] = 32
-        if merged.get("quant") != "static_int8" and merged.get("quant") != "ort_int8":
+        if merged.get("quant") not in (*CALIBRATED_QUANT, "ort_int8"):
             merged.pop("calib_size", None)
         if merged.get("student", "none") != "none":
             merged.setdefault("student_epochs", 1)
