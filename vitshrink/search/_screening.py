@@ -131,17 +131,18 @@ def dominated_reason(structure: Structure, completed: list[FrozenTrial]) -> str 
     return None
 
 
-def screen(trial: optuna.Trial, config: CompressionConfig, recipe: Recipe, ctx: SearchContext) -> Structure:
+def screen(trial: optuna.Trial, config: CompressionConfig, recipe: Recipe, ctx: SearchContext,
+           exempt: bool = False) -> Structure:
     """Measure the candidate's structure and store it on the trial; raise optuna.TrialPruned (the trial
     ends PRUNED, with the reason in the "screened" user attr) when it cannot enter the feasible front.
 
     With ``[study] screening = false`` the structure is still measured (rungs compare peers by it)
-    but nothing is screened."""
+    but nothing is screened; nor is it for an `exempt` trial (a retry, which passed screening once)."""
     start = time.perf_counter()
     structure = measure_structure(config, recipe, ctx)
     for key, value in structure.attrs().items():
         trial.set_user_attr(key, value)
-    if not recipe.screening:
+    if not recipe.screening or exempt:
         return structure
     completed = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     reason = constraint_reason(structure, recipe) or dominated_reason(structure, completed)

@@ -323,3 +323,12 @@ def fail_own_running_trials(url: str | None, reason: str) -> list[tuple[str, int
             if t.user_attrs.get("worker") == me and fail_trial_and_retry(study, t, reason):
                 done.append((name, t.number))
     return done
+
+
+def is_retry(trial: optuna.Trial) -> bool:
+    """Whether `trial` re-runs an earlier one (a crashed or killed trial's retry, an interrupted trial's,
+    or a queued copy given back by another driver): its configuration already passed screening once."""
+    if "retry_of" in trial.user_attrs or REQUEUED_FROM_ATTR in trial.user_attrs:
+        return True
+    frozen = trial.study._storage.get_trial(trial._trial_id)  # noqa: SLF001 - Optuna has no public getter
+    return "failed_trial" in frozen.system_attrs

@@ -337,14 +337,17 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
 def _efficiency_hooks(trial: optuna.Trial, config: CompressionConfig, recipe: Recipe, ctx: SearchContext):
     """Screen a sampled candidate by its untrained structure, then return the per-epoch rung monitor
     of its training (None when neither is on). Warm starts are never screened nor stopped, but
-    record their rungs: they are the peers sampled trials are compared with."""
+    record their rungs: they are the peers sampled trials are compared with. A retry (of a crashed,
+    killed or interrupted trial) is not screened again: its configuration passed once, and a resumed
+    search must run what the uninterrupted one would have."""
     from ._rungs import RungMonitor
     from ._screening import screen
+    from ._storage import is_retry
 
     warm = trial.user_attrs.get("config_override") is not None
     if not (recipe.screening or recipe.rungs):
         return None
-    structure = None if warm else screen(trial, config, recipe, ctx)
+    structure = None if warm else screen(trial, config, recipe, ctx, exempt=is_retry(trial))
     return RungMonitor(trial, recipe, ctx, config, structure, may_stop=not warm) if recipe.rungs else None
 
 
