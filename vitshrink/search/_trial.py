@@ -57,7 +57,7 @@ class SearchContext:
 
     @property
     def example_shape(self) -> tuple[int, ...]:
-        return tuple(self.data.val.x.shape[1:])
+        return tuple(self.data.val.example_shape)
 
 
 def teacher_spec_of(recipe: Recipe, shape: DataShape | None = None) -> TeacherSpec:
@@ -112,7 +112,7 @@ def make_context(recipe: Recipe, progress=None, data: DataBundle | None = None) 
     settings = TrainSettings(**recipe.teacher_train)
     teacher, spec = get_teacher(teacher_spec_of(recipe), data, settings, seed=recipe.seed, progress=progress,
                                 data_seed=recipe.data_seed)
-    acc, _ = evaluate(teacher, data.val.x, data.val.y)
+    acc, _ = evaluate(teacher, data.val)
     target = Target.parse(recipe.device)
     batches = (recipe.latency_batch,) + ((recipe.throughput_batch,) if recipe.throughput_batch else ())
     protocol = LatencyProtocol(warmup=recipe.latency_warmup, runs=recipe.latency_runs, batch_sizes=batches,
@@ -387,7 +387,7 @@ def _macs(model: nn.Module, ctx: SearchContext) -> int | None:
     from ..objectives.macs import count_macs
 
     try:
-        return count_macs(model, ctx.data.val.x[:1])
+        return count_macs(model, ctx.data.val.images([0]))
     except Exception:  # noqa: BLE001
         return None
 
