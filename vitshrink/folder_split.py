@@ -30,6 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 
 # a split this small is decoded in the training process: starting workers would cost more than they save
 IN_PROCESS_IMAGES = 256
+# evaluation reads at most this many images per batch: at 224 px a batch of 256 is 154 MB of pixels
+# (times the batches in flight) plus the attention maps of 256 images, which would make peak memory
+# depend on how many images a split has up to 256; 32 keeps it small and the same for every split size
+EVAL_BATCH = 32
 
 
 def loader_workers(n_images: int) -> int:
@@ -126,7 +130,8 @@ class FolderSplit:
         yield from loader
 
     def chunks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Every image in order, `batch_size` at a time (evaluation)."""
+        """Every image in order, `batch_size` (at most EVAL_BATCH) at a time (evaluation)."""
+        batch_size = min(batch_size, EVAL_BATCH)
         return self.batches([range(i, min(i + batch_size, len(self))) for i in range(0, len(self), batch_size)])
 
     def digest_into(self, h: Any) -> None:
