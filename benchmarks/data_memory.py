@@ -10,7 +10,7 @@ the 1x run's.
 
 Usage:
     python benchmarks/data_memory.py                 # 130 and 1,040 images at 224 px (as issue 13 measured)
-    python benchmarks/data_memory.py --smoke         # 60 and 480 images at 128 px: a minute or two
+    python benchmarks/data_memory.py --smoke         # 60 and 480 images at 160 px: a minute or two
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def measure(n: int, size: int, trials: int, tmp: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="60 and 480 images at 128 px")
+    p.add_argument("--smoke", action="store_true", help="60 and 480 images at 160 px")
     p.add_argument("--images", type=int, default=130, help="images of the 1x folder (the 8x one has 8 times as many)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--trials", type=int, default=2)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(args)
     if args.smoke:
-        args.images, args.size, args.trials = 60, 128, 1
+        args.images, args.size, args.trials = 60, 160, 1
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         rows = [measure(n, args.size, args.trials, Path(tmp)) for n in (args.images, 8 * args.images)]
     growth = rows[1]["peak_mb"] - rows[0]["peak_mb"]

@@ -141,7 +141,7 @@ def test_the_digest_of_a_streamed_folder_follows_file_contents(tmp_path):
 
 @pytest.mark.slow
 def test_data_memory_smoke_does_not_grow_with_the_images(tmp_path):
-    """benchmarks/data_memory.py --smoke: a search over 60 and 480 images at 128 px in fresh
+    """benchmarks/data_memory.py --smoke: a search over 60 and 480 images at 160 px in fresh
     processes; the peak grows by less than the bar (on main it grew with the decoded folder)."""
     spec = importlib.util.spec_from_file_location("bench_data_memory", ROOT / "benchmarks" / "data_memory.py")
     bench = importlib.util.module_from_spec(spec)
