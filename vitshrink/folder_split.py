@@ -87,6 +87,7 @@ class FolderSplit:
     # timm's preprocessing (a callable PIL image -> tensor) for evaluation and for training; None: as above
     eval_transform: Callable[[Any], torch.Tensor] | None = None
     train_transform: Callable[[Any], torch.Tensor] | None = None
+    preprocessing: str = ""  # JSON of the timm config and training options behind the transforms ("" : none)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -136,8 +137,8 @@ class FolderSplit:
 
     def digest_into(self, h: Any) -> None:
         h.update(f"folder {self.mode} {self.img_size} {self.mean} {self.std} {self.digest}".encode())
-        if self.eval_transform is not None or self.train_transform is not None:
-            h.update(repr((self.eval_transform, self.train_transform)).encode())
+        if self.preprocessing:
+            h.update(self.preprocessing.encode())
 
 
 def _as_list(indices: Any, n: int) -> list[int]:

@@ -237,6 +237,17 @@ def train_classifier(
         opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.15
     )
     gen = torch.Generator().manual_seed(seed)
+    # a split read through timm's training transform flips (and RandAugments) each image itself
+    timm_pipeline = getattr(train, "train_transform", None) is not None
+    tensor_aug = tuple(a for a in settings.augment if a == "shift" or (a == "flip" and not timm_pipeline))
+    mix = None
+    if loss_fn is None and ("mixup" in settings.augment or "cutmix" in settings.augment):
+        import numpy as np
+
+        from .timm_preprocessing import mixup_of
+
+        np.random.seed(seed)  # timm's Mixup draws from numpy's global generator
+        mix = mixup_of(settings.augment, data.num_classes, settings.label_smoothing)
     for epoch in range(settings.epochs):
         model.train()
         perm = torch.randperm(n, generator=gen)
@@ -245,11 +256,19 @@ def train_classifier(
         index_batches = [perm[i : i + settings.batch_size] for i in range(0, n, settings.batch_size)]
         # a streamed split decodes these batches in a DataLoader; sampling and augmentation stay on the CPU generator
         for idx, (xb, yb) in zip(index_batches, train.batches(index_batches, train=True)):
-            xb = augment_batch(xb, settings.augment, gen) if settings.augment else xb
+            xb = augment_batch(xb, tensor_aug, gen) if tensor_aug else xb
+            soft = None
+            if mix is not None and len(xb) % 2 == 0:  # timm's Mixup pairs images within the batch
+                xb, soft = mix(xb, yb)
+                soft = soft.to(where.device, non_blocking=True)
             yb = yb.to(where.device, non_blocking=True)
             with where.autocast():
                 logits = _float_logits(model(xb.to(where.device, non_blocking=True)))
-            if loss_fn is None:
+            if soft is not None:
+                from .timm_preprocessing import soft_cross_entropy
+
+                loss = soft_cross_entropy(logits, soft)
+            elif loss_fn is None:
                 loss = F.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
             else:
                 extra = extra_targets[idx].to(where.device, non_blocking=True) if extra_targets is not None else None

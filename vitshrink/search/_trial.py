@@ -84,8 +84,19 @@ def data_shape_of(recipe: Recipe) -> DataShape:
 
 
 def load_data(recipe: Recipe) -> DataBundle:
-    return load_dataset(recipe.dataset, recipe.data_dir, seed=recipe.data_seed, limit=recipe.data_options.get("limit"),
+    """The recipe's data; an image folder for a pretrained timm teacher is read through the model's own
+    preprocessing (timm's data config: `vitshrink.timm_preprocessing`)."""
+    data = load_dataset(recipe.dataset, recipe.data_dir, seed=recipe.data_seed, limit=recipe.data_options.get("limit"),
                         download=bool(recipe.data_options.get("download", False)), **_image_options(recipe))
+    if recipe.teacher_pretrained and recipe.canonical_dataset == "image-folder":
+        from ..models import create_model
+        from ..timm_preprocessing import timm_data_config, with_timm_preprocessing
+
+        arch = create_model(teacher_spec_of(recipe, DataShape(data.in_chans, data.img_size, data.num_classes)),
+                            load_weights=False)
+        cfg = timm_data_config(arch, data.in_chans, data.img_size)
+        data = with_timm_preprocessing(data, cfg, tuple(recipe.teacher_train.get("augment", ())))
+    return data
 
 
 def describe_classes(data: DataBundle, show: int = 20) -> str:
