@@ -86,7 +86,7 @@ def test_channels_follow_the_images_or_the_teacher(tmp_path) -> None:
     assert load_image_folder(gray, img_size=8).in_chans == 1
     assert load_image_folder(rgb, img_size=8).in_chans == 3
     assert load_image_folder(rgb, img_size=8, in_chans=1).in_chans == 1  # the teacher's channels
-    assert load_image_folder(gray, img_size=16, in_chans=3).train.x.shape[1:] == (3, 16, 16)
+    assert load_image_folder(gray, img_size=16, in_chans=3).train.example_shape == (3, 16, 16)
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:

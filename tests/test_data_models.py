@@ -111,7 +111,7 @@ def test_image_folder(tmp_path) -> None:
         for i in range(10):
             Image.fromarray(np.full((20, 20, 3), 10 * i + (100 if cls == "dog" else 0), dtype=np.uint8)).save(tmp_path / "pets" / cls / f"{i}.png")
     data = load_image_folder(tmp_path / "pets", img_size=16)
-    assert data.num_classes == 2 and data.train.x.shape[1:] == (3, 16, 16)
+    assert data.num_classes == 2 and data.train.example_shape == (3, 16, 16)
     with pytest.raises(DataError, match="not found"):
         load_dataset("image-folder", tmp_path / "none")
     with pytest.raises(DataError, match="unknown dataset 'mnist'"):

@@ -106,7 +106,7 @@ def test_teacher_logits_computed_once_and_cached_on_disk(tiny_spec, tiny_data):
     forwards = []
     model.register_forward_hook(lambda *_: forwards.append(1))
     key = distill.logits_cache_key(model, data)
-    path = cache_dir() / "logits" / f"{key}.safetensors"
+    path = cache_dir() / "logits" / f"{key}.npy"
     assert not path.exists()
 
     first = distill.teacher_logits(model, data)

@@ -225,10 +225,19 @@ def test_space_within_the_model_passes() -> None:
     SearchSpace.from_dict({"lowrank": "none", "lowrank_blocks": [7]}).check_model(num_tokens=17, depth=2)
 
 
-def test_builtin_recipes_fit_their_teachers() -> None:
+def test_builtin_recipes_fit_their_teachers(tmp_path) -> None:
+    from PIL import Image
+
     from vitshrink.search._trial import check_space_fits_teacher
     from vitshrink.spaces import builtin_recipes, resolve_recipe
 
+    for name in ("a", "b"):  # folder-deit reads the user's image folder (--data-dir)
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8)).save(tmp_path / name / f"{i}.png")
     torch.set_num_threads(2)
     for name in builtin_recipes():
-        check_space_fits_teacher(resolve_recipe(name))
+        recipe = resolve_recipe(name)
+        if recipe.canonical_dataset == "image-folder":
+            recipe = recipe.with_overrides(data_dir=str(tmp_path))
+        check_space_fits_teacher(recipe)

@@ -75,7 +75,10 @@ CHANGES = {
     "teacher model": (None, ["--model", "deit_tiny_distilled_patch16_224"],
                       ["different teacher", "teacher.model: stored 'vit_tiny_patch16_224' -> now "
                        "'deit_tiny_distilled_patch16_224'"]),
-    "teacher kwargs": (("mlp_ratio = 2.0", "mlp_ratio = 4.0"), [], ["teacher.kwargs", "'mlp_ratio': 4.0"]),
+    # a kwarg that keeps every tensor's shape: one that does not (mlp_ratio) is refused earlier, as a checkpoint
+    # that does not fit the teacher
+    "teacher kwargs": (("mlp_ratio = 2.0", "mlp_ratio = 2.0\ndrop_path_rate = 0.1"), [],
+                       ["teacher.kwargs", "'drop_path_rate': 0.1"]),
     "teacher train settings": (("epochs = 1", "epochs = 2"), [], ["teacher.train", "'epochs': 2"]),
     "study seed": (('seed = 0\n', 'seed = 3\n'), [], ["different seed", "seed.study: stored 0 -> now 3"]),
     "data seed": (('dataset = "digits"', 'dataset = "digits"\nseed = 1'), [], ["different data", "data.seed: stored 0 -> now 1"]),

@@ -174,6 +174,8 @@ def search(
     executor: str = typer.Option("local", help="local, or ray to run trials on a Ray cluster."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
     workers: int = typer.Option(1, help="Concurrent trials on Ray."),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs each Ray trial task asks for "
+                                         "(fractions share a GPU); refused on a cluster without GPUs."),
     artifacts: Optional[str] = typer.Option(None, help="Folder for the saved models (default: beside the storage)."),
     new_study: bool = typer.Option(False, "--new-study", help="Start a new study instead of resuming."),
     grace_period: int = typer.Option(30, "--grace-period", min=1,
@@ -188,7 +190,8 @@ def search(
                              dataset=dataset, data_dir=data_dir, teacher_model=model, teacher_checkpoint=checkpoint)
         if model and not checkpoint:
             r = r.with_overrides(teacher_checkpoint=None)
-        _run_search_with_progress(r, storage, study, new_study, artifacts, executor, address, workers, grace_period)
+        _run_search_with_progress(r, storage, study, new_study, artifacts, executor, address, workers, grace_period,
+                                  gpus_per_trial)
     except _user_errors() as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -212,7 +215,7 @@ def _interrupted(storage: str | None) -> None:
 
 
 def _run_search_with_progress(r, storage, study_name, new_study, artifacts, executor, address, workers,
-                              grace_period=30) -> None:
+                              grace_period=30, gpus_per_trial=0.0) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .search import run_search
@@ -251,7 +254,7 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
 
         summary = run_search(r, storage=storage, study_name=study_name, new_study=new_study, artifact_dir=artifacts,
                              executor=executor, address=address, workers=workers, on_trial=on_trial,
-                             on_teacher_epoch=on_epoch, grace_period=grace_period)
+                             on_teacher_epoch=on_epoch, grace_period=grace_period, gpus_per_trial=gpus_per_trial)
     pruned = f", {summary.pruned} pruned as impossible samples" if summary.pruned else ""
     console.print(f"study {summary.study.study_name!r}: {summary.completed} completed, {summary.failed} failed{pruned}, "
                   f"{summary.new_trials} run now in {summary.seconds:.0f} s (stopped by {summary.stopped_by})",

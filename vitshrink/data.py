@@ -1,7 +1,11 @@
-"""Datasets as in-memory tensor splits: digits, Fashion-MNIST, CIFAR-10, image folders.
+"""Datasets as splits: digits, Fashion-MNIST, CIFAR-10 in memory; image folders streamed from disk.
 
 Every dataset is split into train / val / test with a fixed seed. Images are float
-tensors (N, C, H, W), normalised per channel with statistics of the train split.
+tensors (N, C, H, W), normalised per channel with statistics of the train split. Every consumer
+reads a split through one protocol (`len`, `labels`, `example_shape`, `images(indices)`,
+`subset(indices)`, `batches(index_batches)`, `chunks(batch_size)`, `digest_into(hash)`): `Split`
+holds the tensors (the fast path for the small built-in sets); `folder_split.FolderSplit` holds file
+paths and decodes batches in a DataLoader, so memory does not grow with the number of images.
 The val split chooses models; the test split only reports the final Pareto models.
 `limit` cuts any of them (train to at most `limit` images, val and test by the same factor).
 
@@ -17,6 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +41,8 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Split:
+    """An in-memory split (see the module docstring for the protocol it shares with FolderSplit)."""
+
     x: torch.Tensor  # (N, C, H, W) float32, normalised
     y: torch.Tensor  # (N,) int64
 
@@ -44,6 +51,45 @@ class Split:
 
     def head(self, n: int) -> Split:
         return Split(self.x[:n], self.y[:n])
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.y
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def images(self, indices: Any) -> torch.Tensor:
+        return self.x[_index(indices)]
+
+    def subset(self, indices: Any) -> Split:
+        idx = _index(indices)
+        return Split(self.x[idx], self.y[idx])
+
+    def batches(self, index_batches: Sequence[Any], train: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) of each index batch, in order (indexing the tensors: no loader needed)."""
+        for idx in index_batches:
+            yield self.x[idx], self.y[idx]
+
+    def chunks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(0, len(self), batch_size):
+            yield self.x[i : i + batch_size], self.y[i : i + batch_size]
+
+    def digest_into(self, h: Any) -> None:
+        from .digests import update_with_tensor
+
+        update_with_tensor(h, self.x)
+        update_with_tensor(h, self.y)
+
+
+TensorSplit = Split
+
+
+def _index(indices: Any) -> Any:
+    if isinstance(indices, (slice, torch.Tensor)):
+        return indices
+    return torch.as_tensor(list(indices), dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -61,11 +107,11 @@ class DataBundle:
 
     @property
     def in_chans(self) -> int:
-        return int(self.train.x.shape[1])
+        return int(self.train.example_shape[0])
 
     @property
     def img_size(self) -> int:
-        return int(self.train.x.shape[-1])
+        return int(self.train.example_shape[-1])
 
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):
@@ -224,20 +270,24 @@ def load_image_folder(
     """An image folder, `ROOT/CLASS/*` or `ROOT/{train,val,test}/CLASS/*` (see `vitshrink.image_folder`):
     given splits are used as they are, missing ones are split off train; images are resized to
     `img_size` (default 32) and converted to `in_chans` channels (None: as the images are)."""
-    from .image_folder import read_images, scan_folder, split_off
+    from .folder_split import FolderSplit
+    from .image_folder import scan_folder, scan_images, split_off
 
     layout = scan_folder(data_dir)
     files = split_off(layout, seed, val_frac, test_frac)
-    if limit:  # cut the file lists, so only the images kept are decoded
+    if limit:  # cut the file lists, so only the images kept are read
         files = dict(zip(("train", "val", "test"), _limit_parts(
             tuple((np.arange(len(files[s][0])), files[s][1]) for s in ("train", "val", "test")), limit, seed,
             keep=lambda s, idx: [files[s][0][i] for i in idx])))
-    names = ("train", "val", "test")
-    # one pass over every file, so a broken file is reported with all the others, whatever its split
-    x, _ = read_images([p for s in names for p in files[s][0]], img_size or DEFAULT_IMG_SIZE, in_chans)
-    ends = np.cumsum([len(files[s][0]) for s in names])
-    parts = tuple((xs, files[s][1]) for s, xs in zip(names, np.split(x, ends[:-1])))
-    return _bundle(layout.root.name, parts, len(layout.classes), layout.classes)
+    files = {s: files[s] for s in ("train", "val", "test")}
+    size = img_size or DEFAULT_IMG_SIZE
+    # one pass over every file, so a broken file is reported with all the others, whatever its split;
+    # the pixels are not kept: each split decodes its batches when they are read
+    scan = scan_images(files, size, in_chans)
+    splits = [FolderSplit(tuple(map(str, files[s][0])), torch.as_tensor(np.asarray(files[s][1], dtype=np.int64)),
+                          size, scan.mode, scan.mean, scan.std, scan.digests[s]) for s in files]
+    return DataBundle(layout.root.name, *splits, num_classes=len(layout.classes), class_names=layout.classes,
+                      mean=scan.mean, std=scan.std)
 
 
 def canonical_name(name: str) -> str:

@@ -53,8 +53,7 @@ def data_sha256(data: Any) -> str:
     for name in ("train", "val", "test"):
         split = getattr(data, name)
         h.update(name.encode())
-        update_with_tensor(h, split.x)
-        update_with_tensor(h, split.y)
+        split.digest_into(h)  # the tensors; a streamed split: its files' bytes, labels and preprocessing
     digest = h.hexdigest()
     key = id(data)
     _DATA_DIGESTS[key] = (weakref.ref(data, lambda _: _DATA_DIGESTS.pop(key, None)), digest)

@@ -279,7 +279,7 @@ def export_trial(handle: StudyHandle, trial_number: int, fmt: str, path: str | P
     config = CompressionConfig.from_dict(trial.user_attrs["config"])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = handle.data.val.x[:CHECK_IMAGES]
+    x = handle.data.val.images(range(min(CHECK_IMAGES, len(handle.data.val))))
     log.info("exporting trial %d of %r (%s) as %s to %s", trial_number, handle.name, config.summary(), fmt, path)
     try:
         info = _EXPORTERS[fmt](handle, trial_number, config, path, x)

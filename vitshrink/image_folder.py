@@ -191,3 +191,102 @@ def read_images(paths: list[Path], img_size: int, in_chans: int | None) -> tuple
     if in_chans is None and gray:
         x = x[:, :1]  # grayscale converted to RGB has three equal channels
     return x, int(x.shape[1])
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """What one pass over every file found: the channel mode to read them in, the train split's
+    per-channel mean and std (of images resized to `img_size`, scaled to [0, 1]) and a SHA-256 of
+    each split's file bytes and labels."""
+
+    mode: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    digests: dict[str, str]
+
+
+def _open_bytes(path: Path) -> tuple[bytes, object]:
+    """The file's bytes and its fully decoded image, or the reason it cannot be read."""
+    import io
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return b"", f"{type(exc).__name__}: {exc}"
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()  # decodes every byte: a truncated file fails here
+            return raw, img.copy()
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ... for bad files
+        return raw, f"{type(exc).__name__}: {exc}"
+
+
+def scan_images(files: dict[str, tuple[list[Path], np.ndarray]], img_size: int, in_chans: int | None) -> FolderScan:
+    """Decode every file once (one at a time: memory does not grow with the folder), so a broken file
+    is reported before anything trains; meanwhile hash the bytes and take the train statistics.
+
+    Raises:
+        DataError: naming the first unreadable file and counting the rest.
+    """
+    import hashlib
+
+    if in_chans not in (None, 1, 3):
+        raise DataError(f"in_chans = {in_chans} cannot be read from an image folder; use 1 (grayscale) or 3 (RGB)")
+    mode = {1: "L", 3: "RGB", None: "RGB"}[in_chans]
+    bad, unconvertible, gray, digests = [], [], True, {}
+    total = np.zeros(3 if mode == "RGB" else 1)
+    squares, count = np.zeros_like(total), 0
+    for split, (paths, labels) in files.items():
+        h = hashlib.sha256()
+        for path, label in zip(paths, labels):
+            raw, img = _open_bytes(path)
+            h.update(f"{label}:{len(raw)}:".encode())
+            h.update(raw)
+            if isinstance(img, str):
+                bad.append((path, img))
+                continue
+            gray = gray and img.mode in GRAY_MODES
+            converted = _convert(img, mode)
+            if isinstance(converted, str):
+                unconvertible.append((path, converted))
+                continue
+            if split != "train":
+                continue
+            arr = np.asarray(converted.resize((img_size, img_size)), dtype=np.float32) / 255.0
+            arr = arr.reshape(img_size * img_size, -1).astype(np.float64)
+            total += arr.sum(0)
+            squares += (arr * arr).sum(0)
+            count += len(arr)
+        digests[split] = h.hexdigest()
+    if bad:
+        more = f", and {len(bad) - 1} more file(s) cannot be read either" if len(bad) > 1 else ""
+        bad.sort()
+        raise DataError(f"image {bad[0][0]} cannot be read ({bad[0][1]}){more}; remove or replace the broken file(s)")
+    if unconvertible:
+        more = f" ({len(unconvertible) - 1} more file(s) too)" if len(unconvertible) > 1 else ""
+        unconvertible.sort()
+        raise DataError(f"image {unconvertible[0][0]} {unconvertible[0][1]}{more}; save such images as 8-bit RGB or "
+                        "grayscale (PNG or JPEG), or remove them")
+    mean = total / max(1, count)
+    std = np.sqrt(np.maximum(squares / max(1, count) - mean * mean, 0.0)) + 1e-6
+    if in_chans is None and gray:  # grayscale converted to RGB has three equal channels
+        mode, mean, std = "L", mean[:1], std[:1]
+    return FolderScan(mode, tuple(map(float, mean)), tuple(map(float, std)), digests)
+
+
+# PIL converts these to 8-bit modes by clipping every value above 255: a 16-bit or float image would
+# silently become mostly white, so it counts as an image that cannot be converted
+WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def _convert(img, mode: str):
+    """`img` converted to `mode` ("RGB" or "L"), or why it cannot be (without losing its values)."""
+    if img.mode in WIDE_MODES:
+        return (f"has {'floating-point' if img.mode == 'F' else 'more than 8-bit'} pixels (PIL mode {img.mode}), "
+                f"which converting to 8-bit {mode} would clip")
+    try:
+        return img.convert(mode)
+    except (ValueError, OSError) as exc:
+        return f"has PIL mode {img.mode}, which cannot be converted to {mode} ({exc})"

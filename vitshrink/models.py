@@ -191,12 +191,16 @@ def augment_batch(x: torch.Tensor, kinds: tuple[str, ...], gen: torch.Generator,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, torch.Tensor]:
-    """Top-1 accuracy and the logits (float32, on the CPU) of `model` on (x, y), on the model's device."""
+def evaluate(model: nn.Module, x: Any, y: torch.Tensor | None = None, batch_size: int = 256) -> tuple[float, torch.Tensor]:
+    """Top-1 accuracy and the logits (float32, on the CPU) of `model` on a split (or on tensors x, y),
+    on the model's device; a streamed split is read batch by batch."""
+    from .data import Split
+
+    split = Split(x, y) if y is not None else x
     model.eval()
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-    logits = torch.cat([model(x[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
-    return float((logits.argmax(1) == y).float().mean()), logits
+    logits = torch.cat([model(xb.to(dev)).float().cpu() for xb, _ in split.chunks(batch_size)])
+    return float((logits.argmax(1) == split.labels).float().mean()), logits
 
 
 def _float_logits(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -224,26 +228,47 @@ def train_classifier(
     """
     where = resolve_training(settings.device, settings.precision)
     torch.manual_seed(seed)
-    x, y = data.train.x, data.train.y
+    train = data.train
     model.to(where.device)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = max(1, (len(x) + settings.batch_size - 1) // settings.batch_size)
+    n = len(train)
+    steps_per_epoch = max(1, (n + settings.batch_size - 1) // settings.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.15
     )
     gen = torch.Generator().manual_seed(seed)
+    # a split read through timm's training transform flips (and RandAugments) each image itself
+    timm_pipeline = getattr(train, "train_transform", None) is not None
+    tensor_aug = tuple(a for a in settings.augment if a == "shift" or (a == "flip" and not timm_pipeline))
+    mix = None
+    if loss_fn is None and ("mixup" in settings.augment or "cutmix" in settings.augment):
+        import numpy as np
+
+        from .timm_preprocessing import mixup_of
+
+        np.random.seed(seed)  # timm's Mixup draws from numpy's global generator
+        mix = mixup_of(settings.augment, data.num_classes, settings.label_smoothing)
     for epoch in range(settings.epochs):
         model.train()
-        perm = torch.randperm(len(x), generator=gen)
+        perm = torch.randperm(n, generator=gen)
         # summed on the device in float64: no host sync per step, the same sum as Python floats
         total = torch.zeros((), dtype=torch.float64, device=where.device)
-        for i in range(0, len(x), settings.batch_size):
-            idx = perm[i : i + settings.batch_size]  # sampling and augmentation stay on the CPU generator
-            xb = augment_batch(x[idx], settings.augment, gen) if settings.augment else x[idx]
-            yb = y[idx].to(where.device, non_blocking=True)
+        index_batches = [perm[i : i + settings.batch_size] for i in range(0, n, settings.batch_size)]
+        # a streamed split decodes these batches in a DataLoader; sampling and augmentation stay on the CPU generator
+        for idx, (xb, yb) in zip(index_batches, train.batches(index_batches, train=True)):
+            xb = augment_batch(xb, tensor_aug, gen) if tensor_aug else xb
+            soft = None
+            if mix is not None and len(xb) % 2 == 0:  # timm's Mixup pairs images within the batch
+                xb, soft = mix(xb, yb)
+                soft = soft.to(where.device, non_blocking=True)
+            yb = yb.to(where.device, non_blocking=True)
             with where.autocast():
                 logits = _float_logits(model(xb.to(where.device, non_blocking=True)))
-            if loss_fn is None:
+            if soft is not None:
+                from .timm_preprocessing import soft_cross_entropy
+
+                loss = soft_cross_entropy(logits, soft)
+            elif loss_fn is None:
                 loss = F.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
             else:
                 extra = extra_targets[idx].to(where.device, non_blocking=True) if extra_targets is not None else None
@@ -254,7 +279,7 @@ def train_classifier(
             sched.step()
             total += loss.detach().double() * len(idx)
         if progress:
-            progress(epoch + 1, settings.epochs, float(total) / len(x))
+            progress(epoch + 1, settings.epochs, float(total) / n)
     return model.to("cpu").eval()  # the rest of the pipeline (accuracy, latency, export) runs on the CPU
 
 
@@ -329,7 +354,7 @@ def get_teacher(
     log.info("teacher: training %s on %s for %d epochs", spec.model, data.name, settings.epochs)
     start = time.perf_counter()
     train_classifier(model, data, settings, seed=seed, progress=progress)
-    acc, _ = evaluate(model, data.val.x, data.val.y)
+    acc, _ = evaluate(model, data.val)
     log.info("teacher: val accuracy %.4f after %.0f s", acc, time.perf_counter() - start)
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))

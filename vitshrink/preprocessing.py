@@ -50,6 +50,12 @@ def describe_preprocessing(dataset: str, data: DataBundle) -> dict[str, Any]:
         raise ValueError(f"no preprocessing known for dataset {dataset!r}; known: {', '.join(_RAW)}")
     if not data.mean or not data.std:
         raise ValueError(f"{data.name} carries no normalisation statistics; load it with vitshrink.data")
+    if timm_record := getattr(data.val, "preprocessing", ""):  # a pretrained timm model's own (timm_preprocessing.py)
+        import json
+
+        from .timm_preprocessing import describe_timm_preprocessing
+
+        return describe_timm_preprocessing(json.loads(timm_record)["timm"])
     raw = _RAW[kind]
     size = [data.img_size, data.img_size]
     return {

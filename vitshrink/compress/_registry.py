@@ -53,13 +53,13 @@ class BuildContext:
 
     def example(self, batch: int = 1) -> torch.Tensor:
         """A batch of validation images (for tracing and MAC counting)."""
-        return self.data.val.x[:batch]
+        return self.data.val.images(range(min(batch, len(self.data.val))))
 
     def calibration(self, n: int) -> torch.Tensor:
         """`n` training images, the same ones for a given seed (for pruning scores and static quantization)."""
         gen = torch.Generator().manual_seed(self.seed)
         idx = torch.randperm(len(self.data.train), generator=gen)[:n]
-        return self.data.train.x[idx]
+        return self.data.train.images(idx)
 
     def kd_indices(self) -> torch.Tensor | None:
         """Indices of the train images that KD training uses: a subset of `kd_limit` images, the same

@@ -114,8 +114,7 @@ def logits_cache_key(teacher: nn.Module, data: DataBundle) -> str:
     h.update(f"timm {timm.__version__}".encode())
     h.update(data.describe().encode())
     # describe() names sizes, not contents: two seeds of one dataset must not share logits
-    update_with_tensor(h, data.train.x)
-    update_with_tensor(h, data.train.y)
+    data.train.digest_into(h)  # the tensors, or a streamed split's file bytes and preprocessing
     return h.hexdigest()[:16]
 
 
@@ -131,7 +130,7 @@ def teacher_logits(
 
     Computed once, on `device` (the training device; in float32 there too, whatever the training
     precision: the targets stay as good as the teacher): kept in memory for the process and on disk at
-    ``cache_dir()/logits/<key>.safetensors`` (key: `cache_key`, else `logits_cache_key`, plus the
+    ``cache_dir()/logits/<key>.npy`` (a float32 (N, classes) array, memory-mapped when read; key: `cache_key`, else `logits_cache_key`, plus the
     device type when it is not the CPU: a GPU's rounding differs). The returned tensor is the cached
     one: read it, never modify it in place.
 
@@ -140,46 +139,62 @@ def teacher_logits(
         >>> logits.shape == (len(data.train), data.num_classes)
         True
     """
-    from safetensors.torch import load_file, save_file
-
     key = cache_key or logits_cache_key(teacher, data)
     if (kind := torch.device(device).type) != "cpu":
         key = f"{key}-{kind}"
     if key in _LOGITS_MEMORY:
         return _LOGITS_MEMORY[key]
     folder = cache_dir() / "logits"
-    path = folder / f"{key}.safetensors"
+    path = folder / f"{key}.npy"
     logits = None
     if path.exists():
         try:
-            logits = load_file(str(path))["logits"]
+            logits = _open_logits(path)
         except Exception as exc:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
             log.warning("teacher logits cache %s unreadable (%s); recomputing", path, exc)
-        if logits is not None and logits.shape[0] != len(data.train):
-            log.warning("teacher logits cache %s has %d rows for %d images; recomputing",
-                        path, logits.shape[0], len(data.train))
+        if logits is not None and tuple(logits.shape) != (len(data.train), data.num_classes):
+            log.warning("teacher logits cache %s has shape %s for %d images; recomputing",
+                        path, tuple(logits.shape), len(data.train))
             logits = None
     if logits is None:
-        logits = _run_teacher(teacher, data.train.x, batch_size, device)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per-process: parallel workers never share one
-        save_file({"logits": logits.contiguous()}, str(tmp), metadata={"data": data.describe()})
+        _run_teacher(teacher, data.train, batch_size, device, tmp, data.num_classes)
         tmp.replace(path)  # atomic: readers see the old file or the whole new one
+        logits = _open_logits(path)
         log.info("teacher logits: computed %s, cached at %s", tuple(logits.shape), path)
     _LOGITS_MEMORY[key] = logits
     return logits
 
 
+def _open_logits(path: Path) -> torch.Tensor:
+    """The cached logits, memory-mapped: KD reads the rows of its batches, never the whole file
+    (copy-on-write, so the tensor is writable without touching the file)."""
+    import numpy as np
+
+    return torch.from_numpy(np.load(path, mmap_mode="c"))
+
+
 @torch.no_grad()
-def _run_teacher(teacher: nn.Module, x: torch.Tensor, batch_size: int, device: str = "cpu") -> torch.Tensor:
+def _run_teacher(teacher: nn.Module, split: Split, batch_size: int, device: str, out: Path, classes: int) -> None:
+    """The teacher's float32 logits on every image of `split`, written batch by batch into the .npy
+    file `out` (a memory map: nothing grows with the split)."""
+    import numpy as np
+
     if torch.device(device).type != "cpu":
         teacher = copy.deepcopy(teacher).to(device)  # the shared CPU teacher is left where it is
     was_training = teacher.training
     teacher.eval()
+    rows = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(split), classes))
     try:
-        return torch.cat([teacher(x[i : i + batch_size].to(device)).float().cpu()
-                          for i in range(0, len(x), batch_size)])
+        at = 0
+        for xb, _ in split.chunks(batch_size):
+            block = teacher(xb.to(device)).float().cpu().numpy()
+            rows[at : at + len(block)] = block
+            at += len(block)
+        rows.flush()
     finally:
+        del rows
         teacher.train(was_training)
 
 
@@ -403,8 +418,7 @@ def _kd_inputs(ctx: BuildContext) -> tuple[DataBundle, torch.Tensor]:
     idx = ctx.kd_indices()
     if idx is None:
         return ctx.data, logits
-    train = Split(ctx.data.train.x[idx], ctx.data.train.y[idx])
-    return dataclasses.replace(ctx.data, train=train), logits[idx]
+    return dataclasses.replace(ctx.data, train=ctx.data.train.subset(idx)), logits[idx]
 
 
 def _stage_progress(ctx: BuildContext, stage: str, model: nn.Module) -> Callable[[int, int, float], None] | None:

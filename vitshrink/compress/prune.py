@@ -172,7 +172,7 @@ def calibration_batch(ctx: BuildContext, n: int) -> tuple[torch.Tensor, torch.Te
     # The same seeded permutation as BuildContext.calibration; a test checks the images agree.
     gen = torch.Generator().manual_seed(ctx.seed)
     idx = torch.randperm(len(ctx.data.train), generator=gen)[:n]
-    return ctx.data.train.x[idx], ctx.data.train.y[idx]
+    return ctx.data.train.images(idx), ctx.data.train.labels[idx]
 
 
 def _group_sum(values: torch.Tensor, groups: int) -> torch.Tensor:

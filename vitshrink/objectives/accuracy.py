@@ -45,8 +45,7 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 256) -> AccuracyR
     model.eval()
     try:
         with torch.no_grad():
-            logits = torch.cat([model(split.x[i : i + batch_size]).float().cpu()
-                                for i in range(0, len(split), batch_size)])
+            logits = torch.cat([model(xb).float().cpu() for xb, _ in split.chunks(batch_size)])
     finally:
         model.train(was_training)
     if logits.ndim != 2 or logits.shape[0] != len(split):
@@ -56,7 +55,7 @@ def accuracy(model: nn.Module, split: Split, batch_size: int = 256) -> AccuracyR
         rows = int(bad.any(dim=1).sum())
         raise NonFiniteOutput(f"model produced NaN/inf logits for {rows} of {len(split)} images; "
                               "the compressed model is numerically broken (check quantization or low-rank settings)")
-    acc = float((logits.argmax(dim=1) == split.y.cpu()).float().mean())
+    acc = float((logits.argmax(dim=1) == split.labels.cpu()).float().mean())
     return AccuracyResult(accuracy=acc, logits=logits)
 
 

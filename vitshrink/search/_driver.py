@@ -175,6 +175,7 @@ def run_search(
     on_teacher_epoch: Callable[[int, int, float], None] | None = None,
     evaluate_test: bool = True,
     grace_period: int = DEFAULT_GRACE_PERIOD,
+    gpus_per_trial: float = 0.0,
 ) -> SearchSummary:
     """Run (or resume) the study of `recipe` until it holds `recipe.trials` completed trials,
     `recipe.timeout` seconds have passed, or too many trials failed.
@@ -182,6 +183,8 @@ def run_search(
     Trials left RUNNING by a dead process (same host) or without a heartbeat for `grace_period`
     seconds are failed and retried with the same parameters."""
     start = time.perf_counter()
+    if gpus_per_trial:  # GPUs Ray cannot give are refused before the study exists or a teacher trains
+        _check_gpus_per_trial(executor, address, gpus_per_trial)
     check_space_fits_teacher(recipe)  # an impossible space is refused before the study exists
     fingerprint = recipe_fingerprint(recipe)  # reads the teacher checkpoint: a missing one is refused here
     training_device_of(recipe)  # so is a GPU asked for and absent, before the data is read
@@ -206,7 +209,7 @@ def run_search(
         from .ray_executor import run_on_ray
 
         summary = run_on_ray(study, recipe, storage, art_dir, address=address, workers=workers, on_trial=on_trial,
-                             started=start, grace_period=grace_period)
+                             started=start, grace_period=grace_period, gpus_per_trial=gpus_per_trial)
     elif executor == "local":
         summary = _run_local(study, recipe, art_dir, ctx, on_trial, start, grace_period, taken_at_open)
     else:
@@ -295,3 +298,14 @@ def evaluate_pareto_on_test(study: optuna.Study, ctx: SearchContext) -> dict[int
         study.set_user_attr(key, acc)
         results[t.number] = acc
     return results
+
+
+def _check_gpus_per_trial(executor: str, address: str | None, gpus_per_trial: float) -> None:
+    if gpus_per_trial < 0:
+        raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g} must be >= 0")
+    if executor != "ray":
+        raise ConfigError(f"--gpus-per-trial applies to Ray tasks; add --executor ray, or leave it out (the local "
+                          "executor trains on [teacher.train] device)")
+    from .ray_executor import refuse_missing_gpus
+
+    refuse_missing_gpus(address, gpus_per_trial)

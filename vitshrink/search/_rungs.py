@@ -53,7 +53,7 @@ def rung_subset(val: Split, seed: int, n: int = RUNG_IMAGES) -> Split:
     if len(val) <= n:
         return val
     idx = torch.randperm(len(val), generator=torch.Generator().manual_seed(seed)).narrow(0, 0, n).sort().values
-    return Split(val.x[idx], val.y[idx])
+    return val.subset(idx)
 
 
 @torch.no_grad()
@@ -63,8 +63,8 @@ def subset_accuracy(model: nn.Module, subset: Split, batch_size: int = 256) -> f
     model.eval()
     device = next(model.parameters()).device
     try:
-        correct = sum(int((model(subset.x[i:i + batch_size].to(device)).float().argmax(1).cpu()
-                           == subset.y[i:i + batch_size]).sum()) for i in range(0, len(subset), batch_size))
+        correct = sum(int((model(xb.to(device)).float().argmax(1).cpu() == yb).sum())
+                      for xb, yb in subset.chunks(batch_size))
     finally:
         model.train(was_training)
     return correct / max(1, len(subset))

@@ -57,7 +57,7 @@ class SearchContext:
 
     @property
     def example_shape(self) -> tuple[int, ...]:
-        return tuple(self.data.val.x.shape[1:])
+        return tuple(self.data.val.example_shape)
 
 
 def teacher_spec_of(recipe: Recipe, shape: DataShape | None = None) -> TeacherSpec:
@@ -84,8 +84,19 @@ def data_shape_of(recipe: Recipe) -> DataShape:
 
 
 def load_data(recipe: Recipe) -> DataBundle:
-    return load_dataset(recipe.dataset, recipe.data_dir, seed=recipe.data_seed, limit=recipe.data_options.get("limit"),
+    """The recipe's data; an image folder for a pretrained timm teacher is read through the model's own
+    preprocessing (timm's data config: `vitshrink.timm_preprocessing`)."""
+    data = load_dataset(recipe.dataset, recipe.data_dir, seed=recipe.data_seed, limit=recipe.data_options.get("limit"),
                         download=bool(recipe.data_options.get("download", False)), **_image_options(recipe))
+    if recipe.teacher_pretrained and recipe.canonical_dataset == "image-folder":
+        from ..models import create_model
+        from ..timm_preprocessing import timm_data_config, with_timm_preprocessing
+
+        arch = create_model(teacher_spec_of(recipe, DataShape(data.in_chans, data.img_size, data.num_classes)),
+                            load_weights=False)
+        cfg = timm_data_config(arch, data.in_chans, data.img_size)
+        data = with_timm_preprocessing(data, cfg, tuple(recipe.teacher_train.get("augment", ())))
+    return data
 
 
 def describe_classes(data: DataBundle, show: int = 20) -> str:
@@ -112,7 +123,7 @@ def make_context(recipe: Recipe, progress=None, data: DataBundle | None = None) 
     settings = TrainSettings(**recipe.teacher_train)
     teacher, spec = get_teacher(teacher_spec_of(recipe), data, settings, seed=recipe.seed, progress=progress,
                                 data_seed=recipe.data_seed)
-    acc, _ = evaluate(teacher, data.val.x, data.val.y)
+    acc, _ = evaluate(teacher, data.val)
     target = Target.parse(recipe.device)
     batches = (recipe.latency_batch,) + ((recipe.throughput_batch,) if recipe.throughput_batch else ())
     protocol = LatencyProtocol(warmup=recipe.latency_warmup, runs=recipe.latency_runs, batch_sizes=batches,
@@ -141,6 +152,9 @@ def check_space_fits_teacher(recipe: Recipe) -> None:
 
     space = recipe.space
     arch = create_model(teacher_spec_of(recipe, data_shape_of(recipe)), load_weights=False)
+    check_input_size(recipe, arch)
+    if recipe.teacher_pretrained and recipe.teacher_checkpoint:
+        check_checkpoint_fits(recipe, arch)
     teacher = model_shape(arch, f"the teacher {recipe.teacher_model}")
     models, named = _student_stage_models(recipe, arch)
     space.check_model(teacher.tokens, teacher.depth, teacher.prefix, teacher.name, cls_token=teacher.cls_token,
@@ -155,6 +169,49 @@ def check_space_fits_teacher(recipe: Recipe) -> None:
     for mode in space.values_of("quant"):
         if problem := quant_problem(mode, kind):
             raise ConfigError(f"impossible combination: {problem}")
+
+
+def check_input_size(recipe: Recipe, arch: nn.Module) -> None:
+    """Refuse an image size the teacher's patches do not tile (timm builds such a ViT, then fails on
+    the first image)."""
+    embed = getattr(arch, "patch_embed", None)
+    size, patch = getattr(embed, "img_size", None), getattr(embed, "patch_size", None)
+    if size is None or patch is None or getattr(embed, "dynamic_img_pad", False):
+        return
+    if any(s % p for s, p in zip(size, patch)):
+        s, p = size[0] if size[0] % patch[0] else size[1], patch[0] if size[0] % patch[0] else patch[1]
+        near = " or ".join(str(v) for v in (s // p * p, s // p * p + p) if v > 0)
+        raise ConfigError(f"the image size {s} px of {recipe.teacher_model} is not a multiple of its patch size {p}; "
+                          f"set data.img_size (or teacher.kwargs.img_size) to a multiple of {p}, e.g. {near}")
+
+
+# what timm's pretrained loading adapts itself (the classifier, the position grid, the patch kernel's
+# size): a difference there is expected; any other tensor must have the architecture's shape
+_ADAPTED = ("head.", "head_dist.", "fc_norm.", "pos_embed", "patch_embed.proj.weight")
+
+
+def check_checkpoint_fits(recipe: Recipe, arch: nn.Module) -> None:
+    """Refuse a pretrained checkpoint whose tensors describe another architecture than the recipe's
+    teacher (e.g. 192 wide for a 384-wide DeiT-Small), naming both values, before anything trains."""
+    from ..models import read_state_dict
+
+    state = read_state_dict(recipe.teacher_checkpoint)
+    own = arch.state_dict()
+    width = lambda sd: next((int(sd[k].shape[-1]) for k in ("cls_token", "pos_embed") if k in sd), None)  # noqa: E731
+    depth = lambda sd: len({k.split(".")[1] for k in sd if k.startswith("blocks.")})  # noqa: E731
+    name = recipe.teacher_model
+    fix = f"pass --model with the checkpoint's architecture, or a checkpoint of {name}"
+    if width(state) and width(own) and width(state) != width(own):
+        raise ConfigError(f"checkpoint {recipe.teacher_checkpoint} holds a model {width(state)} wide (embed_dim) but "
+                          f"{name} is {width(own)} wide; {fix}")
+    if depth(state) != depth(own):
+        raise ConfigError(f"checkpoint {recipe.teacher_checkpoint} holds {depth(state)} blocks (depth) but {name} "
+                          f"has {depth(own)}; {fix}")
+    wrong = [k for k in own if k in state and not k.startswith(_ADAPTED) and state[k].shape != own[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise ConfigError(f"checkpoint {recipe.teacher_checkpoint} does not fit {name}: {k} is "
+                          f"{tuple(state[k].shape)} there and {tuple(own[k].shape)} in the model; {fix}")
 
 
 def _student_stage_models(recipe: Recipe, teacher: nn.Module) -> tuple[list[nn.Module], dict[str, Any]]:
@@ -390,7 +447,7 @@ def _macs(model: nn.Module, ctx: SearchContext) -> int | None:
     from ..objectives.macs import count_macs
 
     try:
-        return count_macs(model, ctx.data.val.x[:1])
+        return count_macs(model, ctx.data.val.images([0]))
     except Exception:  # noqa: BLE001
         return None
 

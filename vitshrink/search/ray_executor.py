@@ -96,6 +96,30 @@ def connect(address: str | None, num_cpus: int | None = None):
     return ray, True
 
 
+def check_gpus(ray, gpus_per_trial: float) -> None:
+    """Refuse GPUs per trial on a cluster that has none (Ray would leave every task pending forever)."""
+    from ._driver import SearchError
+
+    have = ray.cluster_resources().get("GPU", 0)
+    if gpus_per_trial > 0 and have <= 0:
+        raise SearchError(f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs but the Ray cluster has none; "
+                          "start Ray nodes with GPUs (ray start --num-gpus N) or leave --gpus-per-trial out")
+    if gpus_per_trial > have:
+        raise SearchError(f"--gpus-per-trial {gpus_per_trial:g} is more than the Ray cluster's {have:g} GPU(s); "
+                          f"ask for at most {have:g}")
+
+
+def refuse_missing_gpus(address: str | None, gpus_per_trial: float) -> None:
+    """`check_gpus` before the study exists or a teacher trains (a local cluster started here for the
+    check is shut down again; the executor starts its own)."""
+    ray, owned = connect(address)
+    try:
+        check_gpus(ray, gpus_per_trial)
+    finally:
+        if owned:
+            ray.shutdown()
+
+
 def cpu_share(ray, workers: int) -> int:
     """CPUs per trial task: the cluster's CPUs split over `workers`, at most one node's worth."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -164,8 +188,10 @@ def run_on_ray(
     on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial, dict[str, int]], None] | None = None,
     started: float | None = None,
     grace_period: int = DEFAULT_GRACE_PERIOD,
+    gpus_per_trial: float = 0.0,
 ) -> SearchSummary:
-    """Run `study` on Ray with up to `workers` concurrent trials until the budget of `recipe` is met.
+    """Run `study` on Ray with up to `workers` concurrent trials until the budget of `recipe` is met;
+    each trial task asks Ray for `gpus_per_trial` GPUs (a fraction shares one).
 
     `storage_url` must be reachable from every node (PostgreSQL, Redis, or a file on shared storage).
     Returns the driver's `SearchSummary`; trials of crashed workers are failed and retried.
@@ -186,7 +212,10 @@ def run_on_ray(
     try:
         _check_target(ray, recipe)
         share = cpu_share(ray, workers)
+        check_gpus(ray, gpus_per_trial)
         options: dict[str, Any] = {"num_cpus": share, "max_retries": 0, "name": "vitshrink-trial"}
+        if gpus_per_trial > 0:
+            options["num_gpus"] = gpus_per_trial  # fractions share a GPU; Ray sets CUDA_VISIBLE_DEVICES per task
         # workers on this machine reuse the driver's teacher cache; elsewhere the folder is created
         env = {k: os.environ[k] for k in ("VITSHRINK_CACHE",) if k in os.environ}
         if env:

@@ -46,7 +46,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 # device and precision: where every model of the study trains (teacher, students, KD fine-tunes); training.py
 _TRAIN_KEYS = {"epochs": int, "lr": float, "weight_decay": float, "batch_size": int, "label_smoothing": float,
                "augment": list, "device": str, "precision": str}
-AUGMENTATIONS = ("flip", "shift")
+AUGMENTATIONS = ("flip", "shift", "randaugment", "mixup", "cutmix")
 # [data] keys that apply to some datasets only (the others apply to every dataset), and why not elsewhere
 _DATA_KEYS_FOR = {
     "data_dir": (("fashion-mnist", "cifar10", "image-folder"), "scikit-learn ships {ds} itself"),
@@ -151,7 +151,7 @@ class Recipe:
                 raise ConfigError(f"{source}: teacher.train.{key} = {v!r} has the wrong type; expected {_type_name(want)}")
             if key == "augment" and (bad := [a for a in v if a not in AUGMENTATIONS]):
                 raise ConfigError(f"{source}: teacher.train.augment has unknown augmentation(s) {bad}; "
-                                  f"choose from {list(AUGMENTATIONS)} (flip: random horizontal flip, shift: up to 2 px)")
+                                  f"choose from {list(AUGMENTATIONS)} (flip: random horizontal flip, shift: up to 2 px, randaugment / mixup / cutmix: timm's, for a pretrained teacher on an image folder)")
         train = teacher.get("train", {})
         try:
             from ..training import check_training_keys  # lazy: training imports this package
@@ -317,6 +317,11 @@ def _check_teacher_keys(r: Recipe, source: str) -> None:
                           f"teacher.checkpoint (it is not trained); remove [teacher.train], or set pretrained = true "
                           "to fine-tune from the checkpoint")
     ds, kwargs = r.canonical_dataset, r.teacher_kwargs
+    timm_only = [a for a in r.teacher_train.get("augment", ()) if a in ("randaugment", "mixup", "cutmix")]
+    if timm_only and not (r.teacher_pretrained and ds == "image-folder"):
+        raise ConfigError(f"{source}: teacher.train.augment {timm_only} is timm's training pipeline, used for a "
+                          "pretrained teacher (pretrained = true) on an image folder; use flip / shift here, or "
+                          "fine-tune a pretrained teacher on an image folder")
     try:
         if ds in data_shape.FIXED_SHAPES:
             data_shape.fit_teacher_kwargs(kwargs, ds, *data_shape.FIXED_SHAPES[ds])
