@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 from dataclasses import dataclass
@@ -362,7 +364,8 @@ def limit_bundle(data: DataBundle, limit: int, seed: int = 0) -> DataBundle:
                          keep=lambda _, idx: idx)
     splits = [Split(s.x[torch.from_numpy(idx)], s.y[torch.from_numpy(idx)])
               for s, (idx, _) in zip((data.train, data.val, data.test), parts)]
-    return DataBundle(data.name, *splits, num_classes=data.num_classes, class_names=data.class_names)
+    # a limited bundle keeps what describes the whole (names, the train statistics it was normalised with)
+    return dataclasses.replace(data, train=splits[0], val=splits[1], test=splits[2])
 
 
 def cache_dir() -> Path:
