@@ -20,6 +20,7 @@ from .. import __version__
 from ..digests import data_sha256
 from ..spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
 from ._fingerprint import FINGERPRINT_ATTR, changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
+from ._latency import record_latency_reference
 from ._pareto import pareto_trials
 from ._samplers import make_sampler
 from ._storage import (ARTIFACT_DIR_ATTR, DEFAULT_GRACE_PERIOD, default_artifact_dir, fail_stale_trials,
@@ -181,6 +182,7 @@ def run_search(
     study.set_user_attr("vitshrink.data", ctx.data.describe())
     study.set_user_attr("vitshrink.classes", list(ctx.data.class_names))
     study.set_user_attr("vitshrink.target", ctx.target.describe())
+    record_latency_reference(study, ctx)  # a new study fixes what its latency objective means, before any trial
     enqueue_warm_starts(study, recipe)
     art_dir = study.user_attrs[ARTIFACT_DIR_ATTR]
     if executor == "ray":
