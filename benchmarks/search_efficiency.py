@@ -147,14 +147,14 @@ def summarise(study, teacher_test: float, started: float, seconds: float, budget
     everything = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     done = [t for t in everything if t.datetime_complete.timestamp() - started <= budget]
     pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+
     def counts(t) -> bool:  # feasible, and at most 5 points (val) below the teacher
         return is_feasible(t) and t_acc - t.values[0] <= FEASIBLE_DROP + 1e-9
 
     eligible = [t for t in done if counts(t)]
     attrs = study.user_attrs
-    numbers = {t.number for t in done}
-    within = [t for t in pareto_trials(study) if t.number in numbers
-              and (acc := attrs.get(f"vitshrink.test_accuracy.{t.number}")) is not None and acc >= teacher_test - WITHIN - 1e-9]
+    test = {t.number: attrs.get(f"vitshrink.test_accuracy.{t.number}") for t in pareto_trials(study)}
+    within = [t for t in done if test.get(t.number) is not None and test[t.number] >= teacher_test - WITHIN - 1e-9]
     best = min(within, key=lambda t: t.values[1], default=None)
     screened = sum(1 for t in pruned if t.user_attrs.get("screened"))
     stopped = sum(1 for t in pruned if t.user_attrs.get("stopped"))
@@ -172,7 +172,8 @@ def summarise(study, teacher_test: float, started: float, seconds: float, budget
                         "test_accuracy": attrs.get(f"vitshrink.test_accuracy.{best.number}"),
                         "latency_ms": round(best.values[1], 4)} if best else None,
         "trained": len(everything) + stopped, "screened": screened, "stopped": stopped, "seconds": round(seconds, 1),
-        "completed": len(done), "completed_after_budget": len(everything) - len(done), "failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
+        "completed": len(done), "completed_after_budget": len(everything) - len(done),
+        "failed": len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))),
         "teacher_val_accuracy": round(t_acc, 4), "teacher_latency_ms": round(t_lat, 4),
         "noisy_latency": sum(1 for t in done if t.user_attrs.get("latency_noisy")),
         "history": history,
@@ -246,8 +247,9 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         os.environ["VITSHRINK_CACHE"] = user_cache
     rows = [r for rs in results["methods"].values() for r in rs]
+    teacher_ms = statistics.median(r["teacher_latency_ms"] for r in rows) if rows else None  # each run's teacher trial
     results["teacher"] = {"test_accuracy": round(teacher_test, 4),
-                          "latency_ms": round(statistics.median(r["teacher_latency_ms"] for r in rows), 4) if rows else None,
+                          "latency_ms": round(teacher_ms, 4) if teacher_ms else None,
                           "val_accuracy": rows[0]["teacher_val_accuracy"] if rows else None}
     results["budget_s"] = float(args.budget)
     med = {m: medians(rs) for m, rs in results["methods"].items()}
@@ -297,7 +299,8 @@ def plot(results: dict, path: Path) -> Path:
 
 
 def table(results: dict) -> str:
-    lines = ["| method | seed | hypervolume | best speed-up at <= 1 pt (test) | trained | screened | stopped | seconds |",
+    lines = ["| method | seed | hypervolume | best speed-up at <= 1 pt (test) | trained | screened | stopped "
+             "| seconds |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for method, rows in results["methods"].items():
         for r in rows:

@@ -68,7 +68,8 @@ def latency_attrs(lat: LatencyResult, cached: bool, baseline: float | None) -> d
     primary = lat.batches[0]
     return {"latency": lat.to_dict() | {"cached": cached, "ratio_to_reference": lat.ratio_to_reference,
                                         "objective_ms": value, "baseline_ms": baseline},
-            "latency_iqr_ms": float(primary.iqr_ms) * value / primary.median_ms,  # in the objective's units
+            # the spread in the objective's units
+            "latency_iqr_ms": float(primary.iqr_ms) * (value / primary.median_ms if primary.median_ms > 0 else 1.0),
             "latency_spread": float(primary.spread), "latency_noisy": bool(lat.noisy)}
 
 
