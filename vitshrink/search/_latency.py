@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,13 @@ def record_latency_reference(study: optuna.Study, ctx: SearchContext) -> dict[st
         alone = dataclasses.replace(ctx.protocol, reference=None)
         lat = measure_latency(ctx.teacher, ctx.example_shape, ctx.target, alone)
         info = {"objective": SCALED, "reference": "teacher", "reference_ms": lat.median_ms,
-                "spread": lat.batches[0].spread, "runs": lat.batches[0].runs, "measured_at": time.time()}
+                "spread": lat.batches[0].spread, "runs": lat.batches[0].runs, "measured_at": time.time(),
+                "load_avg": lat.load_avg, "noisy": lat.noisy}
+        if lat.noisy or lat.load_avg > (os.cpu_count() or 1):
+            # the study's latency unit is fixed now: ratios stay right, but max_latency_ms is read in this unit
+            log.warning("the study's latency reference (the teacher, %.3f ms) was timed on a busy machine (load %.1f"
+                        "%s): latencies are ratios to the teacher x this value", lat.median_ms, lat.load_avg,
+                        ", spread above target" if lat.noisy else "")
     study.set_user_attr(LATENCY_REFERENCE_ATTR, info)
     fingerprint = study.user_attrs.get(FINGERPRINT_ATTR)
     if fingerprint and "target" in fingerprint:  # kept by every resume: differences() compares the recipe's fields only
