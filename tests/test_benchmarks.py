@@ -1,4 +1,5 @@
-"""Smoke runs of the Fashion-MNIST comparison and the overhead benchmark (what CI runs of them)."""
+"""Smoke runs of the Fashion-MNIST comparison, the search-efficiency comparison and the overhead benchmark
+(what CI runs of them)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,34 @@ def test_fashion_mnist_smoke(tmp_path):
     assert res["vitshrink"]["labels"] == res["reference"]["labels"]
     assert res["random"]["labels"][0] == "teacher"
     assert res["settings"]["hv_reference"] == [1.0, 1.1, 1.1]
+
+
+@pytest.mark.slow
+def test_search_efficiency_smoke(tmp_path):
+    """All four methods at one wall-clock budget: the JSON has the documented schema, each run kept to
+    its own storage, and the PNG is written beside it."""
+    bench = _load("search_efficiency")
+    out = tmp_path / "se.json"
+    assert bench.main(["--smoke", "--tmp", str(tmp_path / "tmp"), "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res) >= {"teacher", "budget_s", "methods"} and res["budget_s"] == 20.0
+    assert set(res["teacher"]) >= {"test_accuracy", "latency_ms"} and res["teacher"]["latency_ms"] > 0
+    assert list(res["methods"]) == ["vitshrink", "ablation", "random", "reference"]
+    for method, rows in res["methods"].items():
+        assert [r["seed"] for r in rows] == [0]
+        r = rows[0]
+        assert set(r) >= {"seed", "hypervolume", "best_speedup_at_1pt", "trained", "screened", "stopped", "seconds"}
+        # the teacher trial lies inside the reference box, so every run has a positive volume
+        assert 0 < r["hypervolume"] <= 1.0 * 1.1 * 1.1 and r["best_speedup_at_1pt"] > 0
+        assert r["trained"] >= 1 and r["screened"] >= 0 and r["stopped"] >= 0 and r["seconds"] > 0
+        if method != "vitshrink":  # only vitshrink screens and stops
+            assert r["screened"] == r["stopped"] == 0
+        assert (tmp_path / "tmp" / f"{method}-s0" / "study.db").is_file()
+    assert out.with_suffix(".png").stat().st_size > 0
+    # the default recipe needs the compute-bound teacher: refused in one sentence when it is missing
+    missing = tmp_path / "no-teacher.safetensors"
+    assert bench.main(["--teacher-checkpoint", str(missing), "--out", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
 
 
 @pytest.mark.slow

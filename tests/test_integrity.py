@@ -340,6 +340,9 @@ LATENCY_CHANGES = {
     "runs": lambda a: {**a, "protocol": LatencyProtocol(warmup=1, runs=6)},
     "batch sizes": lambda a: {**a, "protocol": LatencyProtocol(warmup=1, runs=5, batch_sizes=(2,))},
     "throughput batch": lambda a: {**a, "protocol": LatencyProtocol(warmup=1, runs=5, throughput_batch=4)},
+    "runs cap": lambda a: {**a, "protocol": LatencyProtocol(warmup=1, runs=5, max_runs=50)},
+    "target CV": lambda a: {**a, "protocol": LatencyProtocol(warmup=1, runs=5, target_cv=0.05)},
+    "reference": lambda a: {**a, "protocol": LatencyProtocol(warmup=1, runs=5, reference=torch.nn.Flatten())},
     "host": "host",
     "cpu model": "cpu",
 }
@@ -347,7 +350,7 @@ LATENCY_CHANGES = {
 
 @pytest.mark.parametrize("change", list(LATENCY_CHANGES))
 def test_latency_cache_misses_when_an_input_changes_and_hits_when_none_does(change, tmp_path, monkeypatch) -> None:
-    from vitshrink.objectives import latency
+    from vitshrink.objectives import _target, latency
 
     torch.manual_seed(0)
     base = dict(model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)), example_shape=SHAPE,
@@ -360,7 +363,7 @@ def test_latency_cache_misses_when_an_input_changes_and_hits_when_none_does(chan
         monkeypatch.setattr(latency.socket, "gethostname", lambda: "another-host")
         changed = base
     elif how == "cpu":
-        monkeypatch.setattr(latency, "cpu_model", lambda: "Another CPU @ 1.0GHz")
+        monkeypatch.setattr(_target, "cpu_model", lambda: "Another CPU @ 1.0GHz")
         changed = base
     else:
         changed = how(base)

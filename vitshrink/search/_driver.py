@@ -22,6 +22,7 @@ from ..preprocessing import PREPROCESSING_ATTR, describe_preprocessing
 from ..spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
 from ._budget import POLL_S, budget_left, claim_slot, count_states, is_not_run, max_pruned  # noqa: F401 - re-exported
 from ._fingerprint import FINGERPRINT_ATTR, changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
+from ._latency import record_latency_reference
 from ._pareto import pareto_trials
 from ._samplers import make_sampler
 from ._storage import (ARTIFACT_DIR_ATTR, DEFAULT_GRACE_PERIOD, default_artifact_dir, fail_stale_trials,
@@ -203,6 +204,7 @@ def run_search(
     study.set_user_attr("vitshrink.target", ctx.target.describe())
     study.set_user_attr("vitshrink.training", ctx.training.describe())  # this driver's; trials record their own
     study.set_user_attr(PREPROCESSING_ATTR, describe_preprocessing(recipe.dataset, ctx.data))
+    record_latency_reference(study, ctx)  # a new study fixes what its latency objective means, before any trial
     enqueue_warm_starts(study, recipe)
     art_dir = study.user_attrs[ARTIFACT_DIR_ATTR]
     if executor == "ray":

@@ -33,6 +33,7 @@ from ..compress import build
 from ..data import DataBundle
 from ..objectives import LatencyResult, measure_latency_cached, size_bytes
 from ..spaces import CompressionConfig, Recipe
+from ._latency import latency_attrs, latency_baseline, objective_ms
 from ._pareto import is_feasible
 
 if TYPE_CHECKING:
@@ -52,30 +53,35 @@ class Structure:
     cached: bool
     size_bytes: int
     size_tolerance: float = 0.0  # relative: how far the trained model's size may differ (ONNX Runtime models)
+    baseline_ms: float | None = None  # the study's latency reference (search/_latency.py); None: plain ms
 
     @property
     def latency_ms(self) -> float:
-        return float(self.latency.batches[0].median_ms)
+        """The latency objective of the structure, in the study's units (what completed trials hold)."""
+        return float(self.latency.scaled_ms(self.baseline_ms))
 
     @property
     def iqr_ms(self) -> float:
-        return float(self.latency.batches[0].iqr_ms)
+        b = self.latency.batches[0]
+        return float(b.iqr_ms) * self.latency_ms / b.median_ms if b.median_ms > 0 else float(b.iqr_ms)
 
     def attrs(self) -> dict[str, Any]:
         """The user attrs a trial stores about its structure (`peer_costs` reads them back)."""
-        return {"latency": self.latency.to_dict() | {"cached": self.cached}, "latency_iqr_ms": self.iqr_ms,
-                "size_bytes": self.size_bytes}
+        return latency_attrs(self.latency, self.cached, self.baseline_ms) | {"size_bytes": self.size_bytes}
 
 
-def measure_structure(config: CompressionConfig, recipe: Recipe, ctx: SearchContext) -> Structure:
+def measure_structure(config: CompressionConfig, recipe: Recipe, ctx: SearchContext,
+                      baseline_ms: float | None = None) -> Structure:
     """Build `config`'s structure without training, measure its latency (cached) and size.
 
     The latency call has the same arguments as the full trial's, so the trained model (same
-    structure, other weights) reuses this measurement."""
+    structure, other weights) reuses this measurement; `baseline_ms` puts its latency in the study's
+    units (`search/_latency.py`)."""
     model = untrained_structure(ctx.teacher, config, ctx.data, recipe.seed, ctx.teacher_logits)
     lat, cached = measure_latency_cached(model, ctx.example_shape, ctx.target, ctx.protocol,
                                          extra={"quant": config.quant})
-    return Structure(lat, cached, int(size_bytes(model)), ORT_SIZE_TOLERANCE if runs_onnx(model) else 0.0)
+    return Structure(lat, cached, int(size_bytes(model)), ORT_SIZE_TOLERANCE if runs_onnx(model) else 0.0,
+                     baseline_ms)
 
 
 def runs_onnx(model: nn.Module) -> bool:
@@ -139,7 +145,7 @@ def screen(trial: optuna.Trial, config: CompressionConfig, recipe: Recipe, ctx: 
     With ``[study] screening = false`` the structure is still measured (rungs compare peers by it)
     but nothing is screened; nor is it for an `exempt` trial (a retry, which passed screening once)."""
     start = time.perf_counter()
-    structure = measure_structure(config, recipe, ctx)
+    structure = measure_structure(config, recipe, ctx, latency_baseline(trial.study))
     for key, value in structure.attrs().items():
         trial.set_user_attr(key, value)
     if not recipe.screening or exempt:
@@ -170,7 +176,7 @@ def peer_costs(t: FrozenTrial) -> tuple[float, float] | None:
     lat, size = t.user_attrs.get("latency"), t.user_attrs.get("size_bytes")
     if not lat or size is None:
         return None
-    return float(lat["batches"][0]["median_ms"]), float(size)
+    return objective_ms(lat), float(size)
 
 
 __all__ = ["SCREENED_ATTR", "Structure", "constraint_reason", "dominated_reason", "measure_structure", "untrained_structure",

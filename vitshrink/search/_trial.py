@@ -31,6 +31,7 @@ from ..models import TeacherSpec, TrainSettings, evaluate, get_teacher
 from ..objectives import LatencyProtocol, Target, accuracy, measure_latency_cached, size_bytes
 from ..spaces import CompressionConfig, ConfigError, Recipe
 from ..training import TrainingDevice, resolve_training
+from ._latency import latency_attrs, latency_baseline
 from ._storage import this_worker
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,10 @@ def make_context(recipe: Recipe, progress=None, data: DataBundle | None = None) 
     acc, _ = evaluate(teacher, data.val)
     target = Target.parse(recipe.device)
     batches = (recipe.latency_batch,) + ((recipe.throughput_batch,) if recipe.throughput_batch else ())
+    # the teacher is the reference every candidate is timed beside (its ratio is what the search trusts)
     protocol = LatencyProtocol(warmup=recipe.latency_warmup, runs=recipe.latency_runs, batch_sizes=batches,
-                               threads=target.threads)
+                               threads=target.threads, max_runs=recipe.latency_max_runs,
+                               target_cv=recipe.latency_target_cv, reference=teacher)
     logits = cached_teacher_logits(teacher, data, device=training.device)
     return SearchContext(recipe, data, teacher, spec, acc, logits, target, protocol, training)
 
@@ -277,7 +280,8 @@ def recipe_doc(recipe: Recipe) -> dict[str, Any]:
         "teacher": {"model": recipe.teacher_model, "kwargs": recipe.teacher_kwargs, "train": recipe.teacher_train,
                     "pretrained": recipe.teacher_pretrained},
         "target": {"device": recipe.device, "runs": recipe.latency_runs, "warmup": recipe.latency_warmup,
-                   "batch": recipe.latency_batch, "throughput_batch": recipe.throughput_batch},
+                   "batch": recipe.latency_batch, "throughput_batch": recipe.throughput_batch,
+                   "max_runs": recipe.latency_max_runs, "target_cv": recipe.latency_target_cv},
         "constraints": dict(recipe.constraints),
         **recipe.space.to_dict(),
     }
@@ -349,8 +353,8 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
         lat, cached = measure_latency_cached(result.model, ctx.example_shape, ctx.target, ctx.protocol,
                                              extra={"quant": config.quant})
         size = int(size_bytes(result.model))
-        primary = lat.batches[0]
-        values = (float(acc_result.accuracy), float(primary.median_ms), float(size))
+        latency = latency_attrs(lat, cached, latency_baseline(trial.study))
+        values = (float(acc_result.accuracy), latency["latency"]["objective_ms"], float(size))
         if not all(math.isfinite(v) for v in values):
             raise TrialFailed(f"non-finite objective values {values}")
         t2 = time.perf_counter()
@@ -358,8 +362,11 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
         t3 = time.perf_counter()
         trial.set_user_attr("artifact", artifact_id)
         trial.set_user_attr("records", result.records)
-        trial.set_user_attr("latency", lat.to_dict() | {"cached": cached})
-        trial.set_user_attr("latency_iqr_ms", float(primary.iqr_ms))
+        for key, value in latency.items():
+            trial.set_user_attr(key, value)
+        if lat.noisy:
+            log.warning("trial %d: latency spread %.1f %% after %d runs is above the %.1f %% target (latency_noisy)",
+                        trial.number, 100 * latency["latency_spread"], lat.batches[0].runs, 100 * ctx.protocol.target_cv)
         trial.set_user_attr("params", sum(p.numel() for p in result.float_model.parameters()))
         macs = next((r["macs_after"] for r in reversed(result.records) if r.get("macs_after")), None)
         trial.set_user_attr("macs", macs if macs is not None else _macs(result.float_model, ctx))

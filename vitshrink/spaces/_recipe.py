@@ -38,7 +38,8 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "data": {"dataset": str, "data_dir": str, "seed": int, "download": bool, "limit": int, "img_size": int,
              "kd_limit": int},
     "teacher": {"model": str, "checkpoint": str, "pretrained": bool, "kwargs": dict, "train": dict},
-    "target": {"device": str, "runs": int, "warmup": int, "batch": int, "throughput_batch": int},
+    "target": {"device": str, "runs": int, "warmup": int, "batch": int, "throughput_batch": int, "max_runs": int,
+               "target_cv": (int, float)},
     "constraints": {"max_accuracy_drop": (int, float), "max_latency_ms": (int, float), "max_size_mb": (int, float)},
     "space": {},
     "fixed": {},
@@ -93,6 +94,8 @@ class Recipe:
     latency_runs: int = 20
     latency_warmup: int = 5
     latency_batch: int = 1
+    latency_max_runs: int = 200  # timed runs are added up to this many until the median is stable (target_cv)
+    latency_target_cv: float = 0.03  # CV of the median estimate (of the ratio to the teacher) to reach
     throughput_batch: int = 0
     trials: int = 20
     timeout: float | None = None
@@ -179,6 +182,8 @@ class Recipe:
             latency_runs=target.get("runs", 20),
             latency_warmup=target.get("warmup", 5),
             latency_batch=target.get("batch", 1),
+            latency_max_runs=target.get("max_runs", max(200, target.get("runs", 20))),
+            latency_target_cv=float(target.get("target_cv", 0.03)),
             throughput_batch=target.get("throughput_batch", 0),
             trials=study.get("trials", 20),
             timeout=parse_duration(study.get("timeout")),
@@ -202,6 +207,12 @@ class Recipe:
             raise ConfigError(f"{source}: study.trials = {self.trials} must be at least 1")
         if self.latency_runs < 5:
             raise ConfigError(f"{source}: target.runs = {self.latency_runs} is too few for a median and spread; use >= 5")
+        if self.latency_max_runs < self.latency_runs:
+            raise ConfigError(f"{source}: target.max_runs = {self.latency_max_runs} is below target.runs = "
+                              f"{self.latency_runs}; give max_runs >= runs (equal: a fixed number of runs)")
+        if not 0 < self.latency_target_cv < 1:
+            raise ConfigError(f"{source}: target.target_cv = {self.latency_target_cv} is a fraction in (0, 1) "
+                              "(0.03: stop adding runs once the median's spread is under 3 %)")
         if self.seed_with not in (None, "reference"):
             raise ConfigError(f"{source}: study.seed_with = {self.seed_with!r}; the only warm start is 'reference'")
         if not 0 <= self.rung_margin <= 1:
