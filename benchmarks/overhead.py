@@ -95,7 +95,8 @@ def measure_storage(recipe: Recipe, url: str, artifact_dir: Path, label: str) ->
     rows = []
     for (_, before), (number, end) in zip(ends, ends[1:]):
         sec = trials[number].user_attrs.get("seconds")
-        if not sec:  # a failed trial has no timings; its time is in the next interval's wall, so skip both
+        # a failed trial has no timings, and a screened or stopped (PRUNED) one only partial ones: skip them
+        if not sec or trials[number].state != optuna.trial.TrialState.COMPLETE:
             continue
         wall = end - before
         work = sec["build"] + sec["measure"]
