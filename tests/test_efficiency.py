@@ -226,9 +226,9 @@ def test_recipe_switches_default_on_and_are_checked() -> None:
 def test_search_stops_when_every_candidate_is_screened(tmp_path, monkeypatch) -> None:
     """An unreachable constraint: the teacher completes (infeasible), every sampled candidate is
     screened; the run stops after `max_pruned` PRUNED trials instead of sampling forever."""
-    from vitshrink.search import _driver, run_search
+    from vitshrink.search import _budget, run_search
 
-    monkeypatch.setattr(_driver, "max_pruned", lambda recipe: 3)
+    monkeypatch.setattr(_budget, "max_pruned", lambda recipe: 3)  # where budget_left reads it
     recipe = _recipe("unreachable", 'quant = ["none", "dynamic_int8"]', "", trials=2,
                      extra="\n[constraints]\nmax_size_mb = 0.000001\n")
     summary = run_search(recipe, storage=f"sqlite:///{tmp_path}/s.db", evaluate_test=False)
