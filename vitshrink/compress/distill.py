@@ -172,7 +172,7 @@ def _open_logits(path: Path) -> torch.Tensor:
     (copy-on-write, so the tensor is writable without touching the file)."""
     import numpy as np
 
-    return torch.from_numpy(np.load(path, mmap_mode="c"))
+    return torch.from_numpy(np.load(path, mmap_mode="c", allow_pickle=False))
 
 
 @torch.no_grad()
