@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -80,7 +81,7 @@ def measure(ctx, cfg: CompressionConfig) -> dict:
 def run(args: argparse.Namespace) -> dict:
     recipe = bench_recipe(args.smoke, args.kd_epochs, args.student_epochs)
     ctx = make_context(recipe)
-    rows = []
+    rows: list[dict] = []
     for label, plain, recovered in variants(recipe.space, args.kd_epochs, args.augment, args.feature_weight):
         row = {"config": label, "plain": measure(ctx, plain)}
         row["recovery"] = measure(ctx, recovered) if recovered is not None else None
@@ -90,13 +91,26 @@ def run(args: argparse.Namespace) -> dict:
         log.info("%s", json.dumps(row))
         print(json.dumps(row), flush=True)
         rows.append(row)
+        write(args.out, summary(args, recipe, ctx, rows, done=False))  # a slow run keeps what it measured
+    return summary(args, recipe, ctx, rows, done=True)
+
+
+def write(path: Path, res: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2) + "\n")
+
+
+def summary(args: argparse.Namespace, recipe: Recipe, ctx, rows: list[dict], done: bool) -> dict:
     gains = [r["gain"] for r in rows if "gain" in r]
     return {
+        "complete": done,
         "recipe": recipe.name, "teacher_val_accuracy": round(ctx.teacher_accuracy, 4),
         "settings": {"kd_epochs": args.kd_epochs, "student_epochs": args.student_epochs, "kd_augment": args.augment,
                      "kd_feature_weight": args.feature_weight, "seed": 0, "smoke": args.smoke,
                      "training": dataclasses.asdict(ctx.training)},
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()},
+        "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+                    # training seconds are wall clock: a shared, loaded machine makes them noisy
+                    "load_average": [round(v, 2) for v in os.getloadavg()]},
         "rows": rows,
         "mean_gain": round(sum(gains) / len(gains), 4) if gains else None,
     }
@@ -115,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args.student_epochs = args.student_epochs if args.student_epochs is not None else (1 if args.smoke else 10)
     logging.basicConfig(level=logging.WARNING)
     res = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    write(args.out, res)
     print(f"mean val-accuracy gain {res['mean_gain']}; written {args.out}")
     return 0
 

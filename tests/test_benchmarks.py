@@ -196,4 +196,4 @@ def test_recovery_smoke(tmp_path):
         assert 0 <= r["plain"]["val_accuracy"] <= 1 and 0 <= r["recovery"]["val_accuracy"] <= 1
         assert r["gain"] == pytest.approx(r["recovery"]["val_accuracy"] - r["plain"]["val_accuracy"], abs=1e-4)
         assert r["recovery"]["train_seconds"] > 0
-    assert res["settings"]["kd_augment"] == "shift" and res["settings"]["kd_feature_weight"] == 1.0
+    assert res["complete"] and res["settings"]["kd_augment"] == "shift" and res["settings"]["kd_feature_weight"] == 1.0
