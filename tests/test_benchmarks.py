@@ -1,4 +1,4 @@
-"""Smoke runs of the Fashion-MNIST comparison, the search-efficiency comparison and the overhead benchmark
+"""Smoke runs of the Fashion-MNIST comparison, the search-efficiency, overhead and recovery benchmarks
 (what CI runs of them)."""
 
 from __future__ import annotations
@@ -180,3 +180,20 @@ def test_gpu_check_cpu_half(tmp_path):
     kd = res["cpu"]["trials"]["student+prune+kd"]
     assert kd["trained_on"] == [{"device": "cpu", "precision": "fp32"}] * 2  # the student, then the KD fine-tune
     assert kd["loaded_params"] == ["cpu/float32"] and kd["latency_ms"] > 0
+
+
+@pytest.mark.slow
+def test_recovery_smoke(tmp_path):
+    """Each reference config built with plain KD and with the opt-in recovery, side by side."""
+    bench = _load("recovery")
+    out = tmp_path / "recovery.json"
+    assert bench.main(["--smoke", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = {r["config"]: r for r in res["rows"]}
+    assert len(rows) == 7 and rows["quant=dynamic_int8"]["recovery"] is None  # int8 alone distils nothing
+    for r in res["rows"][1:]:
+        assert r["plain"]["kd_teacher"] == ["cached"] and r["recovery"]["kd_teacher"] == ["online"]
+        assert 0 <= r["plain"]["val_accuracy"] <= 1 and 0 <= r["recovery"]["val_accuracy"] <= 1
+        assert r["gain"] == pytest.approx(r["recovery"]["val_accuracy"] - r["plain"]["val_accuracy"], abs=1e-4)
+        assert r["recovery"]["train_seconds"] > 0
+    assert res["complete"] and res["settings"]["kd_augment"] == "shift" and res["settings"]["kd_feature_weight"] == 1.0

@@ -216,11 +216,16 @@ def train_classifier(
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     extra_targets: torch.Tensor | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    online_targets: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    aux: nn.Module | None = None,
 ) -> nn.Module:
     """Train `model` in place with AdamW + cosine schedule on the train split.
 
     `loss_fn(logits, labels, extra)` replaces cross-entropy (knowledge distillation passes
-    the teacher's cached logits as `extra_targets`, indexed like the train split).
+    the teacher's cached logits as `extra_targets`, indexed like the train split). With
+    `online_targets`, `extra` is instead `online_targets(x)` of the batch `x` the model sees (after
+    augmentation, on the device): the teacher run on each batch. `aux`: a module whose parameters
+    train with the model (feature-distillation projections); it stays on the training device.
 
     Trains on `settings.device` in `settings.precision` (bf16 autocast: the weights and the
     optimizer stay float32; the loss is taken in float32), batches moved there one at a time; the
@@ -230,7 +235,8 @@ def train_classifier(
     torch.manual_seed(seed)
     train = data.train
     model.to(where.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    params = list(model.parameters()) + (list(aux.to(where.device).parameters()) if aux is not None else [])
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     n = len(train)
     steps_per_epoch = max(1, (n + settings.batch_size - 1) // settings.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -262,8 +268,10 @@ def train_classifier(
                 xb, soft = mix(xb, yb)
                 soft = soft.to(where.device, non_blocking=True)
             yb = yb.to(where.device, non_blocking=True)
+            xb = xb.to(where.device, non_blocking=True)
             with where.autocast():
-                logits = _float_logits(model(xb.to(where.device, non_blocking=True)))
+                online = online_targets(xb) if online_targets is not None else None
+                logits = _float_logits(model(xb))
             if soft is not None:
                 from .timm_preprocessing import soft_cross_entropy
 
@@ -271,7 +279,7 @@ def train_classifier(
             elif loss_fn is None:
                 loss = F.cross_entropy(logits, yb, label_smoothing=settings.label_smoothing)
             else:
-                extra = extra_targets[idx].to(where.device, non_blocking=True) if extra_targets is not None else None
+                extra = extra_targets[idx].to(where.device, non_blocking=True) if extra_targets is not None else online
                 loss = loss_fn(logits, yb, extra)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -35,7 +35,9 @@ from ..data import DataBundle, Split, cache_dir
 from ..digests import update_with_tensor
 from ..models import ModelError, TeacherSpec, TrainSettings, copy_model, create_model, param_count, train_classifier
 from ..spaces import CompressionConfig, ConfigError
+from ..training import resolve_training
 from ._registry import BuildContext, register_transform
+from .recovery import OnlineTeacher, augment_kinds
 
 log = logging.getLogger(__name__)
 
@@ -368,9 +370,16 @@ def distill_train(
     alpha: float,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    teacher: nn.Module | None = None,
+    augment: str = "none",
+    feature_weight: float = 0.0,
 ) -> float:
     """Train `model` in place by knowledge distillation from `logits` (the teacher's, on the train
     split); returns the mean loss of the last epoch.
+
+    Stronger recovery (recovery.py), opt-in: with `augment` (a `kd_augment` setting) or
+    `feature_weight` > 0, `teacher` runs on each (augmented) batch instead of `logits` being read
+    (which may then be None), and `feature_weight` weighs a block-output (token feature) loss.
 
     Example:
         >>> student = make_student(teacher, CompressionConfig(student="custom", student_depth=1,
@@ -378,6 +387,9 @@ def distill_train(
         >>> distill_train(student, data, teacher_logits(teacher, data), TrainSettings(epochs=1), 4.0, 0.7) > 0
         True
     """
+    if augment != "none" or feature_weight > 0:
+        return _distill_online(model, data, settings, temperature, alpha, seed, progress, teacher, augment,
+                               feature_weight)
     if logits.shape != (len(data.train), data.num_classes):
         raise ValueError(
             f"teacher logits of shape {tuple(logits.shape)} do not match the train split "
@@ -404,6 +416,45 @@ def distill_train(
     return last[0]
 
 
+def _distill_online(model: nn.Module, data: DataBundle, settings: TrainSettings, temperature: float, alpha: float,
+                    seed: int, progress: Callable[[int, int, float], None] | None, teacher: nn.Module | None,
+                    augment: str, feature_weight: float) -> float:
+    """`distill_train` with the teacher run on each batch the student sees (see recovery.py)."""
+    if teacher is None:
+        raise ValueError("kd_augment / kd_feature_weight need the teacher itself, not only its logits")
+    kinds = augment_kinds(augment)
+    settings = dataclasses.replace(settings, augment=tuple(dict.fromkeys((*settings.augment, *kinds))))
+    where = resolve_training(settings.device, settings.precision)
+    online = OnlineTeacher(teacher, model, where.device, feature_weight)
+    last = [float("nan")]
+
+    def report(epoch: int, total: int, loss: float) -> None:
+        last[0] = loss
+        if progress:
+            progress(epoch, total, loss)
+
+    def loss_fn(out, labels, targets):
+        loss = kd_loss(out, labels, targets, temperature, alpha)
+        extra = online.extra_loss()
+        return loss if extra is None else loss + extra
+
+    distilled = hasattr(model, "set_distilled_training")
+    if distilled:
+        model.set_distilled_training(True)
+    try:
+        train_classifier(model, data, settings, seed=seed, loss_fn=loss_fn, progress=report,
+                         online_targets=online, aux=online.projections)
+    finally:
+        online.close()
+        if distilled:
+            model.set_distilled_training(False)
+    return last[0]
+
+
+def _recovery_on(config: CompressionConfig) -> bool:
+    return config.kd_augment != "none" or config.kd_feature_weight > 0
+
+
 def _context_logits(ctx: BuildContext) -> torch.Tensor:
     if ctx.teacher_logits is None:
         # kept on the context so a build that trains a student and fine-tunes reads them once
@@ -411,14 +462,26 @@ def _context_logits(ctx: BuildContext) -> torch.Tensor:
     return ctx.teacher_logits
 
 
-def _kd_inputs(ctx: BuildContext) -> tuple[DataBundle, torch.Tensor]:
+def _kd_inputs(ctx: BuildContext, online: bool = False) -> tuple[DataBundle, torch.Tensor | None]:
     """The data and teacher logits KD trains on: the whole train split, or the seeded subset of
-    `ctx.kd_limit` images (rows of the cached logits picked by the same indices)."""
-    logits = _context_logits(ctx)
+    `ctx.kd_limit` images (rows of the cached logits picked by the same indices). `online`: the
+    teacher runs on each batch, so no logits are read (None)."""
+    logits = None if online else _context_logits(ctx)
     idx = ctx.kd_indices()
     if idx is None:
         return ctx.data, logits
-    return dataclasses.replace(ctx.data, train=ctx.data.train.subset(idx)), logits[idx]
+    return dataclasses.replace(ctx.data, train=ctx.data.train.subset(idx)), None if logits is None else logits[idx]
+
+
+def _recovery_kwargs(config: CompressionConfig, ctx: BuildContext) -> dict[str, Any]:
+    return {"teacher": ctx.teacher, "augment": config.kd_augment, "feature_weight": config.kd_feature_weight}
+
+
+def _recovery_note(config: CompressionConfig) -> dict[str, Any]:
+    """The recovery settings for the build notes, only when on (notes of default builds stay as they were)."""
+    if not _recovery_on(config):
+        return {}
+    return {"kd_augment": config.kd_augment, "kd_feature_weight": config.kd_feature_weight, "kd_teacher": "online"}
 
 
 def _stage_progress(ctx: BuildContext, stage: str, model: nn.Module) -> Callable[[int, int, float], None] | None:
@@ -448,10 +511,11 @@ def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
     final_loss, kd_images = None, 0
     if ctx.train:
         settings = ctx.train_settings(base, epochs=config.student_epochs)
-        kd_data, kd_logits = _kd_inputs(ctx)
+        kd_data, kd_logits = _kd_inputs(ctx, _recovery_on(config))
         kd_images = len(kd_data.train)
         final_loss = distill_train(new, kd_data, kd_logits, settings, config.kd_temperature,
-                                   config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "student", new))
+                                   config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "student", new),
+                                   **_recovery_kwargs(config, ctx))
     ctx.note(
         student_params=param_count(new),
         student_arch=student_arch(new),
@@ -459,6 +523,7 @@ def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
         kd_images=kd_images,
         final_loss=None if final_loss is None else round(final_loss, 5),
         lr=base.lr,
+        **_recovery_note(config),
         **({"trained_on": dataclasses.asdict(ctx.training())} if ctx.train else {}),
         init="random" if selection is None else {"teacher_blocks": selection["blocks"], "tensors_copied": selection["copied"],
                                                  "tensors_kept": len(selection["kept"])},
@@ -474,11 +539,12 @@ def finetune(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> 
     if config.kd_epochs == 0 or not ctx.train:
         return new.eval()  # identity setting, or a rebuild whose weights are loaded afterwards
     settings = ctx.train_settings(FINETUNE_SETTINGS, epochs=config.kd_epochs)
-    kd_data, kd_logits = _kd_inputs(ctx)
+    kd_data, kd_logits = _kd_inputs(ctx, _recovery_on(config))
     final_loss = distill_train(new, kd_data, kd_logits, settings, config.kd_temperature,
-                               config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "finetune", new))
+                               config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "finetune", new),
+                               **_recovery_kwargs(config, ctx))
     ctx.note(kd_epochs=config.kd_epochs, kd_images=len(kd_data.train), lr=settings.lr, final_loss=round(final_loss, 5),
-             kd_temperature=config.kd_temperature, kd_alpha=config.kd_alpha,
+             kd_temperature=config.kd_temperature, kd_alpha=config.kd_alpha, **_recovery_note(config),
              trained_on=dataclasses.asdict(ctx.training()))
     return new.eval()
 

@@ -59,15 +59,18 @@ def reference_configs(space: SearchSpace) -> list[CompressionConfig]:
     kd = int(fixed.get("kd_epochs", 0))
     lm = space.dimension("landmarks")
     lo, hi = (int(lm.low), int(lm.high)) if lm and lm.choices is None else (4, 8)
+    # a recipe's fixed recovery settings shape every reference config that distils
+    recovery = {k: fixed[k] for k in ("kd_augment", "kd_feature_weight") if k in fixed}
     student = dict(student="custom", student_depth=2, student_embed_dim=32, student_heads=2,
-                   student_epochs=student_epochs)
+                   student_epochs=student_epochs, **recovery)
+    tuned = recovery if kd else {}
     return [
         CompressionConfig(quant="dynamic_int8"),
         CompressionConfig(**student),
-        CompressionConfig(prune_heads=0.3, prune_mlp=0.3, kd_epochs=kd),
-        CompressionConfig(prune_heads=0.5, prune_mlp=0.5, kd_epochs=kd),
-        CompressionConfig(lowrank="nystrom", landmarks=lo, kd_epochs=kd),
-        CompressionConfig(lowrank="nystrom", landmarks=hi, kd_epochs=kd),
+        CompressionConfig(prune_heads=0.3, prune_mlp=0.3, kd_epochs=kd, **tuned),
+        CompressionConfig(prune_heads=0.5, prune_mlp=0.5, kd_epochs=kd, **tuned),
+        CompressionConfig(lowrank="nystrom", landmarks=lo, kd_epochs=kd, **tuned),
+        CompressionConfig(lowrank="nystrom", landmarks=hi, kd_epochs=kd, **tuned),
         CompressionConfig(**student, quant="dynamic_int8"),
     ]
 

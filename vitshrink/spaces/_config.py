@@ -13,6 +13,8 @@ CALIBRATED_QUANT = ("static_int8", "openvino_int8")
 LOWRANK_MODES = ("none", "nystrom", "svd")
 PRUNE_SCORES = ("magnitude", "taylor", "activation")
 STUDENT_INITS = ("random", "teacher")
+# augmentation of the KD batches (the teacher then runs on each augmented batch: no cached logits)
+KD_AUGMENTS = ("none", "flip", "shift", "flip+shift")
 
 
 class ConfigError(ValueError):
@@ -86,6 +88,11 @@ class CompressionConfig:
     kd_epochs: int = 0
     kd_temperature: float = 4.0
     kd_alpha: float = 0.7
+    # stronger recovery (off by default; compress/recovery.py): augment the KD batches, the teacher's
+    # logits taken on each augmented batch; and match the teacher's block outputs (token features)
+    # with a cosine loss of this weight, added to the KD loss
+    kd_augment: str = "none"
+    kd_feature_weight: float = 0.0
     # deployment: quantization mode / runtime
     quant: str = "none"
     calib_size: int = 0
@@ -153,6 +160,16 @@ class CompressionConfig:
             raise bad(f"calib_size={self.calib_size} is only used by quant={', '.join(CALIBRATED_QUANT)} or ort_int8")
         if self.kd_temperature <= 0 or not 0.0 <= self.kd_alpha <= 1.0:
             raise bad("kd_temperature must be > 0 and kd_alpha in [0, 1]")
+        self._validate_recovery(bad)
+
+    def _validate_recovery(self, bad) -> None:
+        if self.kd_augment not in KD_AUGMENTS:
+            raise bad(f"kd_augment={self.kd_augment!r} is not one of {', '.join(KD_AUGMENTS)}")
+        if self.kd_feature_weight < 0:
+            raise bad(f"kd_feature_weight={self.kd_feature_weight} must be >= 0")
+        if (self.kd_augment != "none" or self.kd_feature_weight) and self.kd_epochs == 0 and self.student == "none":
+            raise bad("kd_augment / kd_feature_weight shape knowledge distillation, but nothing is distilled; "
+                      "set kd_epochs >= 1 or a student")
 
     @property
     def is_identity(self) -> bool:
@@ -192,4 +209,4 @@ class CompressionConfig:
 # field name -> "str" | "int" | "float" | "tuple[int, ...]" (annotations are strings here)
 _FIELD_KINDS = {f.name: f.type for f in fields(CompressionConfig)}
 
-__all__ = ["CALIBRATED_QUANT", "check_field_type", "CompressionConfig", "ConfigError", "QUANT_MODES", "LOWRANK_MODES", "PRUNE_SCORES"]
+__all__ = ["CALIBRATED_QUANT", "KD_AUGMENTS", "check_field_type", "CompressionConfig", "ConfigError", "QUANT_MODES", "LOWRANK_MODES", "PRUNE_SCORES"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from ._config import (
     CALIBRATED_QUANT,
+    KD_AUGMENTS,
     LOWRANK_MODES,
     PRUNE_SCORES,
     QUANT_MODES,
@@ -30,7 +31,7 @@ from ._fit import ModelShape, drop_problem, indices_problem, landmarks_problem, 
 _FIELD_TYPES = {f.name: f.type for f in fields(CompressionConfig)}
 _DEFAULTS = CompressionConfig().to_dict()
 _ALLOWED_CHOICES = {"quant": QUANT_MODES, "lowrank": LOWRANK_MODES, "prune_score": PRUNE_SCORES,
-                    "student_init": STUDENT_INITS}
+                    "student_init": STUDENT_INITS, "kd_augment": KD_AUGMENTS}
 # A two-number list is a range [low, high]; for these a list is always a set of choices
 # (a student's width must be divisible by its head count, so both are picked from lists).
 _ALWAYS_CHOICES = {"student_embed_dim", "student_heads", "student", *_ALLOWED_CHOICES}
@@ -50,7 +51,10 @@ CONDITIONS: dict[str, tuple[str, Any]] = {
     "nystrom_conv": ("lowrank", "nystrom"),
     "svd_rank": ("lowrank", "svd"),
     "token_drop_at": ("token_drop", ">0"),
-    "calib_size": ("quant", "|".join(CALIBRATED_QUANT)),  # ort_int8 takes a fixed calib_size (static QDQ) or none
+    "calib_size": ("quant", "|".join(CALIBRATED_QUANT)),
+    # only where something is distilled (student_epochs >= 1 exactly when there is a student)
+    "kd_augment": ("kd_epochs|student_epochs", ">0"),
+    "kd_feature_weight": ("kd_epochs|student_epochs", ">0"),  # ort_int8 takes a fixed calib_size (static QDQ) or none
 }
 
 
@@ -317,6 +321,9 @@ class SearchSpace:
                     merged.setdefault("student_embed_dim", merged["student_heads"] * 8)
         if merged.get("token_drop", 0) > 0 and not merged.get("token_drop_at"):
             merged["token_drop_at"] = (1,)
+        if ({"kd_augment", "kd_feature_weight"} & set(values) and not merged.get("kd_epochs")
+                and merged.get("student", "none") == "none"):
+            merged["kd_epochs"] = 1  # a recovery setting is probed where something is distilled
         if merged.get("lowrank") != "nystrom":
             merged.pop("landmarks", None)
         for name in list(merged):  # as in `sample`: a fixed setting whose parent is off keeps its default
