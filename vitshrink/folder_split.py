@@ -11,11 +11,11 @@ it (convert to the folder's mode, resize bicubic, scale to [0, 1], normalise wit
 mean and std); a timm data config gives timm's eval or training transform instead
 (`vitshrink.timm_preprocessing`).
 
-Example:
-    >>> split = FolderSplit(("a.png",), torch.tensor([0]), img_size=32, mode="RGB",
-    ...                     mean=(0.5,) * 3, std=(0.25,) * 3, digest="0")  # doctest: +SKIP
-    >>> split.example_shape  # doctest: +SKIP
-    (3, 32, 32)
+Example (not run: it needs image files)::
+
+    split = FolderSplit(("a.png",), torch.tensor([0]), img_size=32, mode="RGB",
+                        mean=(0.5,) * 3, std=(0.25,) * 3, digest="0")
+    split.example_shape   # (3, 32, 32)
 """
 
 from __future__ import annotations
