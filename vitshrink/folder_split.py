@@ -125,9 +125,12 @@ class FolderSplit:
         transform when `train`)."""
         n = sum(len(b) for b in index_batches)
         workers = loader_workers(n)
+        # workers start from a fork server, not a fork of this process: forking a process whose OpenMP,
+        # ONNX Runtime or OpenVINO threads are running crashed (SIGSEGV) in the full test suite
         loader = DataLoader(_Images(self, train), batch_sampler=[[int(i) for i in b] for b in index_batches],
                             num_workers=workers, pin_memory=torch.cuda.is_available(),
-                            prefetch_factor=2 if workers else None)
+                            prefetch_factor=2 if workers else None,
+                            multiprocessing_context="forkserver" if workers else None)
         yield from loader
 
     def chunks(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
