@@ -395,12 +395,7 @@ def distill_train(
             f"teacher logits of shape {tuple(logits.shape)} do not match the train split "
             f"({len(data.train)} images, {data.num_classes} classes); recompute them with teacher_logits()"
         )
-    last = [float("nan")]
-
-    def report(epoch: int, total: int, loss: float) -> None:
-        last[0] = loss
-        if progress:
-            progress(epoch, total, loss)
+    report, last = _last_loss_reporter(progress)
 
     def loss_fn(out, labels, targets):
         return kd_loss(out, labels, targets, temperature, alpha)
@@ -416,6 +411,19 @@ def distill_train(
     return last[0]
 
 
+def _last_loss_reporter(progress: Callable[[int, int, float], None] | None):
+    """A train_classifier progress callback that keeps the last epoch's loss (in the returned list) and
+    forwards to `progress`."""
+    last = [float("nan")]
+
+    def report(epoch: int, total: int, loss: float) -> None:
+        last[0] = loss
+        if progress:
+            progress(epoch, total, loss)
+
+    return report, last
+
+
 def _distill_online(model: nn.Module, data: DataBundle, settings: TrainSettings, temperature: float, alpha: float,
                     seed: int, progress: Callable[[int, int, float], None] | None, teacher: nn.Module | None,
                     augment: str, feature_weight: float) -> float:
@@ -426,12 +434,7 @@ def _distill_online(model: nn.Module, data: DataBundle, settings: TrainSettings,
     settings = dataclasses.replace(settings, augment=tuple(dict.fromkeys((*settings.augment, *kinds))))
     where = resolve_training(settings.device, settings.precision)
     online = OnlineTeacher(teacher, model, where.device, feature_weight)
-    last = [float("nan")]
-
-    def report(epoch: int, total: int, loss: float) -> None:
-        last[0] = loss
-        if progress:
-            progress(epoch, total, loss)
+    report, last = _last_loss_reporter(progress)
 
     def loss_fn(out, labels, targets):
         loss = kd_loss(out, labels, targets, temperature, alpha)
