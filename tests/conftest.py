@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import uuid
 
 import pytest
 import torch
@@ -43,8 +43,27 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("VITSHRINK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def require_service(name: str) -> None:
-    """Skip when a server is absent on a user's machine; fail instead in CI (VITSHRINK_REQUIRE_SERVICES=1)."""
-    if os.environ.get("VITSHRINK_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{name} is required in CI but not reachable")
-    pytest.skip(f"{name} not reachable")
+@pytest.fixture()
+def unique_name():
+    """A study name no other test uses, and a list to which the test appends the storage URLs it used:
+    the study's PostgreSQL / Redis copies are deleted afterwards."""
+    import optuna
+
+    from vitshrink.search import open_storage
+
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    urls: list[str] = []
+    yield name, urls
+    for url in urls:
+        storage = open_storage(url)
+        for s in storage.get_all_studies():
+            if s.study_name.startswith(name):
+                optuna.delete_study(study_name=s.study_name, storage=storage)
+
+
+@pytest.fixture(scope="session")
+def shared_study(tmp_path_factory):
+    """One small study searched once per session (tests/support.py: CONFIGS), for the query and export tests."""
+    from support import build_shared_study
+
+    return build_shared_study(tmp_path_factory)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_service
+from support import require_service
 from vitshrink.data import FASHION_MNIST_DIRS
 
 ROOT = Path(__file__).resolve().parents[1]

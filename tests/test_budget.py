@@ -18,7 +18,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from recipes import tiny_recipe
-from test_resume import GRACE, recipe_text, storage_url, unique_name  # noqa: F401 - a fixture
+from support import GRACE, recipe_text, storage_url
 from vitshrink.search import open_storage
 from vitshrink.search._budget import BUDGET_TAKEN, SlotTaken, budget_left, claim_slot, count_states
 from vitshrink.spaces import Recipe

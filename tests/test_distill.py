@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from vitshrink.compress import distill
 from vitshrink.compress._registry import BuildContext, get_transform
 from vitshrink.data import DataBundle, cache_dir
-from vitshrink.models import TINY_VIT_KWARGS, TeacherSpec, TrainSettings, create_model, evaluate, train_classifier
+from vitshrink.models import TINY_VIT_KWARGS, TrainSettings, create_model, evaluate, train_classifier
 from vitshrink.spaces import CompressionConfig, ConfigError
 
 torch.set_num_threads(2)

@@ -17,8 +17,7 @@ from optuna.trial import TrialState
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read when Ray is imported: stay on loopback
 ray = pytest.importorskip("ray")
 
-from conftest import require_service  # noqa: E402
-from test_resume import POSTGRES, recipe_text  # noqa: E402
+from support import POSTGRES, recipe_text, require_service  # noqa: E402
 from vitshrink.search import open_storage, run_search  # noqa: E402
 from vitshrink.spaces import Recipe  # noqa: E402
 

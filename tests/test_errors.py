@@ -1,16 +1,12 @@
 """Bad input through the real command line: one clear sentence naming the problem and the fix,
 exit code 2, no traceback unless --debug, and never a password.
 
-Every case runs `python -m vitshrink.cli ...` as a subprocess (a few at a time, to keep the file
-fast); the in-process tests below check the model-dependent space checks number by number.
+Every case runs the command line in this process (tests/support.py: run_cli), as a user would type
+it; the tests below it check the model-dependent space checks number by number.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,6 +15,7 @@ from optuna.trial import TrialState, create_trial
 from safetensors.torch import save_file
 
 from recipes import tiny_recipe
+from support import CliResult, run_cli
 from vitshrink.models import TeacherSpec, create_model
 from vitshrink.spaces import ConfigError, Recipe, SearchSpace
 
@@ -110,56 +107,21 @@ CASES: dict[str, tuple[list[str], list[str], int]] = {
 }
 
 
-def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vitshrink.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def cli_env(tmp: Path) -> dict[str, str]:
-    return {**os.environ, "VITSHRINK_CACHE": str(tmp / "cache"), "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-
-
-# One representative of each kind runs by default; the rest (each imports torch, ~5 s of CPU) are slow.
-FAST = ["unknown recipe key", "misspelt dimension", "inverted range", "empty range", "bad duration",
-        "option of the wrong type", "landmarks > tokens", "postgres unreachable", "postgres unreachable --debug",
-        "export of a failed trial"]
-SLOW = [c for c in CASES if c not in FAST]
-
-
-def _run_cases(names: list[str], root: Path) -> dict[str, tuple[subprocess.CompletedProcess, dict[str, str]]]:
-    """Run the cases, four processes at a time."""
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, tuple[CliResult, dict[str, str]]]:
+    """Every case through the CLI, in this process."""
+    root = tmp_path_factory.mktemp("errors")
     fill = {**_files(root), "root": str(root), "failed_db": _study_with_failed_trial(root)}
-    env = cli_env(root)
-
-    def one(name: str):
-        return name, run_cli([a.format(**fill) for a in CASES[name][0]], root, env)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return {name: (res, fill) for name, res in pool.map(one, names)}
+    env = {"VITSHRINK_CACHE": str(root / "cache"), "COLUMNS": "200"}
+    return {name: (run_cli([a.format(**fill) for a in args], root, env), fill) for name, (args, _, _) in CASES.items()}
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    return _run_cases(FAST, tmp_path_factory.mktemp("errors"))
-
-
-@pytest.fixture(scope="module")
-def slow_results(tmp_path_factory):
-    return _run_cases(SLOW, tmp_path_factory.mktemp("errors-slow"))
-
-
-@pytest.mark.parametrize("case", FAST)
+@pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_gets_one_clear_message(case, results) -> None:
     _check(case, *results[case])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", SLOW)
-def test_more_bad_input_gets_one_clear_message(case, slow_results) -> None:
-    _check(case, *slow_results[case])
-
-
-def _check(case: str, res: subprocess.CompletedProcess, fill: dict[str, str]) -> None:
+def _check(case: str, res: CliResult, fill: dict[str, str]) -> None:
     _, words, code = CASES[case]
     err = res.stderr
     assert res.returncode == code, (res.returncode, err[-2000:])

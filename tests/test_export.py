@@ -1,7 +1,7 @@
 """Exports of stored trials: ONNX runs in ONNX Runtime and matches torch, TorchScript reloads and
 matches, safetensors reloads into the rebuilt architecture, every export has its model card.
 
-The trials come from the session's shared study (see test_studies.py): the teacher, pruning +
+The trials come from the session's shared study (conftest.py: shared_study): the teacher, pruning +
 torch dynamic int8, Nystrom + ToMe token merging, and ONNX Runtime int8.
 """
 
@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from test_studies import cli, shared_study
+from support import cli
 
 from vitshrink.exporting import ExportError, card_path, run_onnx
 
@@ -22,8 +22,8 @@ CARD_KEYS = {"study", "trial", "format", "config", "objectives", "latency", "tes
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return shared_study(tmp_path_factory)
+def shared(shared_study):
+    return shared_study
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 import vitshrink
 from recipes import tiny_recipe
-from test_errors import cli_env, run_cli
+from support import cli_env, run_cli
 from vitshrink.models import TeacherSpec, create_model
 from vitshrink.search import run_search
 from vitshrink.search._artifacts import ArtifactError

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from conftest import require_service
+from support import require_service
 from recipes import tiny_recipe
 from vitshrink import cli
 from vitshrink.compress import distill

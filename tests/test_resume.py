@@ -9,62 +9,22 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import require_service
-from recipes import tiny_recipe as tiny_recipe_text
+from support import GRACE, recipe_text, storage_url
 from vitshrink.search import open_storage, run_search
 from vitshrink.search._storage import HEARTBEAT_ATTR, fail_stale_trials, owner_is_gone, trial_heartbeat
 from vitshrink.spaces import Recipe
-
-GRACE = 2  # seconds; the CLI default is 30
-
-
-
-def recipe_text(name: str, trials: int, device: str = "cpu:1", kd_epochs: int = 1) -> str:
-    return tiny_recipe_text(name, 'prune_heads = [0.0, 0.5]\nlowrank = ["none", "nystrom"]\nlandmarks = [2, 8]',
-                            trials=trials, sampler="random", epochs=2, device=device,
-                            fixed=f"kd_epochs = {kd_epochs}")
-
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS = "redis://127.0.0.1:6379"
 
 
 def tiny_recipe(tmp_path: Path, name: str, trials: int = 2, kd_epochs: int = 1) -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(recipe_text(name, trials, kd_epochs=kd_epochs))
     return path
-
-
-def storage_url(kind: str, tmp_path: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path}/studies.db"
-    if kind == "journal":
-        return f"journal:///{tmp_path}/studies.log"
-    url = POSTGRES if kind == "postgres" else REDIS
-    try:
-        open_storage(url)
-    except Exception:  # noqa: BLE001 - any failure to connect means the service is absent
-        require_service(kind)
-    return url
-
-
-@pytest.fixture()
-def unique_name(request):
-    """A study name no other test uses; Postgres/Redis studies are deleted afterwards."""
-    name = f"resume-{uuid.uuid4().hex[:8]}"
-    urls: list[str] = []
-    yield name, urls
-    for url in urls:
-        storage = open_storage(url)
-        for s in storage.get_all_studies():
-            if s.study_name.startswith(name):
-                optuna.delete_study(study_name=s.study_name, storage=storage)
 
 
 def _search_cmd(recipe: Path, storage: str, *extra: str) -> list[str]:

@@ -1,6 +1,6 @@
 """Querying a stored study: tables, hypervolume, Optuna's own API, plots, and the CLI over them.
 
-One small study is searched once per test session (`shared_study`, also used by test_export.py):
+One small study is searched once per test session (conftest.py: `shared_study`, also used by test_export.py):
 a tiny ViT on digits with enqueued configs, so the transforms that matter for export all appear
 (pruning + torch dynamic int8, Nystrom + ToMe token merging, ONNX Runtime int8), plus one failed trial.
 """
@@ -8,72 +8,18 @@ a tiny ViT on digits with enqueued configs, so the transforms that matter for ex
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
-from typer.testing import CliRunner
 
-from recipes import tiny_recipe
-from vitshrink.spaces import CompressionConfig, Recipe
+from support import CONFIGS, SharedStudy, cli
 
 torch.set_num_threads(2)
 
-RECIPE = tiny_recipe("q", 'quant = ["none", "dynamic_int8", "ort_int8"]\nprune_heads = [0.0, 0.5]\n'
-                     'lowrank = ["none", "nystrom"]\nlandmarks = [2, 8]\ntoken_merge_r = [0, 3]',
-                     trials=4, sampler="random", epochs=2, device="cpu:2")
-
-CONFIGS = {
-    "teacher": CompressionConfig(),
-    "prune_dyn": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, quant="dynamic_int8"),
-    "nys_tokens": CompressionConfig(lowrank="nystrom", landmarks=4, token_merge_r=3),
-    "ort_int8": CompressionConfig(prune_mlp=0.25, quant="ort_int8"),
-}
-
-
-@dataclass
-class SharedStudy:
-    storage: str
-    name: str
-    numbers: dict[str, int]  # config key -> trial number
-    failed: int  # a FAIL trial's number
-    root: Path
-
-
-def shared_study(tmp_path_factory) -> SharedStudy:
-    """Search the study once per session (idempotent: a second caller reuses it)."""
-    from vitshrink.search import open_or_create_study, run_search
-
-    root = tmp_path_factory.getbasetemp() / "shared-study"
-    storage = f"sqlite:///{root}/studies.db"
-    done = root / "done.json"
-    if not done.exists():
-        root.mkdir(exist_ok=True)
-        with pytest.MonkeyPatch.context() as mp:  # module/session fixtures miss conftest's function-scoped cache
-            mp.setenv("VITSHRINK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-            recipe = Recipe.from_toml_text(RECIPE)
-            study = open_or_create_study(recipe, storage)
-            for key, cfg in CONFIGS.items():  # enqueued before the search: these run in this order
-                study.enqueue_trial(recipe.space.params_for(cfg, strict=False),
-                                    user_attrs={"config_override": cfg.to_dict(),
-                                                "role": "teacher" if key == "teacher" else "sampled"})
-            summary = run_search(recipe, storage=storage)
-            assert summary.completed == len(CONFIGS), [t.user_attrs.get("fail_reason") for t in summary.study.trials]
-            trial = summary.study.ask()  # a failed trial, with its reason, as the driver records it
-            trial.set_user_attr("fail_reason", "RuntimeError: out of landmarks")
-            summary.study.tell(trial, state=TrialState.FAIL)
-        numbers = {key: i for i, key in enumerate(CONFIGS)}
-        done.write_text(json.dumps({"numbers": numbers, "failed": trial.number}))
-    meta = json.loads(done.read_text())
-    return SharedStudy(storage, "q", meta["numbers"], meta["failed"], root)
-
-
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> SharedStudy:
-    return shared_study(tmp_path_factory)
+def shared(shared_study) -> SharedStudy:
+    return shared_study
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +27,6 @@ def handle(shared):
     from vitshrink.studies import open_study
 
     return open_study(shared.name, shared.storage)
-
-
-runner = CliRunner()
-
-
-def cli(*args: str):
-    from vitshrink.cli import app
-
-    return runner.invoke(app, list(args), catch_exceptions=False)
 
 
 # --- hypervolume: pure function -------------------------------------------------------------------------------
