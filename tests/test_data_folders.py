@@ -8,8 +8,6 @@ Folders are small PNGs written with PIL.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import pytest
 from PIL import Image
 
 from recipes import tiny_recipe
+from support import run_cli
 from vitshrink.data import DataError, load_dataset, load_image_folder
 from vitshrink.models import ModelError
 from vitshrink.spaces import ConfigError, Recipe
@@ -242,9 +241,7 @@ def test_stored_recipes_of_older_studies_still_open() -> None:
 
 
 def test_data_dir_on_the_command_line_for_digits_is_refused(tmp_path) -> None:
-    res = subprocess.run([sys.executable, "-m", "vitshrink.cli", "search", "--data-dir", str(tmp_path),
-                          "--storage", f"sqlite:///{tmp_path}/s.db"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+    res = run_cli(["search", "--data-dir", str(tmp_path), "--storage", f"sqlite:///{tmp_path}/s.db"], tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     flat = " ".join(res.stderr.split())
     assert "command line: data.data_dir" in flat and "does not apply to digits" in flat and "--data-dir" in flat
@@ -325,9 +322,8 @@ def test_quickstart_like_recipe_runs_on_an_image_folder_from_the_command_line(tm
     root = make_folder(tmp_path / "pets", {"train": 12, "val": 4})
     (tmp_path / "quick.toml").write_text(tiny_recipe("folder-e2e", trials=2))
     storage = f"sqlite:///{tmp_path}/s.db"
-    res = subprocess.run([sys.executable, "-m", "vitshrink.cli", "search", "quick.toml", "--dataset", "image-folder",
-                          "--data-dir", str(root), "--storage", storage], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
+    res = run_cli(["search", "quick.toml", "--dataset", "image-folder", "--data-dir", str(root), "--storage", storage],
+                  tmp_path, {"VITSHRINK_CACHE": str(tmp_path / "cache")})
     assert res.returncode == 0, res.stderr[-3000:]
     assert "cat, dog, fox" in " ".join(res.stderr.split())
     study = optuna.load_study(study_name="folder-e2e", storage=storage)

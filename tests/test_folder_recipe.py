@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from support import CliResult, run_cli
 from vitshrink.data import DataError, load_image_folder
 from vitshrink.spaces import resolve_recipe
 
@@ -30,11 +28,9 @@ def _folder(root: Path, per_class: int = 8, size: int = 40) -> Path:
     return root
 
 
-def _cli(args: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VITSHRINK_CACHE": str(cwd / "cache"), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "vitshrink.cli", "search", *args, "--storage",
-                           f"sqlite:///{cwd / 'st.db'}"], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def _cli(args: list[str], cwd: Path) -> CliResult:
+    env = {"VITSHRINK_CACHE": str(cwd / "cache"), "HF_HUB_OFFLINE": "1"}
+    return run_cli(["search", *args, "--storage", f"sqlite:///{cwd / 'st.db'}"], cwd, env)
 
 
 def _save_random(name: str, path: Path) -> Path:
@@ -47,7 +43,7 @@ def _save_random(name: str, path: Path) -> Path:
     return path
 
 
-def _refused(res: subprocess.CompletedProcess, cwd: Path) -> str:
+def _refused(res: CliResult, cwd: Path) -> str:
     """The one error sentence, after checking the exit and that nothing was trained or stored."""
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.returncode == 2 and len(errors) == 1, res.stderr[-2000:]

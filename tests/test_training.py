@@ -8,16 +8,14 @@ GPU paths run where torch sees a GPU (skipped here); benchmarks/gpu_check.py che
 from __future__ import annotations
 
 import dataclasses
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from recipes import tiny_recipe
+from support import run_cli
 from vitshrink.compress import build
 from vitshrink.compress.distill import distill_train, teacher_logits
 from vitshrink.models import TrainSettings, _teacher_key, train_classifier
@@ -76,9 +74,8 @@ def test_cuda_without_a_gpu_is_one_sentence_before_training(tmp_path):
     recipe = tmp_path / "gpu.toml"
     recipe.write_text(_recipe("gpu", 'device = "cuda"'))
     db = tmp_path / "s.db"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "VITSHRINK_CACHE": str(tmp_path / "cache")}
-    res = subprocess.run([sys.executable, "-m", "vitshrink.cli", "search", str(recipe), "--storage", f"sqlite:///{db}"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    res = run_cli(["search", str(recipe), "--storage", f"sqlite:///{db}"], tmp_path,
+                  {"VITSHRINK_CACHE": str(tmp_path / "cache")})
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ") and "torch sees no GPU" in lines[-1] and "Traceback" not in res.stderr
