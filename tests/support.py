@@ -84,6 +84,23 @@ def run_cli_process(args: list[str], cwd: Path, env: dict[str, str] | None = Non
                           env=env or cli_env(Path(cwd)), capture_output=True, text=True, timeout=timeout)
 
 
+def write_cifar10(root: Path, n: int = 20) -> None:
+    """A local copy of CIFAR-10 in torchvision's format (cifar-10-batches-py), `n` random images per batch."""
+    import pickle
+
+    import numpy as np
+
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), "labels": list(np.arange(n) % 10)}
+        with open(base / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+
+
 def recipe_text(name: str, trials: int, device: str = "cpu:1", kd_epochs: int = 1) -> str:
     """The resume / budget tests' recipe: pruning and Nystrom on the tiny teacher, random sampler."""
     return tiny_recipe(name, 'prune_heads = [0.0, 0.5]\nlowrank = ["none", "nystrom"]\nlandmarks = [2, 8]',

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import gzip
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from support import write_cifar10
 
-from vitshrink.data import DataError, load_cifar10, load_dataset, load_digits, load_fashion_mnist, load_image_folder
+from vitshrink.data import (
+    DataError,
+    load_cifar10,
+    load_dataset,
+    load_digits,
+    load_fashion_mnist,
+    load_image_folder,
+)
 from vitshrink.models import (
     TINY_VIT_KWARGS,
     ModelError,
@@ -77,21 +84,8 @@ def test_debian_fashion_mnist_has_the_official_sizes() -> None:
     assert len(data.train) + len(data.val) == 60000 and len(data.test) == 10000
 
 
-def _write_cifar(root: Path, n: int = 20) -> None:
-    base = root / "cifar-10-batches-py"
-    base.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
-        batch = {"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), "labels": list(np.arange(n) % 10)}
-        with open(base / name, "wb") as f:
-            pickle.dump(batch, f)
-    with open(base / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-
-
 def test_cifar10_reads_a_local_copy_through_torchvision(tmp_path) -> None:
-    _write_cifar(tmp_path)
+    write_cifar10(tmp_path)
     data = load_cifar10(tmp_path, seed=0)
     assert data.train.x.shape[1:] == (3, 32, 32)
     assert len(data.train) + len(data.val) == 100 and len(data.test) == 20

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from support import write_cifar10
 from vitshrink.spaces import ConfigError, Recipe
 
 KW = 'img_size = 32\npatch_size = 16\nembed_dim = 32\ndepth = 1\nnum_heads = 2\nmlp_ratio = 2.0'
@@ -116,3 +117,66 @@ def test_timm_augmentations_need_a_pretrained_teacher_on_an_image_folder():
     with pytest.raises(ConfigError, match="randaugment"):
         Recipe.from_toml_text('[data]\ndataset = "digits"\n[teacher]\nmodel = "vit_tiny_patch16_224"\n'
                               '[teacher.train]\naugment = ["randaugment"]\n[space]\nquant = ["none"]\n')
+
+
+def _cifar_recipe(tmp_path: Path, img_size: int) -> Recipe:
+    write_cifar10(tmp_path / "c10", n=20)
+    return Recipe.from_toml_text(f"""
+[study]
+name = "c10"
+[data]
+dataset = "cifar10"
+data_dir = "{tmp_path / 'c10'}"
+[teacher]
+model = "deit_tiny_patch16_224"
+pretrained = true
+[teacher.kwargs]
+img_size = {img_size}
+embed_dim = 32
+depth = 1
+num_heads = 2
+[teacher.train]
+epochs = 1
+augment = ["flip", "randaugment"]
+[space]
+quant = ["none"]
+""")
+
+
+def test_cifar10_streams_the_same_images_as_the_in_memory_reader(tmp_path):
+    from vitshrink.data import load_cifar10
+
+    write_cifar10(tmp_path, n=20)
+    held, streamed = load_cifar10(tmp_path, seed=0), load_cifar10(tmp_path, seed=0, stream=True)
+    for name in ("train", "val", "test"):
+        a, b = getattr(held, name), getattr(streamed, name)
+        assert torch.equal(a.labels, b.labels) and not hasattr(b, "x")  # same split, pixels not held
+        assert torch.allclose(a.images(range(len(a))), b.images(range(len(b))), atol=1e-4)  # same normalisation (float32 sums)
+    assert np.allclose(held.mean, streamed.mean, atol=1e-5) and len({p.split("#")[0] for p in streamed.train.paths}) == 1
+
+
+def test_a_pretrained_teacher_reads_cifar10_at_its_own_size_and_preprocessing(tmp_path):
+    """The seed study's setting: CIFAR-10 (32 px) fed to a pretrained DeiT at a larger input through timm's
+    transforms of that model (resize, centre crop, ImageNet mean / std), streamed, randaugment for training."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from vitshrink.digests import data_sha256
+    from vitshrink.search._trial import data_shape_of, load_data
+
+    recipe = _cifar_recipe(tmp_path, 64)
+    assert data_shape_of(recipe).img_size == 64
+    data = load_data(recipe)
+    assert data.train.example_shape == (3, 64, 64) and data.img_size == 64
+    assert data.mean == tuple(IMAGENET_DEFAULT_MEAN) and data.std == tuple(IMAGENET_DEFAULT_STD)
+    assert "RandAugment" in repr(data.train.train_transform) and '"timm"' in data.val.preprocessing
+    x = data.val.images(range(4))
+    assert x.shape == (4, 3, 64, 64) and torch.isfinite(x).all()
+    assert data_sha256(load_data(_cifar_recipe(tmp_path / "b", 48))) != data_sha256(data)
+
+
+def test_timm_augmentations_on_cifar10_need_a_pretrained_teacher(tmp_path):
+    write_cifar10(tmp_path / "c", n=10)
+    with pytest.raises(ConfigError, match="pretrained teacher"):
+        Recipe.from_toml_text(f'[data]\ndataset = "cifar10"\ndata_dir = "{tmp_path / "c"}"\n[teacher]\n'
+                              'model = "vit_tiny_patch16_224"\n[teacher.train]\naugment = ["randaugment"]\n'
+                              '[space]\nquant = ["none"]\n')

@@ -220,14 +220,68 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, seed: int = 0,
 
 
 def load_cifar10(
-    data_dir: str | os.PathLike | None = None, seed: int = 0, download: bool = False, val_frac: float = 0.1
+    data_dir: str | os.PathLike | None = None, seed: int = 0, download: bool = False, val_frac: float = 0.1,
+    stream: bool = False,
 ) -> DataBundle:
     """CIFAR-10 through torchvision (the python-pickle batches are read by torchvision itself).
 
     `download=True` uses torchvision's downloader; without a network, point --data-dir at a folder
-    holding ``cifar-10-batches-py``.
+    holding ``cifar-10-batches-py``. `stream=True` keeps the images as uint8 pixels in a memory-mapped
+    .npy file of the cache and gives streamed splits (`folder_split.FolderSplit`) with the same train /
+    val / test images, which a pretrained teacher then reads through its own preprocessing at its own
+    input size (`vitshrink.timm_preprocessing`); the default holds 32x32 float tensors normalised with
+    the train split's statistics.
     """
     from sklearn.model_selection import train_test_split
+
+    train, test = _read_cifar10(data_dir, download)
+    if stream:
+        return _stream_cifar10(train, test, seed, val_frac)
+    x_tr = np.asarray(train.data).transpose(0, 3, 1, 2) / 255.0
+    x_te = np.asarray(test.data).transpose(0, 3, 1, 2) / 255.0
+    y_tr, y_te = np.asarray(train.targets), np.asarray(test.targets)
+    x_tr, x_val, y_tr, y_val = train_test_split(x_tr, y_tr, test_size=val_frac, random_state=seed, stratify=y_tr)
+    return _bundle("cifar10", ((x_tr, y_tr), (x_val, y_val), (x_te, y_te)), 10, tuple(train.classes))
+
+
+def _stream_cifar10(train: Any, test: Any, seed: int, val_frac: float) -> DataBundle:
+    """Streamed CIFAR-10 splits over one uint8 pixel file (train rows, then test rows); the same split
+    of train into train / val as the in-memory form (one stratified split of the row numbers)."""
+    import hashlib
+
+    from sklearn.model_selection import train_test_split
+
+    from .folder_split import FolderSplit, pixel_rows
+
+    pixels = np.concatenate([np.asarray(train.data), np.asarray(test.data)])  # (60000, 32, 32, 3) uint8
+    labels = np.concatenate([np.asarray(train.targets), np.asarray(test.targets)]).astype(np.int64)
+    digest = hashlib.sha256(pixels.tobytes() + labels.tobytes()).hexdigest()
+    folder = cache_dir() / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    npy = folder / f"cifar10-{digest[:16]}.npy"
+    if not npy.exists():
+        tmp = npy.with_name(f"{npy.name}.{os.getpid()}.tmp.npy")
+        np.save(tmp, pixels)
+        tmp.replace(npy)  # atomic: readers see the whole file or none
+    n_train = len(train.targets)
+    rows = pixel_rows(str(npy), len(labels))
+    idx_tr, idx_val = train_test_split(np.arange(n_train), test_size=val_frac, random_state=seed,
+                                       stratify=labels[:n_train])
+    seen = pixels[np.sort(idx_tr)].reshape(-1, 3) / np.float32(255.0)  # the train split's statistics, as _bundle
+    mean = tuple(float(v) for v in seen.mean(axis=0))
+    std = tuple(float(v) + 1e-6 for v in seen.std(axis=0))
+    del seen
+    splits = []
+    for name, idx in (("train", idx_tr), ("val", idx_val), ("test", np.arange(n_train, len(labels)))):
+        h = hashlib.sha256(f"cifar10 {name} {digest}".encode())
+        h.update(np.ascontiguousarray(idx).astype(np.int64).tobytes())
+        splits.append(FolderSplit(tuple(rows[i] for i in idx), torch.from_numpy(labels[idx]), 32, "RGB", mean, std,
+                                  h.hexdigest()))
+    return DataBundle("cifar10", *splits, num_classes=10, class_names=tuple(train.classes), mean=mean, std=std)
+
+
+def _read_cifar10(data_dir: str | os.PathLike | None, download: bool) -> tuple[Any, Any]:
+    """torchvision's CIFAR-10 train and test sets from `data_dir` (or the cache), DataError if absent."""
     from torchvision.datasets import CIFAR10
 
     class _CIFAR10(CIFAR10):
@@ -258,11 +312,7 @@ def load_cifar10(
             f"CIFAR-10 not found under {root} ({exc}); pass --data-dir to a folder holding cifar-10-batches-py, "
             "or allow torchvision to download it (download = true in the recipe's [data] table)"
         ) from None
-    x_tr = np.asarray(train.data).transpose(0, 3, 1, 2) / 255.0
-    x_te = np.asarray(test.data).transpose(0, 3, 1, 2) / 255.0
-    y_tr, y_te = np.asarray(train.targets), np.asarray(test.targets)
-    x_tr, x_val, y_tr, y_val = train_test_split(x_tr, y_tr, test_size=val_frac, random_state=seed, stratify=y_tr)
-    return _bundle("cifar10", ((x_tr, y_tr), (x_val, y_val), (x_te, y_te)), 10, tuple(train.classes))
+    return train, test
 
 
 def load_image_folder(
@@ -314,13 +364,14 @@ def peek_shape(name: str, data_dir: str | os.PathLike | None = None, img_size: i
 
 def load_dataset(
     name: str, data_dir: str | os.PathLike | None = None, seed: int = 0, *, limit: int | None = None,
-    download: bool = False, img_size: int | None = None, in_chans: int | None = None,
+    download: bool = False, img_size: int | None = None, in_chans: int | None = None, stream: bool = False,
 ) -> DataBundle:
     """Load a dataset by name (one of `DATASETS`).
 
     `limit`: the train split keeps a seeded, class-balanced subset of at most `limit` images and val
     and test shrink by the same factor (any dataset). `download` (cifar10 only) lets torchvision
     download it. `img_size` and `in_chans` (image folders only) resize and convert the images.
+    `stream` (cifar10 only) reads CIFAR-10 as streamed uint8 images (`load_cifar10`).
     """
     name = canonical_name(name)
     if name == "image-folder":
@@ -330,7 +381,7 @@ def load_dataset(
     elif name == "fashion-mnist":
         data = load_fashion_mnist(data_dir, seed=seed)
     else:
-        data = load_cifar10(data_dir, seed=seed, download=download)
+        data = load_cifar10(data_dir, seed=seed, download=download, stream=stream)
     return limit_bundle(data, limit, seed) if limit else data
 
 
@@ -360,10 +411,9 @@ def _limit_parts(parts, limit: int, seed: int, keep=None):
 
 def limit_bundle(data: DataBundle, limit: int, seed: int = 0) -> DataBundle:
     """`data` with train cut to at most `limit` images and val and test by the same factor (seeded)."""
-    parts = _limit_parts(tuple((s.x, s.y) for s in (data.train, data.val, data.test)), limit, seed,
+    parts = _limit_parts(tuple((None, s.labels.numpy()) for s in (data.train, data.val, data.test)), limit, seed,
                          keep=lambda _, idx: idx)
-    splits = [Split(s.x[torch.from_numpy(idx)], s.y[torch.from_numpy(idx)])
-              for s, (idx, _) in zip((data.train, data.val, data.test), parts)]
+    splits = [s.subset(torch.from_numpy(idx)) for s, (idx, _) in zip((data.train, data.val, data.test), parts)]
     # a limited bundle keeps what describes the whole (names, the train statistics it was normalised with)
     return dataclasses.replace(data, train=splits[0], val=splits[1], test=splits[2])
 

@@ -23,6 +23,8 @@ FIXED_SHAPES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 10), "fashion-
                                                  "cifar10": (3, 32, 10)}
 DEFAULT_IMG_SIZE = 32  # image folders, when neither the recipe's data nor its teacher sets img_size
 DATA_SHAPED = ("in_chans", "img_size", "num_classes")  # the teacher kwargs the data decides
+# data sets a pretrained timm teacher reads streamed, through its own preprocessing (timm_preprocessing.py)
+TIMM_PREPROCESSED = ("image-folder", "cifar10")
 
 
 @dataclass(frozen=True)

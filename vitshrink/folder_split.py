@@ -6,6 +6,10 @@ in-memory form of it): `len`, `labels`, `example_shape`, `images(indices)`, `sub
 torch `DataLoader` (worker processes for large splits, pinned memory when a GPU is present), so
 memory holds a few batches, never the whole folder.
 
+A "path" is an image file, or a row of a uint8 pixel array saved as .npy (``cifar10-<digest>.npy#17``:
+`pixel_rows`), so data sets that come as arrays (CIFAR-10 for a pretrained teacher at its own input
+size) stream through the same transforms; the array is memory-mapped, never copied per worker.
+
 `transform` decides how a PIL image becomes a tensor: by default the way `read_images` always did
 it (convert to the folder's mode, resize bicubic, scale to [0, 1], normalise with the train split's
 mean and std); a timm data config gives timm's eval or training transform instead
@@ -43,12 +47,30 @@ def loader_workers(n_images: int) -> int:
     return 0 if n_images <= IN_PROCESS_IMAGES else max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
+_PIXEL_FILES: dict[str, np.ndarray] = {}  # .npy pixel files, memory-mapped once per process
+
+
+def pixel_rows(npy: str, n: int) -> tuple[str, ...]:
+    """The image "paths" of the `n` rows of the uint8 pixel array in `npy` ((N, H, W) or (N, H, W, C))."""
+    return tuple(f"{npy}#{i}" for i in range(n))
+
+
+def open_image(path: str) -> Any:
+    """The PIL image at `path`: an image file, or row `i` of a pixel array written as ``FILE.npy#i``."""
+    from PIL import Image
+
+    npy, sep, row = path.rpartition("#")
+    if sep and npy.endswith(".npy") and row.isdigit():
+        if npy not in _PIXEL_FILES:
+            _PIXEL_FILES[npy] = np.load(npy, mmap_mode="r", allow_pickle=False)
+        return Image.fromarray(np.ascontiguousarray(_PIXEL_FILES[npy][int(row)]))
+    return Image.open(path)
+
+
 def decode_for_model(path: str, mode: str, img_size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """One image as the model sees it: PIL convert to `mode`, bicubic resize (PIL's default), /255,
     then (v - mean) / std per channel, all in float32 (as `image_folder.read_images` + `data._bundle`)."""
-    from PIL import Image
-
-    with Image.open(path) as img:
+    with open_image(path) as img:
         arr = np.asarray(img.convert(mode).resize((img_size, img_size)), dtype=np.float32) / 255.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     m = np.asarray(mean, np.float32).reshape(-1, 1, 1)
@@ -104,9 +126,7 @@ class FolderSplit:
         transform = self.train_transform if train and self.train_transform is not None else self.eval_transform
         if transform is None:
             return decode_for_model(self.paths[i], self.mode, self.img_size, self.mean, self.std)
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as img:
+        with open_image(self.paths[i]) as img:
             return transform(img.convert(self.mode))
 
     def images(self, indices: Any) -> torch.Tensor:
@@ -152,4 +172,4 @@ def _as_list(indices: Any, n: int) -> list[int]:
     return [int(i) for i in indices]
 
 
-__all__ = ["FolderSplit", "IN_PROCESS_IMAGES", "decode_for_model", "loader_workers"]
+__all__ = ["FolderSplit", "IN_PROCESS_IMAGES", "decode_for_model", "loader_workers", "open_image", "pixel_rows"]

@@ -1,4 +1,4 @@
-"""A pretrained timm model's own preprocessing, for image folders.
+"""A pretrained timm model's own preprocessing, for image folders and CIFAR-10.
 
 A teacher fine-tuned from timm's pretrained weights expects what it was pretrained on: timm's data
 config of the model (resize to size / crop_pct with its interpolation, centre crop, its mean and std)

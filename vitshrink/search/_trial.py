@@ -14,6 +14,7 @@ import math
 import tempfile
 import time
 import traceback
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch import nn
 from ..compress import build
 from ..compress.distill import teacher_logits as cached_teacher_logits
 from ..data import DataBundle, DataShape, load_dataset, peek_shape
-from ..data_shape import fit_teacher_kwargs, side
+from ..data_shape import TIMM_PREPROCESSED, fit_teacher_kwargs, side
 from ..models import TeacherSpec, TrainSettings, evaluate, get_teacher
 from ..objectives import LatencyProtocol, Target, accuracy, measure_latency_cached, size_bytes
 from ..spaces import CompressionConfig, ConfigError, Recipe
@@ -81,21 +82,34 @@ def _image_options(recipe: Recipe) -> dict[str, Any]:
 
 def data_shape_of(recipe: Recipe) -> DataShape:
     """The data's shape without loading it (an image folder is listed, not decoded)."""
-    return peek_shape(recipe.dataset, recipe.data_dir, **_image_options(recipe))
+    shape = peek_shape(recipe.dataset, recipe.data_dir, **_image_options(recipe))
+    if _reads_at_teacher_size(recipe):
+        return dataclasses.replace(shape, img_size=side(recipe.teacher_kwargs["img_size"]))
+    return shape
+
+
+def _reads_at_teacher_size(recipe: Recipe) -> bool:
+    """CIFAR-10 for a pretrained teacher that fixes its img_size: read at that size by timm's transforms."""
+    return (recipe.teacher_pretrained and recipe.canonical_dataset == "cifar10"
+            and recipe.teacher_kwargs.get("img_size") is not None)
 
 
 def load_data(recipe: Recipe) -> DataBundle:
-    """The recipe's data; an image folder for a pretrained timm teacher is read through the model's own
-    preprocessing (timm's data config: `vitshrink.timm_preprocessing`)."""
+    """The recipe's data. For a pretrained timm teacher, an image folder or CIFAR-10 is streamed and read
+    through the model's own preprocessing (timm's data config, at the teacher's input size:
+    `vitshrink.timm_preprocessing`); otherwise vitshrink's (train-split statistics)."""
+    timm_read = recipe.teacher_pretrained and recipe.canonical_dataset in TIMM_PREPROCESSED
     data = load_dataset(recipe.dataset, recipe.data_dir, seed=recipe.data_seed, limit=recipe.data_options.get("limit"),
-                        download=bool(recipe.data_options.get("download", False)), **_image_options(recipe))
-    if recipe.teacher_pretrained and recipe.canonical_dataset == "image-folder":
+                        download=bool(recipe.data_options.get("download", False)),
+                        stream=timm_read and recipe.canonical_dataset == "cifar10", **_image_options(recipe))
+    if timm_read:
         from ..models import create_model
         from ..timm_preprocessing import timm_data_config, with_timm_preprocessing
 
-        arch = create_model(teacher_spec_of(recipe, DataShape(data.in_chans, data.img_size, data.num_classes)),
+        size = side(recipe.teacher_kwargs["img_size"]) if _reads_at_teacher_size(recipe) else data.img_size
+        arch = create_model(teacher_spec_of(recipe, DataShape(data.in_chans, size, data.num_classes)),
                             load_weights=False)
-        cfg = timm_data_config(arch, data.in_chans, data.img_size)
+        cfg = timm_data_config(arch, data.in_chans, size)
         data = with_timm_preprocessing(data, cfg, tuple(recipe.teacher_train.get("augment", ())))
     return data
 

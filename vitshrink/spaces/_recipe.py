@@ -328,14 +328,17 @@ def _check_teacher_keys(r: Recipe, source: str) -> None:
                           f"teacher.checkpoint (it is not trained); remove [teacher.train], or set pretrained = true "
                           "to fine-tune from the checkpoint")
     ds, kwargs = r.canonical_dataset, r.teacher_kwargs
+    timm_read = r.teacher_pretrained and ds in data_shape.TIMM_PREPROCESSED  # streamed through the model's own transforms
     timm_only = [a for a in r.teacher_train.get("augment", ()) if a in ("randaugment", "mixup", "cutmix")]
-    if timm_only and not (r.teacher_pretrained and ds == "image-folder"):
+    if timm_only and not timm_read:
         raise ConfigError(f"{source}: teacher.train.augment {timm_only} is timm's training pipeline, used for a "
-                          "pretrained teacher (pretrained = true) on an image folder; use flip / shift here, or "
-                          "fine-tune a pretrained teacher on an image folder")
+                          f"pretrained teacher (pretrained = true) on {' or '.join(data_shape.TIMM_PREPROCESSED)}; use flip / "
+                          "shift here, or fine-tune a pretrained teacher on one of those")
     try:
         if ds in data_shape.FIXED_SHAPES:
-            data_shape.fit_teacher_kwargs(kwargs, ds, *data_shape.FIXED_SHAPES[ds])
+            in_chans, px, classes = data_shape.FIXED_SHAPES[ds]
+            # a pretrained teacher reads CIFAR-10 at its own img_size (timm's transforms resize)
+            data_shape.fit_teacher_kwargs(kwargs, ds, in_chans, None if timm_read else px, classes)
         elif "img_size" in kwargs and r.data_options.get("img_size") is not None:
             data_shape.fit_teacher_kwargs(kwargs, ds, None, r.data_options["img_size"], None)
     except ConfigError as exc:
