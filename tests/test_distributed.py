@@ -49,10 +49,12 @@ def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(cluster, t
     except Exception:  # noqa: BLE001 - any failure to connect means the service is absent
         require_service("postgres")
     name = f"ray-{uuid.uuid4().hex[:8]}"
-    recipe = _recipe(name, trials=4, device=f"ray:{RESOURCE}")
+    # every trial trains to the end (no screening or rungs: their verdicts follow noisy timings), and a
+    # heartbeat may be late by the CLI's default 30 s on a loaded machine before a trial counts as stale
+    recipe = _recipe(name, trials=4, device=f"ray:{RESOURCE}").with_overrides(screening=False, rungs=False)
     try:
         summary = run_search(recipe, storage=POSTGRES, executor="ray", address=cluster.address, workers=2,
-                             artifact_dir=tmp_path / "art", evaluate_test=False, grace_period=5)
+                             artifact_dir=tmp_path / "art", evaluate_test=False, grace_period=30)
         trials = summary.study.trials
         # exactly the budget: no trial asked beyond it, none counted twice
         assert summary.completed == 4 and len(trials) == 4
