@@ -19,8 +19,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..spaces._config import CompressionConfig
 
@@ -110,7 +111,7 @@ class Technique:
     # --- when it applies ----------------------------------------------------------------------
     def chosen(self, values: Mapping[str, Any]) -> bool:
         """Whether flat settings `values` (missing ones at their defaults) choose this technique."""
-        get = lambda f: values.get(f, _DEFAULTS[f])  # noqa: E731
+        get = lambda f: values.get(f, _DEFAULTS[f])
         if self.selector:
             field_, want = self.selector
             return get(field_) != "none" if want == ANY else get(field_) == want
@@ -203,5 +204,19 @@ class CalibratedConfig:
     calib_size: int = setting(0)  # training images the int8 ranges are calibrated on, >= 1
 
 
-__all__ = ["ANY", "CalibratedConfig", "DISTILL_FIELDS", "NoSettings", "Technique", "chosen_techniques", "field_applies", "get_technique", "list_techniques", "owners",
-           "register_technique", "selected_by", "setting", "techniques"]
+__all__ = [
+    "ANY",
+    "DISTILL_FIELDS",
+    "CalibratedConfig",
+    "NoSettings",
+    "Technique",
+    "chosen_techniques",
+    "field_applies",
+    "get_technique",
+    "list_techniques",
+    "owners",
+    "register_technique",
+    "selected_by",
+    "setting",
+    "techniques",
+]

@@ -4,8 +4,9 @@ heads below, or a timm model name) trained by knowledge distillation for `epochs
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..spaces._config import KD_AUGMENTS, STUDENT_INITS
 from ._base import ANY, DISTILL_FIELDS, Technique, register_technique, setting
