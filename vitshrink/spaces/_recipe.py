@@ -27,6 +27,7 @@ from typing import Any
 from .. import data_shape  # attributes read at call time: data_shape imports this package's ConfigError
 from ._config import ConfigError
 from ._space import SearchSpace
+from ._space_form import read_space
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class Recipe:
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         try:
-            space = SearchSpace.from_dict(doc.get("space", {}), doc.get("fixed", {}))
+            space = read_space(doc.get("space", {}), doc.get("fixed", {}), source, stored)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         data_options = {k: v for k, v in data.items() if k in ("download", "limit", "img_size", "kd_limit")}
