@@ -17,8 +17,8 @@ beside "none"; ``always = ["quant"]`` leaves "none" out. A technique switched on
 ``model = ["custom", "deit_tiny_patch16_224"]``.
 
 The flat form (``[space] quant = [...]``, ``prune_heads = [...]``, ``[fixed]``), which vitshrink read
-before techniques were modules and which studies store, is still read as before; a recipe written in
-it gets one warning with the same space in the technique form.
+before techniques were modules and which studies store, is still read as before; a recipe text
+written in it gets one warning with the same space in the technique form.
 
 Example:
     >>> flat, fixed = flat_tables({"techniques": ["nystrom"], "nystrom": {"landmarks": [4, 16]}}, {}, "<recipe>")
@@ -53,17 +53,17 @@ def is_technique_form(space: dict[str, Any]) -> bool:
     return "techniques" in space
 
 
-def read_space(space: dict[str, Any], fixed: dict[str, Any], source: str, stored: bool = False) -> SearchSpace:
-    """The SearchSpace of a recipe's [space] (and, in the flat form, [fixed]) tables, in either form.
+def read_space(space: dict[str, Any], fixed: dict[str, Any], source: str) -> SearchSpace:
+    """The SearchSpace of a recipe's [space] (and, in the flat form, [fixed]) tables, in either form."""
+    return SearchSpace.from_dict(*flat_tables(space, fixed, source))
 
-    A flat-form recipe written by hand (not `stored` on a study) gets one warning that shows it in
-    the technique form."""
-    flat, flat_fixed = flat_tables(space, fixed, source)
-    result = SearchSpace.from_dict(flat, flat_fixed)
-    if not is_technique_form(space) and (space or fixed) and not stored:
+
+def warn_if_flat(doc: dict[str, Any], space: SearchSpace, source: str) -> None:
+    """One warning, showing `space` in the technique form, for a recipe text whose [space] is flat.
+    (Recipes stored on studies and rebuilt in workers are flat dicts, read without a word.)"""
+    if not is_technique_form(doc.get("space", {})) and (doc.get("space") or doc.get("fixed")):
         log.warning("%s: [space] is in the flat form, read as before; in the technique form it reads:\n%s",
-                    source, technique_form_toml(result))
-    return result
+                    source, technique_form_toml(space))
 
 
 def flat_tables(space: dict[str, Any], fixed: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -257,4 +257,4 @@ def _hint(word: str, known: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
 
 
-__all__ = ["flat_tables", "is_technique_form", "read_space", "technique_form_toml"]
+__all__ = ["flat_tables", "is_technique_form", "read_space", "technique_form_toml", "warn_if_flat"]
