@@ -1,7 +1,7 @@
 """Whether a config can be applied to a teacher at all, decided from modules and numbers before anything
 trains: the model leaving the student stage (the teacher, or the student built on the meta device, which
 allocates nothing) against the config's numbers (`vitshrink.spaces.config_problem`) and each technique's
-own precondition (`prune_problem`, `lowrank_problem`, `token_problem`, `student_problem`).
+own precondition (each chosen technique's `model_problem`, `vitshrink.techniques`).
 
 `build` calls `check_fits` first, so an impossible config fails before a student is distilled; a search
 trial calls it after sampling and prunes the trial instead of failing it.
@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError, ModelShape, config_problem
-from .distill import make_student, student_problem
-from .lowrank import lowrank_problem, num_tokens
-from .prune import prune_problem
-from .tokens import token_problem
+from ..techniques import chosen_techniques
+from .distill import make_student
+from .lowrank import num_tokens
 
 
 def model_shape(model: nn.Module, name: str) -> ModelShape:
@@ -51,19 +50,18 @@ def impossible_reason(teacher: nn.Module, config: CompressionConfig) -> str | No
         model, name = stage_model(teacher, config)
     except ConfigError as exc:
         return str(exc)
-    if config.student != "none" and (problem := student_problem(model)):
+    chosen = chosen_techniques(config)
+    student = [t for t in chosen if t.stage == "student"]
+    if (problem := next((p for t in student if t.model_problem and (p := t.model_problem(model, config))), None)):
         return problem
     try:
         shape = model_shape(model, name)
     except ConfigError:
         shape = None  # not a ViT: the technique checks below say which stage cannot take it
-    checks = (
-        lambda: config_problem(config, shape) if shape is not None else None,
-        lambda: prune_problem(model, config.prune_heads, config.prune_mlp),
-        lambda: lowrank_problem(model, config.lowrank),
-        lambda: token_problem(model, config.token_merge_r, config.token_drop),
-    )
-    return next((p for check in checks if (p := check())), None)
+    if shape is not None and (problem := config_problem(config, shape)):
+        return problem
+    checks = (t.model_problem for t in chosen if t.stage != "student" and t.model_problem is not None)
+    return next((p for check in checks if (p := check(model, config))), None)
 
 
 def check_fits(teacher: nn.Module, config: CompressionConfig) -> None:

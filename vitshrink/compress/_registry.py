@@ -12,6 +12,7 @@ from torch import nn
 from ..data import DataBundle
 from ..models import TrainSettings
 from ..spaces import CompressionConfig
+from ..techniques import chosen_techniques
 from ..training import TrainingDevice, resolve_training
 
 # The documented order of application; build() walks it.
@@ -96,12 +97,15 @@ class RegisteredTransform:
 _TRANSFORMS: dict[str, RegisteredTransform] = {}
 
 
-def register_transform(name: str, stage: str, is_active: Callable[[CompressionConfig], bool]):
+def register_transform(name: str, stage: str, is_active: Callable[[CompressionConfig], bool] | None = None):
     """Register `fn(model, config, ctx) -> new model` under `name` for `stage`.
 
-    `is_active(config)` says whether the config asks for it; an inactive transform is skipped, so
+    `is_active(config)` says whether the config asks for it; by default, whether the config chooses
+    a technique whose handler is `name` (`vitshrink.techniques`). An inactive transform is skipped, so
     every transform must be exact at its identity setting anyway (a contract test checks both).
     """
+    if is_active is None:
+        is_active = lambda config: any(t.handler == name for t in chosen_techniques(config))  # noqa: E731
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
 

@@ -500,7 +500,7 @@ def _stage_progress(ctx: BuildContext, stage: str, model: nn.Module) -> Callable
     return report
 
 
-@register_transform("student", "student", lambda c: c.student != "none")
+@register_transform("student", "student")
 def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Replace the teacher by a smaller ViT trained by knowledge distillation for `student_epochs`
     (untrained when ``ctx.train`` is False: the caller loads the saved weights)."""
@@ -534,7 +534,7 @@ def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
     return new.eval()
 
 
-@register_transform("finetune", "finetune", lambda c: c.kd_epochs > 0)
+@register_transform("finetune", "finetune")
 def finetune(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Recover accuracy lost to pruning, low-rank or token reduction with `kd_epochs` epochs of
     knowledge distillation from the teacher, at the lower fine-tuning learning rate (5e-4)."""

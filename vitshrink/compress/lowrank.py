@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError
+from ..techniques import chosen_indices
 from ._registry import BuildContext, register_transform
 
 # The iteration Z <- Z (13 I - AZ (15 I - AZ (7 I - AZ))) / 4 multiplies a small singular value's
@@ -226,14 +227,6 @@ def num_tokens(model: nn.Module) -> int:
                           "is needed to count its tokens") from None
 
 
-def _chosen_blocks(model: nn.Module, blocks: tuple[int, ...], what: str) -> list[int]:
-    depth = len(model.blocks)
-    bad = [i for i in blocks if not 0 <= i < depth]
-    if bad:
-        raise ConfigError(f"{what}={list(blocks)} names block(s) {bad} but the model has {depth} blocks (0..{depth - 1})")
-    return sorted(set(blocks)) if blocks else list(range(depth))
-
-
 def lowrank_problem(model: nn.Module, mode: str) -> str | None:
     """Why `model`'s modules cannot take low-rank `mode` ("nystrom" or "svd"), or None: both need a
     timm ViT's blocks; Nystrom also a token count and timm-style attention (qkv, proj, heads).
@@ -260,7 +253,7 @@ def lowrank_problem(model: nn.Module, mode: str) -> str | None:
     return None
 
 
-@register_transform("nystrom", "lowrank", lambda c: c.lowrank == "nystrom")
+@register_transform("nystrom", "lowrank")
 def nystrom(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Replace `blocks[i].attn` by Nystrom attention with `config.landmarks` landmarks, in every
     block or in `config.lowrank_blocks`, reusing the trained projections.
@@ -274,7 +267,7 @@ def nystrom(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
     n = num_tokens(new)
     if config.landmarks > n:
         raise ConfigError(f"landmarks={config.landmarks} exceeds the {n} tokens of this model; use at most {n}")
-    blocks = _chosen_blocks(new, config.lowrank_blocks, "lowrank_blocks")
+    blocks = chosen_indices(new, config.lowrank_blocks, "lowrank_blocks")
     for i in blocks:
         new.blocks[i].attn = NystromAttention.from_attention(new.blocks[i].attn, config.landmarks, config.nystrom_conv)
     ctx.note(landmarks=config.landmarks, blocks=blocks, tokens=n, nystrom_conv=config.nystrom_conv)

@@ -184,7 +184,7 @@ def to_openvino(model: nn.Module, example: torch.Tensor, calibration: torch.Tens
     return OpenVinoModule(*_ir_bytes(quantized), kind="int8")
 
 
-@register_transform("openvino", "quantize", lambda c: c.quant in OPENVINO_MODES)
+@register_transform("openvino", "quantize")
 def openvino(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Run the model in OpenVINO (``openvino_fp32``), or NNCF int8 post-training quantization calibrated
     on `config.calib_size` seeded training images (``openvino_int8``); notes as the quantize stage does."""

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..models import copy_model
 from ..spaces import CompressionConfig, ConfigError
+from ..techniques import blocks as walk_blocks
 from ._registry import BuildContext, register_transform
 
 # Calibration images for the data-driven scores, in batches: enough for a stable ranking, cheap on a CPU.
@@ -50,8 +51,8 @@ def keep_count(total: int, fraction: float) -> int:
 
 
 def _check_vit(model: nn.Module) -> list[nn.Module]:
-    blocks = getattr(model, "blocks", None)
-    if blocks is None or len(blocks) == 0:
+    blocks = [blk for _, blk in walk_blocks(model)]
+    if not blocks:
         raise ConfigError(
             f"structured pruning needs a timm VisionTransformer with .blocks; got {type(model).__name__}"
         )
@@ -298,7 +299,7 @@ def _top(scores: torch.Tensor, keep: int) -> list[int]:
     return sorted(int(i) for i in order)
 
 
-@register_transform("prune", "prune", lambda c: c.prune_heads > 0 or c.prune_mlp > 0)
+@register_transform("prune", "prune")
 def prune_vit(model: nn.Module, config: CompressionConfig, ctx: BuildContext | None) -> nn.Module:
     """Remove the `prune_heads` fraction of attention heads and `prune_mlp` fraction of MLP hidden units
     with the lowest `prune_score` in every block (at least one of each is kept).

@@ -202,7 +202,7 @@ def _agreement(reference: nn.Module, model: nn.Module, x: torch.Tensor) -> float
     return float(torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0))
 
 
-@register_transform("quantize", "quantize", lambda c: c.quant in TORCH_MODES + ORT_MODES)
+@register_transform("quantize", "quantize")
 def quantize(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Quantize / move to a deployment runtime per `config.quant`, calibrating on `config.calib_size`
     seeded training images; notes the runtime, deployed bytes before/after and cosine agreement."""

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..models import copy_model
 from ..spaces import CompressionConfig, ConfigError
+from ..techniques import blocks as walk_blocks, chosen_indices
 from ._registry import BuildContext, register_transform
 
 # The Linear layers of a timm ViT block that are factorised, as paths inside the block.
@@ -96,16 +97,12 @@ def factorise_linear(layer: nn.Linear, rank: int) -> tuple[LowRankLinear, float]
 
 
 def _blocks_to_factorise(model: nn.Module, wanted: tuple[int, ...]) -> list[int]:
-    blocks = getattr(model, "blocks", None)
-    if blocks is None or len(blocks) == 0:
+    if not walk_blocks(model):
         raise ConfigError(f"lowrank='svd' needs a timm VisionTransformer with .blocks; got {type(model).__name__}")
-    bad = [b for b in wanted if not 0 <= b < len(blocks)]
-    if bad:
-        raise ConfigError(f"lowrank_blocks {bad} are out of range: the model has blocks 0..{len(blocks) - 1}")
-    return sorted(set(wanted)) if wanted else list(range(len(blocks)))
+    return chosen_indices(model, wanted, "lowrank_blocks")
 
 
-@register_transform("svd", "lowrank", lambda c: c.lowrank == "svd")
+@register_transform("svd", "lowrank")
 def svd_factorise(model: nn.Module, config: CompressionConfig, ctx: BuildContext | None) -> nn.Module:
     """Replace qkv, proj, fc1 and fc2 of the chosen blocks (`lowrank_blocks`, empty: all) by their
     truncated SVD at rank ``max(1, ceil(svd_rank * min(out, in)))`` wherever that saves weights.

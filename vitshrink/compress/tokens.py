@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError
+from ..techniques import chosen_indices
 from ._registry import BuildContext, register_transform
-from .lowrank import NystromAttention, _chosen_blocks, num_tokens
+from .lowrank import NystromAttention, num_tokens
 
 AttendResult = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 
@@ -247,7 +248,7 @@ def token_problem(model: nn.Module, merge_r: int, drop: float) -> str | None:
     return None
 
 
-@register_transform("tokens", "tokens", lambda c: c.token_merge_r > 0 or c.token_drop > 0)
+@register_transform("tokens", "tokens")
 def reduce_tokens(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """ToMe-merge `config.token_merge_r` tokens in every block and drop the `config.token_drop`
     fraction of patches at the blocks `config.token_drop_at`; notes the tokens per block.
@@ -260,7 +261,7 @@ def reduce_tokens(model: nn.Module, config: CompressionConfig, ctx: BuildContext
     prefix = int(getattr(new, "num_prefix_tokens", 0))
     depth = len(new.blocks)
     r, drop = config.token_merge_r, config.token_drop
-    drop_at = set(_chosen_blocks(new, config.token_drop_at, "token_drop_at")) if drop > 0 else set()
+    drop_at = set(chosen_indices(new, config.token_drop_at, "token_drop_at")) if drop > 0 else set()
     if drop > 0 and getattr(new, "cls_token", None) is None:
         raise ConfigError("token_drop ranks patches by the cls token's attention, but this model has no cls token; "
                           "use token_merge_r instead")

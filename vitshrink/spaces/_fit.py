@@ -79,17 +79,11 @@ def drop_problem(shape: ModelShape) -> str | None:
 
 def config_problem(config: CompressionConfig, shape: ModelShape) -> str | None:
     """Why `config` cannot be applied to the model of `shape` (the one leaving the student stage),
-    or None when it can."""
-    checks = []
-    if config.lowrank != "none":
-        checks.append(indices_problem("lowrank_blocks", config.lowrank_blocks, shape))
-    if config.lowrank == "nystrom":
-        checks.append(landmarks_problem(config.landmarks, shape))
-    if config.token_drop > 0:
-        checks += [drop_problem(shape), indices_problem("token_drop_at", config.token_drop_at, shape)]
-    if config.token_merge_r > 0:
-        checks.append(merge_problem(config.token_merge_r, shape))
-    return next((c for c in checks if c), None)
+    or None when it can: each chosen technique's own `shape_problem`."""
+    from ..techniques import chosen_techniques  # imported when used: the techniques import this module
+
+    checks = (t.shape_problem for t in chosen_techniques(config) if t.shape_problem is not None)
+    return next((p for check in checks if (p := check(config, shape))), None)
 
 
 __all__ = ["ModelShape", "config_problem", "drop_problem", "indices_problem", "landmarks_problem", "merge_problem"]

@@ -27,6 +27,7 @@ from typing import Any
 from .. import data_shape  # attributes read at call time: data_shape imports this package's ConfigError
 from ._config import ConfigError
 from ._space import SearchSpace
+from ._space_form import read_space, warn_if_flat
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,9 @@ class Recipe:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source} is not valid TOML: {exc}") from None
-        return cls.from_dict(doc, source)
+        recipe = cls.from_dict(doc, source)
+        warn_if_flat(doc, recipe.space, source)
+        return recipe
 
     @classmethod
     def from_file(cls, path: str | Path) -> Recipe:
@@ -163,7 +166,7 @@ class Recipe:
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         try:
-            space = SearchSpace.from_dict(doc.get("space", {}), doc.get("fixed", {}))
+            space = read_space(doc.get("space", {}), doc.get("fixed", {}), source)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         data_options = {k: v for k, v in data.items() if k in ("download", "limit", "img_size", "kd_limit")}

@@ -1,5 +1,6 @@
-"""`SearchSpace`: which `CompressionConfig` fields are searched, their ranges or choices, and the
-conditions between them, as data that round-trips through JSON and maps an Optuna trial to a config.
+"""`SearchSpace`: which `CompressionConfig` fields are searched, their ranges or choices (a technique's
+settings exist only where the technique is chosen: `vitshrink.techniques`), as data that round-trips
+through JSON and maps an Optuna trial to a config.
 
 Example:
     >>> import optuna
@@ -15,59 +16,47 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ._config import (
-    CALIBRATED_QUANT,
-    KD_AUGMENTS,
-    LOWRANK_MODES,
-    PRUNE_SCORES,
-    QUANT_MODES,
-    STUDENT_INITS,
-    CompressionConfig,
-    ConfigError,
-    check_field_type,
-)
+from ._config import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, check_field_type
 from ._fit import ModelShape, drop_problem, indices_problem, landmarks_problem, merge_problem
 
 _FIELD_TYPES = {f.name: f.type for f in fields(CompressionConfig)}
 _DEFAULTS = CompressionConfig().to_dict()
-_ALLOWED_CHOICES = {"quant": QUANT_MODES, "lowrank": LOWRANK_MODES, "prune_score": PRUNE_SCORES,
-                    "student_init": STUDENT_INITS, "kd_augment": KD_AUGMENTS}
-# A two-number list is a range [low, high]; for these a list is always a set of choices
-# (a student's width must be divisible by its head count, so both are picked from lists).
-_ALWAYS_CHOICES = {"student_embed_dim", "student_heads", "student", *_ALLOWED_CHOICES}
-
-# A dimension is only sampled when its condition holds on the values sampled before it
-# (dimensions are sampled in CompressionConfig's field order, so conditions look backwards).
-CONDITIONS: dict[str, tuple[str, Any]] = {
-    "student_depth": ("student", "!none"),
-    "student_embed_dim": ("student", "custom"),
-    "student_heads": ("student", "custom"),
-    "student_mlp_ratio": ("student", "custom"),
-    "student_epochs": ("student", "!none"),
-    "student_init": ("student", "!none"),
-    "prune_score": ("prune_heads|prune_mlp", ">0"),
-    "landmarks": ("lowrank", "nystrom"),
-    "lowrank_blocks": ("lowrank", "!none"),
-    "nystrom_conv": ("lowrank", "nystrom"),
-    "svd_rank": ("lowrank", "svd"),
-    "token_drop_at": ("token_drop", ">0"),
-    "calib_size": ("quant", "|".join(CALIBRATED_QUANT)),
-    # only where something is distilled (student_epochs >= 1 exactly when there is a student)
-    "kd_augment": ("kd_epochs|student_epochs", ">0"),
-    "kd_feature_weight": ("kd_epochs|student_epochs", ">0"),  # ort_int8 takes a fixed calib_size (static QDQ) or none
-}
+# the settings that choose a technique by their value, and the values they take
+_SELECTOR_CHOICES = {"quant": QUANT_MODES, "lowrank": LOWRANK_MODES}
 
 
-def _condition_holds(field: str, values: dict[str, Any]) -> bool:
-    if field not in CONDITIONS:
+def _techniques():
+    # imported when first used: vitshrink.techniques imports this package's _config
+    from .. import techniques
+
+    return techniques
+
+
+def allowed_choices(name: str) -> tuple[Any, ...] | None:
+    """The values field `name` may take (a selector's modes, a technique setting's choices), or None."""
+    if name in _SELECTOR_CHOICES:
+        return _SELECTOR_CHOICES[name]
+    for t in _techniques().techniques():
+        setting = t.setting_of(name)
+        if setting is not None and t.meta(setting)["choices"] is not None:
+            return t.meta(setting)["choices"]
+    return None
+
+
+def always_choices(name: str) -> bool:
+    """Whether a two-number list for `name` is a set of choices, never a range (a student's width
+    must be divisible by its head count, so both are picked from lists)."""
+    if name in _SELECTOR_CHOICES:
         return True
-    parents, want = CONDITIONS[field]
-    got = [values.get(p, _DEFAULTS[p]) for p in parents.split("|")]
-    if want == ">0":
-        return any(g > 0 for g in got)
-    if want.startswith("!"):
-        return got[0] != want[1:]
-    return got[0] in want.split("|")
+    return any(t.setting_of(name) is not None and t.meta(t.setting_of(name))["as_list"]
+               for t in _techniques().techniques())
+
+
+def field_applies(name: str, values: dict[str, Any]) -> bool:
+    """Whether field `name` is used under the settings `values`: a technique's setting exists only
+    where the technique is chosen (dimensions are sampled in CompressionConfig's field order, after
+    the settings that choose their technique)."""
+    return _techniques().field_applies(name, values)
 
 
 @dataclass(frozen=True)
@@ -170,7 +159,7 @@ def _parse_dimension(name: str, spec: Any) -> Dimension | Any:
                 return _choices(name, [_block_list(name, c) for c in spec])
             check_field_type(name, spec)
             return tuple(spec)  # one fixed tuple, e.g. token_drop_at = [2, 4]
-        if len(spec) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec) and name not in _ALWAYS_CHOICES:
+        if len(spec) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec) and not always_choices(name):
             return _range(name, spec[0], spec[1], None, False, is_int)
         return _choices(name, spec)
     check_field_type(name, spec)
@@ -187,7 +176,7 @@ def _choices(name: str, values: list[Any]) -> Dimension:
         check_field_type(name, v)
     if not values:
         raise ConfigError(f"dimension {name!r} has no choices; give at least one")
-    allowed = _ALLOWED_CHOICES.get(name)
+    allowed = allowed_choices(name)
     if allowed:
         bad = [v for v in values if v not in allowed]
         if bad:
@@ -293,55 +282,47 @@ class SearchSpace:
         self._probe({})
 
     def _probe(self, values: dict[str, Any]) -> None:
-        merged = {**dict(self.fixed), **values}
-        # fill in what the condition parents need, so a probe checks only its own value
-        if "landmarks" in merged and merged.get("lowrank") != "nystrom":
-            merged["lowrank"] = "nystrom"
-        if merged.get("lowrank") == "nystrom" and not merged.get("landmarks"):
-            merged["landmarks"] = 8
-        if "calib_size" in merged and merged.get("quant") not in (*CALIBRATED_QUANT, "ort_int8"):
-            merged["quant"] = "static_int8"
-        if merged.get("quant") in CALIBRATED_QUANT and not merged.get("calib_size"):
-            merged["calib_size"] = 32
-        if merged.get("quant") not in (*CALIBRATED_QUANT, "ort_int8"):
-            merged.pop("calib_size", None)
-        if merged.get("student", "none") != "none":
-            merged.setdefault("student_epochs", 1)
-            if merged["student"] == "custom":
-                merged.setdefault("student_depth", 1)
-                merged.setdefault("student_heads", 1)
-                merged.setdefault("student_embed_dim", merged["student_heads"] * 8)
-        else:
-            for k in ("student_depth", "student_embed_dim", "student_heads", "student_epochs", "student_init"):
-                if merged.get(k) and k in values and "student" not in merged:
-                    merged["student"] = "custom"
-                    merged.setdefault("student_epochs", 1)
-                    merged.setdefault("student_depth", 1)
-                    merged.setdefault("student_heads", 1)
-                    merged.setdefault("student_embed_dim", merged["student_heads"] * 8)
-        if merged.get("token_drop", 0) > 0 and not merged.get("token_drop_at"):
-            merged["token_drop_at"] = (1,)
-        if ({"kd_augment", "kd_feature_weight"} & set(values) and not merged.get("kd_epochs")
-                and merged.get("student", "none") == "none"):
-            merged["kd_epochs"] = 1  # a recovery setting is probed where something is distilled
-        if merged.get("lowrank") != "nystrom":
-            merged.pop("landmarks", None)
-        for name in list(merged):  # as in `sample`: a fixed setting whose parent is off keeps its default
-            if name not in values and not _condition_holds(name, merged):
-                del merged[name]
+        """Build the config of the fixed settings plus `values` (one value of one dimension), with the
+        technique that value belongs to switched on as that technique declares, and refuse it when invalid."""
+        merged = dict(self.fixed)
+        ((name, value),) = values.items() if values else ((None, None),)
+        probed = self._technique_of(name, value) if name else None
+        if probed is not None:
+            on = probed.switch_on({**merged, **values})
+            merged.update({k: v for k, v in on.items() if k in probed.switch_fields or k not in merged})
+        merged.update(values)
+        for t in _techniques().chosen_techniques(merged):  # what the chosen techniques need to be valid
+            for k, v in t.switch_on(merged).items():
+                merged.setdefault(k, v)
+        for field_name in list(merged):  # as in `sample`: a setting of a technique not chosen keeps its default
+            if field_name not in values and not field_applies(field_name, merged):
+                del merged[field_name]
         try:
             CompressionConfig.from_dict(merged)
         except ConfigError as exc:
             raise ConfigError(f"search space can produce an invalid config ({', '.join(f'{k}={v}' for k, v in values.items()) or 'fixed settings'}): {exc}") from None
 
+    def _technique_of(self, name: str, value: Any):
+        """The technique a dimension's value is checked under: the one it chooses (quant="static_int8"),
+        the one it switches on (prune_heads=0.5), or the one owning it (landmarks: nystrom)."""
+        T = _techniques()
+        if (t := T.selected_by(name, value)) is not None:
+            return t
+        switched = [t for t in T.techniques() if name in t.switch_fields and not t.selector]
+        if switched:
+            return switched[0] if switched[0].chosen({name: value}) else None
+        own = T.owners(name)
+        chosen = [t for t in own if t.chosen(dict(self.fixed))]
+        return (chosen or own or [None])[0]
+
     def sample(self, trial: Any) -> CompressionConfig:
         """Suggest every active dimension on an Optuna trial and return the config."""
         values: dict[str, Any] = dict(self.fixed)
         for d in self.dimensions:
-            if _condition_holds(d.name, values):
+            if field_applies(d.name, values):
                 values[d.name] = d.suggest(trial)
         for name in list(values):
-            if not _condition_holds(name, values):
+            if not field_applies(name, values):
                 del values[name]  # a fixed setting whose parent was not chosen keeps its default
         return CompressionConfig.from_dict(values)
 
@@ -353,7 +334,7 @@ class SearchSpace:
         params: dict[str, Any] = {}
         seen: dict[str, Any] = dict(self.fixed)
         for d in self.dimensions:
-            if not _condition_holds(d.name, seen):
+            if not field_applies(d.name, seen):
                 continue
             v = values[d.name]
             v = tuple(v) if isinstance(v, list) else v

@@ -1,0 +1,180 @@
+"""Techniques as modules: the registry, settings that exist only where their technique is chosen, the
+shared block walker, and the technique form of a recipe's [space]."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+import pytest
+import torch
+
+from vitshrink.compress import get_transform, list_transforms
+from vitshrink.compress.lowrank import NystromAttention, nystrom
+from vitshrink.spaces import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, Recipe, SearchSpace
+from vitshrink.spaces._space_form import flat_tables, technique_form_toml
+from vitshrink.techniques import at_blocks, blocks, chosen_indices, get_technique, list_techniques, techniques
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# one technique-form [space] per technique with conditional settings: each setting searched
+SPACES = {
+    "student": {"model": ["custom"], "depth": [1, 2], "embed_dim": [16, 32], "heads": [2], "epochs": 1,
+                "init": ["random", "teacher"], "augment": ["none", "flip"]},
+    "prune": {"heads": {"low": 0.1, "high": 0.5, "optional": True}, "score": ["magnitude", "taylor"]},
+    "nystrom": {"landmarks": [2, 8], "conv": [0, 3], "blocks": [[0], [1]]},
+    "svd": {"rank": [0.3, 0.9], "blocks": [[0], [1]]},
+    "patch_drop": {"fraction": {"low": 0.1, "high": 0.5, "optional": True}, "at": [[0], [1]]},
+    "finetune": {"epochs": [0, 2], "augment": ["none", "flip"], "alpha": [0.5, 0.9]},
+    "static_int8": {"calib_size": [8, 32]},
+    "openvino_int8": {"calib_size": [8, 32]},
+}
+
+
+def _space(*names: str, **tables: dict) -> SearchSpace:
+    doc = {"techniques": list(names), **{n: SPACES[n] for n in names if n in SPACES}, **tables}
+    return SearchSpace.from_dict(*flat_tables(doc, {}, "<test>"))
+
+
+def _sampled(space: SearchSpace, n: int = 40) -> list[tuple[dict, CompressionConfig]]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        config = space.sample(trial)
+        study.tell(trial, 0.0)
+        out.append((trial.params, config))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_a_techniques_settings_are_sampled_only_where_it_is_chosen(name):
+    technique = get_technique(name)
+    seen = {True: 0, False: 0}
+    for params, config in _sampled(_space(name)):
+        chosen = technique.chosen(config.to_dict())
+        seen[chosen] += 1
+        own = {f for f in technique.conditional_fields if f in params}
+        assert bool(own) == chosen, (params, config)
+    assert seen[True] and seen[False]  # both sides were sampled
+
+
+def test_settings_of_one_selector_technique_never_appear_with_another():
+    for params, config in _sampled(_space("nystrom", "svd")):
+        assert ("landmarks" in params) == (config.lowrank == "nystrom")
+        assert ("svd_rank" in params) == (config.lowrank == "svd")
+        assert ("lowrank_blocks" in params) == (config.lowrank != "none")
+
+
+def test_custom_student_settings_only_for_a_custom_student():
+    space = _space("student", student={**SPACES["student"], "model": ["custom", "deit_tiny_patch16_224"]})
+    for params, config in _sampled(space):
+        assert ("student_embed_dim" in params) == (config.student == "custom")
+        assert ("student_depth" in params) == (config.student != "none")
+
+
+def test_registry_agrees_with_config_and_transforms():
+    defaults = CompressionConfig()
+    for t in techniques():
+        own = t.settings(defaults)
+        for f in dataclasses.fields(t.config):  # a technique's defaults are the identity setting
+            assert getattr(own, f.name) == getattr(defaults, t.flat(f.name)), (t.name, f.name)
+        assert t.handler in list_transforms(), t.name
+        assert get_transform(t.handler).stage == t.stage
+    assert {t.selector[1] for t in techniques() if t.selector and t.selector[0] == "quant"} == set(QUANT_MODES) - {"none"}
+    assert list_techniques("lowrank") == list(LOWRANK_MODES[1:])
+
+
+@pytest.mark.parametrize("config", [
+    CompressionConfig(), CompressionConfig(prune_mlp=0.5), CompressionConfig(lowrank="svd", svd_rank=0.5),
+    CompressionConfig(token_drop=0.3, token_drop_at=(1,)), CompressionConfig(quant="openvino_fp32"),
+    CompressionConfig(quant="static_int8", calib_size=4), CompressionConfig(kd_epochs=1),
+    CompressionConfig(student="custom", student_depth=1, student_embed_dim=16, student_heads=2, student_epochs=1),
+])
+def test_transforms_are_active_exactly_where_their_technique_is_chosen(config):
+    old = {"student": config.student != "none", "prune": config.prune_heads > 0 or config.prune_mlp > 0,
+           "nystrom": config.lowrank == "nystrom", "svd": config.lowrank == "svd",
+           "tokens": config.token_merge_r > 0 or config.token_drop > 0, "finetune": config.kd_epochs > 0,
+           "openvino": config.quant.startswith("openvino"),
+           "quantize": config.quant not in ("none", "openvino_fp32", "openvino_int8")}
+    assert {n: get_transform(n).is_active(config) for n in list_transforms()} == old
+
+
+def test_walker_and_its_filter(tiny_vit):
+    assert [fqn for fqn, _ in blocks(tiny_vit)] == ["blocks.0", "blocks.1"]
+    assert [fqn for fqn, _ in blocks(tiny_vit, at_blocks([1]))] == ["blocks.1"]
+    assert [fqn for fqn, _ in blocks(tiny_vit, at_blocks([]))] == ["blocks.0", "blocks.1"]
+    assert blocks(torch.nn.Linear(2, 2)) == []
+    only_attn = lambda block, fqn: hasattr(block, "attn")  # noqa: E731 - any predicate on (module, fqn)
+    assert len(blocks(tiny_vit, only_attn)) == 2
+    assert chosen_indices(tiny_vit, (1, 1, 0), "lowrank_blocks") == [0, 1]
+    with pytest.raises(ConfigError, match=r"lowrank_blocks=\[2\] names block\(s\) \[2\] but the model has 2 blocks"):
+        chosen_indices(tiny_vit, (2,), "lowrank_blocks")
+
+
+def test_a_technique_picks_its_blocks_through_the_walker(tiny_vit):
+    new = nystrom(tiny_vit, CompressionConfig(lowrank="nystrom", landmarks=4, lowrank_blocks=(1,)), _Ctx())
+    assert [isinstance(b.attn, NystromAttention) for _, b in blocks(new)] == [False, True]
+
+
+class _Ctx:
+    def note(self, **_):
+        pass
+
+
+# --- the technique form of [space], and the flat form read as before --------------------------------
+
+def test_technique_form_reads_as_the_flat_form():
+    form = {"techniques": ["prune", "nystrom", "dynamic_int8"], "prune": {"heads": [0.0, 0.5]},
+            "nystrom": {"landmarks": [4, 16]}}
+    flat = {"prune_heads": [0.0, 0.5], "lowrank": ["none", "nystrom"], "landmarks": [4, 16],
+            "quant": ["none", "dynamic_int8"]}
+    assert SearchSpace.from_dict(*flat_tables(form, {}, "<t>")).to_dict() == SearchSpace.from_dict(flat).to_dict()
+    always = {"techniques": ["dynamic_int8", "ort_int8"], "always": ["quant"]}
+    assert flat_tables(always, {}, "<t>")[0] == {"quant": ["dynamic_int8", "ort_int8"]}
+
+
+@pytest.mark.parametrize("name", ["legacy_quickstart", "legacy_cifar10-deit"])
+def test_flat_form_recipes_read_as_before_with_one_warning(name, caplog):
+    with caplog.at_level("WARNING"):
+        old = Recipe.from_file(f"tests/data/{name}.toml")
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "techniques = [" in warnings[0].getMessage()
+    builtin = Recipe.from_file(f"vitshrink/recipes/{name.removeprefix('legacy_')}.toml")
+    assert old.space.to_dict() == builtin.space.to_dict()  # same space: same fingerprint, studies resume
+    suggested = warnings[0].getMessage().split("reads:\n", 1)[1]
+    assert Recipe.from_toml_text(suggested).space.to_dict() == old.space.to_dict()
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # recipes stored on studies, rebuilt in workers: flat dicts, no warning
+        Recipe.from_dict({"space": old.space.to_dict()["space"], "fixed": old.space.to_dict()["fixed"]})
+        Recipe.from_dict({"space": {"quant": ["none", "dynamic_int8"]}}, stored=True)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_suggested_form_round_trips_every_builtin_space():
+    for name in ("quickstart", "fashion-mnist", "folder-deit", "cifar10-deit"):
+        space = Recipe.from_file(f"vitshrink/recipes/{name}.toml").space
+        text = technique_form_toml(space)
+        assert Recipe.from_toml_text(text).space.to_dict() == space.to_dict(), name
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ({"techniques": ["nystorm"]}, "unknown technique 'nystorm'; did you mean 'nystrom'"),
+    ({"techniques": ["prune"], "nystrom": {"landmarks": 4}, "prune": {"heads": [0.0, 0.5]}},
+     r"\[space.nystrom\] is given but nystrom is not in space.techniques"),
+    ({"techniques": ["prune"], "prune": {"head": [0.0, 0.5]}}, "unknown setting space.prune.head; did you mean 'heads'"),
+    ({"techniques": ["prune"], "quant": ["none"]}, "flat-form setting: the two forms do not mix"),
+    ({"techniques": ["prune"]}, r"\[space.prune\] searches none of heads, mlp"),
+    ({"techniques": ["student"]}, r"\[space.student\] needs model"),
+    ({"techniques": ["nystrom", "svd"], "nystrom": {"landmarks": 4, "blocks": [0]}, "svd": {"blocks": [1]}},
+     "one setting \\(lowrank_blocks\\)"),
+    ({"techniques": ["dynamic_int8"], "always": ["lowrank"]}, "space.always names lowrank"),
+])
+def test_technique_form_mistakes_are_refused_by_name(space, message):
+    with pytest.raises(ConfigError, match=message):
+        Recipe.from_dict({"space": space})
+
+
+def test_fixed_table_belongs_to_the_flat_form():
+    with pytest.raises(ConfigError, match=r"\[fixed\] belongs to the flat form"):
+        Recipe.from_dict({"space": {"techniques": ["dynamic_int8"]}, "fixed": {"kd_epochs": 1}})

@@ -1,0 +1,23 @@
+"""Compression techniques, one module each: its frozen config, its search dimensions (which exist
+only where it is chosen), its checks against the model and its handler, registered by name; and
+the block walker every technique that picks blocks goes through.
+
+Adding a technique: one module here that registers a `Technique`, its import below, its handler
+registered in `vitshrink.compress` under the technique's `handler` name, and its tests.
+
+Example:
+    >>> list_techniques("lowrank")
+    ['nystrom', 'svd']
+"""
+
+from ._base import (ANY, DISTILL_FIELDS, CalibratedConfig, NoSettings, Technique, chosen_techniques, field_applies,
+                    get_technique, list_techniques, owners, register_technique, selected_by, setting, techniques)
+from ._walk import at_blocks, block_index, blocks, chosen_indices
+
+# Importing a technique's module registers it; the order is the order of `build`'s stages.
+from . import student, prune, nystrom, svd, patch_drop, tome, finetune  # noqa: F401  isort: skip
+from . import torch_quant, onnxruntime, openvino  # noqa: F401  isort: skip
+
+__all__ = ["ANY", "DISTILL_FIELDS", "CalibratedConfig", "NoSettings", "Technique", "at_blocks", "block_index", "blocks",
+           "chosen_indices", "chosen_techniques", "field_applies", "get_technique", "list_techniques", "owners",
+           "register_technique", "selected_by", "setting", "techniques"]

@@ -1,0 +1,25 @@
+"""KD fine-tune: `epochs` epochs of knowledge distillation from the teacher after the structural
+stages, to recover accuracy (optionally on augmented batches, and matching block features). On when
+epochs is above zero; the handler is `vitshrink.compress.distill.finetune`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spaces._config import KD_AUGMENTS
+from ._base import DISTILL_FIELDS, Technique, register_technique, setting
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = setting(0)  # KD epochs after pruning / low-rank / tokens; 0: off
+    temperature: float = setting(4.0)  # softmax temperature of the KD loss, > 0
+    alpha: float = setting(0.7)  # weight of the KD loss against the label loss, in [0, 1]
+    augment: str = setting("none", choices=KD_AUGMENTS)  # augmentation of the KD batches
+    feature_weight: float = setting(0.0)  # weight of the cosine loss on block features; 0: off
+
+
+TECHNIQUE = register_technique(Technique(
+    name="finetune", stage="finetune", config=FinetuneConfig, fields={"epochs": "kd_epochs", **DISTILL_FIELDS},
+    switches=("epochs",), on={"kd_epochs": 1}, handler="finetune",
+))

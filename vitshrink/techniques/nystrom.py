@@ -1,0 +1,41 @@
+"""Nystrom attention: each chosen block's softmax attention approximated through `landmarks` landmark
+tokens (exact when landmarks = tokens). Chosen by ``lowrank = "nystrom"``; the handler is
+`vitshrink.compress.lowrank.nystrom`.
+
+Example:
+    >>> from vitshrink.spaces import CompressionConfig
+    >>> TECHNIQUE.settings(CompressionConfig(lowrank="nystrom", landmarks=8))
+    NystromConfig(landmarks=8, blocks=(), conv=0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spaces._fit import indices_problem, landmarks_problem
+from ._base import Technique, register_technique, setting
+
+
+@dataclass(frozen=True)
+class NystromConfig:
+    landmarks: int = setting(0)  # landmark tokens per head; at most the tokens a block sees
+    blocks: tuple[int, ...] = setting(())  # the blocks converted; empty: every block
+    conv: int = setting(0)  # kernel of the depthwise-conv skip on the values; 0: off
+
+
+def _shape_problem(config, shape):
+    return indices_problem("lowrank_blocks", config.lowrank_blocks, shape) or landmarks_problem(config.landmarks, shape)
+
+
+def _model_problem(model, config):
+    from ..compress.lowrank import lowrank_problem
+
+    return lowrank_problem(model, "nystrom")
+
+
+TECHNIQUE = register_technique(Technique(
+    name="nystrom", stage="lowrank", config=NystromConfig,
+    fields={"landmarks": "landmarks", "blocks": "lowrank_blocks", "conv": "nystrom_conv"},
+    selector=("lowrank", "nystrom"), on={"lowrank": "nystrom", "landmarks": 8}, handler="nystrom",
+    shape_problem=_shape_problem, model_problem=_model_problem,
+))

@@ -1,0 +1,19 @@
+"""ONNX Runtime: the model exported to ONNX and run by ORT in fp32 (``ort_fp32``), dynamic int8
+(``ort_int8``) or static int8 calibrated on `calib_size` training images (``static_int8``, QDQ).
+Chosen by ``quant``; the handler is `vitshrink.compress.quantize.quantize`.
+
+``ort_int8`` also takes a calib_size (static QDQ) in a hand-written config; a search keeps it
+dynamic, so it has no searched setting."""
+
+from __future__ import annotations
+
+from ._base import CalibratedConfig, NoSettings, Technique, register_technique
+
+STATIC_INT8 = register_technique(Technique(
+    name="static_int8", stage="quantize", config=CalibratedConfig, fields={"calib_size": "calib_size"},
+    selector=("quant", "static_int8"), on={"quant": "static_int8", "calib_size": 32}, handler="quantize"))
+ORT_FP32, ORT_INT8 = (
+    register_technique(Technique(name=mode, stage="quantize", config=NoSettings, fields={},
+                                 selector=("quant", mode), on={"quant": mode}, handler="quantize"))
+    for mode in ("ort_fp32", "ort_int8")
+)

@@ -1,0 +1,48 @@
+"""Student: the teacher replaced by a smaller ViT (``model = "custom"`` with the width, depth and
+heads below, or a timm model name) trained by knowledge distillation for `epochs` epochs. Chosen by
+``student`` other than "none"; the handler is `vitshrink.compress.distill.student`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..spaces._config import KD_AUGMENTS, STUDENT_INITS
+from ._base import ANY, DISTILL_FIELDS, Technique, register_technique, setting
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    model: str = setting("none", as_list=True)  # "custom" or a timm model name
+    depth: int = setting(0)  # blocks
+    embed_dim: int = setting(0, as_list=True, only="custom")  # width; some head count must divide it
+    heads: int = setting(0, as_list=True, only="custom")
+    mlp_ratio: float = setting(4.0, only="custom")
+    epochs: int = setting(0)  # KD epochs training the student, >= 1
+    init: str = setting("random", choices=STUDENT_INITS)  # timm's init, or weight selection from the teacher
+    temperature: float = setting(4.0)
+    alpha: float = setting(0.7)
+    augment: str = setting("none", choices=KD_AUGMENTS)
+    feature_weight: float = setting(0.0)
+
+
+def _on(values: Mapping[str, Any]) -> dict[str, Any]:
+    heads = values.get("student_heads") or 1
+    return {"student": "custom", "student_epochs": 1, "student_depth": 1, "student_heads": heads,
+            "student_embed_dim": heads * 8}
+
+
+def _model_problem(model, config):
+    from ..compress.distill import student_problem
+
+    return student_problem(model)
+
+
+TECHNIQUE = register_technique(Technique(
+    name="student", stage="student", config=StudentConfig,
+    fields={"model": "student", "depth": "student_depth", "embed_dim": "student_embed_dim",
+            "heads": "student_heads", "mlp_ratio": "student_mlp_ratio", "epochs": "student_epochs",
+            "init": "student_init", **DISTILL_FIELDS},
+    selector=("student", ANY), on=_on, handler="student", model_problem=_model_problem,
+))

@@ -1,0 +1,30 @@
+"""Truncated SVD: qkv, proj, fc1 and fc2 of the chosen blocks replaced by two thin Linear layers
+keeping the `rank` fraction of the singular values. Chosen by ``lowrank = "svd"``; the handler is
+`vitshrink.compress.svd.svd_factorise`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spaces._fit import indices_problem
+from ._base import Technique, register_technique, setting
+
+
+@dataclass(frozen=True)
+class SvdConfig:
+    rank: float = setting(1.0)  # fraction of the full rank kept, in (0, 1]
+    blocks: tuple[int, ...] = setting(())  # the blocks factorised; empty: every block
+
+
+def _model_problem(model, config):
+    from ..compress.lowrank import lowrank_problem
+
+    return lowrank_problem(model, "svd")
+
+
+TECHNIQUE = register_technique(Technique(
+    name="svd", stage="lowrank", config=SvdConfig, fields={"rank": "svd_rank", "blocks": "lowrank_blocks"},
+    selector=("lowrank", "svd"), on={"lowrank": "svd"}, handler="svd",
+    shape_problem=lambda config, shape: indices_problem("lowrank_blocks", config.lowrank_blocks, shape),
+    model_problem=_model_problem,
+))

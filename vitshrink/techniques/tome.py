@@ -1,0 +1,27 @@
+"""Token merging (ToMe): `r` tokens merged into their most similar neighbours in every block. On
+when r is above zero; the handler (shared with patch dropping) is `vitshrink.compress.tokens.reduce_tokens`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spaces._fit import merge_problem
+from ._base import Technique, register_technique, setting
+
+
+@dataclass(frozen=True)
+class TomeConfig:
+    r: int = setting(0)  # tokens merged per block; at most half the patches
+
+
+def _model_problem(model, config):
+    from ..compress.tokens import token_problem
+
+    return token_problem(model, config.token_merge_r, 0.0)
+
+
+TECHNIQUE = register_technique(Technique(
+    name="tome", stage="tokens", config=TomeConfig, fields={"r": "token_merge_r"}, switches=("r",),
+    on={"token_merge_r": 1}, handler="tokens",
+    shape_problem=lambda config, shape: merge_problem(config.token_merge_r, shape), model_problem=_model_problem,
+))

@@ -1,0 +1,12 @@
+"""PyTorch runtimes: dynamic int8 quantization of the Linear layers, and bf16 weights and activations.
+Chosen by ``quant = "dynamic_int8"`` / ``"bf16"``; the handler is `vitshrink.compress.quantize.quantize`."""
+
+from __future__ import annotations
+
+from ._base import NoSettings, Technique, register_technique
+
+DYNAMIC_INT8, BF16 = (
+    register_technique(Technique(name=mode, stage="quantize", config=NoSettings, fields={},
+                                 selector=("quant", mode), on={"quant": mode}, handler="quantize"))
+    for mode in ("dynamic_int8", "bf16")
+)
