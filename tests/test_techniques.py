@@ -178,3 +178,16 @@ def test_technique_form_mistakes_are_refused_by_name(space, message):
 def test_fixed_table_belongs_to_the_flat_form():
     with pytest.raises(ConfigError, match=r"\[fixed\] belongs to the flat form"):
         Recipe.from_dict({"space": {"techniques": ["dynamic_int8"]}, "fixed": {"kd_epochs": 1}})
+
+
+def test_a_technique_the_space_can_choose_without_its_needed_settings_is_refused():
+    """Patch dropping searched without the blocks to drop at: every trial turning it on would be
+    invalid, so the recipe is refused before the study exists (the folder-deit recipe once was)."""
+    from vitshrink.spaces import ConfigError, Recipe
+
+    with pytest.raises(ConfigError, match=r"can choose patch_drop \(token_drop=0.5\) but does not set what it needs"
+                                          r".*token_drop_at.*\[space.patch_drop\]"):
+        Recipe.from_toml_text('[space]\ntechniques = ["patch_drop"]\n[space.patch_drop]\nfraction = [0.0, 0.5]\n')
+    ok = Recipe.from_toml_text('[space]\ntechniques = ["patch_drop"]\n[space.patch_drop]\nfraction = [0.0, 0.5]\n'
+                               'at = [[1]]\n')
+    assert ok.space.values_of("token_drop_at") == [(1,)]

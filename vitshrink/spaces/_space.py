@@ -280,6 +280,29 @@ class SearchSpace:
             for v in probes:
                 self._probe({d.name: v})
         self._probe({})
+        self._check_needed_settings()
+
+    def _check_needed_settings(self) -> None:
+        """Refuse a technique the space can choose but whose needed settings it neither searches nor
+        fixes (patch dropping without the blocks to drop at): every trial choosing it would be invalid."""
+        T = _techniques()
+        for t in T.techniques():
+            for f in t.switch_fields:
+                for v in self.values_of(f):
+                    if not t.chosen({f: v}):
+                        continue
+                    values = {**dict(self.fixed), f: v}
+                    for k, on in t.switch_on(values).items():  # what the space searches takes a valid value
+                        if k not in values and self.dimension(k) is not None:
+                            values[k] = on
+                    for k in list(values):
+                        if not field_applies(k, values):
+                            del values[k]
+                    try:
+                        CompressionConfig.from_dict(values)
+                    except ConfigError as exc:
+                        raise ConfigError(f"the space can choose {t.name} ({f}={v!r}) but does not set what it "
+                                          f"needs ({exc}); give it in [space.{t.name}]") from None
 
     def _probe(self, values: dict[str, Any]) -> None:
         """Build the config of the fixed settings plus `values` (one value of one dimension), with the
