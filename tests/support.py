@@ -8,17 +8,17 @@ import per call); `run_cli_process` runs it as a real process, for the tests whe
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
-
 from recipes import tiny_recipe
+
 from vitshrink.spaces import CompressionConfig, Recipe
 
 GRACE = 2  # seconds a trial's heartbeat may be late before it counts as stale; the CLI default is 30
@@ -58,11 +58,10 @@ def _environment(env: dict[str, str] | None):
 
 def run_cli(args: list[str], cwd: Path | str | None = None, env: dict[str, str] | None = None) -> CliResult:
     """`vitshrink ARGS` in this process, in `cwd`, with `env` added to the environment."""
+    import torch
     from typer.testing import CliRunner
 
     from vitshrink.cli import STATE, app
-
-    import torch
 
     threads = torch.get_num_threads()
     with contextlib.chdir(cwd or os.getcwd()), _environment(env):
@@ -82,6 +81,14 @@ def run_cli_process(args: list[str], cwd: Path, env: dict[str, str] | None = Non
     """`python -m vitshrink.cli ARGS` as a real process."""
     return subprocess.run([sys.executable, "-m", "vitshrink.cli", *map(str, args)], cwd=cwd,
                           env=env or cli_env(Path(cwd)), capture_output=True, text=True, timeout=timeout)
+
+
+def build_ctx(teacher, data, *, seed: int = 0, train: bool = True):
+    """A `BuildContext` for calling one transform directly (keywords after the two positionals, so no
+    test passes them in another order); `train=False` only shapes the model (no fine-tuning)."""
+    from vitshrink.compress import BuildContext
+
+    return BuildContext(data=data, teacher=teacher, seed=seed, train=train)
 
 
 def write_cifar10(root: Path, n: int = 20) -> None:

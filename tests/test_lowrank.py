@@ -7,18 +7,22 @@ import copy
 import numpy as np
 import pytest
 import torch
+from support import build_ctx
 from timm.layers import Attention
 
-from vitshrink.compress import BuildContext, get_transform
-from vitshrink.compress.lowrank import NystromAttention, exact_pinv_iters, iterative_pinv, nystrom, segment_means
+from vitshrink.compress import get_transform
+from vitshrink.compress.lowrank import (
+    NystromAttention,
+    exact_pinv_iters,
+    iterative_pinv,
+    nystrom,
+    segment_means,
+)
 from vitshrink.spaces import CompressionConfig, ConfigError
 
 torch.set_num_threads(2)
 TOKENS = 17  # 16 patches of the 16 px tiny ViT + cls
 
-
-def _ctx(data, model) -> BuildContext:
-    return BuildContext(data=data, teacher=model, train=False)
 
 
 def _cfg(landmarks: int, **kw) -> CompressionConfig:
@@ -47,7 +51,7 @@ def test_landmarks_equal_to_tokens_is_exact_softmax_attention(tiny_vit, factor):
 
 def test_whole_model_exact_at_m_equals_tokens(tiny_vit, tiny_data):
     x = tiny_data.val.x[:16]
-    new = nystrom(tiny_vit, _cfg(TOKENS), _ctx(tiny_data, tiny_vit))
+    new = nystrom(tiny_vit, _cfg(TOKENS), build_ctx(tiny_vit, tiny_data, train=False))
     with torch.no_grad():
         assert (new(x) - tiny_vit(x)).abs().max().item() < 1e-3
 
@@ -103,7 +107,7 @@ def test_model_classifies_and_input_is_not_mutated(tiny_vit, tiny_data):
     x = tiny_data.val.x[:8]
     with torch.no_grad():
         ref = tiny_vit(x)
-    ctx = _ctx(tiny_data, tiny_vit)
+    ctx = build_ctx(tiny_vit, tiny_data, train=False)
     new = nystrom(tiny_vit, _cfg(4), ctx)
     with torch.no_grad():
         out = new(x)
@@ -117,7 +121,7 @@ def test_model_classifies_and_input_is_not_mutated(tiny_vit, tiny_data):
 
 
 def test_only_the_chosen_blocks_change(tiny_vit, tiny_data):
-    ctx = _ctx(tiny_data, tiny_vit)
+    ctx = build_ctx(tiny_vit, tiny_data, train=False)
     new = nystrom(tiny_vit, _cfg(6, lowrank_blocks=(1,)), ctx)
     assert type(new.blocks[0].attn) is Attention and isinstance(new.blocks[1].attn, NystromAttention)
     assert ctx.notes["blocks"] == [1]
@@ -127,20 +131,20 @@ def test_only_the_chosen_blocks_change(tiny_vit, tiny_data):
 
 def test_more_landmarks_than_tokens_is_a_config_error(tiny_vit, tiny_data):
     with pytest.raises(ConfigError, match="landmarks=40 exceeds the 17 tokens of this model; use at most 17"):
-        nystrom(tiny_vit, _cfg(40), _ctx(tiny_data, tiny_vit))
+        nystrom(tiny_vit, _cfg(40), build_ctx(tiny_vit, tiny_data, train=False))
 
 
 def test_conv_skip_starts_at_zero_and_learns(tiny_vit, tiny_data):
     x = tiny_data.val.x[:4]
-    plain = nystrom(tiny_vit, _cfg(5), _ctx(tiny_data, tiny_vit))
-    conv = nystrom(tiny_vit, _cfg(5, nystrom_conv=3), _ctx(tiny_data, tiny_vit))
+    plain = nystrom(tiny_vit, _cfg(5), build_ctx(tiny_vit, tiny_data, train=False))
+    conv = nystrom(tiny_vit, _cfg(5, nystrom_conv=3), build_ctx(tiny_vit, tiny_data, train=False))
     assert all(b.attn.conv is not None and b.attn.conv.kernel_size == (3, 1) for b in conv.blocks)
     with torch.no_grad():
         assert torch.allclose(conv(x), plain(x), atol=1e-6), "a zero-initialised skip adds nothing"
     conv.train()
     conv(x).logsumexp(-1).sum().backward()
     assert conv.blocks[0].attn.conv.weight.grad.abs().sum() > 0
-    even = nystrom(tiny_vit, _cfg(5, nystrom_conv=4), _ctx(tiny_data, tiny_vit))
+    even = nystrom(tiny_vit, _cfg(5, nystrom_conv=4), build_ctx(tiny_vit, tiny_data, train=False))
     with torch.no_grad():
         torch.nn.init.normal_(even.blocks[0].attn.conv.weight, std=0.1)
         out = even(x)
@@ -155,7 +159,7 @@ def test_registered_in_the_lowrank_stage():
 
 def test_onnx_export_matches_onnxruntime(tiny_vit, tiny_data, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    model = nystrom(tiny_vit, _cfg(5, nystrom_conv=3), _ctx(tiny_data, tiny_vit))
+    model = nystrom(tiny_vit, _cfg(5, nystrom_conv=3), build_ctx(tiny_vit, tiny_data, train=False))
     with torch.no_grad():
         for blk in model.blocks:  # a trained-looking skip, so the conv is really exercised
             torch.nn.init.normal_(blk.attn.conv.weight, std=0.1)

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support import build_ctx
 
-from vitshrink.compress import BuildContext, build
+from vitshrink.compress import build
 from vitshrink.compress._registry import get_transform
-from vitshrink.compress.prune import calibration_batch, importance_scores, keep_count, prune_structure, prune_vit
+from vitshrink.compress.prune import (
+    calibration_batch,
+    importance_scores,
+    keep_count,
+    prune_structure,
+    prune_vit,
+)
 from vitshrink.models import TeacherSpec, create_model, param_count
 from vitshrink.objectives.macs import count_macs
 from vitshrink.spaces import CompressionConfig, ConfigError
@@ -17,9 +24,6 @@ torch.set_num_threads(2)
 
 SCORES = ("magnitude", "taylor", "activation")
 
-
-def _ctx(model, data, seed=0):
-    return BuildContext(data=data, teacher=model, seed=seed)
 
 
 def _state_copy(model):
@@ -42,7 +46,7 @@ def test_registered_and_inactive_at_zero():
 @pytest.mark.parametrize("score", SCORES)
 def test_zero_pruning_is_exact(tiny_vit, tiny_data, score):
     x = tiny_data.val.x[:8]
-    ctx = _ctx(tiny_vit, tiny_data)
+    ctx = build_ctx(tiny_vit, tiny_data)
     new = prune_vit(tiny_vit, CompressionConfig(prune_score=score), ctx)
     assert new is not tiny_vit
     assert torch.equal(_out(new, x), _out(tiny_vit, x))
@@ -67,7 +71,7 @@ def test_keep_count_rounds_half_up_and_keeps_one():
 
 @pytest.mark.parametrize("score", SCORES)
 def test_tensors_shrink_and_params_match_dims(tiny_vit, tiny_data, score):
-    ctx = _ctx(tiny_vit, tiny_data)
+    ctx = build_ctx(tiny_vit, tiny_data)
     cfg = CompressionConfig(prune_heads=0.5, prune_mlp=0.25, prune_score=score)
     new = prune_vit(tiny_vit, cfg, ctx)
     dim, heads, head_dim, hidden = 32, 2, 16, 64
@@ -95,7 +99,7 @@ def test_tensors_shrink_and_params_match_dims(tiny_vit, tiny_data, score):
 def test_input_model_not_mutated(tiny_vit, tiny_data, score):
     before = _state_copy(tiny_vit)
     modules = [type(m) for m in tiny_vit.modules()]
-    prune_vit(tiny_vit, CompressionConfig(prune_heads=0.5, prune_mlp=0.5, prune_score=score), _ctx(tiny_vit, tiny_data))
+    prune_vit(tiny_vit, CompressionConfig(prune_heads=0.5, prune_mlp=0.5, prune_score=score), build_ctx(tiny_vit, tiny_data))
     after = tiny_vit.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert [type(m) for m in tiny_vit.modules()] == modules
@@ -123,7 +127,7 @@ def test_scores_remove_dead_structures(tiny_vit, tiny_data, score):
     dead0, dead1 = list(range(0, 64, 2)), list(range(32, 64))
     _kill(tiny_vit, 0, head=0, units=dead0)
     _kill(tiny_vit, 1, head=1, units=dead1)
-    ctx = _ctx(tiny_vit, tiny_data)
+    ctx = build_ctx(tiny_vit, tiny_data)
     scores = importance_scores(tiny_vit, score, ctx)
     assert float(scores[0][0][0]) == 0.0 and float(scores[0][0][1]) > 0.0
     assert float(scores[0][1][dead0].abs().max()) == 0.0 and float(scores[0][1][1::2].min()) > 0.0
@@ -137,7 +141,7 @@ def test_scores_remove_dead_structures(tiny_vit, tiny_data, score):
 @pytest.mark.parametrize("score", SCORES)
 def test_deterministic(tiny_vit, tiny_data, score):
     cfg = CompressionConfig(prune_heads=0.5, prune_mlp=0.5, prune_score=score)
-    ctx1, ctx2 = _ctx(tiny_vit, tiny_data, seed=3), _ctx(tiny_vit, tiny_data, seed=3)
+    ctx1, ctx2 = build_ctx(tiny_vit, tiny_data, seed=3), build_ctx(tiny_vit, tiny_data, seed=3)
     a, b = prune_vit(tiny_vit, cfg, ctx1), prune_vit(tiny_vit, cfg, ctx2)
     assert ctx1.notes == ctx2.notes
     x = tiny_data.val.x[:8]
@@ -145,7 +149,7 @@ def test_deterministic(tiny_vit, tiny_data, score):
 
 
 def test_keeps_at_least_one(tiny_vit, tiny_data):
-    ctx = _ctx(tiny_vit, tiny_data)
+    ctx = build_ctx(tiny_vit, tiny_data)
     new = prune_vit(tiny_vit, CompressionConfig(prune_heads=0.9, prune_mlp=0.99), ctx)
     assert [len(h) for h in ctx.notes["heads_kept"]] == [1, 1]
     assert ctx.notes["mlp_hidden"] == [1, 1]
@@ -154,7 +158,7 @@ def test_keeps_at_least_one(tiny_vit, tiny_data):
 
 
 def test_calibration_batch_matches_context(tiny_vit, tiny_data):
-    ctx = _ctx(tiny_vit, tiny_data, seed=5)
+    ctx = build_ctx(tiny_vit, tiny_data, seed=5)
     x, y = calibration_batch(ctx, 40)
     assert torch.equal(x, ctx.calibration(40))
     assert len(y) == 40 and y.dtype == torch.int64
@@ -165,7 +169,7 @@ def test_deit_distilled(tiny_data, score):
     kwargs = dict(img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0)
     torch.manual_seed(0)
     model = create_model(TeacherSpec("deit_tiny_distilled_patch16_224", kwargs))
-    ctx = _ctx(model, tiny_data)
+    ctx = build_ctx(model, tiny_data)
     new = prune_vit(model, CompressionConfig(prune_heads=0.5, prune_mlp=0.5, prune_score=score), ctx)
     assert [len(h) for h in ctx.notes["heads_kept"]] == [2, 2]
     assert new.blocks[1].attn.qkv.out_features == 3 * 2 * 8
@@ -185,7 +189,7 @@ def test_fewer_macs_at_moderate_size(tiny_data):
     torch.manual_seed(0)
     model = create_model(TeacherSpec("vit_tiny_patch16_224", kwargs))
     x = tiny_data.val.x[:1]
-    new = prune_vit(model, CompressionConfig(prune_heads=0.5, prune_mlp=0.5), _ctx(model, tiny_data))
+    new = prune_vit(model, CompressionConfig(prune_heads=0.5, prune_mlp=0.5), build_ctx(model, tiny_data))
     before, after = count_macs(model, x), count_macs(new, x)
     # every block matmul (qkv, q@k, attn@v, proj, fc1, fc2) halves; patch embedding and head do not
     assert after < 0.55 * before

@@ -8,9 +8,10 @@ import math
 
 import pytest
 import torch
+from support import build_ctx
 from torch import nn
 
-from vitshrink.compress import BuildContext, build
+from vitshrink.compress import build
 from vitshrink.compress._registry import get_transform
 from vitshrink.compress.svd import (
     BLOCK_LINEARS,
@@ -30,9 +31,6 @@ torch.set_num_threads(2)
 SHAPES = {"attn.qkv": (96, 32), "attn.proj": (32, 32), "mlp.fc1": (64, 32), "mlp.fc2": (32, 64)}
 
 
-def _ctx(model, data):
-    return BuildContext(data=data, teacher=model, seed=0)
-
 
 @torch.no_grad()
 def _out(model, x):
@@ -48,7 +46,7 @@ def test_registered():
 
 
 def test_full_rank_setting_is_exact(tiny_vit, tiny_data):
-    ctx = _ctx(tiny_vit, tiny_data)
+    ctx = build_ctx(tiny_vit, tiny_data)
     new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=1.0), ctx)
     assert new is not tiny_vit
     assert not any(isinstance(m, LowRankLinear) for m in new.modules())
@@ -96,7 +94,7 @@ def test_rank_rule():
 
 
 def test_reduced_rank_param_count(tiny_vit, tiny_data):
-    ctx = _ctx(tiny_vit, tiny_data)
+    ctx = build_ctx(tiny_vit, tiny_data)
     new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.25), ctx)
     saved = 0
     for b in range(2):
@@ -115,7 +113,7 @@ def test_reduced_rank_param_count(tiny_vit, tiny_data):
 
 def test_only_layers_that_save_are_factorised(tiny_vit, tiny_data):
     # rank 0.6: proj (32x32) at r=20 would cost 1280 > 1024 weights, qkv (96x32) at r=20 costs 2560 < 3072
-    ctx = _ctx(tiny_vit, tiny_data)
+    ctx = build_ctx(tiny_vit, tiny_data)
     new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.6), ctx)
     assert isinstance(new.blocks[0].attn.qkv, LowRankLinear)
     assert type(new.blocks[0].attn.proj) is nn.Linear
@@ -126,7 +124,7 @@ def test_only_layers_that_save_are_factorised(tiny_vit, tiny_data):
 
 
 def test_lowrank_blocks_selects(tiny_vit, tiny_data):
-    ctx = _ctx(tiny_vit, tiny_data)
+    ctx = build_ctx(tiny_vit, tiny_data)
     new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.25, lowrank_blocks=(1,)), ctx)
     assert not any(isinstance(m, LowRankLinear) for m in new.blocks[0].modules())
     assert all(isinstance(new.blocks[1].get_submodule(p), LowRankLinear) for p in BLOCK_LINEARS)
@@ -137,7 +135,7 @@ def test_lowrank_blocks_selects(tiny_vit, tiny_data):
 
 def test_input_not_mutated(tiny_vit, tiny_data):
     before = {k: v.clone() for k, v in tiny_vit.state_dict().items()}
-    svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.25), _ctx(tiny_vit, tiny_data))
+    svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.25), build_ctx(tiny_vit, tiny_data))
     after = tiny_vit.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert not any(isinstance(m, LowRankLinear) for m in tiny_vit.modules())
@@ -148,14 +146,14 @@ def test_error_falls_with_rank(tiny_vit, tiny_data):
     ref = _out(tiny_vit, x)
     errs = []
     for frac in (0.1, 0.25, 0.4):
-        new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=frac), _ctx(tiny_vit, tiny_data))
+        new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=frac), build_ctx(tiny_vit, tiny_data))
         errs.append(float((_out(new, x) - ref).norm() / ref.norm()))
     assert errs[0] > errs[1] > errs[2]
 
 
 def test_macs_counted_and_lower(tiny_vit, tiny_data):
     x = tiny_data.val.x[:1]
-    new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.25), _ctx(tiny_vit, tiny_data))
+    new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.25), build_ctx(tiny_vit, tiny_data))
     before, after = count_macs(tiny_vit, x), count_macs(new, x)
     tokens, depth = 17, 2
     saved = sum(out_f * in_f - math.ceil(0.25 * min(out_f, in_f)) * (in_f + out_f) for out_f, in_f in SHAPES.values())

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import timm
 import torch
+from support import build_ctx
 
-from vitshrink.compress import BuildContext, get_transform
+from vitshrink.compress import get_transform
 from vitshrink.compress.lowrank import NystromAttention, nystrom
 from vitshrink.compress.tokens import (
-    ToMeBlock,
     TokenReducedBlocks,
+    ToMeBlock,
     bipartite_merge,
     drop_patches,
     reduce_tokens,
@@ -23,9 +24,6 @@ from vitshrink.spaces import CompressionConfig, ConfigError
 
 torch.set_num_threads(2)
 
-
-def _ctx(data, model) -> BuildContext:
-    return BuildContext(data=data, teacher=model, train=False)
 
 
 def _tokens_seen(model: torch.nn.Module, x: torch.Tensor) -> list[int]:
@@ -44,9 +42,9 @@ def test_identity_settings_change_nothing(tiny_vit, tiny_data):
     x = tiny_data.val.x[:8]
     with torch.no_grad():
         ref = tiny_vit(x)
-        same = reduce_tokens(tiny_vit, CompressionConfig(), _ctx(tiny_data, tiny_vit))
+        same = reduce_tokens(tiny_vit, CompressionConfig(), build_ctx(tiny_vit, tiny_data, train=False))
         assert torch.equal(same(x), ref)
-        wrapped = reduce_tokens(tiny_vit, CompressionConfig(), _ctx(tiny_data, tiny_vit))
+        wrapped = reduce_tokens(tiny_vit, CompressionConfig(), build_ctx(tiny_vit, tiny_data, train=False))
         wrapped.blocks = TokenReducedBlocks(*[ToMeBlock(b, r=0, drop=0.0, prefix=1) for b in wrapped.blocks])
         assert torch.equal(wrapped(x), ref)
         # the explicit attention path used once tokens are merged is the same softmax attention
@@ -66,7 +64,7 @@ def test_identity_settings_change_nothing(tiny_vit, tiny_data):
     ],
 )
 def test_tokens_fall_as_planned(tiny_vit, tiny_data, settings, expected):
-    ctx = _ctx(tiny_data, tiny_vit)
+    ctx = build_ctx(tiny_vit, tiny_data, train=False)
     model = reduce_tokens(tiny_vit, CompressionConfig(**settings), ctx)
     x = tiny_data.val.x[:8]
     assert ctx.notes["tokens_in"] == 17 and ctx.notes["tokens_per_block"] == expected
@@ -147,7 +145,7 @@ def test_drop_uses_the_blocks_cls_attention(tiny_vit):
 def test_distilled_model_protects_both_prefix_tokens(tiny_data):
     torch.manual_seed(0)
     deit = timm.create_model("deit_tiny_distilled_patch16_224", **TINY_VIT_KWARGS).eval()
-    ctx = _ctx(tiny_data, deit)
+    ctx = build_ctx(deit, tiny_data, train=False)
     model = reduce_tokens(deit, CompressionConfig(token_merge_r=4, token_drop=0.25, token_drop_at=(1,)), ctx)
     assert all(b.prefix == 2 for b in model.blocks)
     assert ctx.notes["tokens_per_block"] == token_plan(18, 2, 2, 4, 0.25, {1}) == [14, 7]
@@ -159,14 +157,14 @@ def test_distilled_model_protects_both_prefix_tokens(tiny_data):
 def test_average_pooled_model_still_classifies(tiny_data):
     torch.manual_seed(0)
     vit = timm.create_model("vit_tiny_patch16_224", global_pool="avg", **TINY_VIT_KWARGS).eval()
-    model = reduce_tokens(vit, CompressionConfig(token_merge_r=4), _ctx(tiny_data, vit))
+    model = reduce_tokens(vit, CompressionConfig(token_merge_r=4), build_ctx(vit, tiny_data, train=False))
     with torch.no_grad():
         assert model(tiny_data.val.x[:4]).shape == (4, 10)
 
 
 def test_works_with_nystrom_attention(tiny_vit, tiny_data):
     x = tiny_data.val.x[:8]
-    ctx = _ctx(tiny_data, tiny_vit)
+    ctx = build_ctx(tiny_vit, tiny_data, train=False)
     nys = nystrom(tiny_vit, CompressionConfig(lowrank="nystrom", landmarks=10, nystrom_conv=3), ctx)
     model = reduce_tokens(nys, CompressionConfig(token_merge_r=4, token_drop=0.25, token_drop_at=(0,)), ctx)
     assert all(isinstance(b.attn, NystromAttention) for b in model.blocks)
@@ -186,7 +184,7 @@ def test_input_model_not_mutated(tiny_vit, tiny_data):
     with torch.no_grad():
         ref = tiny_vit(x)
     new = reduce_tokens(tiny_vit, CompressionConfig(token_merge_r=2, token_drop=0.3, token_drop_at=(0,)),
-                        _ctx(tiny_data, tiny_vit))
+                        build_ctx(tiny_vit, tiny_data, train=False))
     assert isinstance(new.blocks, TokenReducedBlocks) and not isinstance(tiny_vit.blocks, TokenReducedBlocks)
     assert set(new.state_dict()) == set(before), "state_dict keys are those of the original model"
     assert all(torch.equal(before[k], v) for k, v in tiny_vit.state_dict().items())
@@ -195,7 +193,7 @@ def test_input_model_not_mutated(tiny_vit, tiny_data):
 
 
 def test_bad_settings_are_config_errors(tiny_vit, tiny_data):
-    ctx = _ctx(tiny_data, tiny_vit)
+    ctx = build_ctx(tiny_vit, tiny_data, train=False)
     with pytest.raises(ConfigError, match="token_drop_at"):
         reduce_tokens(tiny_vit, CompressionConfig(token_drop=0.5, token_drop_at=(7,)), ctx)
     torch.manual_seed(0)
@@ -215,7 +213,7 @@ def test_registered_in_the_tokens_stage():
                          ids=["tome", "drop"])
 def test_onnx_export_matches_onnxruntime(tiny_vit, tiny_data, tmp_path, settings):
     ort = pytest.importorskip("onnxruntime")
-    model = reduce_tokens(tiny_vit, CompressionConfig(**settings), _ctx(tiny_data, tiny_vit))
+    model = reduce_tokens(tiny_vit, CompressionConfig(**settings), build_ctx(tiny_vit, tiny_data, train=False))
     x = tiny_data.val.x[:4]
     path = tmp_path / "tokens.onnx"
     torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"])

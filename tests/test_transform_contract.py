@@ -1,6 +1,6 @@
 """One contract every registered transform passes (as Optuna's storage contract tests do):
-its identity setting is exact, the output shape is kept, the input model is not mutated,
-and the config it reads round-trips through JSON."""
+its identity setting is exact, its active setting changes the model (a no-op fails), the output
+shape is kept, the input model is not mutated, and the config it reads round-trips through JSON."""
 
 from __future__ import annotations
 
@@ -78,6 +78,33 @@ def test_identity_setting_is_exact(name, tiny_vit, ctx) -> None:
         ref = tiny_vit(x)
         out = t.fn(tiny_vit, cfg, ctx).eval()(x)
     assert (out - ref).abs().max().item() <= tol
+
+
+def _structure(model: torch.nn.Module) -> list[tuple[str, str, tuple[int, ...]]]:
+    """Module types and parameter / buffer shapes: what a transform that compresses must change."""
+    kinds = [(n, type(m).__name__, ()) for n, m in model.named_modules()]
+    return kinds + [(n, "tensor", tuple(v.shape)) for n, v in model.state_dict().items() if hasattr(v, "shape")]
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVE))
+def test_active_setting_changes_the_model(name, tiny_vit, ctx) -> None:
+    """A transform that returned a copy of its input would pass the tests above; this one it fails:
+    the active setting must change the structure (modules, shapes) or, for training stages, the outputs."""
+    t = get_transform(name)
+    x = ctx.example(8)
+    out = t.fn(tiny_vit, ACTIVE[name], ctx).eval()
+    with torch.no_grad():
+        moved = (out(x) - tiny_vit(x)).abs().max().item()
+    assert _structure(out) != _structure(tiny_vit) or moved > 1e-4, (name, moved)
+
+
+def test_a_no_op_transform_fails_the_contract(tiny_vit, ctx) -> None:
+    """The check above, applied to a transform that only copies the model, fails."""
+    out = copy.deepcopy(tiny_vit).eval()
+    x = ctx.example(8)
+    with torch.no_grad():
+        moved = (out(x) - tiny_vit(x)).abs().max().item()
+    assert _structure(out) == _structure(tiny_vit) and moved <= 1e-4
 
 
 def test_build_applies_stages_in_the_documented_order(tiny_vit, tiny_data) -> None:
