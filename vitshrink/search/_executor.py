@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 import optuna
 
@@ -45,6 +45,7 @@ class SearchJob:
     taken_at_open: set[int] = field(default_factory=set)  # trials taken when the driver opened the study
 
 
+@runtime_checkable
 class Executor(Protocol):
     """Runs the trials of a `SearchJob` until its budget is met."""
 
