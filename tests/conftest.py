@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from vitshrink.data import DataBundle, Split, load_digits
 from vitshrink.models import TINY_VIT_KWARGS, TeacherSpec, create_model
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379"
 
 torch.set_num_threads(2)
 
@@ -48,3 +52,20 @@ def require_service(name: str) -> None:
     if os.environ.get("VITSHRINK_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{name} is required in CI but not reachable")
     pytest.skip(f"{name} not reachable")
+
+
+def storage_url(kind: str, tmp_path: Path) -> str:
+    """A storage URL of `kind` (sqlite, journal: files in `tmp_path`; postgres, redis: the loopback
+    servers, skipped or failed through `require_service` when absent)."""
+    from vitshrink.search import open_storage
+
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/studies.db"
+    if kind == "journal":
+        return f"journal:///{tmp_path}/studies.log"
+    url = POSTGRES if kind == "postgres" else REDIS
+    try:
+        open_storage(url)
+    except Exception:  # noqa: BLE001 - any failure to connect means the service is absent
+        require_service(kind)
+    return url

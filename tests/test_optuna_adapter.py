@@ -18,17 +18,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import require_service
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 import vitshrink
+from conftest import storage_url
 from vitshrink.search import _optuna as adapter
 from vitshrink.search import open_storage
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS = "redis://127.0.0.1:6379"
 KINDS = ["sqlite", "postgres", "journal", "redis"]
 RDB = ("sqlite", "postgres")  # the storages with Optuna's own heartbeat
 GRACE = 1  # seconds: the shortest grace period Optuna's heartbeat takes
@@ -36,25 +34,12 @@ GRACE = 1  # seconds: the shortest grace period Optuna's heartbeat takes
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 
 
-def _url(kind: str, tmp_path: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path}/adapter.db"
-    if kind == "journal":
-        return f"journal:///{tmp_path}/adapter.log"
-    url = POSTGRES if kind == "postgres" else REDIS
-    try:
-        open_storage(url, heartbeat_interval=None)
-    except Exception:  # noqa: BLE001 - any failure to connect means the service is absent
-        require_service(kind)
-    return url
-
-
 @pytest.fixture(params=KINDS)
 def kind_and_study(request, tmp_path):
     """(storage kind, URL, a new study opened as the driver opens it: heartbeat every 1 s, grace 1 s);
     the study is deleted afterwards, so the shared PostgreSQL and Redis keep nothing."""
     kind = request.param
-    url = _url(kind, tmp_path)
+    url = storage_url(kind, tmp_path)
     storage = open_storage(url, heartbeat_interval=1, grace_period=GRACE)
     name = f"adapter-{uuid.uuid4().hex[:8]}"
     study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "minimize"])
@@ -123,7 +108,7 @@ def test_heartbeat_helpers_see_optuna_heartbeat_on_rdb_and_none_on_journals(kind
 
 
 def test_heartbeat_is_off_on_an_rdb_storage_opened_without_one(tmp_path) -> None:
-    storage = open_storage(_url("sqlite", tmp_path), heartbeat_interval=None)
+    storage = open_storage(storage_url("sqlite", tmp_path), heartbeat_interval=None)
     study = optuna.create_study(storage=storage)
     assert adapter.heartbeat_enabled(adapter.storage_of(study)) is False
     assert adapter.stale_trial_ids(study) == set()

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import require_service
+from conftest import POSTGRES, REDIS, storage_url  # noqa: F401 - other test modules import them here
 from recipes import tiny_recipe as tiny_recipe_text
 from vitshrink.search import open_storage, run_search
 from vitshrink.search._storage import HEARTBEAT_ATTR, fail_stale_trials, owner_is_gone, trial_heartbeat
@@ -31,27 +31,11 @@ def recipe_text(name: str, trials: int, device: str = "cpu:1", kd_epochs: int = 
                             trials=trials, sampler="random", epochs=2, device=device,
                             fixed=f"kd_epochs = {kd_epochs}")
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS = "redis://127.0.0.1:6379"
-
 
 def tiny_recipe(tmp_path: Path, name: str, trials: int = 2, kd_epochs: int = 1) -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(recipe_text(name, trials, kd_epochs=kd_epochs))
     return path
-
-
-def storage_url(kind: str, tmp_path: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path}/studies.db"
-    if kind == "journal":
-        return f"journal:///{tmp_path}/studies.log"
-    url = POSTGRES if kind == "postgres" else REDIS
-    try:
-        open_storage(url)
-    except Exception:  # noqa: BLE001 - any failure to connect means the service is absent
-        require_service(kind)
-    return url
 
 
 @pytest.fixture()

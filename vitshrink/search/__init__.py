@@ -1,4 +1,14 @@
-"""The search driver: Optuna study, samplers, budget, storages and executors (local, ray)."""
+"""The search driver: Optuna study, samplers, budget, storages and executors (local, ray).
+
+Imports run one way, top to bottom::
+
+    _driver                          opens or resumes the study, trains the teacher, picks an executor by name
+    local_executor, ray_executor     run trials until the budget is met (neither imports the other or the driver)
+    _executor                        the Executor protocol, SearchJob and the name registry
+    _budget, _summary, _warm, _trial the budget, SearchSummary / SearchError, warm starts, one trial
+    _storage                         storages by URL, heartbeats, stale trials
+    _optuna                          the only module that touches Optuna's private API
+"""
 
 from ._budget import count_states
 from ._driver import open_or_create_study, run_search
