@@ -79,7 +79,7 @@ def _mask_exception(exc: BaseException) -> None:
 
 
 _USER_ERRORS = (("vitshrink.spaces._config", "ConfigError"), ("vitshrink.data", "DataError"),
-                ("vitshrink.models", "ModelError"), ("vitshrink.search._driver", "SearchError"),
+                ("vitshrink.models", "ModelError"), ("vitshrink.search._summary", "SearchError"),
                 ("vitshrink.search._storage", "StorageError"), ("vitshrink.search._artifacts", "ArtifactError"),
                 ("vitshrink.studies", "StudyNotFound"), ("vitshrink.studies", "TrialNotAvailable"),
                 ("vitshrink.exporting", "ExportError"), ("vitshrink.plotting", "PlotError"))

@@ -67,7 +67,7 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
     st = open_storage(storage)
     rows = []
     for s in st.get_all_studies():
-        trials = st.get_all_trials(s._study_id, deepcopy=False)
+        trials = st.get_all_trials(st.get_study_id_from_name(s.study_name), deepcopy=False)
         done = [t for t in trials if t.state == TrialState.COMPLETE]
         last = max((t.datetime_complete or t.datetime_start for t in trials if t.datetime_start), default=None)
         row: dict[str, Any] = {

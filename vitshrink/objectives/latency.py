@@ -12,7 +12,8 @@ cached under `structural_signature` in ``cache_dir()/latency-cache.json``; a cac
 measured again when the reference has drifted by more than 10 % since (`_reference.py`).
 
 The parts live in their own modules: `_target` (where), `_protocol` (how, and what a result
-holds), `_lock`, `_signature`, `_cache`, `_reference` (drift); this module times and re-exports.
+holds), `_lock`, `_signature`, `_cache`, `_reference` (drift), `_remote` (a Ray target node); this
+module times and re-exports.
 
 Example:
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10))
@@ -39,6 +40,7 @@ from . import _reference
 from ._cache import LatencyCache
 from ._lock import lock_path, machine_lock
 from ._protocol import BatchLatency, LatencyProtocol, LatencyResult, median_cv, ratio_cv, summarise
+from ._remote import run_on_target
 from ._signature import STRUCTURAL_ATTRIBUTES, reference_signature, structural_signature
 from ._target import DEFAULT_RAY_RESOURCE, TARGET_KINDS, LatencyError, Target, cpu_model
 
@@ -231,18 +233,8 @@ def _remote_measure(model, example_shape, threads, protocol, extra):  # runs on 
 
 
 def _measure_on_ray(model, example_shape, target, protocol, extra) -> tuple[LatencyResult, bool]:
-    """Run the measurement as a Ray task on a node that owns `target.ray_resource` (its CPU is the target)."""
-    try:
-        import ray
-    except ImportError:
-        raise LatencyError("a ray target needs Ray: pip install 'ray[tune]'") from None
-    if not ray.is_initialized():
-        raise LatencyError(f"target {target} needs a running Ray connection: call ray.init(address=...) first")
-    if ray.cluster_resources().get(target.ray_resource, 0) <= 0:
-        raise LatencyError(f"no Ray node offers the resource {target.ray_resource!r}; start the target node with "
-                           f"ray start --resources '{{\"{target.ray_resource}\": 1}}'")
-    task = ray.remote(num_cpus=target.threads, resources={target.ray_resource: 1})(_remote_measure)
-    return ray.get(task.remote(model, tuple(example_shape), target.threads, protocol, extra))
+    """Run the measurement on the node that owns `target.ray_resource` (its CPU is the target)."""
+    return run_on_target(_remote_measure, target, model, tuple(example_shape), target.threads, protocol, extra)
 
 
 __all__ = [

@@ -104,9 +104,8 @@ def claim_slot(trial: optuna.Trial, budget: int) -> None:
         return
     if not duplicate and _popped(me):
         _requeue(trial.study, me)
-    storage = trial.study._storage  # noqa: SLF001 - the trial's own storage, as Optuna's Trial writes it
-    storage.set_trial_user_attr(me._trial_id, NOT_RUN_ATTR, True)
-    storage.set_trial_user_attr(me._trial_id, "fail_reason", reason)
+    trial.set_user_attr(NOT_RUN_ATTR, True)
+    trial.set_user_attr("fail_reason", reason)
     log.info("trial %d not run: %s", me.number, reason)
     raise SlotTaken(reason)
 

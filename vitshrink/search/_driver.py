@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,60 +18,24 @@ import optuna
 from .. import __version__
 from ..digests import data_sha256
 from ..preprocessing import PREPROCESSING_ATTR, describe_preprocessing
-from ..spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
-from ._budget import POLL_S, budget_left, claim_slot, count_states, is_not_run, max_pruned  # noqa: F401 - re-exported
+from ..spaces import Recipe
+from ._budget import count_states, max_pruned  # noqa: F401 - re-exported
+from ._executor import SearchJob, make_executor, taken_trials
 from ._fingerprint import FINGERPRINT_ATTR, changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
 from ._latency import record_latency_reference
 from ._pareto import pareto_trials
 from ._samplers import make_sampler
-from ._storage import (ARTIFACT_DIR_ATTR, DEFAULT_GRACE_PERIOD, default_artifact_dir, fail_stale_trials,
-                       heartbeat_interval_for, mask_url, open_storage, study_names, trial_heartbeat)
+from ._storage import (ARTIFACT_DIR_ATTR, DEFAULT_GRACE_PERIOD, default_artifact_dir, heartbeat_interval_for,
+                       mask_url, open_storage, study_names)
+from ._summary import SearchError, SearchSummary
 from ._trial import (DIRECTIONS, METRIC_NAMES, SearchContext, check_space_fits_teacher, load_data, make_context,
-                     recipe_doc, run_trial, training_device_of)
+                     recipe_doc, training_device_of)
+from ._warm import enqueue_warm_starts, reference_configs, warm_start_configs  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 RECIPE_ATTR = "vitshrink.recipe"
 TEACHER_ATTR = "vitshrink.teacher"
-
-
-class SearchError(RuntimeError):
-    """A search that cannot start or resume as asked; the message says why and what to do."""
-
-
-@dataclass
-class SearchSummary:
-    study: optuna.Study
-    completed: int
-    failed: int  # failed trials in the study (not those that gave their budget slot back)
-    new_trials: int  # trials this driver ran (other drivers' trials and slots given back not counted)
-    seconds: float
-    stopped_by: str  # "trials", "timeout", "failures", "pruned"
-    pruned: int = 0  # trials pruned as impossible samples (never built; not counted as completed or failed)
-
-
-def reference_configs(space: SearchSpace) -> list[CompressionConfig]:
-    """The reference study's hand-picked set: dynamic int8; KD into a small student; 30 % and 50 %
-    pruning; Nystrom with two landmark counts; student + dynamic int8."""
-    fixed = dict(space.fixed)
-    student_epochs = int(fixed.get("student_epochs", 10))
-    kd = int(fixed.get("kd_epochs", 0))
-    lm = space.dimension("landmarks")
-    lo, hi = (int(lm.low), int(lm.high)) if lm and lm.choices is None else (4, 8)
-    # a recipe's fixed recovery settings shape every reference config that distils
-    recovery = {k: fixed[k] for k in ("kd_augment", "kd_feature_weight") if k in fixed}
-    student = dict(student="custom", student_depth=2, student_embed_dim=32, student_heads=2,
-                   student_epochs=student_epochs, **recovery)
-    tuned = recovery if kd else {}
-    return [
-        CompressionConfig(quant="dynamic_int8"),
-        CompressionConfig(**student),
-        CompressionConfig(prune_heads=0.3, prune_mlp=0.3, kd_epochs=kd, **tuned),
-        CompressionConfig(prune_heads=0.5, prune_mlp=0.5, kd_epochs=kd, **tuned),
-        CompressionConfig(lowrank="nystrom", landmarks=lo, kd_epochs=kd, **tuned),
-        CompressionConfig(lowrank="nystrom", landmarks=hi, kd_epochs=kd, **tuned),
-        CompressionConfig(**student, quant="dynamic_int8"),
-    ]
 
 
 def _free_name(storage, name: str) -> str:
@@ -148,24 +111,6 @@ def _created_study(storage, name: str) -> optuna.Study:
         time.sleep(0.2)
 
 
-def warm_start_configs(recipe: Recipe) -> list[tuple[str, CompressionConfig]]:
-    """(role, config) of the trials every new study of `recipe` opens with: the teacher, then the
-    hand-picked reference set when `seed_with = "reference"`."""
-    warm = [("teacher", CompressionConfig())]
-    if recipe.seed_with == "reference":
-        warm += [("reference", cfg) for cfg in reference_configs(recipe.space)]
-    return warm
-
-
-def enqueue_warm_starts(study: optuna.Study, recipe: Recipe) -> None:
-    """The teacher is the first trial of every study; `seed_with = "reference"` adds the hand-picked set."""
-    if study.get_trials(deepcopy=False):
-        return
-    for role, cfg in warm_start_configs(recipe):
-        study.enqueue_trial(recipe.space.params_for(cfg, strict=False),
-                            user_attrs={"config_override": cfg.to_dict(), "role": role})
-
-
 def run_search(
     recipe: Recipe,
     storage: str | None = None,
@@ -187,8 +132,8 @@ def run_search(
     Trials left RUNNING by a dead process (same host) or without a heartbeat for `grace_period`
     seconds are failed and retried with the same parameters."""
     start = time.perf_counter()
-    if gpus_per_trial:  # GPUs Ray cannot give are refused before the study exists or a teacher trains
-        _check_gpus_per_trial(executor, address, gpus_per_trial)
+    runner = make_executor(executor, address=address, workers=workers, gpus_per_trial=gpus_per_trial)
+    runner.check()  # e.g. GPUs Ray cannot give: refused before the study exists or a teacher trains
     check_space_fits_teacher(recipe)  # an impossible space is refused before the study exists
     fingerprint = recipe_fingerprint(recipe)  # reads the teacher checkpoint: a missing one is refused here
     training_device_of(recipe)  # so is a GPU asked for and absent, before the data is read
@@ -198,7 +143,7 @@ def run_search(
                                  fingerprint=fingerprint)
     # trials taken when this driver opened the study (and fixed its sampler's seed): any other trial it
     # does not take itself is another driver's, sampling from the same seed unless one reseeds
-    taken_at_open = _taken(study)
+    taken_at_open = taken_trials(study)
     ctx = make_context(recipe, progress=on_teacher_epoch, data=data)
     study.set_user_attr(TEACHER_ATTR, ctx.teacher_spec.to_dict())
     study.set_user_attr("vitshrink.teacher_accuracy", ctx.teacher_accuracy)
@@ -210,78 +155,10 @@ def run_search(
     record_latency_reference(study, ctx)  # a new study fixes what its latency objective means, before any trial
     enqueue_warm_starts(study, recipe)
     art_dir = study.user_attrs[ARTIFACT_DIR_ATTR]
-    if executor == "ray":
-        from .ray_executor import run_on_ray
-
-        summary = run_on_ray(study, recipe, storage, art_dir, address=address, workers=workers, on_trial=on_trial,
-                             started=start, grace_period=grace_period, gpus_per_trial=gpus_per_trial)
-    elif executor == "local":
-        summary = _run_local(study, recipe, art_dir, ctx, on_trial, start, grace_period, taken_at_open)
-    else:
-        raise ConfigError(f"unknown executor {executor!r}; use local or ray")
+    summary = runner.run(SearchJob(study, recipe, storage, art_dir, ctx, start, grace_period, on_trial, taken_at_open))
     if evaluate_test:
         evaluate_pareto_on_test(study, ctx)
     return summary
-
-
-def _run_local(study: optuna.Study, recipe: Recipe, art_dir: str, ctx: SearchContext, on_trial, started: float,
-               grace_period: int = DEFAULT_GRACE_PERIOD, taken_before: set[int] | None = None) -> SearchSummary:
-    """Run trials in this process until the study's budget is met: other drivers on the same storage
-    (processes, Ray) share the budget, and this one waits while their running trials hold the rest.
-
-    `taken_before`: trials already taken when the study was opened (default: now)."""
-    at_start = count_states(study)
-    failures_at_start, pruned_at_start = at_start["FAIL"], at_start["PRUNED"]
-    if taken_before is None:
-        taken_before = _taken(study)
-    asked: set[int] = set()  # trials this driver took (ran or gave back)
-    reseeded = False
-    ran: list[int] = []  # trials this driver ran (not those it gave back)
-
-    def callback(st: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        if not is_not_run(frozen):
-            ran.append(frozen.number)
-        if on_trial:
-            on_trial(st, frozen, count_states(st))
-
-    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
-        nonlocal reseeded
-        asked.add(trial.number)
-        claim_slot(trial, recipe.trials)  # another driver may have taken the last slot since budget_left
-        if not reseeded and _other_driver_active(trial.study, taken_before, asked):
-            # drivers that opened the study together share its seed (recipe seed + trials at open): left
-            # as is, each would sample the same configurations. Checked after this trial exists, so of two
-            # drivers sampling at once the later one sees the other. Alone, a driver keeps the seed.
-            trial.study.sampler.reseed_rng()
-            reseeded = True
-        with trial_heartbeat(trial, heartbeat_interval_for(grace_period)):
-            return run_trial(trial, recipe, art_dir, ctx)
-
-    while True:
-        fail_stale_trials(study, grace_period)  # a crashed run's trials: failed, re-enqueued, run first
-        free, stopped_by = budget_left(study, recipe, started, failures_at_start, pruned_at_start)
-        if stopped_by:
-            break
-        if not free:  # the rest of the budget is running elsewhere: wait until it completes or a trial fails
-            time.sleep(POLL_S)
-            continue
-        timeout = None if recipe.timeout is None else max(1.0, recipe.timeout - (time.perf_counter() - started))
-        study.optimize(objective, n_trials=1, timeout=timeout,
-                       catch=(Exception,), callbacks=[callback], gc_after_trial=False)
-    counts = count_states(study)
-    return SearchSummary(study, counts["COMPLETE"], counts["FAIL"], len(ran), time.perf_counter() - started,
-                         stopped_by, counts["PRUNED"])
-
-
-def _taken(study: optuna.Study) -> set[int]:
-    return {t.number for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING}
-
-
-def _other_driver_active(study: optuna.Study, taken_before: set[int], asked: set[int]) -> bool:
-    """Whether another driver took a trial since this one started (queued trials, such as retries
-    this driver enqueued itself, do not count until someone takes them)."""
-    return any(t.number not in taken_before and t.number not in asked and t.state != optuna.trial.TrialState.WAITING
-               for t in study.get_trials(deepcopy=False))
 
 
 def evaluate_pareto_on_test(study: optuna.Study, ctx: SearchContext) -> dict[int, float]:
@@ -303,14 +180,3 @@ def evaluate_pareto_on_test(study: optuna.Study, ctx: SearchContext) -> dict[int
         study.set_user_attr(key, acc)
         results[t.number] = acc
     return results
-
-
-def _check_gpus_per_trial(executor: str, address: str | None, gpus_per_trial: float) -> None:
-    if gpus_per_trial < 0:
-        raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g} must be >= 0")
-    if executor != "ray":
-        raise ConfigError(f"--gpus-per-trial applies to Ray tasks; add --executor ray, or leave it out (the local "
-                          "executor trains on [teacher.train] device)")
-    from .ray_executor import refuse_missing_gpus
-
-    refuse_missing_gpus(address, gpus_per_trial)

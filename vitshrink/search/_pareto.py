@@ -6,6 +6,8 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from ._optuna import compute_hypervolume
+
 
 def is_feasible(trial: FrozenTrial) -> bool:
     """Constraints follow Optuna's convention (feasible when every value <= 0); none means feasible."""
@@ -76,7 +78,6 @@ def hypervolume(trials_or_values, teacher_latency_ms: float, teacher_size_bytes:
         0.054
     """
     import numpy as np
-    from optuna._hypervolume import compute_hypervolume
 
     rows = [t.values if isinstance(t, FrozenTrial) else t for t in trials_or_values]
     if not rows:

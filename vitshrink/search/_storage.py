@@ -26,6 +26,9 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from ._optuna import (get_trial, heartbeat_enabled, heartbeat_grace_period, set_trial_state, set_trial_system_attr,
+                      set_trial_user_attr, stale_trial_ids, storage_of, trial_id)
+
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///vitshrink.db"
@@ -82,9 +85,8 @@ def open_storage(url: str | None, heartbeat_interval: int | None = 10,
     masked = mask_url(url)
     try:
         if url.startswith("redis://") or url.startswith("rediss://"):
-            backend = JournalRedisBackend(url)
-            backend._redis.ping()  # fail now, with a clear message, rather than on the first write
-            return JournalStorage(backend)
+            _ping_redis(url)  # fail now, with a clear message, rather than on the first write
+            return JournalStorage(JournalRedisBackend(url))
         if _is_journal(url):
             path = url.removeprefix("journal://").removeprefix("journal:")
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +119,16 @@ def open_storage(url: str | None, heartbeat_interval: int | None = 10,
                                "or name an installed driver in the URL, e.g. postgresql+psycopg2://") from None
         raise StorageError(f"cannot open storage {masked}: {reason}; check the URL, that the server is running "
                            "and reachable, and the credentials") from None
+
+
+def _ping_redis(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)  # what JournalRedisBackend connects with
+    try:
+        client.ping()
+    finally:
+        client.close()
 
 
 def _with_installed_driver(url: str) -> str:
@@ -176,12 +188,6 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
         super().__call__(study, clean)
 
 
-def _uses_optuna_heartbeat(storage: BaseStorage) -> bool:
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return is_heartbeat_enabled(storage)
-
-
 @contextlib.contextmanager
 def trial_heartbeat(trial: optuna.Trial, interval: float) -> Iterator[None]:
     """Beat for `trial` every `interval` seconds while the block runs, where Optuna does not.
@@ -194,8 +200,8 @@ def trial_heartbeat(trial: optuna.Trial, interval: float) -> Iterator[None]:
         with trial_heartbeat(trial, interval=10):
             run_trial(trial, recipe, artifact_dir)
     """
-    storage = trial.study._storage
-    if _uses_optuna_heartbeat(storage):
+    study = trial.study
+    if heartbeat_enabled(storage_of(study)):
         yield
         return
     stop = threading.Event()
@@ -203,13 +209,13 @@ def trial_heartbeat(trial: optuna.Trial, interval: float) -> Iterator[None]:
     def beat() -> None:
         while True:
             try:
-                storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time())
+                set_trial_system_attr(study, trial, HEARTBEAT_ATTR, time.time())
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the trial goes on
                 log.debug("heartbeat of trial %d not written: %s", trial.number, exc)
             if stop.wait(interval):
                 return
 
-    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time())
+    set_trial_system_attr(study, trial, HEARTBEAT_ATTR, time.time())
     thread = threading.Thread(target=beat, name=f"vitshrink-heartbeat-{trial.number}", daemon=True)
     thread.start()
     try:
@@ -253,11 +259,9 @@ def owner_is_gone(worker: str | None) -> bool:
 def fail_trial_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_retry: int = 3) -> bool:
     """Mark a RUNNING `trial` FAIL with `reason` and enqueue its retry (same params); False when
     another process finished or failed it first, so a trial is never retried twice."""
-
-    storage = study._storage
     try:
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+        set_trial_user_attr(study, trial, "fail_reason", reason)
+        if not set_trial_state(study, trial, TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:
         return False
@@ -267,7 +271,7 @@ def fail_trial_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, m
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryStaleTrial(max_retry=max_retry)
-    retry(study, storage.get_trial(trial._trial_id))
+    retry(study, get_trial(study, trial))
     return True
 
 
@@ -283,10 +287,10 @@ def fail_stale_trials(study: optuna.Study, grace_period: float = DEFAULT_GRACE_P
 
         fail_stale_trials(study, grace_period=30)  # -> [3]
     """
-    storage = study._storage
-    optuna_beats = _uses_optuna_heartbeat(storage)
-    stale_ids = set(storage._get_stale_trial_ids(study._study_id)) if optuna_beats else set()
-    rdb_grace = getattr(getattr(storage, "_backend", storage), "grace_period", None) or grace_period
+    storage = storage_of(study)
+    optuna_beats = heartbeat_enabled(storage)
+    stale_ids = stale_trial_ids(study)
+    rdb_grace = heartbeat_grace_period(storage) or grace_period
     failed = []
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -294,7 +298,7 @@ def fail_stale_trials(study: optuna.Study, grace_period: float = DEFAULT_GRACE_P
         reason = None
         if owner_is_gone(worker):
             reason = f"its worker {worker} stopped (killed or crashed) while running it"
-        elif t._trial_id in stale_ids:
+        elif trial_id(t) in stale_ids:
             reason = f"no heartbeat from {worker or 'its worker'} for over {rdb_grace} s"
         elif not optuna_beats:
             beat = t.system_attrs.get(HEARTBEAT_ATTR)
@@ -330,5 +334,5 @@ def is_retry(trial: optuna.Trial) -> bool:
     or a queued copy given back by another driver): its configuration already passed screening once."""
     if "retry_of" in trial.user_attrs or REQUEUED_FROM_ATTR in trial.user_attrs:
         return True
-    frozen = trial.study._storage.get_trial(trial._trial_id)  # noqa: SLF001 - Optuna has no public getter
+    frozen = get_trial(trial.study, trial)  # a live trial's system attributes have no public getter
     return "failed_trial" in frozen.system_attrs

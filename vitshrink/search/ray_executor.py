@@ -31,18 +31,24 @@ import os
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, ClassVar
 
 import optuna
 from optuna.trial import TrialState
 
+from ..objectives import Target
 from ..spaces import ConfigError, Recipe
+from ._budget import budget_left, claim_slot, count_states, is_not_run
+from ._executor import SearchJob, check_gpus_per_trial
+from ._optuna import get_trial
+from ._samplers import make_sampler
 from ._storage import (DEFAULT_GRACE_PERIOD, DEFAULT_STORAGE, fail_stale_trials, fail_trial_and_retry,
                        heartbeat_interval_for, open_storage, this_worker, trial_heartbeat)
-
-if TYPE_CHECKING:
-    from ._driver import SearchSummary
+from ._summary import SearchError, SearchSummary
+from ._trial import context_for, run_trial
+from ._warm import warm_start_configs
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +65,6 @@ def absolute_storage_url(url: str | None) -> str:
         >>> absolute_storage_url("sqlite:////tmp/a.db")
         'sqlite:////tmp/a.db'
     """
-    from ._driver import SearchError
-
     url = url or DEFAULT_STORAGE
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
@@ -83,8 +87,6 @@ def connect(address: str | None, num_cpus: int | None = None):
     try:
         import ray
     except ImportError:
-        from ._driver import SearchError
-
         raise SearchError("the ray executor needs Ray: pip install 'ray[default]'") from None
     if ray.is_initialized():
         return ray, False
@@ -98,8 +100,6 @@ def connect(address: str | None, num_cpus: int | None = None):
 
 def check_gpus(ray, gpus_per_trial: float) -> None:
     """Refuse GPUs per trial on a cluster that has none (Ray would leave every task pending forever)."""
-    from ._driver import SearchError
-
     have = ray.cluster_resources().get("GPU", 0)
     if gpus_per_trial > 0 and have <= 0:
         raise SearchError(f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs but the Ray cluster has none; "
@@ -134,11 +134,6 @@ def _trial_task(recipe: Recipe, storage_url: str, study_name: str, artifact_dir:
     import ray
     import torch
 
-    from ._budget import claim_slot
-    from ._driver import warm_start_configs
-    from ._samplers import make_sampler
-    from ._trial import context_for, run_trial
-
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval_for(grace_period),
@@ -168,9 +163,6 @@ def _trial_of_task(study: optuna.Study, task_id: str) -> optuna.trial.FrozenTria
 
 
 def _check_target(ray, recipe: Recipe) -> None:
-    from ..objectives import Target
-    from ._driver import SearchError
-
     target = Target.parse(recipe.device)
     if target.kind == "ray" and ray.cluster_resources().get(target.ray_resource, 0) <= 0:
         raise SearchError(f"no Ray node offers the resource {target.ray_resource!r} of the latency target "
@@ -200,9 +192,6 @@ def run_on_ray(
 
         run_on_ray(study, recipe, "sqlite:////tmp/s.db", "/tmp/s.artifacts", workers=2)
     """
-    from ._budget import budget_left, count_states, is_not_run
-    from ._driver import SearchError, SearchSummary
-
     if workers < 1:
         raise ConfigError(f"--workers {workers}: need at least 1")
     started = time.perf_counter() if started is None else started
@@ -273,6 +262,27 @@ def run_on_ray(
                          reason or "trials", counts["PRUNED"])
 
 
+@dataclass
+class RayExecutor:
+    """Runs up to `workers` trials at once as Ray tasks on the cluster at `address` (None: a local
+    cluster on loopback), each asking for `gpus_per_trial` GPUs."""
+
+    address: str | None = None
+    workers: int = 1
+    gpus_per_trial: float = 0.0
+    name: ClassVar[str] = "ray"
+
+    def check(self) -> None:
+        if self.gpus_per_trial:  # GPUs Ray cannot give are refused before the study exists or a teacher trains
+            check_gpus_per_trial(self.gpus_per_trial)
+            refuse_missing_gpus(self.address, self.gpus_per_trial)
+
+    def run(self, job: SearchJob) -> SearchSummary:
+        return run_on_ray(job.study, job.recipe, job.storage_url, job.artifact_dir, address=self.address,
+                          workers=self.workers, on_trial=job.on_trial, started=job.started,
+                          grace_period=job.grace_period, gpus_per_trial=self.gpus_per_trial)
+
+
 def _collect(ray, study: optuna.Study, ref, task_errors: list[str]) -> optuna.trial.FrozenTrial | None:
     """The finished trial of task `ref`; a task whose worker died has its trial failed and retried."""
     try:
@@ -287,7 +297,7 @@ def _collect(ray, study: optuna.Study, ref, task_errors: list[str]) -> optuna.tr
         task_errors.clear()
         if trial.state == TrialState.RUNNING:
             fail_trial_and_retry(study, trial, f"Ray worker {trial.user_attrs.get('worker', '?')} died: {reason}")
-        return study._storage.get_trial(trial._trial_id)  # noqa: SLF001 - one trial, not the whole study
+        return get_trial(study, trial)  # one trial, not the whole study
     task_errors.clear()
     return study.get_trials(deepcopy=False)[number]
 
@@ -305,4 +315,4 @@ def _interrupt(ray, pending: dict[Any, int]) -> None:
         ray.wait(list(pending), num_returns=len(pending), timeout=10)
 
 
-__all__ = ["absolute_storage_url", "connect", "cpu_share", "run_on_ray"]
+__all__ = ["RayExecutor", "absolute_storage_url", "connect", "cpu_share", "run_on_ray"]
