@@ -57,3 +57,16 @@ def test_docstring_examples_run_with_the_tests() -> None:
     assert "--doctest-modules" in opts["addopts"].split() and "vitshrink" in opts["testpaths"]
     skipped = [str(p.relative_to(ROOT)) for p in (ROOT / "vitshrink").rglob("*.py") if "doctest: +SKIP" in p.read_text()]
     assert not skipped, f"examples that never run (make them runnable or plain prose): {skipped}"
+
+
+def test_no_test_module_imports_another_or_a_conftest() -> None:
+    """Shared helpers live in tests/support.py and tests/recipes.py, fixtures in conftest.py: a test
+    module importing another runs (and collects) that module's tests' setup as a side effect."""
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names
+                          if n.split(".")[-1].startswith("test_") or n.split(".")[-1] == "conftest"]
+    assert not offenders, offenders
