@@ -28,7 +28,7 @@ from ._pareto import pareto_trials
 from ._samplers import make_sampler
 from ._schema import (ARTIFACT_DIR_ATTR, CLASSES_ATTR, CONFIG_OVERRIDE_ATTR, DATA_ATTR, FINGERPRINT_ATTR,
                       PREPROCESSING_ATTR, RECIPE_ATTR, ROLE_ATTR, TARGET_ATTR, TEACHER_ACCURACY_ATTR, TEACHER_ATTR,
-                      TRAINING_ATTR, VERSION_ATTR, test_accuracy_key)
+                      TRAINING_ATTR, VERSION_ATTR, key_of_test_accuracy)
 from ._storage import (DEFAULT_GRACE_PERIOD, default_artifact_dir, fail_stale_trials,
                        heartbeat_interval_for, mask_url, open_storage, study_names, trial_heartbeat)
 from ._trial import SearchContext, check_space_fits_teacher, load_data, make_context, run_trial, training_device_of
@@ -292,7 +292,7 @@ def evaluate_pareto_on_test(study: optuna.Study, ctx: SearchContext) -> dict[int
 
     results = {}
     for t in pareto_trials(study):
-        key = test_accuracy_key(t.number)
+        key = key_of_test_accuracy(t.number)
         if key in study.user_attrs:
             continue
         try:

@@ -6,7 +6,7 @@ resuming, rebuilding and exporting; add a key here, never as a literal elsewhere
 (tests/test_schema.py greps the package for that).
 
 Example:
-    >>> test_accuracy_key(3)
+    >>> key_of_test_accuracy(3)
     'vitshrink.test_accuracy.3'
     >>> import optuna
     >>> t = optuna.trial.create_trial(values=[0.9, 2.0, 10.0], user_attrs={FAIL_REASON_ATTR: None,
@@ -84,7 +84,7 @@ OPTUNA_FIXED_PARAMS_ATTR = "fixed_params"  # Optuna's: the params an enqueued tr
 DEFAULT_ROLE = "sampled"
 
 
-def test_accuracy_key(number: int) -> str:
+def key_of_test_accuracy(number: int) -> str:
     """The study attribute holding trial `number`'s test accuracy."""
     return f"{TEST_ACCURACY_PREFIX}{number}"
 
@@ -154,4 +154,4 @@ def _structure_attr(t: FrozenTrial, name: str) -> Any:
 
 __all__ = [name for name in dir() if name.endswith(("_ATTR", "_ATTRS", "_PREFIX"))] + [
     "DEFAULT_ROLE", "metric", "metrics_of", "objective_names", "reason_of", "role_of",
-    "set_user_attrs", "test_accuracy_key"]
+    "set_user_attrs", "key_of_test_accuracy"]

@@ -282,7 +282,7 @@ class Recipe:
         as a recipe file writes them, optional keys left out when unset.
 
         Example:
-            >>> r = Recipe.from_toml_text('[study]\nname = "demo"\nobjectives = ["accuracy", "macs"]')
+            >>> r = Recipe.from_dict({"study": {"name": "demo", "objectives": ["accuracy", "macs"]}})
             >>> r.to_dict()["study"]["objectives"], Recipe.from_dict(r.to_dict()) == r
             (['accuracy', 'macs'], True)
         """
