@@ -124,7 +124,7 @@ def metric(t: FrozenTrial, name: str, names: Iterable[str]) -> float | None:
         (2.0, 1000.0)
     """
     names = list(names)
-    if name in names and t.values is not None:
+    if name in names and t.values is not None and names.index(name) < len(t.values):
         return float(t.values[names.index(name)])
     stored = (t.user_attrs.get(METRICS_ATTR) or {}).get(name)
     if stored is None:

@@ -150,7 +150,7 @@ def _trial_task(recipe: Recipe, storage_url: str, study_name: str, artifact_dir:
     ctx = context_for(recipe)
     task_id = ray.get_runtime_context().get_task_id()
 
-    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
         # recorded first, so the driver can tie a crashed task to its trial
         trial.set_user_attr(RAY_TASK_ATTR, task_id)
         trial.set_user_attr(DRIVER_ATTR, driver_id)
