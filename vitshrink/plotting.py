@@ -3,8 +3,8 @@
 Accuracy (val) against the study's first cost objective (latency in ms by default, log scale),
 marker area proportional to its next objective (model size by default); every value is read by its
 objective's name. Pareto trials are filled and joined by a step line, dominated or infeasible ones
-are faded, the teacher is a star and the reference configurations are diamonds. ``.png`` / ``.svg`` / ``.pdf`` go through
-matplotlib (headless), ``.html`` through plotly (an optional dependency).
+are faded, the teacher is a star and the reference configurations are diamonds. ``.png`` / ``.svg`` /
+``.pdf`` go through matplotlib (headless), ``.html`` through plotly (an optional dependency).
 
 Example (not run as a doctest: it needs stored studies)::
 
@@ -58,8 +58,8 @@ def axes_of(objectives: tuple[str, ...]) -> tuple[str, str, str]:
 def _common_axes(handles: list[StudyHandle]) -> tuple[str, str, str]:
     axes = {h.name: axes_of(h.objectives) for h in handles}
     if len(set(axes.values())) > 1:
-        raise PlotError("the studies have different objectives (" + "; ".join(
-            f"{h.name}: {', '.join(h.objectives)}" for h in handles) + "); plot studies with the same objectives together")
+        shown = "; ".join(f"{h.name}: {', '.join(h.objectives)}" for h in handles)
+        raise PlotError(f"the studies have different objectives ({shown}); plot studies with the same objectives together")
     return next(iter(axes.values()))
 
 

@@ -38,9 +38,9 @@ from .search._pareto import HV_REFERENCE, front_hypervolume, hypervolume, is_fea
 from .search._rungs import rungs_of
 from .search._schema import (ACCURACY_DROP_ATTR, ARTIFACT_ATTR, CONFIG_ATTR, FAIL_REASON_ATTR, FINISHED_AT_ATTR,
                              LABEL_ATTR, LATENCY_ATTR, LATENCY_IQR_ATTR, MACS_ATTR, PARAMS_ATTR, PRUNED_REASON_ATTR,
-                             RECIPE_ATTR, RECORDS_ATTR, SCREENED_ATTR, SECONDS_ATTR, STOPPED_AT_ATTR, STOPPED_ATTR, TARGET_ATTR,
-                             TEACHER_ACCURACY_ATTR, TEACHER_ATTR, TEST_ACCURACY_PREFIX, WORKER_ATTR, metrics_of,
-                             objective_names, reason_of, role_of, key_of_test_accuracy)
+                             RECIPE_ATTR, RECORDS_ATTR, SCREENED_ATTR, SECONDS_ATTR, STOPPED_AT_ATTR, STOPPED_ATTR,
+                             TARGET_ATTR, TEACHER_ACCURACY_ATTR, TEACHER_ATTR, TEST_ACCURACY_PREFIX, WORKER_ATTR,
+                             key_of_test_accuracy, metrics_of, objective_names, reason_of, role_of)
 from .search._storage import artifact_store, mask_url, study_names
 from .search._trial import LOGITS_KEY, load_data
 from .spaces import CompressionConfig, Recipe

@@ -168,7 +168,10 @@ def dominated_reason(structure: Structure, completed: list[FrozenTrial],
         if not is_feasible(t) or any(metric(t, name, objectives) != best for name, best in trained.items()):
             continue
         beaten = [_beats(o, t, structure, objectives) for o in costs]
-        if all(beaten):
+        # a tie on every objective is kept on the front (`dominates`): one must be strictly better
+        strictly = any(o.name == "latency_ms" or metric(t, o.name, objectives) != structure.value(o.name)
+                       for o in costs)
+        if all(beaten) and strictly:
             reached = ", ".join(f"{name} {best:.4f}" for name, best in trained.items())
             return (f"dominated by trial {t.number}: " + (f"{reached} (the best reached), " if reached else "")
                     + ", ".join(beaten))

@@ -34,8 +34,9 @@ from ..spaces import DEFAULT_OBJECTIVES, CompressionConfig, ConfigError, Recipe
 from ..training import TrainingDevice, resolve_training
 from ._latency import latency_attrs, latency_baseline
 from ._schema import (ACCURACY_DROP_ATTR, ARTIFACT_ATTR, CONFIG_ATTR, CONFIG_OVERRIDE_ATTR, FAIL_REASON_ATTR,
-                      FINISHED_AT_ATTR, LABEL_ATTR, MACS_ATTR, METRICS_ATTR, PARAMS_ATTR, PRUNED_REASON_ATTR,
-                      RECORDS_ATTR, RETRY_OF_ATTR, ROLE_ATTR, SECONDS_ATTR, WORKER_ATTR, set_user_attrs)
+                      FINISHED_AT_ATTR, LABEL_ATTR, LATENCY_ATTR, LATENCY_SPREAD_ATTR, MACS_ATTR, METRICS_ATTR,
+                      PARAMS_ATTR, PRUNED_REASON_ATTR, RECORDS_ATTR, RETRY_OF_ATTR, ROLE_ATTR, SECONDS_ATTR, WORKER_ATTR,
+                      set_user_attrs)
 from ._storage import this_worker
 
 log = logging.getLogger(__name__)
@@ -336,8 +337,8 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
         macs = next((r["macs_after"] for r in reversed(result.records) if r.get("macs_after")), None)
         macs = macs if macs is not None else _macs(result.float_model, ctx)
         acc = float(acc_result.accuracy)
-        candidate = Candidate(result.model, result.float_model, _images(ctx), lat, latency["latency"]["objective_ms"],
-                              size, recipe.throughput_batch, acc, macs)
+        candidate = Candidate(result.model, result.float_model, _images(ctx), lat,
+                              latency[LATENCY_ATTR]["objective_ms"], size, recipe.throughput_batch, acc, macs)
         try:
             measured = objective_values(recipe.objectives, candidate)
         except ValueError as exc:
@@ -353,7 +354,7 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
         set_user_attrs(trial, latency)
         if lat.noisy:
             log.warning("trial %d: latency spread %.1f %% after %d runs is above the %.1f %% target (latency_noisy)",
-                        trial.number, 100 * latency["latency_spread"], lat.batches[0].runs, 100 * ctx.protocol.target_cv)
+                        trial.number, 100 * latency[LATENCY_SPREAD_ATTR], lat.batches[0].runs, 100 * ctx.protocol.target_cv)
         trial.set_user_attr(PARAMS_ATTR, sum(p.numel() for p in result.float_model.parameters()))
         trial.set_user_attr(MACS_ATTR, macs)
         # every metric measured, objectives or not: tables read a metric that is not an objective here
