@@ -159,3 +159,55 @@ def test_resume_with_other_objectives_is_refused(stored) -> None:
     with pytest.raises(SearchError, match=r"different objectives:\n  objectives.names: stored \['accuracy', 'macs'\]"):
         open_or_create_study(recipe, url)
     assert open_or_create_study(_recipe("macs"), url).study_name == "macs"  # the same objectives resume
+
+
+# --- screening and rungs compare on the study's structural objectives ------------------------------------------
+
+
+def _done(number: int, values: list[float], **attrs):
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    trial = create_trial(values=values, params={"x": 0.0}, distributions={"x": FloatDistribution(0, 1)},
+                         user_attrs=attrs)
+    trial.number = number
+    return trial
+
+
+def _structure(lat: float, size: int, **values: float):
+    import dataclasses
+
+    from vitshrink.objectives import BatchLatency, LatencyResult
+    from vitshrink.search._screening import Structure
+
+    rest = {f.name: 0.0 for f in dataclasses.fields(BatchLatency) if f.name not in ("batch", "median_ms", "iqr_ms")}
+    batch = BatchLatency(batch=1, median_ms=lat, iqr_ms=0.0, **rest)
+    return Structure(LatencyResult((batch,), None, 1, {}, 0.0, 0.0, 0.0), False, size, values=values)
+
+
+def test_screening_without_latency_compares_the_chosen_objectives() -> None:
+    from vitshrink.search._screening import dominated_reason
+
+    names = ("accuracy", "macs")
+    best = _done(1, [0.9, 1e6])
+    assert "macs 1e+06 <= 2e+06" in dominated_reason(_structure(9.0, 10, macs=2e6), [best], names)
+    assert dominated_reason(_structure(0.1, 10, macs=1e6), [best], names) is None  # a tie may join the front
+    assert dominated_reason(_structure(0.1, 10, macs=5e5), [best], names) is None  # fewer MACs: may enter
+    # latency is measured but not an objective: a faster candidate with more MACs is still beaten
+    assert dominated_reason(_structure(0.1, 10, macs=2e6), [best], names) is not None
+    assert dominated_reason(_structure(9.0, 10), [_done(1, [0.9])], ("accuracy",)) is None  # nothing structural
+
+
+def test_rung_peers_are_no_costlier_on_each_structural_objective() -> None:
+    from vitshrink.search._rungs import behind_peers
+
+    names = ("accuracy", "latency_ms", "peak_memory_bytes")
+    key = "rung:student:1/3"
+    me = _structure(10.0, 999, peak_memory_bytes=1000.0)
+    cheap = _done(1, [0.9, 9.0, 900.0], **{key: 0.9})
+    hungry = _done(2, [0.9, 9.0, 5000.0], **{key: 0.9})  # faster but needs 5x the memory: not a peer
+    assert behind_peers(key, 0.5, me, [cheap, hungry], 0.02, 0, names) == [(1, 0.9)]
+    throughput = ("accuracy", "throughput")
+    fast = _done(3, [0.9, 200.0], **{key: 0.9})
+    slow = _done(4, [0.9, 50.0], **{key: 0.9})
+    assert behind_peers(key, 0.5, _structure(1.0, 1, throughput=100.0), [fast, slow], 0.02, 0, throughput) == [(3, 0.9)]
