@@ -338,8 +338,7 @@ def _study_columns(objectives: tuple[str, ...]) -> tuple[list[str], tuple]:
     return table, plain
 
 
-def _trial_line(frozen, counts: dict[str, int], budget: int, objectives: tuple[str, ...] = ("accuracy", "latency_ms",
-                                                                                           "size_bytes")) -> str:
+def _trial_line(frozen, counts: dict[str, int], budget: int, objectives: tuple[str, ...]) -> str:
     """One line per finished trial, for logs: number, state, progress, objectives (by name) and label,
     or why it failed or was pruned."""
     from .objectives import get_objective
@@ -357,8 +356,7 @@ def _trial_line(frozen, counts: dict[str, int], budget: int, objectives: tuple[s
     return f"{head} {text}".replace("\r", " ").replace("\n", " ").rstrip()
 
 
-def _pareto_table(df, study_name: str, objectives: tuple[str, ...] = ("accuracy", "latency_ms", "size_bytes")
-                  ) -> None:
+def _pareto_table(df, study_name: str, objectives: tuple[str, ...]) -> None:
     """The Pareto table: a rich table on a terminal, else plain text that fits `PLAIN_WIDTH` columns."""
     table_columns, plain_columns = _study_columns(objectives)
     if out.is_terminal:
