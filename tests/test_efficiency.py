@@ -100,9 +100,7 @@ def test_candidate_breaking_the_size_constraint_is_screened_without_training(scr
 
 
 def _doc(recipe: Recipe) -> dict:
-    from vitshrink.search._trial import recipe_doc
-
-    return recipe_doc(recipe)
+    return recipe.to_dict()
 
 
 def _completed(number: int, acc: float, lat: float, size: float, iqr: float = 0.0, feasible: bool = True):

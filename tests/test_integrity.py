@@ -25,7 +25,7 @@ from vitshrink.objectives import LatencyCache, LatencyProtocol, Target, measure_
 from vitshrink.search import SearchError, open_or_create_study, open_storage, run_search
 from vitshrink.search._driver import ARTIFACT_DIR_ATTR, RECIPE_ATTR
 from vitshrink.search._fingerprint import FINGERPRINT_ATTR
-from vitshrink.search._trial import METRIC_NAMES, recipe_doc
+from vitshrink.search._trial import METRIC_NAMES
 from vitshrink.spaces import Recipe
 
 KWARGS = dict(img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
@@ -152,10 +152,13 @@ def test_new_study_starts_a_new_study_when_the_meaning_changed(stored, tmp_path)
 
 
 def _legacy_study(recipe: Recipe, url: str, artifacts: Path) -> None:
-    """A study exactly as vitshrink stored it before fingerprints: the recipe, no fingerprint."""
+    """A study exactly as vitshrink stored it before fingerprints: the recipe (without objectives, chosen
+    in recipes since), no fingerprint."""
     study = optuna.create_study(study_name=recipe.name, storage=url, directions=["maximize", "minimize", "minimize"])
     study.set_metric_names(list(METRIC_NAMES))
-    study.set_user_attr(RECIPE_ATTR, recipe_doc(recipe))
+    doc = recipe.to_dict()
+    del doc["study"]["objectives"]
+    study.set_user_attr(RECIPE_ATTR, doc)
     study.set_user_attr("vitshrink.version", "0.1.0")
     study.set_user_attr(ARTIFACT_DIR_ATTR, str(artifacts))
 

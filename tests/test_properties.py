@@ -14,12 +14,11 @@ from hypothesis import strategies as st
 from vitshrink.compress import build
 from vitshrink.models import TINY_VIT_KWARGS, TeacherSpec, create_model, param_count
 from vitshrink.search._storage import mask_url
-from vitshrink.search._trial import recipe_doc
 from vitshrink.spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
 
 torch.set_num_threads(2)
 
-# --- recipes: refused with ConfigError, or round-trip through recipe_doc ----------------------------------------
+# --- recipes: refused with ConfigError, or round-trip through Recipe.to_dict ----------------------------------------
 
 _FIELDS = list(CompressionConfig().to_dict())
 _names = st.one_of(st.sampled_from(_FIELDS), st.sampled_from([f[:-1] for f in _FIELDS]), st.text(max_size=6))
@@ -73,9 +72,9 @@ def test_random_recipe_is_refused_by_config_error_or_round_trips(doc) -> None:
     except ConfigError as exc:
         assert str(exc)  # refused with a message; anything but ConfigError escapes and fails the test
         return
-    again = Recipe.from_dict(recipe_doc(recipe))
+    again = Recipe.from_dict(recipe.to_dict())
     assert again == recipe
-    assert recipe_doc(again) == recipe_doc(recipe)
+    assert again.to_dict() == recipe.to_dict()
 
 
 def _valid_space_specs():

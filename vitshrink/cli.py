@@ -142,19 +142,22 @@ def _fmt(v: Any) -> str:
 
 
 def _pareto_records(handle) -> list[dict[str, Any]]:
-    from .search._artifacts import config_of
-
+    """The Pareto trials as JSON records: the study's objectives and the metrics every trial measures
+    (read by name), then what the trial stored about itself."""
     from .search import pareto_trials
+    from .search._artifacts import config_of
+    from .search._schema import LABEL_ATTR, LATENCY_IQR_ATTR, PARAMS_ATTR, role_of
 
     records = []
-
+    wanted = dict.fromkeys(("accuracy", "latency_ms", "size_bytes", *handle.objectives))
     for t in pareto_trials(handle.study):
-        records.append({"trial": t.number, "accuracy": t.values[0], "latency_ms": t.values[1],
-                        "size_bytes": int(t.values[2]),
-                        "test_accuracy": handle.study.user_attrs.get(f"vitshrink.test_accuracy.{t.number}"),
-                        "latency_iqr_ms": t.user_attrs.get("latency_iqr_ms"), "params": t.user_attrs.get("params"),
-                        "macs": t.user_attrs.get("macs"), "role": t.user_attrs.get("role", "sampled"),
-                        "label": t.user_attrs.get("label"), "config": config_of(t).to_dict()})
+        values = handle.values_of(t, wanted)
+        if values["size_bytes"] is not None:
+            values["size_bytes"] = int(values["size_bytes"])
+        records.append({"trial": t.number, **values, "test_accuracy": handle.test_accuracy(t.number),
+                        "latency_iqr_ms": t.user_attrs.get(LATENCY_IQR_ATTR), "params": t.user_attrs.get(PARAMS_ATTR),
+                        "macs": handle.values_of(t, ["macs"])["macs"], "role": role_of(t),
+                        "label": t.user_attrs.get(LABEL_ATTR), "config": config_of(t).to_dict()})
     return records
 
 
@@ -220,6 +223,7 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
 
     from .search import run_search
     from .search._budget import is_not_run
+    from .search._schema import FAIL_REASON_ATTR
     from .search._storage import describe_storage
 
     quiet = STATE.get("quiet")
@@ -240,17 +244,14 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
             if is_not_run(frozen):  # a budget slot given back to another driver: nothing ran
                 return
             if plain and not quiet:
-                print(_trial_line(frozen, counts, r.trials), flush=True)
+                print(_trial_line(frozen, counts, r.trials, r.objectives), flush=True)
             done = [t for t in st.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
             best = ""
             if done:
-                best = (f"best acc {max(t.values[0] for t in done):.3f} · "
-                        f"lat {min(t.values[1] for t in done):.3f} ms · "
-                        f"size {min(t.values[2] for t in done) / 1e3:.0f} kB · failed {counts['FAIL']}"
-                        f" · pruned {counts['PRUNED']}")
+                best = " · ".join(_best(done, r.objectives)) + f" · failed {counts['FAIL']} · pruned {counts['PRUNED']}"
             progress.update(trial_task, completed=counts["COMPLETE"], best=best)
             if frozen.state.name == "FAIL" and executor != "local":  # local trials log their own failure
-                log.warning("trial %d failed: %s", frozen.number, frozen.user_attrs.get("fail_reason"))
+                log.warning("trial %d failed: %s", frozen.number, frozen.user_attrs.get(FAIL_REASON_ATTR))
 
         summary = run_search(r, storage=storage, study_name=study_name, new_study=new_study, artifact_dir=artifacts,
                              executor=executor, address=address, workers=workers, on_trial=on_trial,
@@ -261,20 +262,35 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
                   soft_wrap=True)
     from .studies import StudyHandle
 
-    df = StudyHandle(summary.study, storage or "").pareto()
+    handle = StudyHandle(summary.study, storage or "")
+    df = handle.pareto()
     if len(df):
-        _pareto_table(df, summary.study.study_name)
+        _pareto_table(df, summary.study.study_name, handle.objectives)
     if summary.stopped_by == "failures":
         _stopped_by_failures(summary.study, r)
     if summary.stopped_by == "pruned":
         _stopped_by_pruning(summary.study, r)
 
 
+def _best(done, objectives: tuple[str, ...]) -> list[str]:
+    """The best value of each objective among the completed trials `done`, as "best <column> <value>"."""
+    from .objectives import get_objective
+
+    parts = []
+    for i, name in enumerate(objectives):
+        o = get_objective(name)
+        best = (max if o.maximize else min)(t.values[objectives.index(name)] for t in done)
+        parts.append(f"{'best ' if i == 0 else ''}{o.column} {o.show(best)}")
+    return parts
+
+
 def _stopped_by_failures(study, r) -> None:
     """Too many trials failed in this run: name the most common reason and exit 1."""
     from collections import Counter
 
-    reasons = Counter(t.user_attrs.get("fail_reason") or "no reason recorded"
+    from .search._schema import FAIL_REASON_ATTR
+
+    reasons = Counter(t.user_attrs.get(FAIL_REASON_ATTR) or "no reason recorded"
                       for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL")
     reason, n = reasons.most_common(1)[0]
     limit = r.max_failures if r.max_failures is not None else max(5, r.trials)
@@ -290,8 +306,9 @@ def _stopped_by_pruning(study, r) -> None:
     from collections import Counter
 
     from .search._driver import max_pruned
+    from .search._schema import PRUNED_REASON_ATTR
 
-    reasons = Counter(t.user_attrs.get("pruned_reason") or "no reason recorded"
+    reasons = Counter(t.user_attrs.get(PRUNED_REASON_ATTR) or "no reason recorded"
                       for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED")
     reason, n = reasons.most_common(1)[0]
     console.print(f"[bold red]error:[/] search stopped: {max_pruned(r)} sampled configurations in this run were "
@@ -310,34 +327,51 @@ _PLAIN_COLUMNS = (("trial", "trial", "{:.0f}".format), ("accuracy", "val_acc", "
 PLAIN_WIDTH = 80
 
 
-def _trial_line(frozen, counts: dict[str, int], budget: int) -> str:
-    """One line per finished trial, for logs: number, state, progress, objectives and label, or why it
-    failed or was pruned."""
+def _study_columns(objectives: tuple[str, ...]) -> tuple[list[str], tuple]:
+    """(rich table columns, plain columns) of a study's Pareto table: accuracy and latency as today,
+    then each objective of the study in its own column (size when it is one)."""
+    from .objectives import get_objective
+
+    extra = [n for n in objectives if n not in ("accuracy", "latency_ms")]
+    table = _TABLE_COLUMNS[:5] + extra + ["label"]
+    plain = _PLAIN_COLUMNS[:4] + tuple((n, get_objective(n).column, get_objective(n).show) for n in extra)
+    return table, plain
+
+
+def _trial_line(frozen, counts: dict[str, int], budget: int, objectives: tuple[str, ...]) -> str:
+    """One line per finished trial, for logs: number, state, progress, objectives (by name) and label,
+    or why it failed or was pruned."""
+    from .objectives import get_objective
+    from .search._schema import LABEL_ATTR, reason_of
+
     head = f"trial {frozen.number} {frozen.state.name} [{counts['COMPLETE']}/{budget}]"
     if frozen.state.name == "COMPLETE":
-        acc, lat, size = frozen.values
-        text = f"acc {acc:.4f} latency {lat:.3f} ms size {size / 1e3:.1f} kB  {frozen.user_attrs.get('label') or ''}"
+        shown = {"accuracy": "acc {:.4f}".format, "latency_ms": "latency {:.3f} ms".format,
+                 "size_bytes": lambda v: f"size {v / 1e3:.1f} kB"}
+        parts = [shown[n](v) if n in shown else f"{get_objective(n).column} {get_objective(n).show(v)}"
+                 for n, v in zip(objectives, frozen.values)]
+        text = " ".join(parts) + f"  {frozen.user_attrs.get(LABEL_ATTR) or ''}"
     else:
-        ua = frozen.user_attrs
-        text = _mask(ua.get("fail_reason") or ua.get("pruned_reason") or "no reason recorded")
+        text = _mask(reason_of(frozen) or "no reason recorded")
     return f"{head} {text}".replace("\r", " ").replace("\n", " ").rstrip()
 
 
-def _pareto_table(df, study_name: str) -> None:
+def _pareto_table(df, study_name: str, objectives: tuple[str, ...]) -> None:
     """The Pareto table: a rich table on a terminal, else plain text that fits `PLAIN_WIDTH` columns."""
+    table_columns, plain_columns = _study_columns(objectives)
     if out.is_terminal:
-        _format_table(df, "table", _TABLE_COLUMNS)
+        _format_table(df, "table", table_columns)
         return
     import pandas as pd
 
     def cell(value, fmt) -> str:
         return "-" if value is None or pd.isna(value) else fmt(value)
 
-    rows = [[cell(row[c], fmt) for c, _, fmt in _PLAIN_COLUMNS] for _, row in df.iterrows()]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, (_, h, _) in enumerate(_PLAIN_COLUMNS)]
+    rows = [[cell(row[c], fmt) for c, _, fmt in plain_columns] for _, row in df.iterrows()]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, (_, h, _) in enumerate(plain_columns)]
     room = max(8, PLAIN_WIDTH - sum(widths) - 2 * len(widths))
     cut = False
-    lines = ["  ".join(h.rjust(w) for (_, h, _), w in zip(_PLAIN_COLUMNS, widths)) + "  label"]
+    lines = ["  ".join(h.rjust(w) for (_, h, _), w in zip(plain_columns, widths)) + "  label"]
     for r, label in zip(rows, df["label"]):
         label = "" if label is None or (isinstance(label, float) and pd.isna(label)) else str(label)
         if len(label) > room:
@@ -364,7 +398,7 @@ def pareto(
             sys.stdout.write(json.dumps(_pareto_records(handle), indent=2) + "\n")
             return
         if format == "table":
-            _pareto_table(handle.pareto(), study)
+            _pareto_table(handle.pareto(), study, handle.objectives)
             _pruned_counts(handle)
             return
         _format_table(handle.pareto(), format)
@@ -375,8 +409,10 @@ def pareto(
 def _pruned_counts(handle) -> None:
     """One line under the Pareto table: trials screened (never trained) and stopped early."""
     trials = handle.study.get_trials(deepcopy=False)
-    screened = sum(t.state.name == "PRUNED" and "screened" in t.user_attrs for t in trials)
-    stopped = sum(t.state.name == "PRUNED" and "stopped" in t.user_attrs for t in trials)
+    from .search._schema import SCREENED_ATTR, STOPPED_ATTR
+
+    screened = sum(t.state.name == "PRUNED" and SCREENED_ATTR in t.user_attrs for t in trials)
+    stopped = sum(t.state.name == "PRUNED" and STOPPED_ATTR in t.user_attrs for t in trials)
     complete = sum(t.state.name == "COMPLETE" for t in trials)
     impossible = sum(t.state.name == "PRUNED" for t in trials) - screened - stopped
     console.print(f"{complete} completed, {screened} screened (not trained), {stopped} stopped early, {impossible} "
@@ -439,15 +475,17 @@ def _show_table(info: dict[str, Any]) -> None:
     head = Table(show_header=False, box=None, title=f"{info['study']} · trial {info['trial']}", title_justify="left")
     head.add_column(style="bold")
     head.add_column()
-    acc = info["objectives"].get("accuracy")
+    measured = {**(info.get("metrics") or {}), **info["objectives"]}  # by name: objectives or not
+    others = [(name, value) for name, value in info["objectives"].items()
+              if name not in ("accuracy", "latency_ms", "size_bytes", "macs")]
     rows = [("state", info["state"]), ("role", info["role"]), ("label", info["label"]),
-            ("val accuracy", acc), ("test accuracy", info["test_accuracy"]),
+            ("val accuracy", measured.get("accuracy")), ("test accuracy", info["test_accuracy"]),
             ("teacher accuracy", info["teacher_accuracy"]), ("accuracy drop", info["accuracy_drop"]),
-            ("latency ms (median)", info["objectives"].get("latency_ms")),
+            ("latency ms (median)", measured.get("latency_ms")),
             ("latency IQR ms / CV", f"{_fmt(info['latency_iqr_ms'])} / {_fmt(info['latency_cv'])}"
              if info["latency_iqr_ms"] is not None else None),
-            ("size bytes", None if info["objectives"].get("size_bytes") is None
-             else int(info["objectives"]["size_bytes"])), ("params", info["params"]), ("MACs", info["macs"]),
+            ("size bytes", None if measured.get("size_bytes") is None else int(measured["size_bytes"])),
+            *others, ("params", info["params"]), ("MACs", info["macs"]),
             ("feasible", info["feasible"]), ("seconds", info["seconds"]), ("fail reason", info["fail_reason"]),
             ("pruned reason", info.get("pruned_reason")), ("rungs", info.get("rungs") or None)]
     for k, v in rows:

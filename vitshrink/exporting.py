@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from .spaces import CompressionConfig
+from .search._schema import CONFIG_ATTR, DATA_ATTR, PREPROCESSING_ATTR, TEACHER_ATTR, TRAINING_ATTR
 
 if TYPE_CHECKING:
     from .studies import StudyHandle
@@ -102,7 +103,7 @@ def _check_float(check: dict[str, float], what: str) -> None:
 def preprocessing(handle: StudyHandle) -> dict[str, Any]:
     """The study's preprocessing (stored by the search driver), or worked out from its data for
     studies searched before it was stored."""
-    from .preprocessing import PREPROCESSING_ATTR, describe_preprocessing
+    from .preprocessing import describe_preprocessing
 
     stored = handle.study.user_attrs.get(PREPROCESSING_ATTR)
     return stored if stored is not None else describe_preprocessing(handle.recipe.dataset, handle.data)
@@ -120,6 +121,7 @@ def _write_onnx(path: Path, blob: bytes, handle: StudyHandle) -> None:
     import onnx
 
     model = onnx.load_from_string(blob)
+    # the ONNX file's metadata keys (what a deployment reads), not study attributes
     props = {"vitshrink.preprocessing": json.dumps(preprocessing(handle), sort_keys=True),
              "vitshrink.classes": json.dumps(class_names(handle)), "vitshrink.study": handle.name}
     kept = [p for p in model.metadata_props if p.key not in props]
@@ -197,7 +199,6 @@ def _export_safetensors(handle: StudyHandle, number: int, config: CompressionCon
                         ) -> dict[str, Any]:
     from safetensors.torch import load_file, save_file
 
-    from .search._driver import TEACHER_ATTR
 
     state, stored = handle.float_weights(number)
     teacher = handle.study.user_attrs.get(TEACHER_ATTR)
@@ -243,14 +244,15 @@ def model_card(handle: StudyHandle, number: int, fmt: str, path: Path, info: dic
         "label": d["label"], "role": d["role"], "config": d["config"],
         "objectives": d["objectives"], "test_accuracy": d["test_accuracy"],
         "teacher_accuracy": d["teacher_accuracy"], "accuracy_drop": d["accuracy_drop"],
-        "latency": {"median_ms": d["objectives"].get("latency_ms"), "iqr_ms": d["latency_iqr_ms"],
+        "metrics": d["metrics"],  # every metric measured, by name (the objectives and the others)
+        "latency": {"median_ms": d["metrics"].get("latency_ms"), "iqr_ms": d["latency_iqr_ms"],
                     "cv": d["latency_cv"], "batches": lat},
         "params": d["params"], "macs": d["macs"], "target": handle.target,
-        "data": handle.study.user_attrs.get("vitshrink.data"),
+        "data": handle.study.user_attrs.get(DATA_ATTR),
         "input": {"name": "images", "shape": ["batch", *input_shape], "dtype": "float32"},
         "output": {"name": "logits", "shape": ["batch", handle.data.num_classes]},
         "preprocessing": preprocessing(handle), "classes": class_names(handle),
-        "trained_on": handle.study.user_attrs.get("vitshrink.training"),
+        "trained_on": handle.study.user_attrs.get(TRAINING_ATTR),
         "exported_model": info["exported_model"], "checked_against": info["checked_against"],
         "check": info["check"], "versions": library_versions(),
     }
@@ -276,7 +278,7 @@ def export_trial(handle: StudyHandle, trial_number: int, fmt: str, path: str | P
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     trial = handle.trial(trial_number)
-    config = CompressionConfig.from_dict(trial.user_attrs["config"])
+    config = CompressionConfig.from_dict(trial.user_attrs[CONFIG_ATTR])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = handle.data.val.images(range(min(CHECK_IMAGES, len(handle.data.val))))

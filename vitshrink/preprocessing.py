@@ -23,7 +23,6 @@ from typing import Any
 
 from .data import DataBundle
 
-PREPROCESSING_ATTR = "vitshrink.preprocessing"  # the study's user attribute, written by the search driver
 
 # what each loader in data.py reads, and how it scales raw values to [0, 1]
 _RAW: dict[str, dict[str, Any]] = {
@@ -74,4 +73,4 @@ def describe_preprocessing(dataset: str, data: DataBundle) -> dict[str, Any]:
     }
 
 
-__all__ = ["PREPROCESSING_ATTR", "describe_preprocessing"]
+__all__ = ["describe_preprocessing"]

@@ -30,22 +30,34 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from .data import DataBundle
+from .objectives import get_objective
 from .search import DEFAULT_STORAGE, open_storage, pareto_trials
 from .search._artifacts import ArtifactError, LoadedTrial, artifact_dir_of, read_artifact, rebuild_trial
 from .search._budget import is_not_run
-from .search._driver import RECIPE_ATTR, TEACHER_ATTR
-from .search._pareto import HV_REFERENCE, hypervolume, is_feasible, normalized_objectives
+from .search._pareto import HV_REFERENCE, front_hypervolume, hypervolume, is_feasible, normalized_values
+from .search._rungs import rungs_of
+from .search._schema import (ACCURACY_DROP_ATTR, ARTIFACT_ATTR, CONFIG_ATTR, FAIL_REASON_ATTR, FINISHED_AT_ATTR,
+                             LABEL_ATTR, LATENCY_ATTR, LATENCY_IQR_ATTR, MACS_ATTR, PARAMS_ATTR, PRUNED_REASON_ATTR,
+                             RECIPE_ATTR, RECORDS_ATTR, SCREENED_ATTR, SECONDS_ATTR, STOPPED_AT_ATTR, STOPPED_ATTR,
+                             TARGET_ATTR, TEACHER_ACCURACY_ATTR, TEACHER_ATTR, TEST_ACCURACY_PREFIX, WORKER_ATTR,
+                             key_of_test_accuracy, metrics_of, objective_names, reason_of, role_of)
 from .search._storage import artifact_store, mask_url, study_names
 from .search._trial import LOGITS_KEY, load_data
 from .spaces import CompressionConfig, Recipe
 
 log = logging.getLogger(__name__)
 
-TEST_ACCURACY_ATTR = "vitshrink.test_accuracy."
+TEST_ACCURACY_ATTR = TEST_ACCURACY_PREFIX  # the name this module exported before search/_schema.py
 
 # The columns of `StudyHandle.pareto()` and `.trials()`, then one `config.<field>` per CompressionConfig field.
+# A study's objectives not among them (peak_memory_bytes, throughput) follow size_bytes.
 COLUMNS = ["trial", "state", "accuracy", "test_accuracy", "latency_ms", "latency_iqr_ms", "latency_cv",
            "size_bytes", "params", "macs", "accuracy_drop", "feasible", "role", "label", "fail_reason"]
+# the metrics every trial measures, objectives or not: their columns read the trial's value by name
+METRICS = ("accuracy", "latency_ms", "size_bytes", "macs")
+# the hypervolume's space: each objective's normalised column in `StudyHandle.normalized_front`
+NORMALIZED_COLUMNS = {"accuracy": "error", "latency_ms": "latency_rel", "size_bytes": "size_rel",
+                      "peak_memory_bytes": "memory_rel", "throughput": "time_per_image_rel", "macs": "macs_rel"}
 CONFIG_COLUMNS = [f"config.{f.name}" for f in fields(CompressionConfig)]
 
 
@@ -69,6 +81,8 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
     for s in st.get_all_studies():
         trials = st.get_all_trials(st.get_study_id_from_name(s.study_name), deepcopy=False)
         done = [t for t in trials if t.state == TrialState.COMPLETE]
+        names = objective_names(optuna.load_study(study_name=s.study_name, storage=st))
+        best = {m: [v for t in done if (v := metrics_of(t, names, [m])[m]) is not None] for m in METRICS}
         last = max((t.datetime_complete or t.datetime_start for t in trials if t.datetime_start), default=None)
         row: dict[str, Any] = {
             "study": s.study_name,
@@ -76,11 +90,11 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
             "failed": sum(t.state == TrialState.FAIL and not is_not_run(t) for t in trials),  # not slots given back
             "pruned": sum(t.state == TrialState.PRUNED for t in trials),  # impossible samples, never built
             "running": sum(t.state == TrialState.RUNNING for t in trials),
-            "screened": sum(t.state == TrialState.PRUNED and "screened" in t.user_attrs for t in trials),
-            "stopped": sum(t.state == TrialState.PRUNED and "stopped" in t.user_attrs for t in trials),
-            "best_accuracy": max((t.values[0] for t in done), default=None),
-            "best_latency_ms": min((t.values[1] for t in done), default=None),
-            "best_size_bytes": min((t.values[2] for t in done), default=None),
+            "screened": sum(t.state == TrialState.PRUNED and SCREENED_ATTR in t.user_attrs for t in trials),
+            "stopped": sum(t.state == TrialState.PRUNED and STOPPED_ATTR in t.user_attrs for t in trials),
+            "best_accuracy": max(best["accuracy"], default=None),
+            "best_latency_ms": min(best["latency_ms"], default=None),
+            "best_size_bytes": min(best["size_bytes"], default=None),
             "last_update": last,
         }
         rows.append(row)
@@ -90,31 +104,40 @@ def list_studies(storage: str | None = None) -> pd.DataFrame:
 
 
 def _latency_spread(t: FrozenTrial) -> dict[str, Any]:
-    first = ((t.user_attrs.get("latency") or {}).get("batches") or [{}])[0]
-    return {"latency_iqr_ms": t.user_attrs.get("latency_iqr_ms", first.get("iqr_ms")), "latency_cv": first.get("cv")}
+    first = ((t.user_attrs.get(LATENCY_ATTR) or {}).get("batches") or [{}])[0]
+    return {"latency_iqr_ms": t.user_attrs.get(LATENCY_IQR_ATTR, first.get("iqr_ms")), "latency_cv": first.get("cv")}
 
 
-def _trial_row(t: FrozenTrial, study_attrs: dict[str, Any]) -> dict[str, Any]:
-    values = t.values or [None, None, None]
+def _columns(names: tuple[str, ...]) -> list[str]:
+    """`COLUMNS` with the study's objectives that are not among them after size_bytes."""
+    at = COLUMNS.index("size_bytes") + 1
+    return COLUMNS[:at] + [n for n in names if n not in COLUMNS] + COLUMNS[at:]
+
+
+def _trial_row(t: FrozenTrial, study_attrs: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    # a trial without values (failed, pruned) shows none, though screening measured its structure
+    measured = metrics_of(t, names, dict.fromkeys((*METRICS, *names))) if t.values else {}
+    size = measured.get("size_bytes")
     row: dict[str, Any] = {
         "trial": t.number,
         "state": t.state.name,
-        "accuracy": values[0],
-        "test_accuracy": study_attrs.get(f"{TEST_ACCURACY_ATTR}{t.number}"),
-        "latency_ms": values[1],
+        "accuracy": measured.get("accuracy"),
+        "test_accuracy": study_attrs.get(key_of_test_accuracy(t.number)),
+        "latency_ms": measured.get("latency_ms"),
         **_latency_spread(t),
-        "size_bytes": int(values[2]) if values[2] is not None else None,
-        "params": t.user_attrs.get("params"),
-        "macs": t.user_attrs.get("macs"),
-        "accuracy_drop": t.user_attrs.get("accuracy_drop"),
+        "size_bytes": int(size) if size is not None else None,
+        **{n: measured.get(n) for n in names if n not in COLUMNS},
+        "params": t.user_attrs.get(PARAMS_ATTR),
+        "macs": measured.get("macs", t.user_attrs.get(MACS_ATTR)),
+        "accuracy_drop": t.user_attrs.get(ACCURACY_DROP_ATTR),
         "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None,
-        "role": t.user_attrs.get("role", "sampled"),
-        "label": t.user_attrs.get("label"),
+        "role": role_of(t),
+        "label": t.user_attrs.get(LABEL_ATTR),
         # why the trial has no objectives: its failure, or why its sample was impossible (PRUNED)
-        "fail_reason": (t.user_attrs.get("fail_reason") if t.state == TrialState.FAIL
-                        else t.user_attrs.get("pruned_reason") if t.state == TrialState.PRUNED else None),
+        "fail_reason": (t.user_attrs.get(FAIL_REASON_ATTR) if t.state == TrialState.FAIL
+                        else t.user_attrs.get(PRUNED_REASON_ATTR) if t.state == TrialState.PRUNED else None),
     }
-    for k, v in (t.user_attrs.get("config") or {}).items():
+    for k, v in (t.user_attrs.get(CONFIG_ATTR) or {}).items():
         row[f"config.{k}"] = tuple(v) if isinstance(v, list) else v
     return row
 
@@ -124,8 +147,8 @@ def _busy_span(t: FrozenTrial) -> tuple[float, float] | None:
     if t.datetime_start is None:
         return None
     end = t.datetime_complete if t.state in (TrialState.COMPLETE, TrialState.PRUNED) else None
-    if t.state == TrialState.FAIL and t.user_attrs.get("finished_at") is not None:
-        return t.datetime_start.timestamp(), float(t.user_attrs["finished_at"])
+    if t.state == TrialState.FAIL and t.user_attrs.get(FINISHED_AT_ATTR) is not None:
+        return t.datetime_start.timestamp(), float(t.user_attrs[FINISHED_AT_ATTR])
     return (t.datetime_start.timestamp(), end.timestamp()) if end is not None else None
 
 
@@ -157,22 +180,31 @@ class StudyHandle:
         return self.study.study_name
 
     @cached_property
+    def objectives(self) -> tuple[str, ...]:
+        """The study's objectives, in the order of its trials' values (its Optuna metric names)."""
+        return objective_names(self.study)
+
+    def values_of(self, t: FrozenTrial, names: Iterable[str] | None = None) -> dict[str, float | None]:
+        """Trial `t`'s metrics by name (default: the study's objectives), objectives or not."""
+        return metrics_of(t, self.objectives, self.objectives if names is None else names)
+
+    @cached_property
     def recipe(self) -> Recipe:
         return Recipe.from_dict(self.study.user_attrs[RECIPE_ATTR], "stored recipe", stored=True)
 
     @property
     def teacher_accuracy(self) -> float | None:
         """The teacher's val accuracy, as measured when the search started."""
-        return self.study.user_attrs.get("vitshrink.teacher_accuracy")
+        return self.study.user_attrs.get(TEACHER_ACCURACY_ATTR)
 
     @property
     def target(self) -> dict[str, Any]:
         """Where latency was measured: target spec, host, CPU model, torch version."""
-        return dict(self.study.user_attrs.get("vitshrink.target") or {})
+        return dict(self.study.user_attrs.get(TARGET_ATTR) or {})
 
     def test_accuracy(self, number: int) -> float | None:
         """Test-split accuracy of a Pareto trial (evaluated once, after the search); None otherwise."""
-        return self.study.user_attrs.get(f"{TEST_ACCURACY_ATTR}{number}")
+        return self.study.user_attrs.get(key_of_test_accuracy(number))
 
     def trial(self, number: int, complete: bool = True) -> FrozenTrial:
         """The stored trial `number`; raises TrialNotAvailable if absent or (with `complete`) not COMPLETE."""
@@ -182,7 +214,7 @@ class StudyHandle:
             raise TrialNotAvailable(f"study {self.name!r} has no trial {number} (trials 0..{len(trials) - 1}); "
                                     f"see `vitshrink pareto {self.name}`")
         if complete and match.state != TrialState.COMPLETE:
-            why = match.user_attrs.get("fail_reason") or match.user_attrs.get("pruned_reason")
+            why = reason_of(match)
             raise TrialNotAvailable(f"trial {number} of {self.name!r} is {match.state.name}, not COMPLETE"
                                     + (f" ({why})" if why else "") + "; pick a completed trial from `vitshrink pareto`")
         return match
@@ -190,7 +222,7 @@ class StudyHandle:
     def teacher_trial(self) -> FrozenTrial | None:
         """The completed trial of the uncompressed teacher (role "teacher"), the baseline of every study."""
         done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return next((t for t in done if t.user_attrs.get("role") == "teacher"), None)
+        return next((t for t in done if role_of(t) == "teacher"), None)
 
     def pareto(self, include_infeasible: bool = False) -> pd.DataFrame:
         """The Pareto-optimal trials, one row each (columns `COLUMNS` then `CONFIG_COLUMNS`).
@@ -210,8 +242,8 @@ class StudyHandle:
 
     def _frame(self, trials: list[FrozenTrial]) -> pd.DataFrame:
         attrs = self.study.user_attrs  # one storage read for every row
-        df = pd.DataFrame([_trial_row(t, attrs) for t in trials])
-        return df.reindex(columns=COLUMNS + CONFIG_COLUMNS)
+        df = pd.DataFrame([_trial_row(t, attrs, self.objectives) for t in trials])
+        return df.reindex(columns=_columns(self.objectives) + CONFIG_COLUMNS)
 
     def describe(self, number: int) -> dict[str, Any]:
         """Everything stored about one trial, JSON-able: state, objectives, latency spread, test
@@ -223,44 +255,57 @@ class StudyHandle:
         """
         t = self.trial(number, complete=False)
         ua = t.user_attrs
-        values = dict(zip(self.study.metric_names or ["accuracy", "latency_ms", "size_bytes"], t.values or []))
+        values = dict(zip(self.objectives, t.values or []))
         return {
-            "study": self.name, "trial": t.number, "state": t.state.name, "role": ua.get("role", "sampled"),
-            "label": ua.get("label"), "objectives": values, "test_accuracy": self.test_accuracy(number),
-            "teacher_accuracy": self.teacher_accuracy, "accuracy_drop": ua.get("accuracy_drop"),
-            "latency": ua.get("latency"), **_latency_spread(t), "params": ua.get("params"), "macs": ua.get("macs"),
-            "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None, "constraints": ua.get("constraints"),
-            "config": ua.get("config"), "records": ua.get("records") or [], "seconds": ua.get("seconds"),
-            "fail_reason": ua.get("fail_reason"), "pruned_reason": ua.get("pruned_reason"), "worker": ua.get("worker"),
-            "screened": ua.get("screened"), "stopped": ua.get("stopped"), "stopped_at": ua.get("stopped_at"),
-            "rungs": {k: v for k, v in ua.items() if k.startswith("rung:")},
+            "study": self.name, "trial": t.number, "state": t.state.name, "role": role_of(t),
+            "label": ua.get(LABEL_ATTR), "objectives": values, "test_accuracy": self.test_accuracy(number),
+            # every metric measured (the objectives and, e.g., latency when it is not one)
+            "metrics": {k: v for k, v in self.values_of(t, dict.fromkeys((*METRICS, *self.objectives))).items()
+                        if v is not None} if t.values else {},
+            "teacher_accuracy": self.teacher_accuracy, "accuracy_drop": ua.get(ACCURACY_DROP_ATTR),
+            "latency": ua.get(LATENCY_ATTR), **_latency_spread(t), "params": ua.get(PARAMS_ATTR),
+            "macs": ua.get(MACS_ATTR), "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None,
+            "constraints": dict(t.constraints) or None,
+            "config": ua.get(CONFIG_ATTR), "records": ua.get(RECORDS_ATTR) or [], "seconds": ua.get(SECONDS_ATTR),
+            "fail_reason": ua.get(FAIL_REASON_ATTR), "pruned_reason": ua.get(PRUNED_REASON_ATTR),
+            "worker": ua.get(WORKER_ATTR), "screened": ua.get(SCREENED_ATTR), "stopped": ua.get(STOPPED_ATTR),
+            "stopped_at": ua.get(STOPPED_AT_ATTR), "rungs": rungs_of(t),
             "started": t.datetime_start.isoformat() if t.datetime_start else None,
             "completed": t.datetime_complete.isoformat() if t.datetime_complete else None,
         }
 
-    def teacher_costs(self) -> tuple[float, float]:
-        """(latency ms, size bytes) of the teacher trial: the units `hypervolume` normalises by."""
+    def _teacher(self) -> FrozenTrial:
         t = self.teacher_trial()
         if t is None:
             raise TrialNotAvailable(f"study {self.name!r} has no completed teacher trial to normalise by; "
                                     "resume the search so the teacher (trial 0) completes")
-        return float(t.values[1]), float(t.values[2])
+        return t
 
-    def hypervolume(self, reference_point: tuple[float, float, float] | None = None) -> float:
+    def teacher_costs(self) -> tuple[float, float]:
+        """(latency ms, size bytes) of the teacher trial (objectives of the study or not)."""
+        costs = self.values_of(self._teacher(), ["latency_ms", "size_bytes"])
+        return float(costs["latency_ms"]), float(costs["size_bytes"])
+
+    def teacher_values(self) -> tuple[float, ...]:
+        """The teacher trial's objective values, in the study's order: the units `hypervolume` normalises by."""
+        return tuple(float(v) for v in self._teacher().values)
+
+    def hypervolume(self, reference_point: tuple[float, ...] | None = None) -> float:
         """Hypervolume of the feasible Pareto front in teacher-normalised objectives.
 
-        Points are (1 - accuracy, latency / teacher latency, size / teacher size), all minimised;
-        the default reference point is `HV_REFERENCE` = (1.0, 1.1, 1.1): zero accuracy and 10 %
-        slower and larger than the teacher. Larger is better; at most 1.21.
+        Each objective becomes a value to minimise: 1 - accuracy, a cost (latency, size, memory,
+        MACs) over the teacher's, the teacher's throughput over the trial's. The default reference
+        point (`default_reference`; `HV_REFERENCE` = (1.0, 1.1, 1.1) for the default objectives) is
+        zero accuracy and 10 % costlier than the teacher. Larger is better; at most 1.21 for the
+        default objectives.
 
         Example (not run as a doctest: it needs a stored study)::
 
             open_study("quickstart").hypervolume()  # -> 0.412
         """
-        lat, size = self.teacher_costs()
-        return hypervolume(pareto_trials(self.study), lat, size, reference_point or HV_REFERENCE)
+        return front_hypervolume(pareto_trials(self.study), self.teacher_values(), self.objectives, reference_point)
 
-    def hypervolume_history(self, reference_point: tuple[float, float, float] | None = None) -> pd.DataFrame:
+    def hypervolume_history(self, reference_point: tuple[float, ...] | None = None) -> pd.DataFrame:
         """How the search improved: one row per finished trial, in the order they finished, with the
         search's busy seconds so far and the hypervolume (as `hypervolume`) of the feasible trials
         completed by then.
@@ -277,7 +322,7 @@ class StudyHandle:
 
             open_study("quickstart").hypervolume_history().tail(1)
         """
-        lat, size = self.teacher_costs()
+        teacher = self.teacher_values()
         spans = {t.number: span for t in self.study.get_trials(deepcopy=False) if (span := _busy_span(t))}
         trials = sorted((t for t in self.study.get_trials(deepcopy=False) if t.number in spans),
                         key=lambda t: spans[t.number][1])
@@ -289,16 +334,17 @@ class StudyHandle:
                 done.append(t)
             rows.append({"trial": t.number, "state": t.state.name, "seconds": _busy_seconds(spans.values(), end),
                          "complete": complete,
-                         "hypervolume": hypervolume(done, lat, size, reference_point or HV_REFERENCE)})
+                         "hypervolume": front_hypervolume(done, teacher, self.objectives, reference_point)})
         return pd.DataFrame(rows, columns=["trial", "state", "seconds", "complete", "hypervolume"])
 
     def normalized_front(self) -> pd.DataFrame:
-        """The front in the hypervolume's space: trial, 1 - accuracy, latency and size relative to the teacher."""
-        lat, size = self.teacher_costs()
+        """The front in the hypervolume's space: trial, then each objective as `NORMALIZED_COLUMNS` names
+        it (error = 1 - accuracy, latency_rel = latency / the teacher's, ...)."""
+        teacher = self.teacher_values()
         front = pareto_trials(self.study)
-        pts = normalized_objectives([t.values for t in front], lat, size) if front else []
+        pts = normalized_values([t.values for t in front], teacher, self.objectives) if front else []
         return pd.DataFrame([(t.number, *p) for t, p in zip(front, pts)],
-                            columns=["trial", "error", "latency_rel", "size_rel"])
+                            columns=["trial", *(NORMALIZED_COLUMNS.get(n, f"{n}_rel") for n in self.objectives)])
 
     @cached_property
     def data(self) -> DataBundle:
@@ -322,7 +368,7 @@ class StudyHandle:
         """The float weights saved for a trial (before quantization) and its config, read from the
         checksummed safetensors artifact."""
         t = self.trial(number)
-        artifact_id = t.user_attrs.get("artifact")
+        artifact_id = t.user_attrs.get(ARTIFACT_ATTR)
         if not artifact_id:
             raise ArtifactError(f"trial {number} of {self.name!r} has no saved model")
         with tempfile.TemporaryDirectory() as tmp:
@@ -380,9 +426,11 @@ def open_study(name: str, storage: str | None = None) -> StudyHandle:
     return StudyHandle(study, url)
 
 
-def compare_studies(handles: list[StudyHandle], reference_point: tuple[float, float, float] | None = None
+def compare_studies(handles: list[StudyHandle], reference_point: tuple[float, ...] | None = None
                     ) -> pd.DataFrame:
-    """One row per study: its front size, hypervolume (teacher-normalised), teacher and best values.
+    """One row per study: its objectives, front size, hypervolume (teacher-normalised, over the study's
+    own objectives: comparable between studies of the same objectives), teacher and best values
+    (``best_<metric>`` for the metrics every trial measures and each study's objectives).
 
     Example (not run as a doctest: it needs a stored study)::
 
@@ -392,16 +440,20 @@ def compare_studies(handles: list[StudyHandle], reference_point: tuple[float, fl
     for h in handles:
         front = pareto_trials(h.study)
         teacher = h.teacher_trial()
-        rows.append({
-            "study": h.name, "pareto_trials": len(front),
+        row = {
+            "study": h.name, "objectives": ", ".join(h.objectives), "pareto_trials": len(front),
             "complete": len(h.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
             "hypervolume": h.hypervolume(reference_point) if teacher else None,
             "teacher_accuracy": h.teacher_accuracy,
-            "teacher_latency_ms": teacher.values[1] if teacher else None,
-            "best_accuracy": max((t.values[0] for t in front), default=None),
-            "best_latency_ms": min((t.values[1] for t in front), default=None),
-            "best_size_bytes": min((int(t.values[2]) for t in front), default=None),
-        })
+            "teacher_latency_ms": h.values_of(teacher, ["latency_ms"])["latency_ms"] if teacher else None,
+        }
+        for name in dict.fromkeys((*METRICS[:3], *h.objectives)):
+            best = [v for t in front if (v := h.values_of(t, [name])[name]) is not None]
+            maximize = get_objective(name).maximize
+            row[f"best_{name}"] = (max if maximize else min)(best, default=None)
+        if row["best_size_bytes"] is not None:
+            row["best_size_bytes"] = int(row["best_size_bytes"])
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

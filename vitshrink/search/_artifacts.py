@@ -15,7 +15,8 @@ from ..compress import build
 from ..data import DataBundle
 from ..models import ModelError, TeacherSpec, create_model
 from ..spaces import CompressionConfig
-from ._storage import ARTIFACT_DIR_ATTR, artifact_store
+from ._schema import ARTIFACT_ATTR, ARTIFACT_DIR_ATTR, CONFIG_ATTR, RECIPE_ATTR, TEACHER_ATTR
+from ._storage import artifact_store
 from ._trial import LOGITS_KEY, logits_digest, state_digest
 
 
@@ -68,7 +69,7 @@ def rebuild_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, teacher:
                   data: DataBundle, artifact_dir: str | Path | None = None) -> LoadedTrial:
     """Rebuild `trial`'s deployed model: the teacher's architecture (or the student's) shaped by the
     config's structural transforms, the saved float weights loaded, then quantized as in the trial."""
-    artifact_id = trial.user_attrs.get("artifact")
+    artifact_id = trial.user_attrs.get(ARTIFACT_ATTR)
     if not artifact_id:
         raise ArtifactError(f"trial {trial.number} of {study.study_name!r} has no saved model "
                             f"(state {trial.state.name}); only completed trials have one")
@@ -84,9 +85,9 @@ def rebuild_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, teacher:
     config = CompressionConfig.from_json(meta["config"])
     logits = state.pop(LOGITS_KEY)
     if teacher is None:
-        spec = TeacherSpec.from_dict(study.user_attrs["vitshrink.teacher"])
+        spec = TeacherSpec.from_dict(study.user_attrs[TEACHER_ATTR])
         teacher = create_model(spec, load_weights=False)
-    seed = int(study.user_attrs.get("vitshrink.recipe", {}).get("study", {}).get("seed", 0))
+    seed = int(study.user_attrs.get(RECIPE_ATTR, {}).get("study", {}).get("seed", 0))
     try:
         result = build(teacher, config, data, seed=seed, train=False, float_state=state)
     except RuntimeError as exc:
@@ -95,7 +96,7 @@ def rebuild_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, teacher:
 
 
 def config_of(trial: optuna.trial.FrozenTrial) -> CompressionConfig | None:
-    raw = trial.user_attrs.get("config")
+    raw = trial.user_attrs.get(CONFIG_ATTR)
     return CompressionConfig.from_dict(raw) if raw else None
 
 

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ._storage import HEARTBEAT_ATTR, NOT_RUN_ATTR, OWNER_USER_ATTRS, REQUEUED_FROM_ATTR
+from ._schema import (CONFIG_OVERRIDE_ATTR, FAIL_REASON_ATTR, HEARTBEAT_ATTR, NOT_RUN_ATTR, OPTUNA_FAILED_TRIAL_ATTR,
+                      OPTUNA_FIXED_PARAMS_ATTR, OWNER_USER_ATTRS, REQUEUED_FROM_ATTR, RETRY_OF_ATTR, ROLE_ATTR)
 
 if TYPE_CHECKING:
     from ..spaces import Recipe
@@ -105,7 +106,7 @@ def claim_slot(trial: optuna.Trial, budget: int) -> None:
     if not duplicate and _popped(me):
         _requeue(trial.study, me)
     trial.set_user_attr(NOT_RUN_ATTR, True)
-    trial.set_user_attr("fail_reason", reason)
+    trial.set_user_attr(FAIL_REASON_ATTR, reason)
     log.info("trial %d not run: %s", me.number, reason)
     raise SlotTaken(reason)
 
@@ -119,9 +120,9 @@ def _budget_reached(me: FrozenTrial, trials: list[FrozenTrial], budget: int) -> 
 
 def _warm_key(t: FrozenTrial) -> tuple[str, str] | None:
     """(role, config) of a warm start as first enqueued; None for sampled trials, retries and requeued copies."""
-    role, cfg = t.user_attrs.get("role"), t.user_attrs.get("config_override")
-    if role is None or cfg is None or "retry_of" in t.user_attrs or REQUEUED_FROM_ATTR in t.user_attrs \
-            or "failed_trial" in t.system_attrs:
+    role, cfg = t.user_attrs.get(ROLE_ATTR), t.user_attrs.get(CONFIG_OVERRIDE_ATTR)
+    if role is None or cfg is None or RETRY_OF_ATTR in t.user_attrs or REQUEUED_FROM_ATTR in t.user_attrs \
+            or OPTUNA_FAILED_TRIAL_ATTR in t.system_attrs:
         return None
     return role, json.dumps(cfg, sort_keys=True)
 
@@ -138,7 +139,7 @@ def _duplicate_warm_start(me: FrozenTrial, trials: list[FrozenTrial]) -> str | N
 
 def _popped(t: FrozenTrial) -> bool:
     """A trial taken from the queue (enqueued params, a retry's params): work that must not be lost."""
-    return bool(t.params) or "fixed_params" in t.system_attrs
+    return bool(t.params) or OPTUNA_FIXED_PARAMS_ATTR in t.system_attrs
 
 
 def _requeue(study: optuna.Study, t: FrozenTrial) -> None:

@@ -17,25 +17,24 @@ import optuna
 
 from .. import __version__
 from ..digests import data_sha256
-from ..preprocessing import PREPROCESSING_ATTR, describe_preprocessing
+from ..objectives import directions_of
+from ..preprocessing import describe_preprocessing
 from ..spaces import Recipe
 from ._budget import count_states, max_pruned  # noqa: F401 - re-exported
 from ._executor import SearchJob, make_executor, taken_trials
-from ._fingerprint import FINGERPRINT_ATTR, changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
+from ._fingerprint import changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
 from ._latency import record_latency_reference
 from ._pareto import pareto_trials
 from ._samplers import make_sampler
-from ._storage import (ARTIFACT_DIR_ATTR, DEFAULT_GRACE_PERIOD, default_artifact_dir, heartbeat_interval_for,
-                       mask_url, open_storage, study_names)
+from ._schema import (ARTIFACT_DIR_ATTR, CLASSES_ATTR, DATA_ATTR, FINGERPRINT_ATTR,
+                      PREPROCESSING_ATTR, RECIPE_ATTR, TARGET_ATTR, TEACHER_ACCURACY_ATTR, TEACHER_ATTR,
+                      TRAINING_ATTR, VERSION_ATTR, key_of_test_accuracy)
+from ._storage import DEFAULT_GRACE_PERIOD, default_artifact_dir, heartbeat_interval_for, mask_url, open_storage, study_names
 from ._summary import SearchError, SearchSummary
-from ._trial import (DIRECTIONS, METRIC_NAMES, SearchContext, check_space_fits_teacher, load_data, make_context,
-                     recipe_doc, training_device_of)
+from ._trial import SearchContext, check_space_fits_teacher, load_data, make_context, training_device_of
 from ._warm import enqueue_warm_starts, reference_configs, warm_start_configs  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-
-RECIPE_ATTR = "vitshrink.recipe"
-TEACHER_ATTR = "vitshrink.teacher"
 
 
 def _free_name(storage, name: str) -> str:
@@ -81,12 +80,13 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
     n_trials = len(optuna.load_study(study_name=name, storage=storage).trials) if existing else 0
     sampler = make_sampler(recipe.sampler, seed=recipe.seed + n_trials if n_existing_seed else recipe.seed,
                            warm_starts=len(warm_start_configs(recipe)))
-    study = optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS), sampler=sampler,
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions_of(recipe.objectives),
+                                sampler=sampler,
                                 load_if_exists=True)
     if not existing:
-        study.set_metric_names(list(METRIC_NAMES))
-        study.set_user_attr(RECIPE_ATTR, recipe_doc(recipe))
-        study.set_user_attr("vitshrink.version", __version__)
+        study.set_metric_names(list(recipe.objectives))
+        study.set_user_attr(RECIPE_ATTR, recipe.to_dict())
+        study.set_user_attr(VERSION_ATTR, __version__)
         study.set_user_attr(ARTIFACT_DIR_ATTR, str(Path(artifact_dir or default_artifact_dir(storage_url)).resolve()))
     if study.user_attrs.get(FINGERPRINT_ATTR) != fingerprint:  # new, or an older study's, now recorded
         study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
@@ -146,11 +146,11 @@ def run_search(
     taken_at_open = taken_trials(study)
     ctx = make_context(recipe, progress=on_teacher_epoch, data=data)
     study.set_user_attr(TEACHER_ATTR, ctx.teacher_spec.to_dict())
-    study.set_user_attr("vitshrink.teacher_accuracy", ctx.teacher_accuracy)
-    study.set_user_attr("vitshrink.data", ctx.data.describe())
-    study.set_user_attr("vitshrink.classes", list(ctx.data.class_names))
-    study.set_user_attr("vitshrink.target", ctx.target.describe())
-    study.set_user_attr("vitshrink.training", ctx.training.describe())  # this driver's; trials record their own
+    study.set_user_attr(TEACHER_ACCURACY_ATTR, ctx.teacher_accuracy)
+    study.set_user_attr(DATA_ATTR, ctx.data.describe())
+    study.set_user_attr(CLASSES_ATTR, list(ctx.data.class_names))
+    study.set_user_attr(TARGET_ATTR, ctx.target.describe())
+    study.set_user_attr(TRAINING_ATTR, ctx.training.describe())  # this driver's; trials record their own
     study.set_user_attr(PREPROCESSING_ATTR, describe_preprocessing(recipe.dataset, ctx.data))
     record_latency_reference(study, ctx)  # a new study fixes what its latency objective means, before any trial
     enqueue_warm_starts(study, recipe)
@@ -168,7 +168,7 @@ def evaluate_pareto_on_test(study: optuna.Study, ctx: SearchContext) -> dict[int
 
     results = {}
     for t in pareto_trials(study):
-        key = f"vitshrink.test_accuracy.{t.number}"
+        key = key_of_test_accuracy(t.number)
         if key in study.user_attrs:
             continue
         try:

@@ -25,10 +25,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..models import TrainSettings, checkpoint_sha256
+from ..objectives import directions_of
 from ..spaces import ConfigError, Recipe, SearchSpace
-from ._trial import DIRECTIONS, METRIC_NAMES
-
-FINGERPRINT_ATTR = "vitshrink.fingerprint"  # study user attribute holding the fingerprint (a JSON dict)
+from ._schema import FINGERPRINT_ATTR  # noqa: F401 - the study attribute holding the fingerprint (a JSON dict)
 FINGERPRINT_VERSION = 1
 # A value a study stored by an older vitshrink cannot tell (it kept no digests): not compared, then recorded.
 UNKNOWN = "unknown: stored before fingerprints"
@@ -79,7 +78,7 @@ def recipe_fingerprint(recipe: Recipe, data_sha256: str | None = None,
         "target": {"device": _device(recipe.device), "runs": recipe.latency_runs, "warmup": recipe.latency_warmup,
                    "batch": recipe.latency_batch, "throughput_batch": recipe.throughput_batch,
                    "max_runs": recipe.latency_max_runs, "target_cv": recipe.latency_target_cv},
-        "objectives": {"names": list(METRIC_NAMES), "directions": list(DIRECTIONS)},
+        "objectives": {"names": list(recipe.objectives), "directions": directions_of(recipe.objectives)},
         "constraints": {"limits": dict(sorted(recipe.constraints.items()))},
         "space": recipe.space.to_dict(),
         # seeds the teacher's training and every trial's training, not only the sampler

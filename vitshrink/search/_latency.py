@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from ..objectives import LatencyResult, measure_latency
+from ._schema import (FINGERPRINT_ATTR, LATENCY_ATTR, LATENCY_IQR_ATTR, LATENCY_NOISY_ATTR, LATENCY_REFERENCE_ATTR,
+                      LATENCY_SPREAD_ATTR)
 
 if TYPE_CHECKING:
     from ._trial import SearchContext
 
 log = logging.getLogger(__name__)
 
-LATENCY_REFERENCE_ATTR = "vitshrink.latency_reference"
 SCALED = "ratio to the teacher x the teacher's ms at creation"
 PLAIN = "median ms"
 
@@ -36,8 +37,6 @@ PLAIN = "median ms"
 def record_latency_reference(study: optuna.Study, ctx: SearchContext) -> dict[str, Any]:
     """The study's latency reference: what is stored, or, for a study without trials, the teacher
     timed alone now (stored); a study that has trials but no reference keeps plain milliseconds."""
-    from ._fingerprint import FINGERPRINT_ATTR
-
     stored = study.user_attrs.get(LATENCY_REFERENCE_ATTR)
     if stored:
         return stored
@@ -73,11 +72,11 @@ def latency_attrs(lat: LatencyResult, cached: bool, baseline: float | None) -> d
     reference, the objective value, its spread and whether the protocol's cap left it noisy."""
     value = lat.scaled_ms(baseline)
     primary = lat.batches[0]
-    return {"latency": lat.to_dict() | {"cached": cached, "ratio_to_reference": lat.ratio_to_reference,
-                                        "objective_ms": value, "baseline_ms": baseline},
+    return {LATENCY_ATTR: lat.to_dict() | {"cached": cached, "ratio_to_reference": lat.ratio_to_reference,
+                                           "objective_ms": value, "baseline_ms": baseline},
             # the spread in the objective's units
-            "latency_iqr_ms": float(primary.iqr_ms) * (value / primary.median_ms if primary.median_ms > 0 else 1.0),
-            "latency_spread": float(primary.spread), "latency_noisy": bool(lat.noisy)}
+            LATENCY_IQR_ATTR: float(primary.iqr_ms) * (value / primary.median_ms if primary.median_ms > 0 else 1.0),
+            LATENCY_SPREAD_ATTR: float(primary.spread), LATENCY_NOISY_ATTR: bool(lat.noisy)}
 
 
 def objective_ms(latency_attr: dict[str, Any]) -> float:

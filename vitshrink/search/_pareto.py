@@ -1,4 +1,5 @@
-"""The Pareto front of a vitshrink study: completed, feasible trials that no other dominates."""
+"""The Pareto front of a vitshrink study: completed, feasible trials that no other dominates, and
+its hypervolume in teacher-normalised objectives (whichever objectives the study chose)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from ._optuna import compute_hypervolume
+from ..spaces import DEFAULT_OBJECTIVES
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -43,15 +45,37 @@ def pareto_trials(study: optuna.Study, include_infeasible: bool = False) -> list
 HV_REFERENCE = (1.0, 1.1, 1.1)
 
 
-def normalized_objectives(values, teacher_latency_ms: float, teacher_size_bytes: float):
-    """(accuracy, latency ms, size bytes) rows -> (1 - accuracy, latency / teacher, size / teacher),
-    all minimised: the space `hypervolume` measures in."""
+def default_reference(objectives=DEFAULT_OBJECTIVES) -> tuple[float, ...]:
+    """The hypervolume reference point of `objectives`: zero accuracy, 10 % costlier than the teacher.
+
+    Example:
+        >>> default_reference(["accuracy", "macs"])
+        (1.0, 1.1)
+    """
+    from ..objectives import objectives_for
+
+    return tuple(o.hv_reference for o in objectives_for(objectives))
+
+
+def normalized_values(rows, teacher_values, objectives=DEFAULT_OBJECTIVES):
+    """Rows of the values of `objectives` -> every value to be minimised, relative to the teacher's
+    (`teacher_values`, in the same order): 1 - accuracy, cost / teacher's cost, teacher's rate / rate."""
     import numpy as np
 
+    from ..objectives import objectives_for
+
+    chosen = objectives_for(objectives)
+    arr = np.asarray(rows, dtype=float).reshape(-1, len(chosen))
+    return np.array([[o.normalized(v, tv) for o, v, tv in zip(chosen, row, teacher_values)] for row in arr],
+                    dtype=float).reshape(-1, len(chosen))
+
+
+def normalized_objectives(values, teacher_latency_ms: float, teacher_size_bytes: float):
+    """(accuracy, latency ms, size bytes) rows -> (1 - accuracy, latency / teacher, size / teacher),
+    all minimised: the space `hypervolume` measures in (`normalized_values` for other objectives)."""
     if teacher_latency_ms <= 0 or teacher_size_bytes <= 0:
         raise ValueError(f"teacher latency ({teacher_latency_ms}) and size ({teacher_size_bytes}) must be > 0")
-    arr = np.asarray(values, dtype=float).reshape(-1, 3)
-    return np.stack([1.0 - arr[:, 0], arr[:, 1] / teacher_latency_ms, arr[:, 2] / teacher_size_bytes], axis=1)
+    return normalized_values(values, (1.0, teacher_latency_ms, teacher_size_bytes))
 
 
 def hypervolume(trials_or_values, teacher_latency_ms: float, teacher_size_bytes: float,
@@ -77,13 +101,27 @@ def hypervolume(trials_or_values, teacher_latency_ms: float, teacher_size_bytes:
         >>> round(hypervolume([(0.9, 5.0, 100.0)], teacher_latency_ms=10.0, teacher_size_bytes=100.0), 4)
         0.054
     """
+    if teacher_latency_ms <= 0 or teacher_size_bytes <= 0:
+        raise ValueError(f"teacher latency ({teacher_latency_ms}) and size ({teacher_size_bytes}) must be > 0")
+    return front_hypervolume(trials_or_values, (1.0, teacher_latency_ms, teacher_size_bytes), DEFAULT_OBJECTIVES, ref)
+
+
+def front_hypervolume(trials_or_values, teacher_values, objectives=DEFAULT_OBJECTIVES,
+                      ref: tuple[float, ...] | None = None) -> float:
+    """`hypervolume` over any objectives: rows (or trials) of the values of `objectives`, normalised
+    by `normalized_values` against `teacher_values`, up to `ref` (default `default_reference`).
+
+    Example:
+        >>> round(front_hypervolume([(0.9, 5e6)], (0.95, 1e7), ["accuracy", "macs"]), 4)
+        0.54
+    """
     import numpy as np
 
     rows = [t.values if isinstance(t, FrozenTrial) else t for t in trials_or_values]
     if not rows:
         return 0.0
-    points = normalized_objectives(rows, teacher_latency_ms, teacher_size_bytes)
-    reference = np.asarray(ref, dtype=float)
+    points = normalized_values(rows, teacher_values, objectives)
+    reference = np.asarray(ref if ref is not None else default_reference(objectives), dtype=float)
     points = points[np.all(points < reference, axis=1)]
     if not len(points):
         return 0.0

@@ -7,8 +7,9 @@ make epoch 3 of 4 and epoch 3 of 20 different points).
 
 Optuna's pruners refuse multi-objective studies and `trial.report` raises there, so the rule is
 written over the storage: a trial is *clearly behind* at a rung when at least `MIN_PEERS` other
-trials of the study reached the same rung with a structure no costlier (latency and size each at
-most `COST_SLACK` x this trial's) and an accuracy higher by more than ``[study] rung_margin``
+trials of the study reached the same rung with a structure no costlier (each of the study's
+structural objectives, e.g. latency and size, at most `COST_SLACK` x this trial's, or at least
+this trial's / `COST_SLACK` for a maximised one) and an accuracy higher by more than ``[study] rung_margin``
 (default 0.02). Being behind cheaper-or-equal models at equal training means it is unlikely to
 end on the front; it is stopped there and stored PRUNED with the user attrs "stopped" (the reason)
 and "stopped_at" ({stage, epoch, epochs, accuracy}). The final epoch of the last training stage
@@ -25,17 +26,17 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from ..data import Split
-from ..spaces import CompressionConfig, Recipe
+from ..objectives import objectives_for
+from ..spaces import DEFAULT_OBJECTIVES, CompressionConfig, Recipe
+from ._schema import PRUNED_REASON_ATTR, RUNG_PREFIX, STOPPED_AT_ATTR, STOPPED_ATTR
 from ._screening import Structure, peer_costs
 
 if TYPE_CHECKING:
     from ._trial import SearchContext
 
-RUNG_PREFIX = "rung:"
 RUNG_IMAGES = 1000
 MIN_PEERS = 2
 COST_SLACK = 1.05
-STOPPED_ATTR = "stopped"
 
 
 def rung_key(stage: str, epoch: int, epochs: int) -> str:
@@ -71,19 +72,21 @@ def subset_accuracy(model: nn.Module, subset: Split, batch_size: int = 256) -> f
 
 
 def behind_peers(key: str, accuracy: float, structure: Structure, peers: list[FrozenTrial], margin: float,
-                 number: int) -> list[tuple[int, float]]:
-    """(trial, accuracy) of the peers at rung `key` that are no costlier and more accurate by > `margin`."""
+                 number: int, objectives: tuple[str, ...] = DEFAULT_OBJECTIVES) -> list[tuple[int, float]]:
+    """(trial, accuracy) of the peers at rung `key` that are no costlier on the structural objectives of
+    `objectives` (the study's) and more accurate by > `margin`."""
+    costs = [o for o in objectives_for(objectives) if o.structural]
     ahead = []
     for t in peers:
         if t.number == number or key not in t.user_attrs:
             continue
-        costs = peer_costs(t)
-        if costs is None:
+        theirs = peer_costs(t, objectives)
+        if theirs is None:
             continue
-        lat, size = costs
         peer_acc = float(t.user_attrs[key])
-        if (lat <= structure.latency_ms * COST_SLACK and size <= structure.size_bytes * COST_SLACK
-                and peer_acc > accuracy + margin):
+        no_costlier = all(theirs[o.name] >= structure.value(o.name) / COST_SLACK if o.maximize
+                          else theirs[o.name] <= structure.value(o.name) * COST_SLACK for o in costs)
+        if no_costlier and peer_acc > accuracy + margin:
             ahead.append((t.number, peer_acc))
     return ahead
 
@@ -120,15 +123,16 @@ class RungMonitor:
         if not self.may_stop or (stage, epoch) == self.last:
             return
         peers = self.trial.study.get_trials(deepcopy=False)
-        ahead = behind_peers(key, acc, self.structure, peers, self.recipe.rung_margin, self.trial.number)
+        ahead = behind_peers(key, acc, self.structure, peers, self.recipe.rung_margin, self.trial.number,
+                             self.recipe.objectives)
         if len(ahead) < MIN_PEERS:
             return
         shown = ", ".join(f"#{n} {a:.3f}" for n, a in sorted(ahead, key=lambda p: -p[1])[:3])
         reason = (f"behind at {stage} epoch {epoch}/{epochs}: accuracy {acc:.3f} while {len(ahead)} trials no "
                   f"costlier were above {acc + self.recipe.rung_margin:.3f} ({shown})")
         self.trial.set_user_attr(STOPPED_ATTR, reason)
-        self.trial.set_user_attr("pruned_reason", f"stopped: {reason}"[:500])
-        self.trial.set_user_attr("stopped_at", {"stage": stage, "epoch": epoch, "epochs": epochs, "accuracy": acc})
+        self.trial.set_user_attr(PRUNED_REASON_ATTR, f"stopped: {reason}"[:500])
+        self.trial.set_user_attr(STOPPED_AT_ATTR, {"stage": stage, "epoch": epoch, "epochs": epochs, "accuracy": acc})
         raise optuna.TrialPruned(f"stopped: {reason}")
 
 

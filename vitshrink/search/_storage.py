@@ -28,18 +28,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ._optuna import (get_trial, heartbeat_enabled, heartbeat_grace_period, set_trial_state, set_trial_system_attr,
                       set_trial_user_attr, stale_trial_ids, storage_of, trial_id)
+from ._schema import (ARTIFACT_DIR_ATTR, FAIL_REASON_ATTR, HEARTBEAT_ATTR, NOT_RUN_ATTR,  # noqa: F401 - re-exported
+                      OPTUNA_FAILED_TRIAL_ATTR, OWNER_USER_ATTRS, REQUEUED_FROM_ATTR, RETRY_OF_ATTR, WORKER_ATTR)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///vitshrink.db"
-ARTIFACT_DIR_ATTR = "vitshrink.artifact_dir"
 DEFAULT_GRACE_PERIOD = 30
-HEARTBEAT_ATTR = "vitshrink.heartbeat"  # journal storages: epoch seconds of the owner's last beat
-NOT_RUN_ATTR = "not_run"  # the trial gave its budget slot back unbuilt (search/_budget.py)
-REQUEUED_FROM_ATTR = "requeued_from"  # on a queued copy of a trial that gave its slot back
-# Attributes that describe the process running a trial: a retry must not inherit them, or the new
-# owner's trial would look like the dead one until it overwrites them.
-OWNER_USER_ATTRS = ("worker", "driver", "ray_task", "fail_reason", NOT_RUN_ATTR)
 
 
 class StorageError(RuntimeError):
@@ -260,7 +255,7 @@ def fail_trial_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, m
     """Mark a RUNNING `trial` FAIL with `reason` and enqueue its retry (same params); False when
     another process finished or failed it first, so a trial is never retried twice."""
     try:
-        set_trial_user_attr(study, trial, "fail_reason", reason)
+        set_trial_user_attr(study, trial, FAIL_REASON_ATTR, reason)
         if not set_trial_state(study, trial, TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:
@@ -294,7 +289,7 @@ def fail_stale_trials(study: optuna.Study, grace_period: float = DEFAULT_GRACE_P
     failed = []
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
+        worker = t.user_attrs.get(WORKER_ATTR)
         reason = None
         if owner_is_gone(worker):
             reason = f"its worker {worker} stopped (killed or crashed) while running it"
@@ -324,7 +319,7 @@ def fail_own_running_trials(url: str | None, reason: str) -> list[tuple[str, int
     for name in study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("worker") == me and fail_trial_and_retry(study, t, reason):
+            if t.user_attrs.get(WORKER_ATTR) == me and fail_trial_and_retry(study, t, reason):
                 done.append((name, t.number))
     return done
 
@@ -332,7 +327,7 @@ def fail_own_running_trials(url: str | None, reason: str) -> list[tuple[str, int
 def is_retry(trial: optuna.Trial) -> bool:
     """Whether `trial` re-runs an earlier one (a crashed or killed trial's retry, an interrupted trial's,
     or a queued copy given back by another driver): its configuration already passed screening once."""
-    if "retry_of" in trial.user_attrs or REQUEUED_FROM_ATTR in trial.user_attrs:
+    if RETRY_OF_ATTR in trial.user_attrs or REQUEUED_FROM_ATTR in trial.user_attrs:
         return True
     frozen = get_trial(trial.study, trial)  # a live trial's system attributes have no public getter
-    return "failed_trial" in frozen.system_attrs
+    return OPTUNA_FAILED_TRIAL_ATTR in frozen.system_attrs

@@ -29,16 +29,22 @@ from ..compress.distill import teacher_logits as cached_teacher_logits
 from ..data import DataBundle, DataShape, load_dataset, peek_shape
 from ..data_shape import TIMM_PREPROCESSED, fit_teacher_kwargs, side
 from ..models import TeacherSpec, TrainSettings, evaluate, get_teacher
-from ..objectives import LatencyProtocol, Target, accuracy, measure_latency_cached, size_bytes
-from ..spaces import CompressionConfig, ConfigError, Recipe
+from ..objectives import (Candidate, LatencyProtocol, Target, accuracy, directions_of, measure_latency_cached,
+                          objective_values, size_bytes)
+from ..spaces import DEFAULT_OBJECTIVES, CompressionConfig, ConfigError, Recipe
 from ..training import TrainingDevice, resolve_training
 from ._latency import latency_attrs, latency_baseline
+from ._schema import (ACCURACY_DROP_ATTR, ARTIFACT_ATTR, CONFIG_ATTR, CONFIG_OVERRIDE_ATTR, FAIL_REASON_ATTR,
+                      FINISHED_AT_ATTR, LABEL_ATTR, LATENCY_ATTR, LATENCY_SPREAD_ATTR, MACS_ATTR, METRICS_ATTR,
+                      PARAMS_ATTR, PRUNED_REASON_ATTR, RECORDS_ATTR, RETRY_OF_ATTR, ROLE_ATTR, SECONDS_ATTR, WORKER_ATTR,
+                      set_user_attrs)
 from ._storage import this_worker
 
 log = logging.getLogger(__name__)
 
-METRIC_NAMES = ("accuracy", "latency_ms", "size_bytes")
-DIRECTIONS = ("maximize", "minimize", "minimize")
+# the default objectives and their directions (a study's own are its recipe's `objectives`)
+METRIC_NAMES = DEFAULT_OBJECTIVES
+DIRECTIONS = tuple(directions_of(DEFAULT_OBJECTIVES))
 ARTIFACT_FORMAT = 1
 LOGITS_KEY = "_vitshrink.val_logits"
 
@@ -282,34 +288,7 @@ def _technique_problems(space) -> list[Callable[[nn.Module], str | None]]:
 
 def context_for(recipe: Recipe) -> SearchContext:
     """The process-wide context of `recipe` (data and teacher loaded once per process)."""
-    return _context_cached(json.dumps(recipe_doc(recipe), sort_keys=True))
-
-
-def recipe_doc(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as the TOML-shaped dict `Recipe.from_dict` reads (stored on the study)."""
-    doc: dict[str, Any] = {
-        "study": {"name": recipe.name, "trials": recipe.trials, "sampler": recipe.sampler, "seed": recipe.seed,
-                  "screening": recipe.screening, "rungs": recipe.rungs, "rung_margin": recipe.rung_margin},
-        "data": {"dataset": recipe.dataset, "seed": recipe.data_seed, **recipe.data_options},
-        "teacher": {"model": recipe.teacher_model, "kwargs": recipe.teacher_kwargs, "train": recipe.teacher_train,
-                    "pretrained": recipe.teacher_pretrained},
-        "target": {"device": recipe.device, "runs": recipe.latency_runs, "warmup": recipe.latency_warmup,
-                   "batch": recipe.latency_batch, "throughput_batch": recipe.throughput_batch,
-                   "max_runs": recipe.latency_max_runs, "target_cv": recipe.latency_target_cv},
-        "constraints": dict(recipe.constraints),
-        **recipe.space.to_dict(),
-    }
-    if recipe.timeout:
-        doc["study"]["timeout"] = recipe.timeout
-    if recipe.seed_with:
-        doc["study"]["seed_with"] = recipe.seed_with
-    if recipe.max_failures is not None:
-        doc["study"]["max_failures"] = recipe.max_failures
-    if recipe.data_dir:
-        doc["data"]["data_dir"] = recipe.data_dir
-    if recipe.teacher_checkpoint:
-        doc["teacher"]["checkpoint"] = recipe.teacher_checkpoint
-    return doc
+    return _context_cached(json.dumps(recipe.to_dict(), sort_keys=True))
 
 
 def constraint_values(recipe: Recipe, teacher_accuracy: float, acc: float, latency_ms: float, size: int
@@ -332,7 +311,7 @@ class TrialFailed(RuntimeError):
 
 
 def sample_config(trial: optuna.Trial, recipe: Recipe) -> CompressionConfig:
-    override = trial.user_attrs.get("config_override")
+    override = trial.user_attrs.get(CONFIG_OVERRIDE_ATTR)
     if override is not None:
         # teacher / reference warm starts: suggest what the space can represent, then use the config as is
         config = CompressionConfig.from_dict(override)
@@ -345,14 +324,15 @@ def sample_config(trial: optuna.Trial, recipe: Recipe) -> CompressionConfig:
 
 
 def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx: SearchContext | None = None
-              ) -> tuple[float, float, float]:
-    """The objective: returns (val accuracy, latency ms, size bytes); failures are recorded with their reason."""
+              ) -> tuple[float, ...]:
+    """The objective: returns the values of `recipe.objectives` in their order (by default val
+    accuracy, latency ms, size bytes); failures are recorded with their reason."""
     ctx = ctx or context_for(recipe)
     start = t0 = time.perf_counter()
     t_screen = None
-    trial.set_user_attr("worker", this_worker())
-    if "fail_reason" in trial.user_attrs:  # a retried trial starts clean
-        trial.set_user_attr("fail_reason", None)
+    trial.set_user_attr(WORKER_ATTR, this_worker())
+    if FAIL_REASON_ATTR in trial.user_attrs:  # a retried trial starts clean
+        trial.set_user_attr(FAIL_REASON_ATTR, None)
     try:
         config = _sample_or_prune(trial, recipe, ctx)
         t0 = time.perf_counter()
@@ -368,41 +348,52 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
                                              extra={"quant": config.quant})
         size = int(size_bytes(result.model))
         latency = latency_attrs(lat, cached, latency_baseline(trial.study))
-        values = (float(acc_result.accuracy), latency["latency"]["objective_ms"], float(size))
+        macs = next((r["macs_after"] for r in reversed(result.records) if r.get("macs_after")), None)
+        macs = macs if macs is not None else _macs(result.float_model, ctx)
+        acc = float(acc_result.accuracy)
+        candidate = Candidate(result.model, result.float_model, _images(ctx), lat,
+                              latency[LATENCY_ATTR]["objective_ms"], size, recipe.throughput_batch, acc, macs)
+        try:
+            measured = objective_values(recipe.objectives, candidate)
+        except ValueError as exc:
+            raise TrialFailed(str(exc)) from None
+        values = tuple(measured.values())
         if not all(math.isfinite(v) for v in values):
-            raise TrialFailed(f"non-finite objective values {values}")
+            raise TrialFailed(f"non-finite objective values {measured}")
         t2 = time.perf_counter()
         artifact_id = save_trial_artifact(trial, result.float_model, acc_result.logits, config, artifact_dir)
         t3 = time.perf_counter()
-        trial.set_user_attr("artifact", artifact_id)
-        trial.set_user_attr("records", result.records)
-        for key, value in latency.items():
-            trial.set_user_attr(key, value)
+        trial.set_user_attr(ARTIFACT_ATTR, artifact_id)
+        trial.set_user_attr(RECORDS_ATTR, result.records)
+        set_user_attrs(trial, latency)
         if lat.noisy:
             log.warning("trial %d: latency spread %.1f %% after %d runs is above the %.1f %% target (latency_noisy)",
-                        trial.number, 100 * latency["latency_spread"], lat.batches[0].runs, 100 * ctx.protocol.target_cv)
-        trial.set_user_attr("params", sum(p.numel() for p in result.float_model.parameters()))
-        macs = next((r["macs_after"] for r in reversed(result.records) if r.get("macs_after")), None)
-        trial.set_user_attr("macs", macs if macs is not None else _macs(result.float_model, ctx))
-        trial.set_user_attr("accuracy_drop", ctx.teacher_accuracy - values[0])
-        for name, value in constraint_values(recipe, ctx.teacher_accuracy, *values[:2], size).items():
+                        trial.number, 100 * latency[LATENCY_SPREAD_ATTR], lat.batches[0].runs, 100 * ctx.protocol.target_cv)
+        trial.set_user_attr(PARAMS_ATTR, sum(p.numel() for p in result.float_model.parameters()))
+        trial.set_user_attr(MACS_ATTR, macs)
+        # every metric measured, objectives or not: tables read a metric that is not an objective here
+        trial.set_user_attr(METRICS_ATTR, {"accuracy": acc, "latency_ms": candidate.latency_ms,
+                                           "size_bytes": float(size), "macs": macs} | measured)
+        trial.set_user_attr(ACCURACY_DROP_ATTR, ctx.teacher_accuracy - acc)
+        for name, value in constraint_values(recipe, ctx.teacher_accuracy, acc, candidate.latency_ms, size).items():
             trial.set_constraint(name, value)
         # build: the transforms; measure: accuracy, latency, size; save: the artifact upload; total: all of
         # run_trial (the rest is sampling and storage writes: benchmarks/overhead.py reads these)
-        trial.set_user_attr("seconds", {"screen": round(t_screen, 4), "build": round(t1 - t0, 4),
-                                        "measure": round(t2 - t1, 4),
-                                        "save": round(t3 - t2, 4), "total": round(time.perf_counter() - start, 4)})
+        trial.set_user_attr(SECONDS_ATTR, {"screen": round(t_screen, 4), "build": round(t1 - t0, 4),
+                                           "measure": round(t2 - t1, 4),
+                                           "save": round(t3 - t2, 4), "total": round(time.perf_counter() - start, 4)})
         return values
     except optuna.TrialPruned:  # impossible, screened or stopped: not a failure; the reason is stored already
         if t_screen is not None:  # stopped in training: what it cost before it stopped
-            trial.set_user_attr("seconds", {"screen": round(t_screen, 4), "build": round(time.perf_counter() - t0, 4),
-                                            "total": round(time.perf_counter() - start, 4)})
+            trial.set_user_attr(SECONDS_ATTR, {"screen": round(t_screen, 4),
+                                               "build": round(time.perf_counter() - t0, 4),
+                                               "total": round(time.perf_counter() - start, 4)})
         raise
     except BaseException as exc:  # record every failure (KeyboardInterrupt too), then let Optuna mark FAIL
         reason = _reason(exc)
         try:
-            trial.set_user_attr("fail_reason", reason)
-            trial.set_user_attr("finished_at", time.time())  # the end of its busy time (hypervolume_history)
+            trial.set_user_attr(FAIL_REASON_ATTR, reason)
+            trial.set_user_attr(FINISHED_AT_ATTR, time.time())  # the end of its busy time (hypervolume_history)
         except Exception:  # noqa: BLE001 - the storage itself may be what failed
             log.warning("could not record the failure reason of trial %d", trial.number)
         log.warning("trial %d failed: %s", trial.number, reason)
@@ -422,7 +413,7 @@ def _efficiency_hooks(trial: optuna.Trial, config: CompressionConfig, recipe: Re
     from ._screening import screen
     from ._storage import is_retry
 
-    warm = trial.user_attrs.get("config_override") is not None
+    warm = trial.user_attrs.get(CONFIG_OVERRIDE_ATTR) is not None
     if not (recipe.screening or recipe.rungs):
         return None
     structure = None if warm else screen(trial, config, recipe, ctx, exempt=is_retry(trial))
@@ -441,8 +432,8 @@ def _sample_or_prune(trial: optuna.Trial, recipe: Recipe, ctx: SearchContext) ->
         config = sample_config(trial, recipe)
     except ConfigError as exc:
         _prune(trial, str(exc))
-    trial.set_user_attr("config", config.to_dict())
-    trial.set_user_attr("label", config.summary())
+    trial.set_user_attr(CONFIG_ATTR, config.to_dict())
+    trial.set_user_attr(LABEL_ATTR, config.summary())
     reason = impossible_reason(ctx.teacher, config)
     if reason:
         _prune(trial, f"impossible combination: {reason}")
@@ -450,18 +441,24 @@ def _sample_or_prune(trial: optuna.Trial, recipe: Recipe, ctx: SearchContext) ->
 
 
 def _prune(trial: optuna.Trial, reason: str) -> None:
-    trial.set_user_attr("pruned_reason", reason[:500])
+    trial.set_user_attr(PRUNED_REASON_ATTR, reason[:500])
     log.info("trial %d pruned: %s", trial.number, reason)
     raise optuna.TrialPruned(reason)
 
 
 def _enqueue_retry(trial: optuna.Trial) -> None:
     """Queue an interrupted trial's parameters (and warm-start config) to run first on resume."""
-    keep = {k: v for k, v in trial.user_attrs.items() if k in ("config_override", "role")}
+    keep = {k: v for k, v in trial.user_attrs.items() if k in (CONFIG_OVERRIDE_ATTR, ROLE_ATTR)}
     try:
-        trial.study.enqueue_trial(dict(trial.params), user_attrs={**keep, "retry_of": trial.number})
+        trial.study.enqueue_trial(dict(trial.params), user_attrs={**keep, RETRY_OF_ATTR: trial.number})
     except Exception as exc:  # noqa: BLE001 - resuming then samples afresh; nothing is lost
         log.warning("could not queue a retry of interrupted trial %d: %s", trial.number, exc)
+
+
+def _images(ctx: SearchContext) -> torch.Tensor:
+    """One batch of val images at the target's latency batch (what memory and MACs are measured on)."""
+    n = min(ctx.recipe.latency_batch, len(ctx.data.val))
+    return ctx.data.val.images(range(n))
 
 
 def _macs(model: nn.Module, ctx: SearchContext) -> int | None:

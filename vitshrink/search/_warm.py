@@ -12,6 +12,7 @@ from __future__ import annotations
 import optuna
 
 from ..spaces import CompressionConfig, Recipe, SearchSpace
+from ._schema import CONFIG_OVERRIDE_ATTR, ROLE_ATTR
 
 
 def reference_configs(space: SearchSpace) -> list[CompressionConfig]:
@@ -53,7 +54,7 @@ def enqueue_warm_starts(study: optuna.Study, recipe: Recipe) -> None:
         return
     for role, cfg in warm_start_configs(recipe):
         study.enqueue_trial(recipe.space.params_for(cfg, strict=False),
-                            user_attrs={"config_override": cfg.to_dict(), "role": role})
+                            user_attrs={CONFIG_OVERRIDE_ATTR: cfg.to_dict(), ROLE_ATTR: role})
 
 
 __all__ = ["enqueue_warm_starts", "reference_configs", "warm_start_configs"]

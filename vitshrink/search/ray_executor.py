@@ -44,6 +44,7 @@ from ._budget import budget_left, claim_slot, count_states, is_not_run
 from ._executor import SearchJob, check_gpus_per_trial
 from ._optuna import get_trial
 from ._samplers import make_sampler
+from ._schema import DRIVER_ATTR, RAY_TASK_ATTR, WORKER_ATTR
 from ._storage import (DEFAULT_GRACE_PERIOD, DEFAULT_STORAGE, fail_stale_trials, fail_trial_and_retry,
                        heartbeat_interval_for, open_storage, this_worker, trial_heartbeat)
 from ._summary import SearchError, SearchSummary
@@ -144,10 +145,10 @@ def _trial_task(recipe: Recipe, storage_url: str, study_name: str, artifact_dir:
     ctx = context_for(recipe)
     task_id = ray.get_runtime_context().get_task_id()
 
-    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
         # recorded first, so the driver can tie a crashed task to its trial
-        trial.set_user_attr("ray_task", task_id)
-        trial.set_user_attr("driver", driver_id)
+        trial.set_user_attr(RAY_TASK_ATTR, task_id)
+        trial.set_user_attr(DRIVER_ATTR, driver_id)
         claim_slot(trial, recipe.trials)  # the same rule as the local executor: other drivers share the budget
         with trial_heartbeat(trial, heartbeat_interval_for(grace_period)):
             return run_trial(trial, recipe, artifact_dir, ctx)
@@ -159,7 +160,7 @@ def _trial_task(recipe: Recipe, storage_url: str, study_name: str, artifact_dir:
 
 
 def _trial_of_task(study: optuna.Study, task_id: str) -> optuna.trial.FrozenTrial | None:
-    return next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("ray_task") == task_id), None)
+    return next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(RAY_TASK_ATTR) == task_id), None)
 
 
 def _check_target(ray, recipe: Recipe) -> None:
@@ -218,7 +219,7 @@ def run_on_ray(
         ran: list[int] = []  # trials this driver's tasks ran (not those that gave their slot back)
 
         def own(t: optuna.trial.FrozenTrial) -> bool:  # counted through `pending` instead
-            return t.user_attrs.get("driver") == driver_id
+            return t.user_attrs.get(DRIVER_ATTR) == driver_id
 
         dispatched, task_errors, last_stale_check = 0, [], 0.0
         while True:
@@ -296,7 +297,7 @@ def _collect(ray, study: optuna.Study, ref, task_errors: list[str]) -> optuna.tr
             return None
         task_errors.clear()
         if trial.state == TrialState.RUNNING:
-            fail_trial_and_retry(study, trial, f"Ray worker {trial.user_attrs.get('worker', '?')} died: {reason}")
+            fail_trial_and_retry(study, trial, f"Ray worker {trial.user_attrs.get(WORKER_ATTR, '?')} died: {reason}")
         return get_trial(study, trial)  # one trial, not the whole study
     task_errors.clear()
     return study.get_trials(deepcopy=False)[number]

@@ -2,10 +2,10 @@
 
 from ._config import LOWRANK_MODES, PRUNE_SCORES, QUANT_MODES, STUDENT_INITS, CompressionConfig, ConfigError
 from ._fit import ModelShape, config_problem
-from ._recipe import SAMPLERS, Recipe, builtin_recipes, parse_duration, recipes_dir, resolve_recipe
+from ._recipe import DEFAULT_OBJECTIVES, SAMPLERS, Recipe, builtin_recipes, parse_duration, recipes_dir, resolve_recipe
 from ._space import Dimension, SearchSpace
 
 __all__ = [
-    "CompressionConfig", "ConfigError", "Dimension", "LOWRANK_MODES", "ModelShape", "PRUNE_SCORES", "QUANT_MODES",
+    "CompressionConfig", "ConfigError", "DEFAULT_OBJECTIVES", "Dimension", "LOWRANK_MODES", "ModelShape", "PRUNE_SCORES", "QUANT_MODES",
     "STUDENT_INITS", "Recipe", "SAMPLERS", "SearchSpace", "builtin_recipes", "config_problem", "parse_duration", "recipes_dir", "resolve_recipe",
 ]

@@ -20,7 +20,7 @@ import difflib
 import logging
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,13 @@ from ._space_form import read_space, warn_if_flat
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
+# what a study optimises unless its recipe says (vitshrink.objectives registers every name)
+DEFAULT_OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "study": {"name": str, "trials": int, "timeout": (str, int, float), "sampler": str, "seed": int,
-              "seed_with": str, "max_failures": int, "screening": bool, "rungs": bool, "rung_margin": (int, float)},
+              "seed_with": str, "max_failures": int, "screening": bool, "rungs": bool, "rung_margin": (int, float),
+              "objectives": list},
     "data": {"dataset": str, "data_dir": str, "seed": int, "download": bool, "limit": int, "img_size": int,
              "kd_limit": int},
     "teacher": {"model": str, "checkpoint": str, "pretrained": bool, "kwargs": dict, "train": dict},
@@ -107,6 +110,7 @@ class Recipe:
     screening: bool = True  # measure the untrained structure first; skip candidates that cannot enter the front
     rungs: bool = True  # stop a trial whose per-epoch accuracy falls clearly behind its peers (search/_rungs.py)
     rung_margin: float = 0.02  # "clearly behind": this much val accuracy below its peers at the same epoch
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES  # registered names (vitshrink.objectives), the study's values
     constraints: dict[str, float] = field(default_factory=dict)
     space: SearchSpace = field(default_factory=SearchSpace)
 
@@ -197,6 +201,7 @@ class Recipe:
             screening=study.get("screening", True),
             rungs=study.get("rungs", True),
             rung_margin=float(study.get("rung_margin", 0.02)),
+            objectives=tuple(study.get("objectives", DEFAULT_OBJECTIVES)),
             constraints={k: float(v) for k, v in constraints.items()},
             space=space,
         )
@@ -218,6 +223,7 @@ class Recipe:
                               "(0.03: stop adding runs once the median's spread is under 3 %)")
         if self.seed_with not in (None, "reference"):
             raise ConfigError(f"{source}: study.seed_with = {self.seed_with!r}; the only warm start is 'reference'")
+        _check_objectives(self, source)
         if not 0 <= self.rung_margin <= 1:
             raise ConfigError(f"{source}: study.rung_margin = {self.rung_margin} is a fraction of val accuracy in "
                               "[0, 1] (0.02 = two points)")
@@ -275,9 +281,47 @@ class Recipe:
             teacher_kwargs={k: v for k, v in self.teacher_kwargs.items() if k not in data_shape.DATA_SHAPED})
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["space"] = self.space.to_dict()
-        return d
+        """The recipe as the TOML-shaped dict `from_dict` reads (what a study stores): tables and keys
+        as a recipe file writes them, optional keys left out when unset.
+
+        Example:
+            >>> r = Recipe.from_dict({"study": {"name": "demo", "objectives": ["accuracy", "macs"]}})
+            >>> r.to_dict()["study"]["objectives"], Recipe.from_dict(r.to_dict()) == r
+            (['accuracy', 'macs'], True)
+        """
+        optional = lambda table: {k: v for k, v in table.items() if v is not None}  # noqa: E731
+        return {
+            "study": {"name": self.name, "trials": self.trials, "sampler": self.sampler, "seed": self.seed,
+                      "screening": self.screening, "rungs": self.rungs, "rung_margin": self.rung_margin,
+                      "objectives": list(self.objectives),
+                      **optional({"timeout": self.timeout or None, "seed_with": self.seed_with or None,
+                                  "max_failures": self.max_failures})},
+            "data": {"dataset": self.dataset, "seed": self.data_seed, **self.data_options,
+                     **optional({"data_dir": self.data_dir or None})},
+            "teacher": {"model": self.teacher_model, "kwargs": self.teacher_kwargs, "train": self.teacher_train,
+                        "pretrained": self.teacher_pretrained,
+                        **optional({"checkpoint": self.teacher_checkpoint or None})},
+            "target": {"device": self.device, "runs": self.latency_runs, "warmup": self.latency_warmup,
+                       "batch": self.latency_batch, "throughput_batch": self.throughput_batch,
+                       "max_runs": self.latency_max_runs, "target_cv": self.latency_target_cv},
+            "constraints": dict(self.constraints),
+            **self.space.to_dict(),
+        }
+
+
+def _check_objectives(r: Recipe, source: str) -> None:
+    """The objectives are registered names, each once; throughput needs its batch measured."""
+    from ..objectives import check_objective_names  # lazy: objectives import this package
+
+    if not isinstance(r.objectives, tuple) or not all(isinstance(n, str) for n in r.objectives):
+        raise ConfigError(f"{source}: study.objectives = {list(r.objectives)!r} must be a list of names")
+    try:
+        check_objective_names(r.objectives)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if "throughput" in r.objectives and not r.throughput_batch:
+        raise ConfigError(f"{source}: study.objectives has throughput, the images/s at target.throughput_batch; "
+                          "set target.throughput_batch (e.g. 32) or choose another objective")
 
 
 def _check_positive(r: Recipe, source: str) -> None:
@@ -354,7 +398,7 @@ def _check_teacher_keys(r: Recipe, source: str) -> None:
 def _type_name(t: type | tuple[type, ...]) -> str:
     types = t if isinstance(t, tuple) else (t,)
     return " or ".join({"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
-                        "dict": "a table"}[x.__name__] for x in types)
+                        "dict": "a table", "list": "a list"}[x.__name__] for x in types)
 
 
 def _hint(word: str, known: Any) -> str:
