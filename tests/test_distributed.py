@@ -75,8 +75,9 @@ def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(cluster, t
 def test_killing_a_ray_worker_retries_its_trial_once(cluster, tmp_path) -> None:
     storage = f"journal:///{tmp_path}/ray.log"
     name = "ray-kill"
-    # trials of seconds, so a running one can be killed; no rungs, so the retry runs its 10 epochs whatever its peers do
-    recipe = _recipe(name, trials=3, kd_epochs=10).with_overrides(rungs=False)
+    # trials of seconds, so a running one can be killed; no rungs or screening, so every trial (the retry too)
+    # trains its 10 epochs whatever its peers measured
+    recipe = _recipe(name, trials=3, kd_epochs=10).with_overrides(rungs=False, screening=False)
     result: dict = {}
 
     def drive() -> None:
