@@ -200,7 +200,11 @@ def run(args: argparse.Namespace) -> dict:
     t_acc, t_lat, t_size = teacher_trial.values
     results: dict = {}
     for method, study in studies.items():
-        results[method] = summarise(study, t_lat, t_size, t_acc) | {"seconds": round(seconds[method], 1),
+        # each study is normalised by its own teacher trial: every study times its candidates as ratios to
+        # the teacher x the teacher's baseline taken when that study was created (search/_latency.py), so
+        # on a busy machine two studies' milliseconds are not on one scale, their ratios are
+        own = next(t for t in study.trials if t.user_attrs.get("role") == "teacher")
+        results[method] = summarise(study, own.values[1], own.values[2], own.values[0]) | {"seconds": round(seconds[method], 1),
                                                                     "sampler": method_recipe(recipe, method, args.trials).sampler}
     if args.remeasure_rounds:
         again = remeasure(studies, {m: r["best_at_1pt"] for m, r in results.items()}, recipe, args.remeasure_rounds)
