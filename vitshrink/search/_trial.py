@@ -268,21 +268,23 @@ def _student_stage_models(recipe: Recipe, teacher: nn.Module) -> tuple[list[nn.M
 
 
 def _technique_problems(space) -> list[Callable[[nn.Module], str | None]]:
-    """One check per technique the space can switch on, at its strongest setting (what the model's
-    modules must allow; the numbers are `SearchSpace.check_model`'s)."""
-    from ..compress.lowrank import lowrank_problem
-    from ..compress.prune import prune_problem
-    from ..compress.tokens import token_problem
+    """One check per technique the space can switch on and per value that switches it on (so its
+    strongest setting too): each technique's own `model_problem`, asked of the models leaving the
+    student stage (the student technique's precondition is asked of the teacher, elsewhere)."""
+    from types import SimpleNamespace
 
-    heads, mlp = max(space.values_of("prune_heads")), max(space.values_of("prune_mlp"))
-    merge, drop = max(space.values_of("token_merge_r")), max(space.values_of("token_drop"))
-    checks: list[Callable[[nn.Module], str | None]] = [
-        lambda m: prune_problem(m, heads, 0.0),
-        lambda m: prune_problem(m, 0.0, mlp),
-        lambda m: token_problem(m, merge, 0.0),
-        lambda m: token_problem(m, 0, drop),
-    ]
-    checks += [lambda m, mode=mode: lowrank_problem(m, mode) for mode in space.values_of("lowrank")]
+    from ..techniques import techniques
+
+    defaults = CompressionConfig().to_dict()
+    checks: list[Callable[[nn.Module], str | None]] = []
+    for t in techniques():
+        if t.model_problem is None or t.stage == "student":
+            continue
+        for f in t.switch_fields:
+            for v in space.values_of(f):
+                if t.chosen({f: v}):
+                    config = SimpleNamespace(**{**defaults, **t.switch_on({f: v}), f: v})  # only its own fields read
+                    checks.append(lambda m, t=t, config=config: t.model_problem(m, config))
     return checks
 
 
