@@ -1,63 +1,66 @@
 """The Ray executor on a real two-node cluster on loopback (head + a node owning the latency target):
 budget shared without double counting, latency timed one at a time on the target, a killed worker's
-trial retried with the same parameters."""
+trial retried with the same parameters. The driver runs in its own process (tests/ray_driver.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import threading
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read when Ray is imported: stay on loopback
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
 from support import POSTGRES, recipe_text, require_service  # noqa: E402
-from vitshrink.search import open_storage, run_search  # noqa: E402
+
+from vitshrink.search import open_storage  # noqa: E402
 from vitshrink.spaces import Recipe  # noqa: E402
 
 RESOURCE = "vitshrink_target"
+DRIVER = Path(__file__).with_name("ray_driver.py")
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    c.add_node(num_cpus=1, resources={RESOURCE: 1})  # the target device: one measurement at a time
-    c.wait_for_nodes()
-    ray.init(address=c.address, log_to_driver=False, configure_logging=False)
-    yield c
-    ray.shutdown()
-    c.shutdown()
-
-
 def _recipe(name: str, trials: int, device: str = "cpu:1", kd_epochs: int = 1) -> Recipe:
-    text = recipe_text(name, trials, device, kd_epochs=kd_epochs)
-    return Recipe.from_toml_text(text)
+    # every trial trains to the end (no screening or rungs: their verdicts follow noisy timings)
+    return Recipe.from_toml_text(recipe_text(name, trials, device, kd_epochs=kd_epochs)).with_overrides(
+        screening=False, rungs=False)
 
 
-def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(cluster, tmp_path) -> None:
+def _start_driver(recipe: Recipe, storage: str, tmp_path: Path, grace: int = 30) -> subprocess.Popen:
+    """The Ray driver (cluster + search) in its own process: see tests/ray_driver.py for why."""
+    path = tmp_path / f"{recipe.name}.json"
+    path.write_text(json.dumps(recipe.to_dict()))
+    return subprocess.Popen([sys.executable, str(DRIVER), str(path), storage, "--resource", RESOURCE,
+                             "--grace", str(grace), "--artifacts", str(tmp_path / "art")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 900) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, (proc.returncode, err[-3000:])  # the Ray driver process exits cleanly too
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(tmp_path) -> None:
     try:
         open_storage(POSTGRES)
     except Exception:  # noqa: BLE001 - any failure to connect means the service is absent
         require_service("postgres")
     name = f"ray-{uuid.uuid4().hex[:8]}"
-    # every trial trains to the end (no screening or rungs: their verdicts follow noisy timings), and a
-    # heartbeat may be late by the CLI's default 30 s on a loaded machine before a trial counts as stale
-    recipe = _recipe(name, trials=4, device=f"ray:{RESOURCE}").with_overrides(screening=False, rungs=False)
     try:
-        summary = run_search(recipe, storage=POSTGRES, executor="ray", address=cluster.address, workers=2,
-                             artifact_dir=tmp_path / "art", evaluate_test=False, grace_period=30)
-        trials = summary.study.trials
+        done = _finish(_start_driver(_recipe(name, trials=4, device=f"ray:{RESOURCE}"), POSTGRES, tmp_path))
+        trials = optuna.load_study(study_name=name, storage=open_storage(POSTGRES)).trials
         # exactly the budget: no trial asked beyond it, none counted twice
-        assert summary.completed == 4 and len(trials) == 4
+        assert done["completed"] == 4 and len(trials) == 4
         assert all(t.state == TrialState.COMPLETE for t in trials)
         assert len({t.user_attrs["ray_task"] for t in trials}) == 4
         assert len({t.user_attrs["driver"] for t in trials}) == 1
@@ -69,29 +72,20 @@ def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(cluster, t
         assert spans
         assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
     finally:
-        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES))
+        try:
+            optuna.delete_study(study_name=name, storage=open_storage(POSTGRES))
+        except KeyError:
+            pass
 
 
-def test_killing_a_ray_worker_retries_its_trial_once(cluster, tmp_path) -> None:
+def test_killing_a_ray_worker_retries_its_trial_once(tmp_path) -> None:
     storage = f"journal:///{tmp_path}/ray.log"
     name = "ray-kill"
-    # trials of seconds, so a running one can be killed; no rungs or screening, so every trial (the retry too)
-    # trains its 10 epochs whatever its peers measured
-    recipe = _recipe(name, trials=3, kd_epochs=10).with_overrides(rungs=False, screening=False)
-    result: dict = {}
-
-    def drive() -> None:
-        try:
-            result["summary"] = run_search(recipe, storage=storage, executor="ray", address=cluster.address,
-                                           workers=2, evaluate_test=False, grace_period=30)
-        except BaseException as exc:  # noqa: BLE001 - re-raised by the test thread below
-            result["error"] = exc
-
-    driver = threading.Thread(target=drive, daemon=True)
-    driver.start()
+    # trials of seconds, so a running one can be killed; every trial (the retry too) trains its 10 epochs
+    driver = _start_driver(_recipe(name, trials=3, kd_epochs=10), storage, tmp_path)
     killed = None
     deadline = time.monotonic() + 240
-    while killed is None and time.monotonic() < deadline and driver.is_alive():
+    while killed is None and time.monotonic() < deadline and driver.poll() is None:
         try:
             study = optuna.load_study(study_name=name, storage=open_storage(storage))
         except KeyError:
@@ -104,12 +98,11 @@ def test_killing_a_ray_worker_retries_its_trial_once(cluster, tmp_path) -> None:
                 killed = running[0]
                 os.kill(int(killed.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
         time.sleep(0.1)
-    driver.join(timeout=300)
-    assert "error" not in result, result.get("error")
+    done = _finish(driver)
     assert killed is not None, "no trial was running in time"
 
-    study = result["summary"].study
-    trials = study.trials
+    trials = optuna.load_study(study_name=name, storage=open_storage(storage)).trials
+    assert done["completed"] == 3
     assert trials[killed.number].state == TrialState.FAIL
     reason = trials[killed.number].user_attrs["fail_reason"]
     assert "died" in reason or "stopped" in reason
