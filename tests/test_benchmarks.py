@@ -197,3 +197,20 @@ def test_recovery_smoke(tmp_path):
         assert r["gain"] == pytest.approx(r["recovery"]["val_accuracy"] - r["plain"]["val_accuracy"], abs=1e-4)
         assert r["recovery"]["train_seconds"] > 0
     assert res["complete"] and res["settings"]["kd_augment"] == "shift" and res["settings"]["kd_feature_weight"] == 1.0
+
+
+def test_bf16_accuracy_smoke(tmp_path):
+    """benchmarks/bf16_accuracy.py --smoke: one seed, 2 epochs, the fp32 / bf16 pair side by side."""
+    from vitshrink.training import resolve_training
+
+    bench = _load("bf16_accuracy")
+    out = tmp_path / "bf16.json"
+    assert bench.main(["--smoke", "--out", str(out)]) == 0
+    if resolve_training("cpu", "bf16").precision != "bf16":
+        assert not out.exists()  # nothing to compare on a CPU without bf16
+        return
+    res = json.loads(out.read_text())
+    assert [(r["precision"], r["seed"]) for r in res["rows"]] == [("fp32", 0), ("bf16", 0)]
+    assert all(0 <= r["test_accuracy"] <= 1 and r["train_seconds"] > 0 for r in res["rows"])
+    s = res["summary"]["digits"]
+    assert s["median_bf16_minus_fp32"] == pytest.approx(res["rows"][1]["test_accuracy"] - res["rows"][0]["test_accuracy"])
