@@ -173,3 +173,31 @@ def test_a_search_over_openvino_modes_completes_and_exports(tmp_path) -> None:
         handle.export(modes["openvino_int8"], "onnx", tmp_path / "int8.onnx")
     ir = handle.load_model(modes["openvino_int8"]).save_ir(tmp_path / "int8.xml")
     assert ir.exists() and ir.with_suffix(".bin").exists()
+
+
+RELEASED_ELSEWHERE = """
+import faulthandler, gc, signal, subprocess, threading
+import torch
+faulthandler.enable()  # as pytest does: a signal stack of Python's own for this thread
+from vitshrink.compress._signal_stack import signal_stack
+from vitshrink.compress.openvino_runtime import to_openvino
+before = signal_stack()
+holder = {"m": to_openvino(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10)), torch.randn(2, 3, 4, 4),
+                           calibration=torch.randn(8, 3, 4, 4) if MODE == "int8" else None)}
+holder["m"](torch.randn(1, 3, 4, 4))  # compiled here, on the main thread
+assert signal_stack() == before, (before, signal_stack())
+threading.Thread(target=lambda: (holder.clear(), gc.collect())).start()  # released on another thread
+signal.signal(signal.SIGCHLD, lambda *a: None)  # as torch's DataLoader installs one
+subprocess.run(["true"])  # a signal delivered to the main thread
+print("survived")
+"""
+
+
+@pytest.mark.parametrize("mode", ["fp32", "int8"])
+def test_a_compiled_model_leaves_the_threads_signal_stack_alone(mode) -> None:
+    """OpenVINO's CPU plugin swaps the compiling thread's signal stack for its own and puts it back
+    only when released, maybe on another thread: the next signal then killed the process with SIGSEGV
+    (the full suite died so, twice). vitshrink restores the thread's own stack after compiling."""
+    res = subprocess.run([sys.executable, "-c", f"MODE = {mode!r}\n" + RELEASED_ELSEWHERE], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0 and "survived" in res.stdout, (res.returncode, res.stderr[-2000:])

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError
 from ._registry import BuildContext, register_transform
+from ._signal_stack import keeps_signal_stack
 from .onnx_runtime import onnx_bytes
 from .quantize import _agreement, deployed_size_bytes, register_quant_problem
 
@@ -103,7 +104,8 @@ class OpenVinoModule(nn.Module):
             # f32 precision: on CPUs with bf16 units OpenVINO would otherwise run float ops in bf16
             config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                       "INFERENCE_PRECISION_HINT": "f32"}
-            self._compiled = core.compile_model(model, "CPU", config)
+            with keeps_signal_stack():  # OpenVINO swaps this thread's signal stack (_signal_stack.py)
+                self._compiled = core.compile_model(model, "CPU", config)
             self._threads = threads
         return self._compiled
 
@@ -178,7 +180,8 @@ def to_openvino(model: nn.Module, example: torch.Tensor, calibration: torch.Tens
 
     nncf.set_log_level(logging.ERROR)
     batches = [b.contiguous().numpy() for b in calibration.detach().float().split(batch_size)]
-    with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout, beside ours
+    # NNCF draws progress bars on stdout, beside ours; it compiles the model to collect statistics
+    with contextlib.redirect_stdout(io.StringIO()), keeps_signal_stack():
         quantized = nncf.quantize(ov_model, nncf.Dataset(batches), subset_size=len(calibration),
                                   model_type=nncf.ModelType.TRANSFORMER)
     return OpenVinoModule(*_ir_bytes(quantized), kind="int8")
