@@ -256,7 +256,8 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
         summary = run_search(r, storage=storage, study_name=study_name, new_study=new_study, artifact_dir=artifacts,
                              executor=executor, address=address, workers=workers, on_trial=on_trial,
                              on_teacher_epoch=on_epoch, grace_period=grace_period, gpus_per_trial=gpus_per_trial)
-    pruned = f", {summary.pruned} pruned as impossible samples" if summary.pruned else ""
+    pruned = (f", {summary.pruned} pruned (screened, stopped behind their peers or impossible: "
+              "see each trial's reason)") if summary.pruned else ""
     console.print(f"study {summary.study.study_name!r}: {summary.completed} completed, {summary.failed} failed{pruned}, "
                   f"{summary.new_trials} run now in {summary.seconds:.0f} s (stopped by {summary.stopped_by})",
                   soft_wrap=True)

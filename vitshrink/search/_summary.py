@@ -25,7 +25,7 @@ class SearchSummary:
     new_trials: int  # trials this driver ran (other drivers' trials and slots given back not counted)
     seconds: float
     stopped_by: str  # "trials", "timeout", "failures", "pruned"
-    pruned: int = 0  # trials pruned as impossible samples (never built; not counted as completed or failed)
+    pruned: int = 0  # PRUNED trials: screened, stopped at a rung or impossible samples (not completed or failed)
 
 
 __all__ = ["SearchError", "SearchSummary"]
