@@ -17,7 +17,6 @@ import sys
 import optuna
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("openvino")  # the optional extra; CI installs it through .[dev]
 pytest.importorskip("nncf")
@@ -33,27 +32,6 @@ from vitshrink.spaces import CompressionConfig, ConfigError  # noqa: E402
 
 INT8 = CompressionConfig(quant="openvino_int8", calib_size=64)
 FP32 = CompressionConfig(quant="openvino_fp32")
-
-
-@pytest.fixture(scope="module")
-def trained_vit(tiny_data) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = create_model(TeacherSpec("vit_tiny_patch16_224", dict(TINY_VIT_KWARGS))).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    x, y = tiny_data.train.x, tiny_data.train.y
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is faster, and immune to a busy machine's OpenMP stalls
-    try:
-        for _ in range(300):
-            idx = torch.randint(len(x), (64,), generator=gen)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
 
 
 def _deploy(model, config, data) -> torch.nn.Module:

@@ -37,32 +37,6 @@ def _config(mode: str, calib: int = 32) -> CompressionConfig:
 
 
 @pytest.fixture(scope="module")
-def trained_vit(tiny_data) -> torch.nn.Module:
-    """The tiny ViT (embed 32, 2 blocks) trained 300 Adam steps on 16 px digits: logits that mean something."""
-    torch.manual_seed(0)
-    model = create_model(TeacherSpec("vit_tiny_patch16_224", dict(TINY_VIT_KWARGS))).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    x, y = tiny_data.train.x, tiny_data.train.y
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is faster, and immune to a busy machine's OpenMP stalls
-    try:
-        for _ in range(300):
-            idx = torch.randint(len(x), (64,), generator=gen)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    with torch.no_grad():
-        acc = (model(tiny_data.val.x).argmax(1) == tiny_data.val.y).float().mean().item()
-    assert acc > 0.6, f"the tiny ViT did not learn the digits (val accuracy {acc:.2f})"
-    return model
-
-
-@pytest.fixture(scope="module")
 def quantized(trained_vit, tiny_data) -> dict[str, torch.nn.Module]:
     """Each mode applied once by the registered transform to the trained tiny ViT."""
     ctx = BuildContext(data=tiny_data, teacher=trained_vit, seed=0)
