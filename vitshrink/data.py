@@ -267,10 +267,13 @@ def _stream_cifar10(train: Any, test: Any, seed: int, val_frac: float) -> DataBu
     rows = pixel_rows(str(npy), len(labels))
     idx_tr, idx_val = train_test_split(np.arange(n_train), test_size=val_frac, random_state=seed,
                                        stratify=labels[:n_train])
-    seen = pixels[np.sort(idx_tr)].reshape(-1, 3) / np.float32(255.0)  # the train split's statistics, as _bundle
-    mean = tuple(float(v) for v in seen.mean(axis=0))
-    std = tuple(float(v) + 1e-6 for v in seen.std(axis=0))
-    del seen
+    # the train split's per-channel statistics (as _bundle), summed in chunks: no float copy of the split
+    total, squares, count, rows = np.zeros(3), np.zeros(3), 0, np.sort(idx_tr)
+    for start in range(0, len(rows), 4096):
+        chunk = pixels[rows[start:start + 4096]].reshape(-1, 3).astype(np.float64) / 255.0
+        total, squares, count = total + chunk.sum(0), squares + (chunk * chunk).sum(0), count + len(chunk)
+    mean = tuple(float(v) for v in total / count)
+    std = tuple(float(np.sqrt(max(q / count - m * m, 0.0))) + 1e-6 for q, m in zip(squares, total / count))
     splits = []
     for name, idx in (("train", idx_tr), ("val", idx_val), ("test", np.arange(n_train, len(labels)))):
         h = hashlib.sha256(f"cifar10 {name} {digest}".encode())
