@@ -268,9 +268,9 @@ def _stream_cifar10(train: Any, test: Any, seed: int, val_frac: float) -> DataBu
     idx_tr, idx_val = train_test_split(np.arange(n_train), test_size=val_frac, random_state=seed,
                                        stratify=labels[:n_train])
     # the train split's per-channel statistics (as _bundle), summed in chunks: no float copy of the split
-    total, squares, count, rows = np.zeros(3), np.zeros(3), 0, np.sort(idx_tr)
-    for start in range(0, len(rows), 4096):
-        chunk = pixels[rows[start:start + 4096]].reshape(-1, 3).astype(np.float64) / 255.0
+    total, squares, count, train_rows = np.zeros(3), np.zeros(3), 0, np.sort(idx_tr)
+    for start in range(0, len(train_rows), 4096):
+        chunk = pixels[train_rows[start:start + 4096]].reshape(-1, 3).astype(np.float64) / 255.0
         total, squares, count = total + chunk.sum(0), squares + (chunk * chunk).sum(0), count + len(chunk)
     mean = tuple(float(v) for v in total / count)
     std = tuple(float(np.sqrt(max(q / count - m * m, 0.0))) + 1e-6 for q, m in zip(squares, total / count))
