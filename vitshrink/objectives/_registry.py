@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -69,6 +70,7 @@ class Objective:
     structural: bool = True
     tolerance: float = 0.0
     fraction: bool = False
+    resolution: float = 0.0
 
     @property
     def maximize(self) -> bool:
@@ -80,9 +82,13 @@ class Objective:
 
     def normalized(self, value: float, teacher: float) -> float:
         """`value` in the hypervolume's space, to be minimised: 1 - value for a fraction, else its
-        cost relative to the teacher's (teacher / value for a maximised rate)."""
+        cost relative to the teacher's (teacher / value for a maximised rate). A measurement below the
+        objective's `resolution` (peak memory grows in pages: a tiny model's forward can measure 0) is
+        counted as the resolution, so that two unmeasurably small values compare as equal."""
         if self.fraction:
             return 1.0 - value
+        if self.resolution > 0:
+            value, teacher = max(value, self.resolution), max(teacher, self.resolution)
         if teacher <= 0 or value <= 0:
             raise ValueError(f"{self.name}: the teacher's ({teacher}) and the trial's ({value}) values must be > 0")
         return teacher / value if self.maximize else value / teacher
@@ -185,7 +191,7 @@ register_objective(Objective(
     "size_kB", lambda v: f"{v / 1e3:.1f}"))
 register_objective(Objective(
     "peak_memory_bytes", MINIMIZE, "bytes", "extra memory at the peak of one forward (objectives/memory.py)",
-    _peak_memory, "mem_kB", lambda v: f"{v / 1e3:.1f}", tolerance=0.1))
+    _peak_memory, "mem_kB", lambda v: f"{v / 1e3:.1f}", tolerance=0.1, resolution=float(resource.getpagesize())))
 register_objective(Objective(
     "throughput", MAXIMIZE, "images/s", "images per second at the target's throughput batch", _throughput,
     "img_per_s", "{:.1f}".format, tolerance=0.05))
