@@ -239,7 +239,7 @@ def test_teacher_init_copies_selected_blocks_and_leading_channels(teacher, tiny_
 
 
 def test_teacher_init_needs_a_student() -> None:
-    with pytest.raises(ConfigError, match="student_init='teacher' needs a student"):
+    with pytest.raises(ConfigError, match="student_init='teacher' is only used with student other than 'none'; set"):
         CompressionConfig(student_init="teacher")
     with pytest.raises(ConfigError, match="student_init='copy' is not one of random, teacher"):
         CompressionConfig(**STUDENT, student_epochs=1, student_init="copy")

@@ -43,7 +43,11 @@ def test_stored_trials_keep_their_params_and_rebuild_with_the_measured_outputs(s
         assert recipe.space.sample(optuna.trial.FixedTrial(t.params)) == loaded.config
         with torch.no_grad():  # in the trial's batches of 256: dynamic int8 scales depend on the batch
             out = torch.cat([loaded.model(val[i:i + 256]) for i in range(0, len(val), 256)])
-        assert torch.equal(out.float(), loaded.val_logits), t.number
+        # the stored logits came from an AVX-512 CPU; another CPU's kernels round the last bits differently
+        # (6e-8 seen on an AVX2 one), so this is closeness and equal predictions: bit-identity on one
+        # machine is test_search_e2e.py's
+        torch.testing.assert_close(out.float(), loaded.val_logits, rtol=1e-5, atol=1e-5, msg=f"trial {t.number}")
+        assert torch.equal(out.argmax(1), loaded.val_logits.argmax(1)), t.number
 
 
 def test_stored_study_exports(stored, tmp_path):

@@ -134,7 +134,8 @@ def test_recovery_settings_round_trip_and_validate():
     assert CompressionConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ConfigError, match="kd_augment='rotate' is not one of"):
         CompressionConfig(kd_epochs=1, kd_augment="rotate")
-    with pytest.raises(ConfigError, match="nothing is distilled"):
+    with pytest.raises(ConfigError, match="kd_feature_weight=1.0 is only used with student other than 'none' or "
+                       "kd_epochs > 0"):
         CompressionConfig(quant="dynamic_int8", kd_feature_weight=1.0)
     with pytest.raises(ConfigError, match="must be >= 0"):
         CompressionConfig(kd_epochs=1, kd_feature_weight=-1.0)

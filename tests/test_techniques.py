@@ -85,6 +85,37 @@ def test_registry_agrees_with_config_and_transforms():
     assert list_techniques("lowrank") == list(LOWRANK_MODES[1:])
 
 
+def _rules():
+    """(technique, setting, its metadata) for every setting that declares a rule, from the registry."""
+    return [(t, f.name, f.metadata) for t in techniques() for f in dataclasses.fields(t.config)
+            if f.metadata["bounds"] or f.metadata["needs"] or f.metadata["unused"]]
+
+
+@pytest.mark.parametrize("technique, name, meta", _rules(), ids=[f"{t.name}.{n}" for t, n, _ in _rules()])
+def test_each_declared_rule_is_enforced_by_the_config(technique, name, meta):
+    """What a technique module declares on a setting, CompressionConfig refuses, naming the field."""
+    flat = technique.flat(name)
+    chosen = CompressionConfig.from_dict({**technique.switch_on({}), **({"student": "custom"}
+                                          if technique.name == "student" else {})})
+    assert technique.chosen(chosen.to_dict())
+    kind = type(getattr(CompressionConfig(), flat))
+    if (b := meta["bounds"]) is not None:  # each end of the interval, or a step past it where it is closed
+        for edge, is_open, step in ((b.low, b.low_open, -1), (b.high, b.high_open, 1)):
+            if edge is not None:
+                bad = kind(edge if is_open else edge + step * (1 if kind is int else 0.5))
+                with pytest.raises(ConfigError, match=f"{flat}={bad!r} must be"):
+                    chosen.replace(**{flat: bad})
+    if meta["needs"] is not None:
+        with pytest.raises(ConfigError, match=f"needs {flat} >= {meta['needs']}"):
+            chosen.replace(**{flat: meta["needs"] - 1})
+    if meta["unused"]:  # a value set on a config where no technique owning it is chosen
+        value = {str: lambda: next(c for c in meta["choices"] if c != getattr(CompressionConfig(), flat)),
+                 int: lambda: 3, float: lambda: 0.5}[kind]()
+        with pytest.raises(ConfigError, match=f"{flat}={value!r} is only used with .*{technique.how_chosen()}"):
+            CompressionConfig(**{flat: value})
+        assert getattr(chosen.replace(**{flat: value}), flat) == value  # where it is chosen, it is kept
+
+
 @pytest.mark.parametrize("config", [
     CompressionConfig(), CompressionConfig(prune_mlp=0.5), CompressionConfig(lowrank="svd", svd_rank=0.5),
     CompressionConfig(token_drop=0.3, token_drop_at=(1,)), CompressionConfig(quant="openvino_fp32"),

@@ -8,8 +8,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 QUANT_MODES = ("none", "dynamic_int8", "static_int8", "bf16", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
-# quant modes that calibrate on calib_size >= 1 training images; ort_int8 may (static QDQ) or may not (dynamic)
-CALIBRATED_QUANT = ("static_int8", "openvino_int8")
 LOWRANK_MODES = ("none", "nystrom", "svd")
 PRUNE_SCORES = ("magnitude", "taylor", "activation")
 STUDENT_INITS = ("random", "teacher")
@@ -112,64 +110,22 @@ class CompressionConfig:
             check_field_type(f.name, getattr(self, f.name))
 
     def validate(self) -> None:
-        """Checks that do not need the model; model-dependent ones live in `check_against`."""
-
-        def bad(msg: str) -> ConfigError:
-            return ConfigError(f"invalid compression config: {msg}")
-
+        """Checks that do not need the model (model-dependent ones live in `check_against`): the
+        quant and lowrank modes here, and each technique's own rules on its settings (choices, bounds,
+        what it needs where chosen, settings left unused), which its module in `vitshrink.techniques`
+        declares."""
         if self.quant not in QUANT_MODES:
-            raise bad(f"quant={self.quant!r} is not one of {', '.join(QUANT_MODES)}")
+            raise ConfigError(f"invalid compression config: quant={self.quant!r} is not one of {', '.join(QUANT_MODES)}")
         if self.lowrank not in LOWRANK_MODES:
-            raise bad(f"lowrank={self.lowrank!r} is not one of {', '.join(LOWRANK_MODES)}")
-        if self.prune_score not in PRUNE_SCORES:
-            raise bad(f"prune_score={self.prune_score!r} is not one of {', '.join(PRUNE_SCORES)}")
-        for name in ("prune_heads", "prune_mlp", "token_drop"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise bad(f"{name}={v} must be in [0, 1): 1.0 would remove everything")
-        if not 0.0 < self.svd_rank <= 1.0:
-            raise bad(f"svd_rank={self.svd_rank} must be in (0, 1]")
-        if self.lowrank == "nystrom" and self.landmarks < 1:
-            raise bad("lowrank='nystrom' needs landmarks >= 1")
-        if self.lowrank != "nystrom" and self.landmarks:
-            raise bad(f"landmarks={self.landmarks} is set but lowrank={self.lowrank!r}; set lowrank='nystrom'")
-        if self.student == "custom" and min(self.student_depth, self.student_embed_dim, self.student_heads) < 1:
-            raise bad("student='custom' needs student_depth, student_embed_dim and student_heads >= 1")
-        if self.student == "custom" and self.student_embed_dim % self.student_heads:
-            raise bad(
-                f"student_embed_dim={self.student_embed_dim} is not divisible by student_heads={self.student_heads}"
-            )
-        if self.student_mlp_ratio <= 0:
-            raise bad(f"student_mlp_ratio={self.student_mlp_ratio} must be > 0")
-        if self.student == "custom" and int(self.student_embed_dim * self.student_mlp_ratio) < 1:
-            raise bad(f"student_mlp_ratio={self.student_mlp_ratio} leaves the {self.student_embed_dim}-wide student's "
-                      "MLP without hidden units; raise it")
-        if self.student_init not in STUDENT_INITS:
-            raise bad(f"student_init={self.student_init!r} is not one of {', '.join(STUDENT_INITS)}")
-        if self.student == "none" and self.student_init != "random":
-            raise bad(f"student_init={self.student_init!r} needs a student; set student='custom' or a timm name")
-        if self.student != "none" and self.student_epochs < 1:
-            raise bad(f"student={self.student!r} needs student_epochs >= 1 to be trained by distillation")
-        if self.token_merge_r < 0 or self.kd_epochs < 0 or self.calib_size < 0 or self.nystrom_conv < 0:
-            raise bad("token_merge_r, kd_epochs, calib_size and nystrom_conv must be >= 0")
-        if self.token_drop > 0 and not self.token_drop_at:
-            raise bad("token_drop > 0 needs token_drop_at: the block indices where patches are dropped")
-        if self.quant in CALIBRATED_QUANT and self.calib_size < 1:
-            raise bad(f"quant={self.quant!r} needs calib_size >= 1 calibration images")
-        if self.quant not in (*CALIBRATED_QUANT, "ort_int8") and self.calib_size:
-            raise bad(f"calib_size={self.calib_size} is only used by quant={', '.join(CALIBRATED_QUANT)} or ort_int8")
-        if self.kd_temperature <= 0 or not 0.0 <= self.kd_alpha <= 1.0:
-            raise bad("kd_temperature must be > 0 and kd_alpha in [0, 1]")
-        self._validate_recovery(bad)
+            raise ConfigError(f"invalid compression config: lowrank={self.lowrank!r} is not one of "
+                              f"{', '.join(LOWRANK_MODES)}")
+        if all(getattr(self, f.name) == f.default for f in fields(self)):
+            return  # the identity breaks no rule (and is built while vitshrink.techniques is imported)
+        from ..techniques import config_settings_problem  # imported when used: the techniques import this module
 
-    def _validate_recovery(self, bad) -> None:
-        if self.kd_augment not in KD_AUGMENTS:
-            raise bad(f"kd_augment={self.kd_augment!r} is not one of {', '.join(KD_AUGMENTS)}")
-        if self.kd_feature_weight < 0:
-            raise bad(f"kd_feature_weight={self.kd_feature_weight} must be >= 0")
-        if (self.kd_augment != "none" or self.kd_feature_weight) and self.kd_epochs == 0 and self.student == "none":
-            raise bad("kd_augment / kd_feature_weight shape knowledge distillation, but nothing is distilled; "
-                      "set kd_epochs >= 1 or a student")
+        problem = config_settings_problem(self)
+        if problem:
+            raise ConfigError(f"invalid compression config: {problem}")
 
     @property
     def is_identity(self) -> bool:
@@ -209,4 +165,4 @@ class CompressionConfig:
 # field name -> "str" | "int" | "float" | "tuple[int, ...]" (annotations are strings here)
 _FIELD_KINDS = {f.name: f.type for f in fields(CompressionConfig)}
 
-__all__ = ["CALIBRATED_QUANT", "KD_AUGMENTS", "check_field_type", "CompressionConfig", "ConfigError", "QUANT_MODES", "LOWRANK_MODES", "PRUNE_SCORES"]
+__all__ = ["KD_AUGMENTS", "check_field_type", "CompressionConfig", "ConfigError", "QUANT_MODES", "LOWRANK_MODES", "PRUNE_SCORES"]

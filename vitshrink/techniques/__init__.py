@@ -10,14 +10,15 @@ Example:
     ['nystrom', 'svd']
 """
 
-from ._base import (ANY, DISTILL_FIELDS, CalibratedConfig, NoSettings, Technique, chosen_techniques, field_applies,
-                    get_technique, list_techniques, owners, register_technique, selected_by, setting, techniques)
+from ._base import (ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, FRACTION, Bounds, CalibratedConfig, NoSettings,
+                    Technique, chosen_techniques, config_settings_problem, field_applies, get_technique,
+                    list_techniques, owners, register_technique, selected_by, setting, techniques, value_problem)
 from ._walk import at_blocks, block_index, blocks, chosen_indices
 
 # Importing a technique's module registers it; the order is the order of `build`'s stages.
 from . import student, prune, nystrom, svd, patch_drop, tome, finetune  # noqa: F401  isort: skip
 from . import torch_quant, onnxruntime, openvino  # noqa: F401  isort: skip
 
-__all__ = ["ANY", "DISTILL_FIELDS", "CalibratedConfig", "NoSettings", "Technique", "at_blocks", "block_index", "blocks",
-           "chosen_indices", "chosen_techniques", "field_applies", "get_technique", "list_techniques", "owners",
-           "register_technique", "selected_by", "setting", "techniques"]
+__all__ = ["ABOVE_ZERO", "ANY", "AT_LEAST_ZERO", "Bounds", "DISTILL_FIELDS", "FRACTION", "CalibratedConfig", "NoSettings", "Technique", "at_blocks", "block_index", "blocks",
+           "chosen_indices", "chosen_techniques", "config_settings_problem", "field_applies", "get_technique", "list_techniques", "owners",
+           "register_technique", "selected_by", "setting", "techniques", "value_problem"]

@@ -25,24 +25,72 @@ from typing import Any
 
 from ..spaces._config import CompressionConfig
 
-_DEFAULTS = CompressionConfig().to_dict()
+# the identity value of every CompressionConfig field, as `to_dict` writes it (lists for tuples); read
+# from the dataclass, not from CompressionConfig(): building one validates it through this module
+_DEFAULTS = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+             for f in dataclasses.fields(CompressionConfig)}
 # the distillation settings a student's training and the KD fine-tune share (each stored once)
 DISTILL_FIELDS = {"temperature": "kd_temperature", "alpha": "kd_alpha", "augment": "kd_augment",
                   "feature_weight": "kd_feature_weight"}
 ANY = "*"  # a selector value: any value but "none" chooses the technique (a student: "custom" or a timm name)
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The interval a number setting must lie in, checked on every config whether or not its
+    technique is chosen (a negative fraction is wrong anywhere).
+
+    Example:
+        >>> Bounds(0.0, 1.0, high_open=True, why="1.0 would remove everything").problem("prune_heads", 1.0)
+        'prune_heads=1.0 must be in [0, 1): 1.0 would remove everything'
+        >>> Bounds(0).problem("kd_epochs", -1)
+        'kd_epochs=-1 must be >= 0'
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    why: str = ""
+
+    def problem(self, name: str, value: Any) -> str | None:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if above and below:
+            return None
+        g = lambda x: f"{x:g}"
+        if self.high is None:
+            rule = f"{'>' if self.low_open else '>='} {g(self.low)}"
+        elif self.low is None:
+            rule = f"{'<' if self.high_open else '<='} {g(self.high)}"
+        else:
+            rule = f"in {'(' if self.low_open else '['}{g(self.low)}, {g(self.high)}{')' if self.high_open else ']'}"
+        return f"{name}={value} must be {rule}" + (f": {self.why}" if self.why else "")
+
+
+AT_LEAST_ZERO = Bounds(0)
+ABOVE_ZERO = Bounds(0, low_open=True)
+FRACTION = Bounds(0.0, 1.0, high_open=True, why="1.0 would remove everything")
+
+
 def setting(default: Any, *, choices: tuple[Any, ...] | None = None, as_list: bool = False,
-            only: str | None = None) -> Any:
-    """A field of a technique's config dataclass.
+            only: str | None = None, bounds: Bounds | None = None, needs: int | None = None,
+            needs_note: str = "", unused: bool = False) -> Any:
+    """A field of a technique's config dataclass, with the rules its values follow.
 
     Args:
         default: The identity value (CompressionConfig's default for the field it is stored in).
-        choices: The values it may take (a recipe naming another is refused).
+        choices: The values it may take (a recipe or config naming another is refused).
         as_list: A two-number list in a recipe is a set of choices, never a range.
         only: The selector value this setting needs besides the technique (a custom student's width).
+        bounds: The interval its value must lie in, checked on every config.
+        needs: Where its technique is chosen (by a selector), the least value it must have, e.g. the
+            landmarks of Nystrom attention; `needs_note` is said after the rule in the message.
+        unused: A value other than `default` is refused where no technique owning it is chosen
+            (landmarks without Nystrom): it would be stored and do nothing.
     """
-    meta = {"choices": choices, "as_list": as_list or choices is not None, "only": only}
+    meta = {"choices": choices, "as_list": as_list or choices is not None, "only": only, "bounds": bounds,
+            "needs": needs, "needs_note": needs_note, "unused": unused}
     return field(default=default, metadata=meta)
 
 
@@ -63,6 +111,10 @@ class Technique:
         handler: The name of its transform in `vitshrink.compress` (two techniques may share one).
         shape_problem: (config, ModelShape) -> why the model's numbers cannot take it, or None.
         model_problem: (model, config) -> why the model's modules cannot take it, or None.
+        problem: (its own settings) -> why they do not fit together, or None; asked where it is chosen
+            (a custom student's width that its head count does not divide).
+        accepts: CompressionConfig fields it reads without searching them (ort_int8 takes a
+            hand-written calib_size), so that a value there is not refused as unused.
     """
 
     name: str
@@ -75,6 +127,8 @@ class Technique:
     handler: str = ""
     shape_problem: Callable[[CompressionConfig, Any], str | None] | None = None
     model_problem: Callable[[Any, CompressionConfig], str | None] | None = None
+    problem: Callable[[Any], str | None] | None = None
+    accepts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         own = {f.name for f in dataclasses.fields(self.config)}
@@ -94,6 +148,28 @@ class Technique:
     def setting_of(self, flat_field: str) -> str | None:
         """The setting stored in CompressionConfig field `flat_field`, or None."""
         return next((k for k, v in self.fields.items() if v == flat_field), None)
+
+    def how_chosen(self) -> str:
+        """How a config chooses it, for messages: ``lowrank='nystrom'``, ``kd_epochs > 0``."""
+        if self.selector:
+            field_, want = self.selector
+            return f"{field_} other than 'none'" if want == ANY else f"{field_}={want!r}"
+        return " or ".join(f"{self.fields[s]} > 0" for s in self.switches)
+
+    def settings_problem(self, values: Mapping[str, Any]) -> str | None:
+        """Where it is chosen under flat settings `values`: a setting below its `needs`, or its own
+        `problem` with its settings; None where it is not chosen."""
+        if not self.chosen(values):
+            return None
+        for f in dataclasses.fields(self.config):
+            need, flat = f.metadata.get("needs"), self.fields[f.name]
+            if need is not None and values[flat] < need:
+                note = f" {f.metadata['needs_note']}" if f.metadata["needs_note"] else ""
+                chooser = f"{self.selector[0]}={values[self.selector[0]]!r}" if self.selector else self.how_chosen()
+                return f"{chooser} needs {flat} >= {need}{note}"
+        if self.problem is None:
+            return None
+        return self.problem(self.config(**{k: values[f] for k, f in self.fields.items()}))
 
     def meta(self, name: str) -> Mapping[str, Any]:
         return next(f.metadata for f in dataclasses.fields(self.config) if f.name == name)
@@ -185,6 +261,44 @@ def field_applies(flat_field: str, values: Mapping[str, Any]) -> bool:
     return not own or any(t.applies(flat_field, values) for t in own)
 
 
+def value_problem(flat_field: str, value: Any) -> str | None:
+    """Why `value` cannot be CompressionConfig field `flat_field`, by the rules of the technique
+    settings stored there (choices, bounds), or None."""
+    for t in (t for t in _TECHNIQUES.values() if flat_field in t.fields.values()):
+        meta = t.meta(t.setting_of(flat_field))  # type: ignore[arg-type]
+        if meta["choices"] is not None and value not in meta["choices"]:
+            return f"{flat_field}={value!r} is not one of {', '.join(map(str, meta['choices']))}"
+        if meta["bounds"] is not None and (p := meta["bounds"].problem(flat_field, value)):
+            return p
+    return None
+
+
+def config_settings_problem(config: CompressionConfig) -> str | None:
+    """Why the settings of `config` break a technique's rules, or None: each value's choices and
+    bounds, a setting marked `unused` set where none of its techniques is chosen, and each chosen
+    technique's needs and own `problem`. `CompressionConfig.validate` asks this.
+
+    Example:
+        >>> CompressionConfig(landmarks=8)  # its validate asks this
+        Traceback (most recent call last):
+        ...
+        vitshrink.spaces._config.ConfigError: invalid compression config: landmarks=8 is only used with lowrank='nystrom'; set lowrank='nystrom', or leave landmarks at 0
+    """
+    values = config.to_dict()
+    for flat in values:
+        if p := value_problem(flat, values[flat]):
+            return p
+    for flat, value in values.items():
+        own = owners(flat)
+        if value == _DEFAULTS[flat] or not any(t.meta(t.setting_of(flat))["unused"] for t in own):  # type: ignore[arg-type]
+            continue
+        users = own + [t for t in _TECHNIQUES.values() if flat in t.accepts]
+        if not any(t.chosen(values) for t in users):
+            how = " or ".join(t.how_chosen() for t in users)
+            return f"{flat}={value!r} is only used with {how}; set {how}, or leave {flat} at {_DEFAULTS[flat]!r}"
+    return next((p for t in _TECHNIQUES.values() if (p := t.settings_problem(values))), None)
+
+
 def chosen_techniques(config: CompressionConfig | Mapping[str, Any]) -> list[Technique]:
     values = config.to_dict() if isinstance(config, CompressionConfig) else config
     return [t for t in _TECHNIQUES.values() if t.chosen(values)]
@@ -201,16 +315,22 @@ class NoSettings:
 class CalibratedConfig:
     """The config of a post-training quantization calibrated on training images."""
 
-    calib_size: int = setting(0)  # training images the int8 ranges are calibrated on, >= 1
+    # training images the int8 ranges are calibrated on
+    calib_size: int = setting(0, bounds=AT_LEAST_ZERO, needs=1, needs_note="calibration images", unused=True)
 
 
 __all__ = [
+    "ABOVE_ZERO",
     "ANY",
+    "AT_LEAST_ZERO",
+    "Bounds",
+    "FRACTION",
     "DISTILL_FIELDS",
     "CalibratedConfig",
     "NoSettings",
     "Technique",
     "chosen_techniques",
+    "config_settings_problem",
     "field_applies",
     "get_technique",
     "list_techniques",
@@ -219,4 +339,5 @@ __all__ = [
     "selected_by",
     "setting",
     "techniques",
+    "value_problem",
 ]

@@ -7,16 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spaces._config import KD_AUGMENTS
-from ._base import DISTILL_FIELDS, Technique, register_technique, setting
+from ._base import ABOVE_ZERO, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, register_technique, setting
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    epochs: int = setting(0)  # KD epochs after pruning / low-rank / tokens; 0: off
-    temperature: float = setting(4.0)  # softmax temperature of the KD loss, > 0
-    alpha: float = setting(0.7)  # weight of the KD loss against the label loss, in [0, 1]
-    augment: str = setting("none", choices=KD_AUGMENTS)  # augmentation of the KD batches
-    feature_weight: float = setting(0.0)  # weight of the cosine loss on block features; 0: off
+    epochs: int = setting(0, bounds=AT_LEAST_ZERO)  # KD epochs after pruning / low-rank / tokens; 0: off
+    temperature: float = setting(4.0, bounds=ABOVE_ZERO)  # softmax temperature of the KD loss, > 0
+    alpha: float = setting(0.7, bounds=Bounds(0.0, 1.0))  # weight of the KD loss against the label loss, in [0, 1]
+    augment: str = setting("none", choices=KD_AUGMENTS, unused=True)  # augmentation of the KD batches
+    feature_weight: float = setting(0.0, bounds=AT_LEAST_ZERO, unused=True)  # weight of the cosine loss on block features; 0: off
 
 
 TECHNIQUE = register_technique(Technique(

@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spaces._fit import indices_problem, landmarks_problem
-from ._base import Technique, register_technique, setting
+from ._base import AT_LEAST_ZERO, Technique, register_technique, setting
 
 
 @dataclass(frozen=True)
 class NystromConfig:
-    landmarks: int = setting(0)  # landmark tokens per head; at most the tokens a block sees
+    landmarks: int = setting(0, bounds=AT_LEAST_ZERO, needs=1, unused=True)  # landmark tokens per head; at most the tokens a block sees
     blocks: tuple[int, ...] = setting(())  # the blocks converted; empty: every block
-    conv: int = setting(0)  # kernel of the depthwise-conv skip on the values; 0: off
+    conv: int = setting(0, bounds=AT_LEAST_ZERO)  # kernel of the depthwise-conv skip on the values; 0: off
 
 
 def _shape_problem(config, shape):

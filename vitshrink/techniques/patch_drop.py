@@ -7,13 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spaces._fit import drop_problem, indices_problem
-from ._base import Technique, register_technique, setting
+from ._base import FRACTION, Technique, register_technique, setting
 
 
 @dataclass(frozen=True)
 class PatchDropConfig:
-    fraction: float = setting(0.0)  # fraction of patch tokens dropped at each block in `at`, in [0, 1)
+    fraction: float = setting(0.0, bounds=FRACTION)  # fraction of patch tokens dropped at each block in `at`, in [0, 1)
     at: tuple[int, ...] = setting(())  # the block indices where patches are dropped
+
+
+def _problem(settings: PatchDropConfig) -> str | None:
+    if not settings.at:
+        return "token_drop > 0 needs token_drop_at: the block indices where patches are dropped"
+    return None
 
 
 def _shape_problem(config, shape):
@@ -29,5 +35,5 @@ def _model_problem(model, config):
 TECHNIQUE = register_technique(Technique(
     name="patch_drop", stage="tokens", config=PatchDropConfig, fields={"fraction": "token_drop", "at": "token_drop_at"},
     switches=("fraction",), on={"token_drop": 0.1, "token_drop_at": (1,)}, handler="tokens",
-    shape_problem=_shape_problem, model_problem=_model_problem,
+    shape_problem=_shape_problem, model_problem=_model_problem, problem=_problem,
 ))

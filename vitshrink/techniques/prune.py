@@ -7,13 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spaces._config import PRUNE_SCORES
-from ._base import Technique, register_technique, setting
+from ._base import FRACTION, Technique, register_technique, setting
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    heads: float = setting(0.0)  # fraction of heads removed per block, in [0, 1)
-    mlp: float = setting(0.0)  # fraction of MLP hidden units removed per block, in [0, 1)
+    heads: float = setting(0.0, bounds=FRACTION)  # fraction of heads removed per block, in [0, 1)
+    mlp: float = setting(0.0, bounds=FRACTION)  # fraction of MLP hidden units removed per block, in [0, 1)
     score: str = setting("magnitude", choices=PRUNE_SCORES)  # how heads / units are ranked
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..spaces._config import KD_AUGMENTS, STUDENT_INITS
-from ._base import ANY, DISTILL_FIELDS, Technique, register_technique, setting
+from ._base import ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, register_technique, setting
 
 
 @dataclass(frozen=True)
@@ -18,19 +18,33 @@ class StudentConfig:
     depth: int = setting(0)  # blocks
     embed_dim: int = setting(0, as_list=True, only="custom")  # width; some head count must divide it
     heads: int = setting(0, as_list=True, only="custom")
-    mlp_ratio: float = setting(4.0, only="custom")
-    epochs: int = setting(0)  # KD epochs training the student, >= 1
-    init: str = setting("random", choices=STUDENT_INITS)  # timm's init, or weight selection from the teacher
-    temperature: float = setting(4.0)
-    alpha: float = setting(0.7)
-    augment: str = setting("none", choices=KD_AUGMENTS)
-    feature_weight: float = setting(0.0)
+    mlp_ratio: float = setting(4.0, only="custom", bounds=ABOVE_ZERO)
+    epochs: int = setting(0, needs=1, needs_note="to be trained by distillation")  # KD epochs training the student
+    init: str = setting("random", choices=STUDENT_INITS, unused=True)  # timm's init, or weight selection from the teacher
+    # the distillation settings, shared with the KD fine-tune (finetune.py) and ruled the same way
+    temperature: float = setting(4.0, bounds=ABOVE_ZERO)
+    alpha: float = setting(0.7, bounds=Bounds(0.0, 1.0))
+    augment: str = setting("none", choices=KD_AUGMENTS, unused=True)
+    feature_weight: float = setting(0.0, bounds=AT_LEAST_ZERO, unused=True)
 
 
 def _on(values: Mapping[str, Any]) -> dict[str, Any]:
     heads = values.get("student_heads") or 1
     return {"student": "custom", "student_epochs": 1, "student_depth": 1, "student_heads": heads,
             "student_embed_dim": heads * 8}
+
+
+def _problem(s: StudentConfig) -> str | None:
+    if s.model != "custom":
+        return None
+    if min(s.depth, s.embed_dim, s.heads) < 1:
+        return "student='custom' needs student_depth, student_embed_dim and student_heads >= 1"
+    if s.embed_dim % s.heads:
+        return f"student_embed_dim={s.embed_dim} is not divisible by student_heads={s.heads}"
+    if int(s.embed_dim * s.mlp_ratio) < 1:
+        return (f"student_mlp_ratio={s.mlp_ratio} leaves the {s.embed_dim}-wide student's MLP without hidden units; "
+                "raise it")
+    return None
 
 
 def _model_problem(model, config):
@@ -44,5 +58,5 @@ TECHNIQUE = register_technique(Technique(
     fields={"model": "student", "depth": "student_depth", "embed_dim": "student_embed_dim",
             "heads": "student_heads", "mlp_ratio": "student_mlp_ratio", "epochs": "student_epochs",
             "init": "student_init", **DISTILL_FIELDS},
-    selector=("student", ANY), on=_on, handler="student", model_problem=_model_problem,
+    selector=("student", ANY), on=_on, handler="student", model_problem=_model_problem, problem=_problem,
 ))

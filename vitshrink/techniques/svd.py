@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spaces._fit import indices_problem
-from ._base import Technique, register_technique, setting
+from ._base import Bounds, Technique, register_technique, setting
 
 
 @dataclass(frozen=True)
 class SvdConfig:
-    rank: float = setting(1.0)  # fraction of the full rank kept, in (0, 1]
+    rank: float = setting(1.0, bounds=Bounds(0.0, 1.0, low_open=True))  # fraction of the full rank kept, in (0, 1]
     blocks: tuple[int, ...] = setting(())  # the blocks factorised; empty: every block
 
 

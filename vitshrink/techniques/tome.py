@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spaces._fit import merge_problem
-from ._base import Technique, register_technique, setting
+from ._base import AT_LEAST_ZERO, Technique, register_technique, setting
 
 
 @dataclass(frozen=True)
 class TomeConfig:
-    r: int = setting(0)  # tokens merged per block; at most half the patches
+    r: int = setting(0, bounds=AT_LEAST_ZERO)  # tokens merged per block; at most half the patches
 
 
 def _model_problem(model, config):
