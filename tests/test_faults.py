@@ -121,7 +121,10 @@ def test_ctrl_c_fails_the_running_trial_and_the_next_run_resumes(tmp_path) -> No
     url = f"sqlite:///{tmp_path}/ctrlc.db"
     env = cli_env(tmp_path)
     cmd = [sys.executable, "-m", "vitshrink.cli", "search", "ctrlc.toml", "--storage", url]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default, as in a terminal: a suite started as a background job (`pytest &` in a
+    # script) passes SIGINT ignored to its children, and Python then never raises KeyboardInterrupt
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     number = None
     while number is None and time.time() < deadline and proc.poll() is None:
