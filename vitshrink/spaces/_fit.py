@@ -53,6 +53,13 @@ def indices_problem(setting: str, indices: Iterable[int], shape: ModelShape) -> 
             f"use indices 0..{shape.depth - 1}")
 
 
+def block_demands(setting: str, values_of):
+    """A search space's demands for block-index setting `setting`: each value it can sample names
+    blocks that some model must have (the deepest model comes closest)."""
+    for value in values_of(setting):
+        yield (lambda s, v=value: indices_problem(setting, v or (), s)), (lambda s: s.depth)
+
+
 def landmarks_problem(landmarks: int, shape: ModelShape) -> str | None:
     if landmarks <= shape.tokens:
         return None
@@ -86,4 +93,4 @@ def config_problem(config: CompressionConfig, shape: ModelShape) -> str | None:
     return next((p for check in checks if (p := check(config, shape))), None)
 
 
-__all__ = ["ModelShape", "config_problem", "drop_problem", "indices_problem", "landmarks_problem", "merge_problem"]
+__all__ = ["ModelShape", "block_demands", "config_problem", "drop_problem", "indices_problem", "landmarks_problem", "merge_problem"]

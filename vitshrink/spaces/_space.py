@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ._config import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, check_field_type
-from ._fit import ModelShape, drop_problem, indices_problem, landmarks_problem, merge_problem
+from ._fit import ModelShape
 
 _FIELD_TYPES = {f.name: f.type for f in fields(CompressionConfig)}
 _DEFAULTS = CompressionConfig().to_dict()
@@ -402,7 +402,8 @@ class SearchSpace:
             cls_token: Whether the teacher has a cls token (custom students copy the teacher's token setup).
             students: ModelShape of each timm-named student the space can sample, by name.
 
-        Pruning needs no check here: `prune_heads` < 1 always keeps at least one head per block.
+        What each technique asks of a model is its own `demands` (vitshrink.techniques), asked where
+        the space can choose it. Pruning asks nothing: `prune_heads` < 1 always keeps a head per block.
 
         Raises:
             ConfigError: naming the setting, the model's numbers and the largest usable value.
@@ -416,21 +417,10 @@ class SearchSpace:
         """
         teacher = ModelShape(model, num_tokens, depth, prefix_tokens, cls_token)
         shapes = self._model_shapes(teacher, students or {})
-        lowrank = self.values_of("lowrank")
-        demands: list[tuple[Any, Any]] = []  # (rule on a shape, which shape comes closest to honouring it)
-        if "nystrom" in lowrank:
-            most = max(self.values_of("landmarks"))
-            demands.append((lambda s, m=most: landmarks_problem(m, s), lambda s: s.tokens))
-        for name, active in (("lowrank_blocks", any(v != "none" for v in lowrank)),
-                             ("token_drop_at", max(self.values_of("token_drop")) > 0)):
-            if active:
-                for value in self.values_of(name):
-                    demands.append((lambda s, n=name, v=value: indices_problem(n, v or (), s), lambda s: s.depth))
-        if max(self.values_of("token_drop")) > 0:
-            demands.append((drop_problem, lambda s: s.cls_token))
-        most_r = max(self.values_of("token_merge_r"))
-        if most_r > 0:
-            demands.append((lambda s: merge_problem(most_r, s), lambda s: s.patches))
+        demands = []  # (rule on a shape, which shape comes closest to honouring it): each technique's own
+        for t in _techniques().techniques():
+            if t.demands is not None and any(t.chosen({f: v}) for f in t.switch_fields for v in self.values_of(f)):
+                demands.extend(t.demands(self.values_of))
         for rule, closest in demands:
             problems = [rule(s) for s in shapes]
             if all(problems):

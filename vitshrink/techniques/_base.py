@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +115,10 @@ class Technique:
             (a custom student's width that its head count does not divide).
         accepts: CompressionConfig fields it reads without searching them (ort_int8 takes a
             hand-written calib_size), so that a value there is not refused as unused.
+        demands: (values_of) -> the (rule, closest) pairs a search space that can choose it asks of the
+            models it produces: `rule(shape)` says why a model cannot take the most demanding value
+            the space can sample (`values_of(flat_field)` lists them), `closest(shape)` ranks the
+            models for the message (the deepest for a block index). See `SearchSpace.check_model`.
     """
 
     name: str
@@ -129,6 +133,7 @@ class Technique:
     model_problem: Callable[[Any, CompressionConfig], str | None] | None = None
     problem: Callable[[Any], str | None] | None = None
     accepts: tuple[str, ...] = ()
+    demands: Callable[[Callable[[str], list[Any]]], Iterable[tuple[Callable[[Any], str | None], Callable[[Any], Any]]]] | None = None
 
     def __post_init__(self) -> None:
         own = {f.name for f in dataclasses.fields(self.config)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spaces._fit import indices_problem, landmarks_problem
+from ..spaces._fit import block_demands, indices_problem, landmarks_problem
 from ._base import AT_LEAST_ZERO, Technique, register_technique, setting
 
 
@@ -27,6 +27,12 @@ def _shape_problem(config, shape):
     return indices_problem("lowrank_blocks", config.lowrank_blocks, shape) or landmarks_problem(config.landmarks, shape)
 
 
+def _demands(values_of):
+    most = max(values_of("landmarks"))
+    yield (lambda s: landmarks_problem(most, s)), (lambda s: s.tokens)
+    yield from block_demands("lowrank_blocks", values_of)
+
+
 def _model_problem(model, config):
     from ..compress.lowrank import lowrank_problem
 
@@ -37,5 +43,5 @@ TECHNIQUE = register_technique(Technique(
     name="nystrom", stage="lowrank", config=NystromConfig,
     fields={"landmarks": "landmarks", "blocks": "lowrank_blocks", "conv": "nystrom_conv"},
     selector=("lowrank", "nystrom"), on={"lowrank": "nystrom", "landmarks": 8}, handler="nystrom",
-    shape_problem=_shape_problem, model_problem=_model_problem,
+    shape_problem=_shape_problem, model_problem=_model_problem, demands=_demands,
 ))

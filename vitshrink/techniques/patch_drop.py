@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spaces._fit import drop_problem, indices_problem
+from ..spaces._fit import block_demands, drop_problem, indices_problem
 from ._base import FRACTION, Technique, register_technique, setting
 
 
@@ -26,6 +26,11 @@ def _shape_problem(config, shape):
     return drop_problem(shape) or indices_problem("token_drop_at", config.token_drop_at, shape)
 
 
+def _demands(values_of):
+    yield from block_demands("token_drop_at", values_of)
+    yield drop_problem, (lambda s: s.cls_token)
+
+
 def _model_problem(model, config):
     from ..compress.tokens import token_problem
 
@@ -35,5 +40,5 @@ def _model_problem(model, config):
 TECHNIQUE = register_technique(Technique(
     name="patch_drop", stage="tokens", config=PatchDropConfig, fields={"fraction": "token_drop", "at": "token_drop_at"},
     switches=("fraction",), on={"token_drop": 0.1, "token_drop_at": (1,)}, handler="tokens",
-    shape_problem=_shape_problem, model_problem=_model_problem, problem=_problem,
+    shape_problem=_shape_problem, model_problem=_model_problem, problem=_problem, demands=_demands,
 ))

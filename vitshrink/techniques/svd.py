@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spaces._fit import indices_problem
+from ..spaces._fit import block_demands, indices_problem
 from ._base import Bounds, Technique, register_technique, setting
 
 
@@ -26,5 +26,5 @@ TECHNIQUE = register_technique(Technique(
     name="svd", stage="lowrank", config=SvdConfig, fields={"rank": "svd_rank", "blocks": "lowrank_blocks"},
     selector=("lowrank", "svd"), on={"lowrank": "svd"}, handler="svd",
     shape_problem=lambda config, shape: indices_problem("lowrank_blocks", config.lowrank_blocks, shape),
-    model_problem=_model_problem,
+    model_problem=_model_problem, demands=lambda values_of: block_demands("lowrank_blocks", values_of),
 ))

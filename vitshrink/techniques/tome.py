@@ -14,6 +14,11 @@ class TomeConfig:
     r: int = setting(0, bounds=AT_LEAST_ZERO)  # tokens merged per block; at most half the patches
 
 
+def _demands(values_of):
+    most = max(values_of("token_merge_r"))
+    yield (lambda s: merge_problem(most, s)), (lambda s: s.patches)
+
+
 def _model_problem(model, config):
     from ..compress.tokens import token_problem
 
@@ -24,4 +29,5 @@ TECHNIQUE = register_technique(Technique(
     name="tome", stage="tokens", config=TomeConfig, fields={"r": "token_merge_r"}, switches=("r",),
     on={"token_merge_r": 1}, handler="tokens",
     shape_problem=lambda config, shape: merge_problem(config.token_merge_r, shape), model_problem=_model_problem,
+    demands=_demands,
 ))
