@@ -24,7 +24,7 @@ def _search(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def _nothing_done(res: subprocess.CompletedProcess, tmp_path: Path) -> str:
+def _nothing_done(res, tmp_path: Path) -> str:
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.returncode == 2 and len(errors) == 1, res.stderr[-2000:]
     assert not (tmp_path / "cache" / "teachers").exists()  # no teacher trained
@@ -35,7 +35,12 @@ def _nothing_done(res: subprocess.CompletedProcess, tmp_path: Path) -> str:
 
 
 def test_gpus_per_trial_needs_the_ray_executor(tmp_path):
-    line = _nothing_done(_search(tmp_path, "--gpus-per-trial", "1"), tmp_path)
+    from support import run_cli  # in process: no Ray is started, nothing about the process matters
+
+    (tmp_path / "r.toml").write_text(tiny_recipe("gpus", trials=1))
+    line = _nothing_done(run_cli(["search", "r.toml", "--storage", f"sqlite:///{tmp_path / 'st.db'}",
+                                  "--gpus-per-trial", "1"], cwd=tmp_path,
+                                 env={"VITSHRINK_CACHE": str(tmp_path / "cache")}), tmp_path)
     assert "--gpus-per-trial" in line and "--executor ray" in line
 
 

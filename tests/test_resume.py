@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from support import GRACE, recipe_text, storage_url
+from support import GRACE, recipe_text, run_cli, storage_url
 from vitshrink.search import open_storage, run_search
 from vitshrink.search._storage import HEARTBEAT_ATTR, fail_stale_trials, owner_is_gone, trial_heartbeat
 from vitshrink.spaces import Recipe
@@ -162,12 +162,12 @@ def test_changed_space_is_refused_by_the_cli_without_a_traceback(tmp_path) -> No
     run_search(Recipe.from_file(recipe), storage=storage, evaluate_test=False)
     recipe.write_text(recipe.read_text().replace("prune_heads = [0.0, 0.5]", "prune_heads = [0.0, 0.75]"))
 
-    res = subprocess.run(_search_cmd(recipe, storage), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # in process (the exit code and stderr are the CLI's own; no signal or process matters here)
+    res = run_cli(_search_cmd(recipe, storage)[3:], cwd=tmp_path)
     assert res.returncode == 2
     assert "different search space" in res.stderr and "0.75" in res.stderr and "--new-study" in res.stderr
     assert "Traceback" not in res.stderr + res.stdout
 
-    res = subprocess.run(_search_cmd(recipe, storage, "--new-study"), cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+    res = run_cli(_search_cmd(recipe, storage, "--new-study")[3:], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert {s.study_name for s in optuna.get_all_study_summaries(storage)} == {"changed", "changed-2"}
