@@ -4,6 +4,7 @@ shared block walker, and the technique form of a recipe's [space]."""
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 
 import optuna
 import pytest
@@ -222,3 +223,30 @@ def test_a_technique_the_space_can_choose_without_its_needed_settings_is_refused
     ok = Recipe.from_toml_text('[space]\ntechniques = ["patch_drop"]\n[space.patch_drop]\nfraction = [0.0, 0.5]\n'
                                'at = [[1]]\n')
     assert ok.space.values_of("token_drop_at") == [(1,)]
+
+
+@pytest.mark.parametrize("space, refused", [
+    ('landmarks = 8\nquant = ["none", "dynamic_int8"]', "fixes landmarks = 8 but never chooses what uses it "
+                                                        "(lowrank='nystrom')"),
+    ('calib_size = 8\nquant = ["none", "ort_int8"]', "fixes calib_size = 8 but never chooses"),
+    ('kd_augment = "flip"\nquant = ["none", "bf16"]', "(student other than 'none' or kd_epochs > 0)"),
+    ('student_heads = 4\nstudent = ["none", "deit_tiny_patch16_224"]\nstudent_epochs = 1', "(student='custom')"),
+    ('landmarks = 8\nlowrank = ["none", "nystrom"]', None),  # used where Nystrom is sampled
+    ('kd_augment = "flip"\nkd_epochs = [0, 2]', None),
+    ('kd_epochs = 0\nquant = ["none", "dynamic_int8"]', None),  # a default fixes nothing away: harmless
+])
+def test_a_fixed_setting_of_a_technique_the_space_never_chooses_is_refused(space, refused):
+    """A recipe's fixed setting must mean something: one the space's techniques never use is refused by
+    name (it would be stored and do nothing); a study's stored recipe is not asked again."""
+    from recipes import tiny_recipe
+
+    text = tiny_recipe("fixed", space)
+    if refused is None:
+        assert dict(Recipe.from_toml_text(text).space.fixed)
+        return
+    with pytest.raises(ConfigError, match="so it would do nothing; let the space choose") as info:
+        Recipe.from_toml_text(text, "x.toml")
+    assert refused in str(info.value) and str(info.value).startswith("x.toml: the space fixes")
+    # the same recipe stored on a study (written before this check) still opens, its setting kept
+    stored = Recipe.from_dict(tomllib.loads(text), "stored recipe", stored=True)
+    assert dict(stored.space.fixed)[space.split(" = ")[0]] is not None

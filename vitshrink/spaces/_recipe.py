@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import data_shape  # attributes read at call time: data_shape imports this package's ConfigError
-from ._config import ConfigError
+from ._config import CompressionConfig, ConfigError
 from ._space import SearchSpace
 from ._space_form import read_space, warn_if_flat
 
@@ -237,6 +237,7 @@ class Recipe:
             _check_positive(self, source)
             _check_data_keys(self, source)
             _check_teacher_keys(self, source)
+            _check_fixed_settings(self, source)
 
     @property
     def canonical_dataset(self) -> str | None:
@@ -366,6 +367,35 @@ def _check_data_keys(r: Recipe, source: str) -> None:
     if kd_limit is not None and not trains:
         raise ConfigError(f"{source}: data.kd_limit = {kd_limit} has nothing to limit: the space never trains a "
                           "student or fine-tunes (student is always 'none', kd_epochs always 0); remove it")
+
+
+def _check_fixed_settings(r: Recipe, source: str) -> None:
+    """Refuse a setting the space fixes away from its default for a technique the space never
+    chooses: `landmarks = 8` with no Nystrom among the lowrank values would be stored and do nothing.
+    A recipe stored on a study is not asked: the study keeps what it was created with."""
+    from ..techniques import owners
+
+    defaults = CompressionConfig().to_dict()
+    for name, value in r.space.fixed:
+        users = owners(name)  # the techniques whose setting it is (none: a selector or a switch)
+        if not users or value == defaults[name] or (isinstance(value, tuple) and list(value) == defaults[name]):
+            continue
+        if any(_space_can_choose(r.space, t, t.meta(t.setting_of(name))["only"]) for t in users):
+            continue
+        how = " or ".join(f"{t.selector[0]}={only!r}" if t.selector and (only := t.meta(t.setting_of(name))["only"])
+                          else t.how_chosen() for t in users)
+        raise ConfigError(f"{source}: the space fixes {name} = {value!r} but never chooses what uses it ({how}), "
+                          f"so it would do nothing; let the space choose {how}, or remove {name}")
+
+
+def _space_can_choose(space: SearchSpace, technique, only: str | None) -> bool:
+    """Whether some value the space can sample chooses `technique` (and, for a setting that needs one
+    selector value, such as a custom student's width, that value)."""
+    for f in technique.switch_fields:
+        for v in space.values_of(f):
+            if technique.chosen({f: v}) and (only is None or v == only):
+                return True
+    return False
 
 
 def _check_teacher_keys(r: Recipe, source: str) -> None:
