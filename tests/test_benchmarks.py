@@ -90,10 +90,12 @@ def test_overhead_smoke(tmp_path):
         r = res[label]
         assert r["completed"] == 4 and r["trials_timed"] >= 2
         for row in r["rows"]:
-            # the parts add up: wall = build + measure + save + in-trial bookkeeping + outside run_trial
-            parts = row["build"] + row["measure"] + row["save"] + row["in_trial"] + row["outside"]
+            # the parts add up: wall = screen + build + measure + save + in-trial bookkeeping + outside run_trial
+            parts = row["screen"] + row["build"] + row["measure"] + row["save"] + row["in_trial"] + row["outside"]
             assert parts == pytest.approx(row["wall"], abs=2e-3)
-            assert row["build"] >= 0 and row["measure"] > 0 and row["save"] > 0 and row["outside"] > 0
+            assert row["overhead"] == pytest.approx(row["wall"] - row["screen"] - row["build"] - row["measure"], abs=2e-3)
+            assert row["screen"] >= 0 and row["build"] >= 0 and row["measure"] > 0 and row["save"] > 0
+            assert row["outside"] > 0
         assert 0 < r["overhead_share"] < 1
     if not reachable:
         require_service("PostgreSQL at " + url)
