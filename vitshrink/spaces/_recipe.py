@@ -378,24 +378,14 @@ def _check_fixed_settings(r: Recipe, source: str) -> None:
     defaults = CompressionConfig().to_dict()
     for name, value in r.space.fixed:
         users = owners(name)  # the techniques whose setting it is (none: a selector or a switch)
-        if not users or value == defaults[name] or (isinstance(value, tuple) and list(value) == defaults[name]):
+        if not users or (list(value) if isinstance(value, tuple) else value) == defaults[name]:
             continue
-        if any(_space_can_choose(r.space, t, t.meta(t.setting_of(name))["only"]) for t in users):
+        needed = [(t, t.meta(t.setting_of(name))["only"]) for t in users]  # with the selector value it needs
+        if any(r.space.can_choose(t, only) for t, only in needed):
             continue
-        how = " or ".join(f"{t.selector[0]}={only!r}" if t.selector and (only := t.meta(t.setting_of(name))["only"])
-                          else t.how_chosen() for t in users)
+        how = " or ".join(f"{t.selector[0]}={only!r}" if only else t.how_chosen() for t, only in needed)
         raise ConfigError(f"{source}: the space fixes {name} = {value!r} but never chooses what uses it ({how}), "
                           f"so it would do nothing; let the space choose {how}, or remove {name}")
-
-
-def _space_can_choose(space: SearchSpace, technique, only: str | None) -> bool:
-    """Whether some value the space can sample chooses `technique` (and, for a setting that needs one
-    selector value, such as a custom student's width, that value)."""
-    for f in technique.switch_fields:
-        for v in space.values_of(f):
-            if technique.chosen({f: v}) and (only is None or v == only):
-                return True
-    return False
 
 
 def _check_teacher_keys(r: Recipe, source: str) -> None:

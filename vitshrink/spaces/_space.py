@@ -384,6 +384,12 @@ class SearchSpace:
         fixed = dict(self.fixed)
         return [fixed[name]] if name in fixed else [_DEFAULTS[name]]
 
+    def can_choose(self, technique, only: str | None = None) -> bool:
+        """Whether some value this space can sample chooses `technique` (with selector value `only`,
+        where given: a custom student's width needs student = "custom", not just a student)."""
+        return any(technique.chosen({f: v}) and (only is None or v == only)
+                   for f in technique.switch_fields for v in self.values_of(f))
+
     def check_model(self, num_tokens: int, depth: int, prefix_tokens: int = 1, model: str = "the teacher", *,
                     cls_token: bool = True, students: dict[str, ModelShape] | None = None) -> None:
         """Refuse values this space can sample that no model it can produce honours, before any trial runs.
@@ -419,7 +425,7 @@ class SearchSpace:
         shapes = self._model_shapes(teacher, students or {})
         demands = []  # (rule on a shape, which shape comes closest to honouring it): each technique's own
         for t in _techniques().techniques():
-            if t.demands is not None and any(t.chosen({f: v}) for f in t.switch_fields for v in self.values_of(f)):
+            if t.demands is not None and self.can_choose(t):
                 demands.extend(t.demands(self.values_of))
         for rule, closest in demands:
             problems = [rule(s) for s in shapes]

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,14 +178,18 @@ class Technique:
         return self.problem(self.config(**{k: values[f] for k, f in self.fields.items()}))
 
     def meta(self, name: str) -> Mapping[str, Any]:
-        return next(f.metadata for f in dataclasses.fields(self.config) if f.name == name)
+        return self._metas[name]
 
-    @property
+    @functools.cached_property
+    def _metas(self) -> dict[str, Mapping[str, Any]]:
+        return {f.name: f.metadata for f in dataclasses.fields(self.config)}
+
+    @functools.cached_property  # asked for every field of every config: computed once
     def switch_fields(self) -> tuple[str, ...]:
         """The flat fields that decide whether it is chosen (its selector, or its switches)."""
         return (self.selector[0],) if self.selector else tuple(self.fields[s] for s in self.switches)
 
-    @property
+    @functools.cached_property  # asked for every field of every config: computed once
     def conditional_fields(self) -> tuple[str, ...]:
         """The flat fields that exist only where it is chosen (all but what chooses it)."""
         return tuple(f for f in self.fields.values() if f not in self.switch_fields)
@@ -222,6 +227,7 @@ class Technique:
 
 
 _TECHNIQUES: dict[str, Technique] = {}
+_RULES: dict[str, list[Mapping[str, Any]]] = {}  # CompressionConfig field -> the settings stored there (their metadata)
 
 
 def register_technique(technique: Technique) -> Technique:
@@ -229,6 +235,8 @@ def register_technique(technique: Technique) -> Technique:
     if technique.name in _TECHNIQUES:
         raise ValueError(f"technique {technique.name!r} registered twice")
     _TECHNIQUES[technique.name] = technique
+    for name, flat in technique.fields.items():
+        _RULES.setdefault(flat, []).append(technique.meta(name))
     return technique
 
 
@@ -269,8 +277,7 @@ def field_applies(flat_field: str, values: Mapping[str, Any]) -> bool:
 def value_problem(flat_field: str, value: Any) -> str | None:
     """Why `value` cannot be CompressionConfig field `flat_field`, by the rules of the technique
     settings stored there (choices, bounds), or None."""
-    for t in (t for t in _TECHNIQUES.values() if flat_field in t.fields.values()):
-        meta = t.meta(t.setting_of(flat_field))  # type: ignore[arg-type]
+    for meta in _RULES.get(flat_field, ()):
         if meta["choices"] is not None and value not in meta["choices"]:
             return f"{flat_field}={value!r} is not one of {', '.join(map(str, meta['choices']))}"
         if meta["bounds"] is not None and (p := meta["bounds"].problem(flat_field, value)):
@@ -294,8 +301,10 @@ def config_settings_problem(config: CompressionConfig) -> str | None:
         if p := value_problem(flat, values[flat]):
             return p
     for flat, value in values.items():
+        if value == _DEFAULTS[flat]:
+            continue
         own = owners(flat)
-        if value == _DEFAULTS[flat] or not any(t.meta(t.setting_of(flat))["unused"] for t in own):  # type: ignore[arg-type]
+        if not any(t.meta(t.setting_of(flat))["unused"] for t in own):  # type: ignore[arg-type]
             continue
         users = own + [t for t in _TECHNIQUES.values() if flat in t.accepts]
         if not any(t.chosen(values) for t in users):
