@@ -168,6 +168,10 @@ def test_three_drivers_complete_exactly_the_budget(kind, tmp_path, unique_name) 
     # drivers that share the recipe's seed still sample apart: no configuration completed twice, the
     # killed one's included (float params: equal means the same draw)
     ran = [json.dumps(t.user_attrs["config"], sort_keys=True) for t in trials if t.state == TrialState.COMPLETE]
-    assert len(ran) == len(set(ran)), table
+    # on failure, each trial with how it was queued, to tell a retry or requeue run twice from a sampler repeat
+    queued = [(t.number, t.state.name, {k: t.system_attrs.get(k) for k in ("fixed_params", "failed_trial")},
+               {k: t.user_attrs.get(k) for k in ("retry_of", "requeued_from", "not_run", "role", "worker")})
+              for t in trials]
+    assert len(ran) == len(set(ran)), queued
     # the warm start (the teacher) completed once, however many drivers enqueued it
     assert sum(t.user_attrs.get("role") == "teacher" for t in trials if t.state == TrialState.COMPLETE) == 1
