@@ -5,9 +5,12 @@ trial count too large to bind) and its own SQLite storage, study and latency cac
 its logits are shared (cached). Methods, each run once per ``--seeds`` seed, seeds interleaved so
 a machine that drifts affects every method alike:
 
-- ``vitshrink``: the recipe as written (its sampler, its warm start), structure-first screening and
-  per-epoch rungs on;
-- ``ablation``: the same with screening and rungs off;
+- ``vitshrink``: the vitshrink sampler (search/_proposer.py), the recipe's warm start, structure-first
+  screening and geometric rungs on;
+- ``nsga2``: the same with Optuna's NSGA-II (the default before the vitshrink sampler);
+- ``no-zero-shot`` / ``no-cold-start``: the vitshrink sampler without its zero-shot feature / its
+  cold start (random first trials);
+- ``ablation``: the vitshrink sampler with screening and rungs off;
 - ``random``: Optuna's RandomSampler, no warm start, screening and rungs off;
 - ``reference``: the teacher and the hand-picked reference set only (``seed_with = "reference"``,
   `vitshrink.search.reference_configs`), within the same budget.
@@ -37,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -58,7 +62,8 @@ from vitshrink.spaces import ConfigError, Recipe, SearchSpace, resolve_recipe  #
 
 log = logging.getLogger("benchmarks.search_efficiency")
 HERE = Path(__file__).resolve().parent
-METHODS = ("vitshrink", "ablation", "random", "reference")
+METHODS = ("vitshrink", "random", "reference", "nsga2", "no-zero-shot", "no-cold-start", "ablation")
+DEFAULT_METHODS = ("vitshrink", "random", "reference")
 DEFAULT_RECIPE = "fmnist-compute"
 DEFAULT_CHECKPOINT = HERE / "assets" / "fmnist_teacher.safetensors"
 # the teacher benchmarks/train_fmnist_teacher.py trains: compute-bound at batch 1 on 2 CPU cores
@@ -102,9 +107,13 @@ def method_recipe(recipe: Recipe, method: str, seed: int, budget: float) -> Reci
     """What `method` runs: same data, teacher, target and space, the wall-clock budget as the timeout."""
     common = dict(timeout=float(budget), seed=seed, trials=BIG_TRIALS)
     if method == "vitshrink":
-        changes = dict(screening=True, rungs=True)
+        changes = dict(sampler="vitshrink", screening=True, rungs=True)
+    elif method == "nsga2":  # the default before the vitshrink sampler
+        changes = dict(sampler="nsga2", screening=True, rungs=True)
+    elif method in ("no-zero-shot", "no-cold-start"):
+        changes = dict(sampler=f"vitshrink-{method}", screening=True, rungs=True)
     elif method == "ablation":
-        changes = dict(screening=False, rungs=False)
+        changes = dict(sampler="vitshrink", screening=False, rungs=False)
     elif method == "random":
         changes = dict(sampler="random", seed_with=None, screening=False, rungs=False)
     elif method == "reference":
@@ -177,7 +186,29 @@ def summarise(study, teacher_test: float, started: float, seconds: float, budget
         "teacher_val_accuracy": round(t_acc, 4), "teacher_latency_ms": round(t_lat, 4),
         "noisy_latency": sum(1 for t in done if t.user_attrs.get("latency_noisy")),
         "history": history,
+        **proposer_stats(study, budget),
     }
+
+
+def proposer_stats(study, budget: float) -> dict:
+    """The vitshrink sampler's record in one run: its time (share of the budget), the surrogate's last
+    leave-one-out rank correlations, and how well its predictions ranked the trials it chose."""
+    from optuna.trial import TrialState
+
+    from vitshrink.search._surrogate import spearman
+
+    props = [(t, t.user_attrs["proposal"]) for t in study.get_trials(deepcopy=False) if t.user_attrs.get("proposal")]
+    if not props:
+        return {}
+    seconds = sum(p.get("proposer_s", 0.0) for _, p in props)
+    modelled = [(t.values[0], p["accuracy_mean"]) for t, p in props
+                if t.state == TrialState.COMPLETE and p.get("accuracy_mean") is not None]
+    last_loo = next((p["loo_rho"] for _, p in reversed(props) if p.get("loo_rho")), None)
+    return {"proposer_s": round(seconds, 2), "proposer_share": round(seconds / budget, 4),
+            "cold_start_trials": sum(1 for _, p in props if p.get("mode") == "cold start"),
+            "loo_rho": last_loo,
+            "prediction_rho": round(spearman([m for _, m in modelled], [a for a, _ in modelled]), 3) if modelled else None,
+            "prediction_mae": round(statistics.median(abs(a - m) for a, m in modelled), 4) if modelled else None}
 
 
 def shared_teacher(recipe: Recipe) -> tuple[Recipe, float]:
@@ -221,7 +252,65 @@ def medians(rows: list[dict]) -> dict:
                                                                 "screened", "stopped", "seconds")} if rows else {}
 
 
+def hv_at(history: list, t: float) -> float:
+    """A run's hypervolume at `t` seconds since it began (a step function of its history)."""
+    value = 0.0
+    for when, hv in history:
+        if when > t:
+            break
+        value = hv
+    return value
+
+
+def reached_at(history: list, target: float, budget: float) -> float | None:
+    """Seconds until a run's hypervolume first reached `target` within the budget (None: never)."""
+    return next((when for when, hv in history if hv >= target - 1e-12 and when <= budget), None)
+
+
+def area_under(history: list, budget: float) -> float:
+    """The area under a run's hypervolume-time curve over the budget, divided by the budget."""
+    points = [(w, hv) for w, hv in history if w <= budget]
+    area, last_t, last_hv = 0.0, 0.0, 0.0
+    for when, hv in points:
+        area += (when - last_t) * last_hv
+        last_t, last_hv = when, hv
+    return (area + (budget - last_t) * last_hv) / budget
+
+
+def compare_methods(methods: dict[str, list[dict]], budget: float) -> dict:
+    """Per method: median hypervolume, per-seed ratio to random, area under the curve, and
+    `time_to_random_final` (median over seeds of the seconds to reach random's median final
+    hypervolume; a run that never does counts as never, null when the median run never does)."""
+    random_rows = {r["seed"]: r for r in methods.get("random", [])}
+    target = statistics.median(r["hypervolume"] for r in random_rows.values()) if random_rows else None
+    out = {}
+    for name, rows in methods.items():
+        if not rows:
+            continue
+        ratios = {r["seed"]: round(r["hypervolume"] / random_rows[r["seed"]]["hypervolume"], 3)
+                  for r in rows if r["seed"] in random_rows and random_rows[r["seed"]]["hypervolume"] > 0}
+        times = None
+        if target is not None:
+            reach = sorted((reached_at(r["history"], target, budget) for r in rows), key=lambda v: math.inf if v is None else v)
+            mid = reach[(len(reach) - 1) // 2] if len(reach) % 2 else None
+            if len(reach) % 2 == 0:
+                a, b = reach[len(reach) // 2 - 1], reach[len(reach) // 2]
+                mid = None if a is None or b is None else (a + b) / 2
+            times = mid
+        out[name] = {"median_hypervolume": round(statistics.median(r["hypervolume"] for r in rows), 5),
+                     "ratio_to_random": ratios,
+                     "median_ratio_to_random": round(statistics.median(ratios.values()), 3) if ratios else None,
+                     "seeds_above_random": sum(1 for v in ratios.values() if v > 1.0),
+                     "median_area_under_curve": round(statistics.median(area_under(r["history"], budget)
+                                                                         for r in rows), 5),
+                     "time_to_random_final": round(times, 1) if times is not None else None,
+                     "median_proposer_share": (round(statistics.median(r["proposer_share"] for r in rows), 4)
+                                               if all("proposer_share" in r for r in rows) else None)}
+    return {"random_median_final_hypervolume": target, "methods": out}
+
+
 def run(args: argparse.Namespace) -> dict:
+    load_at_start = os.getloadavg()
     torch.set_num_threads(2)
     if args.smoke:
         recipe = smoke_recipe()
@@ -254,6 +343,7 @@ def run(args: argparse.Namespace) -> dict:
     results["budget_s"] = float(args.budget)
     med = {m: medians(rs) for m, rs in results["methods"].items()}
     results["medians"] = med
+    results["comparison"] = compare_methods(results["methods"], float(args.budget))
     if med.get("vitshrink") and med.get("random"):
         results["vitshrink_over_random"] = {
             k: round(med["vitshrink"][k] / med["random"][k], 3) if med["random"][k] else None
@@ -266,7 +356,7 @@ def run(args: argparse.Namespace) -> dict:
         "target": recipe.device, "latency": {"runs": recipe.latency_runs, "max_runs": recipe.latency_max_runs,
                                              "target_cv": recipe.latency_target_cv},
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "host": platform.node(), "torch": torch.__version__},
-        "load_avg_at_end": os.getloadavg(),
+        "load_avg_at_start": load_at_start, "load_avg_at_end": os.getloadavg(),
     }
     return results
 
@@ -307,6 +397,10 @@ def table(results: dict) -> str:
             lines.append(f"| {method} | {r['seed']} | {r['hypervolume']:.4f} | {r['best_speedup_at_1pt']:.2f}x | "
                          f"{r['trained']} | {r['screened']} | {r['stopped']} | {r['seconds']:.0f} |")
     t = results["teacher"]
+    for name, c in (results.get("comparison") or {}).get("methods", {}).items():
+        lines.append(f"{name}: median HV {c['median_hypervolume']}, per-seed ratio to random {c['ratio_to_random']} "
+                     f"(median {c['median_ratio_to_random']}), AUC {c['median_area_under_curve']}, time to random's "
+                     f"median final {c['time_to_random_final']} s, proposer share {c['median_proposer_share']}")
     lines.append(f"\nteacher: test {t['test_accuracy']}, {t['latency_ms']} ms; budget {results['budget_s']:.0f} s; "
                  f"vitshrink / random (medians): {results.get('vitshrink_over_random')}")
     return "\n".join(lines)
@@ -320,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the {DEFAULT_RECIPE} teacher's weights (benchmarks/train_fmnist_teacher.py)")
     parser.add_argument("--budget", type=float, default=600.0, help="wall-clock seconds per run")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"some of {', '.join(METHODS)}")
     parser.add_argument("--tmp", default="benchmarks/results/tmp/search_efficiency",
                         help="folder of each run's storage, artifacts and latency cache")
     parser.add_argument("--smoke", action="store_true", help="digits, a tiny teacher, 20 s per run, seed 0")

@@ -169,6 +169,7 @@ class LatencyResult:
     noisy: bool = False
     target_cv: float | None = None
     stale_reference_ms: float | None = None
+    other_load: float | None = None  # cores other processes kept busy just before timing (None: not known)
 
     def batch(self, size: int) -> BatchLatency:
         for b in self.batches:
@@ -205,4 +206,4 @@ class LatencyResult:
         batches = tuple(BatchLatency(**b) for b in d["batches"])
         return cls(batches, d.get("throughput"), int(d["threads"]), dict(d.get("target") or {}),
                    float(d.get("started_at", 0.0)), float(d.get("finished_at", 0.0)), float(d.get("load_avg", 0.0)),
-                   bool(d.get("noisy", False)), d.get("target_cv"), d.get("stale_reference_ms"))
+                   bool(d.get("noisy", False)), d.get("target_cv"), d.get("stale_reference_ms"), d.get("other_load"))

@@ -54,6 +54,39 @@ def _load_average() -> float:
         return 0.0
 
 
+OTHERS_WINDOW_S = 0.1
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine, ticks of this process) from /proc; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            parts = [int(v) for v in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)  # idle + iowait
+    return sum(parts[:8]) - idle, int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def other_load(window_s: float = OTHERS_WINDOW_S) -> float | None:
+    """Cores kept busy by other processes, averaged over `window_s` while this one waits: what
+    competes with a latency measurement now. The load average cannot say this: it counts the
+    search's own training of the last minute, which has ended when the timing starts."""
+    before = _cpu_ticks()
+    if before is None:
+        return None
+    t0 = time.monotonic()
+    time.sleep(window_s)
+    after = _cpu_ticks()
+    elapsed = time.monotonic() - t0
+    if after is None or elapsed <= 0:
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / hz / elapsed)
+
+
 @contextlib.contextmanager
 def _threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -134,13 +167,11 @@ def measure_latency(
         with machine_lock(), _threads(threads), torch.no_grad():
             for m in models:
                 m.eval()
-            started = time.time()
             load = _load_average()
-            if load > (os.cpu_count() or 1):
-                # other work (e.g. training beside the trial) starves intra-op threads: with 2 threads
-                # on 2 busy cores torch was measured 400x slower than alone, so say it loudly
-                log.warning("latency measured on a busy machine (load %.1f on %d cores): results are inflated",
-                            load, os.cpu_count() or 1)
+            # other work (e.g. another worker training beside it) starves intra-op threads: with 2 threads
+            # on 2 busy cores torch was measured 400x slower than alone. Stored; the search says it once a run
+            others = other_load() if device.type == "cpu" else None
+            started = time.time()
             for batch in protocol.all_batches:
                 x = torch.randn((batch, *shape), generator=gen).to(device)
                 for _ in range(protocol.warmup):
@@ -159,10 +190,10 @@ def measure_latency(
         throughput = next(r.images_per_s for r in results if r.batch == protocol.throughput_batch)
     noisy = protocol.adaptive and results[0].spread >= protocol.target_cv
     if noisy:
-        log.warning("latency spread %.1f %% after %d runs is above the %.1f %% target: the result is marked noisy",
-                    100 * results[0].spread, results[0].runs, 100 * protocol.target_cv)
+        log.debug("latency spread %.1f %% after %d runs is above the %.1f %% target: the result is marked noisy",
+                  100 * results[0].spread, results[0].runs, 100 * protocol.target_cv)
     return LatencyResult(tuple(results), throughput, threads, target.describe(), started, finished, load,
-                         noisy=noisy, target_cv=protocol.target_cv)
+                         noisy=noisy, target_cv=protocol.target_cv, other_load=others)
 
 
 def measure_latency_cached(

@@ -23,7 +23,7 @@ from ..spaces import Recipe
 from ._budget import count_states, max_pruned  # noqa: F401 - re-exported
 from ._executor import SearchJob, make_executor, taken_trials
 from ._fingerprint import changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
-from ._latency import record_latency_reference
+from ._latency import latency_warnings, record_latency_reference
 from ._pareto import pareto_trials
 from ._samplers import make_sampler
 from ._schema import (ARTIFACT_DIR_ATTR, CLASSES_ATTR, DATA_ATTR, FINGERPRINT_ATTR,
@@ -79,7 +79,7 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
             fingerprint = merged(old, fingerprint)
     n_trials = len(optuna.load_study(study_name=name, storage=storage).trials) if existing else 0
     sampler = make_sampler(recipe.sampler, seed=recipe.seed + n_trials if n_existing_seed else recipe.seed,
-                           warm_starts=len(warm_start_configs(recipe)))
+                           warm_starts=len(warm_start_configs(recipe)), recipe=recipe)
     study = optuna.create_study(study_name=name, storage=storage, directions=directions_of(recipe.objectives),
                                 sampler=sampler,
                                 load_if_exists=True)
@@ -145,6 +145,8 @@ def run_search(
     # does not take itself is another driver's, sampling from the same seed unless one reseeds
     taken_at_open = taken_trials(study)
     ctx = make_context(recipe, progress=on_teacher_epoch, data=data)
+    if hasattr(study.sampler, "attach"):  # the vitshrink sampler measures structures with this context
+        study.sampler.attach(ctx)
     study.set_user_attr(TEACHER_ATTR, ctx.teacher_spec.to_dict())
     study.set_user_attr(TEACHER_ACCURACY_ATTR, ctx.teacher_accuracy)
     study.set_user_attr(DATA_ATTR, ctx.data.describe())
@@ -156,6 +158,8 @@ def run_search(
     enqueue_warm_starts(study, recipe)
     art_dir = study.user_attrs[ARTIFACT_DIR_ATTR]
     summary = runner.run(SearchJob(study, recipe, storage, art_dir, ctx, start, grace_period, on_trial, taken_at_open))
+    for line in latency_warnings([t for t in study.get_trials(deepcopy=False) if t.number not in taken_at_open]):
+        log.warning(line)  # once per run, with the trials it concerns
     if evaluate_test:
         evaluate_pareto_on_test(study, ctx)
     return summary

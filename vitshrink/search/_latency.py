@@ -79,6 +79,34 @@ def latency_attrs(lat: LatencyResult, cached: bool, baseline: float | None) -> d
             LATENCY_SPREAD_ATTR: float(primary.spread), LATENCY_NOISY_ATTR: bool(lat.noisy)}
 
 
+BUSY_CORES = 0.5  # other processes' load during a measurement worth saying (in cores)
+
+
+def latency_warnings(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """What to say once about the latencies of `trials` (a run's): those timed while other processes
+    kept cores busy (the search's own training is not counted: it waits while timing) and those
+    whose spread stayed above the protocol's target."""
+    busy, noisy = [], []
+    for t in trials:
+        lat = t.user_attrs.get(LATENCY_ATTR) or {}
+        if lat.get("cached"):
+            continue
+        if (lat.get("other_load") or 0.0) >= BUSY_CORES:
+            busy.append((t.number, float(lat["other_load"])))
+        if t.user_attrs.get(LATENCY_NOISY_ATTR):
+            noisy.append(t.number)
+    out = []
+    if busy:
+        worst = max(load for _, load in busy)
+        out.append(f"latency was measured while other processes kept up to {worst:.1f} cores busy in trial(s) "
+                   f"{', '.join(str(n) for n, _ in busy)}: their latencies may be inflated (each is a ratio to the "
+                   "teacher timed beside it, which corrects a steady load)")
+    if noisy:
+        out.append(f"latency spread stayed above the protocol's target in trial(s) {', '.join(map(str, noisy))} "
+                   f"(user attr {LATENCY_NOISY_ATTR})")
+    return out
+
+
 def objective_ms(latency_attr: dict[str, Any]) -> float:
     """The latency objective a stored ``latency`` user attr stands for (older trials: the median)."""
     value = latency_attr.get("objective_ms")

@@ -36,7 +36,7 @@ from ..training import TrainingDevice, resolve_training
 from ._latency import latency_attrs, latency_baseline
 from ._schema import (ACCURACY_DROP_ATTR, ARTIFACT_ATTR, CONFIG_ATTR, CONFIG_OVERRIDE_ATTR, FAIL_REASON_ATTR,
                       FINISHED_AT_ATTR, LABEL_ATTR, LATENCY_ATTR, LATENCY_SPREAD_ATTR, MACS_ATTR, METRICS_ATTR,
-                      PARAMS_ATTR, PRUNED_REASON_ATTR, RECORDS_ATTR, RETRY_OF_ATTR, ROLE_ATTR, SECONDS_ATTR, WORKER_ATTR,
+                      PARAMS_ATTR, PROPOSAL_ATTR, PRUNED_REASON_ATTR, RECORDS_ATTR, RETRY_OF_ATTR, ROLE_ATTR, SECONDS_ATTR, WORKER_ATTR,
                       set_user_attrs)
 from ._storage import this_worker
 
@@ -369,7 +369,7 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
         trial.set_user_attr(RECORDS_ATTR, result.records)
         set_user_attrs(trial, latency)
         if lat.noisy:
-            log.warning("trial %d: latency spread %.1f %% after %d runs is above the %.1f %% target (latency_noisy)",
+            log.debug("trial %d: latency spread %.1f %% after %d runs is above the %.1f %% target (latency_noisy)",
                         trial.number, 100 * latency[LATENCY_SPREAD_ATTR], lat.batches[0].runs, 100 * ctx.protocol.target_cv)
         trial.set_user_attr(PARAMS_ATTR, sum(p.numel() for p in result.float_model.parameters()))
         trial.set_user_attr(MACS_ATTR, macs)
@@ -436,6 +436,9 @@ def _sample_or_prune(trial: optuna.Trial, recipe: Recipe, ctx: SearchContext) ->
         _prune(trial, str(exc))
     trial.set_user_attr(CONFIG_ATTR, config.to_dict())
     trial.set_user_attr(LABEL_ATTR, config.summary())
+    proposal_of = getattr(trial.study.sampler, "proposal_of", None)  # the vitshrink sampler's prediction
+    if proposal_of is not None and (prediction := proposal_of(trial.number)) is not None:
+        trial.set_user_attr(PROPOSAL_ATTR, prediction)
     reason = impossible_reason(ctx.teacher, config)
     if reason:
         _prune(trial, f"impossible combination: {reason}")

@@ -140,9 +140,11 @@ def _trial_task(recipe: Recipe, storage_url: str, study_name: str, artifact_dir:
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval_for(grace_period),
                            grace_period=grace_period)
     # a seed per task: concurrent tasks with one seed would sample the same configuration
-    sampler = make_sampler(recipe.sampler, seed=seed, warm_starts=len(warm_start_configs(recipe)))
+    sampler = make_sampler(recipe.sampler, seed=seed, warm_starts=len(warm_start_configs(recipe)), recipe=recipe)
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
     ctx = context_for(recipe)
+    if hasattr(sampler, "attach"):
+        sampler.attach(ctx)
     task_id = ray.get_runtime_context().get_task_id()
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:

@@ -31,7 +31,8 @@ from ._space_form import read_space, warn_if_flat
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("nsga2", "tpe", "gp", "random")
+SAMPLERS = ("vitshrink", "nsga2", "tpe", "gp", "random")
+SAMPLER_ABLATIONS = ("vitshrink-no-zero-shot", "vitshrink-no-cold-start")  # benchmarks only
 # what a study optimises unless its recipe says (vitshrink.objectives registers every name)
 DEFAULT_OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 
@@ -103,7 +104,7 @@ class Recipe:
     throughput_batch: int = 0
     trials: int = 20
     timeout: float | None = None
-    sampler: str = "nsga2"
+    sampler: str = "vitshrink"
     seed: int = 0
     seed_with: str | None = None
     max_failures: int | None = None
@@ -194,7 +195,7 @@ class Recipe:
             throughput_batch=target.get("throughput_batch", 0),
             trials=study.get("trials", 20),
             timeout=parse_duration(study.get("timeout")),
-            sampler=study.get("sampler", "nsga2"),
+            sampler=study.get("sampler", "vitshrink"),
             seed=study.get("seed", 0),
             seed_with=study.get("seed_with"),
             max_failures=study.get("max_failures"),
@@ -209,7 +210,7 @@ class Recipe:
         return recipe
 
     def validate(self, source: str = "<recipe>", stored: bool = False) -> None:
-        if self.sampler not in SAMPLERS:
+        if self.sampler not in SAMPLERS + SAMPLER_ABLATIONS:
             raise ConfigError(f"{source}: study.sampler = {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
         if self.trials < 1:
             raise ConfigError(f"{source}: study.trials = {self.trials} must be at least 1")
