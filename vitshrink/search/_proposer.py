@@ -53,7 +53,7 @@ from ._latency import latency_baseline
 from ._pareto import default_reference, is_feasible, normalized_values, pareto_front
 from ._rungs import rung_subset, subset_accuracy
 from ._screening import measure_structure, untrained_structure
-from ._schema import CONFIG_ATTR, PROPOSAL_ATTR, ROLE_ATTR, SECONDS_ATTR, metric
+from ._schema import CONFIG_ATTR, ROLE_ATTR, SECONDS_ATTR, STOPPED_AT_ATTR, metric
 from ._trial import SearchContext, context_for
 from ._surrogate import MIN_FIT, choose_surrogate, expected_improvement, fit_log_linear, fit_surrogate
 
@@ -61,11 +61,11 @@ log = logging.getLogger(__name__)
 
 POOL = 256  # candidates drawn from the space per proposal
 MUTANTS = 96  # of which mutations and crossovers of the front (when there is a front)
-ZERO_SHOT_TOP = 6  # candidates whose zero-shot accuracy is measured before the final choice
+ZERO_SHOT_TOP = 4  # candidates whose zero-shot accuracy is measured before the final choice
 ZERO_SHOT_IMAGES = 256
 COLD_TRIALS = 4  # completed trials (the teacher included) before the surrogate chooses
 PROBES = 8  # structures the cold start measures so latency and size can be predicted for the pool
-RESELECT = 1.25  # the surrogate is chosen again (leave-one-out) when the completed trials grow by this factor
+RESELECT = 1.5  # the surrogate is chosen again (leave-one-out) when the completed trials grow by this factor
 MIN_SECONDS = 0.5
 
 
@@ -240,7 +240,8 @@ class VitshrinkSampler(BaseSampler):
         self._zero_shot: dict[str, float] = {}
         self._probes: dict[str, dict[str, float]] = {}  # measured by the cold start: config -> structural values
         self._named: dict[str, tuple[int, int, int, int, int]] = {}
-        self._surrogate_kind: tuple[int, str, dict[str, float]] | None = None  # (n when chosen, kind, LOO rho)
+        self._surrogate_kind: tuple[int, str, dict[str, float]] | None = None
+        self._stopped: list[FrozenTrial] = []  # (n when chosen, kind, LOO rho)
 
     # --- Optuna's sampler interface --------------------------------------------------------------------------
     def attach(self, ctx: SearchContext) -> None:
@@ -307,6 +308,8 @@ class VitshrinkSampler(BaseSampler):
         dims = _Dims(ctx.teacher)
         rng = self._rng(trial.number)
         completed = [t for t in trials if t.state == TrialState.COMPLETE and t.values and CONFIG_ATTR in t.user_attrs]
+        self._stopped = [t for t in trials if t.state == TrialState.PRUNED and CONFIG_ATTR in t.user_attrs
+                         and (t.user_attrs.get(STOPPED_AT_ATTR) or {}).get("accuracy") is not None]
         tried = set()
         for t in trials:
             if CONFIG_ATTR in t.user_attrs and t.state != TrialState.FAIL:
@@ -504,10 +507,15 @@ class VitshrinkSampler(BaseSampler):
 
     def _model_pick(self, pool, est, x, norm_costs, completed, dims, front, reference, max_error):
         """The candidate with the largest expected hypervolume improvement per predicted second."""
-        configs = [CompressionConfig.from_dict(t.user_attrs[CONFIG_ATTR]) for t in completed]
+        seconds = self._seconds_model(completed, [CompressionConfig.from_dict(t.user_attrs[CONFIG_ATTR])
+                                                  for t in completed], dims)
+        # a trial stopped at a rung counts at the accuracy it was stopped with: else its neighbours,
+        # which train the same way, would be proposed again and stopped at the same epoch
+        observed = completed + [t for t in self._stopped]
+        configs = [CompressionConfig.from_dict(t.user_attrs[CONFIG_ATTR]) for t in observed]
         cx = np.array([features(c, estimate(c, dims, self._named_shapes(c))) for c in configs])
-        acc = np.array([t.values[0] for t in completed], dtype=float)
-        seconds = self._seconds_model(completed, configs, dims)
+        acc = np.array([t.values[0] if t.values else t.user_attrs[STOPPED_AT_ATTR]["accuracy"] for t in observed],
+                       dtype=float)
         base = fit_surrogate(cx, acc, "forest", self.seed)  # stage 1: without zero-shot, the whole pool
         mean, std = base.predict(x)
         score = self._scores(mean, std, norm_costs, est, seconds, front, reference, max_error)
