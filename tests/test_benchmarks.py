@@ -48,8 +48,8 @@ def test_fashion_mnist_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_search_efficiency_smoke(tmp_path):
-    """All four methods at one wall-clock budget: the JSON has the documented schema, each run kept to
-    its own storage, and the PNG is written beside it."""
+    """The default methods at one wall-clock budget: the JSON has the documented schema (per run, per
+    method and the comparison with random), each run kept to its own storage, and the PNG beside it."""
     bench = _load("search_efficiency")
     out = tmp_path / "se.json"
     # 10 s a method (the smoke's default is 20): every run still starts with the teacher trial
@@ -57,7 +57,12 @@ def test_search_efficiency_smoke(tmp_path):
     res = json.loads(out.read_text())
     assert set(res) >= {"teacher", "budget_s", "methods"} and res["budget_s"] == 10.0
     assert set(res["teacher"]) >= {"test_accuracy", "latency_ms"} and res["teacher"]["latency_ms"] > 0
-    assert list(res["methods"]) == ["vitshrink", "ablation", "random", "reference"]
+    assert list(res["methods"]) == ["vitshrink", "random", "reference"]
+    comparison = res["comparison"]["methods"]
+    assert set(comparison) == set(res["methods"]) and comparison["random"]["median_ratio_to_random"] == 1.0
+    for c in comparison.values():
+        assert set(c) >= {"median_hypervolume", "ratio_to_random", "median_area_under_curve", "time_to_random_final"}
+    assert 0 < res["methods"]["vitshrink"][0]["proposer_share"] < 1  # the proposer's time, out of the budget
     for method, rows in res["methods"].items():
         assert [r["seed"] for r in rows] == [0]
         r = rows[0]
@@ -217,3 +222,20 @@ def test_bf16_accuracy_smoke(tmp_path):
     assert all(0 <= r["test_accuracy"] <= 1 and r["train_seconds"] > 0 for r in res["rows"])
     s = res["summary"]["digits"]
     assert s["median_bf16_minus_fp32"] == pytest.approx(res["rows"][1]["test_accuracy"] - res["rows"][0]["test_accuracy"])
+
+
+def test_time_to_random_final_is_the_median_run_reaching_randoms_median() -> None:
+    bench = _load("search_efficiency")
+    random = [{"seed": s, "hypervolume": hv, "history": [[10.0, hv / 2], [150.0, hv]]}
+              for s, hv in ((0, 0.4), (1, 0.5), (2, 0.6))]
+    fast = [{"seed": s, "hypervolume": hv, "history": [[t, hv]]}
+            for s, hv, t in ((0, 0.8, 30.0), (1, 0.45, 20.0), (2, 0.9, 60.0))]  # seed 1 never reaches 0.5
+    res = bench.compare_methods({"random": random, "fast": fast}, 180.0)
+    assert res["random_median_final_hypervolume"] == 0.5
+    f = res["methods"]["fast"]
+    assert f["time_to_random_final"] == 60.0  # reached at 30 s, 60 s, never: the median run is at 60 s
+    assert f["ratio_to_random"] == {0: 2.0, 1: 0.9, 2: 1.5} and f["median_ratio_to_random"] == 1.5
+    assert f["seeds_above_random"] == 2
+    assert res["methods"]["random"]["time_to_random_final"] == 150.0
+    # areas 0.8 x 150/180, 0.45 x 160/180, 0.9 x 120/180 = 0.667, 0.4, 0.6 of the budget: median 0.6
+    assert f["median_area_under_curve"] == pytest.approx(0.6, abs=1e-5)

@@ -172,11 +172,68 @@ def test_trial_clearly_behind_its_peers_at_an_epoch_is_stopped_there(stopped_stu
     assert stopped["stopped_at"]["accuracy"] == stopped["rung:student:1/3"]
     assert "rung:student:2/3" not in stopped  # it trained no further
     for n in (1, 2):  # its peers recorded every epoch
-        assert {f"rung:student:{e}/3" for e in (1, 2, 3)} <= set(trials[n].user_attrs)
+        assert {"rung:student:1/3", "rung:student:3/3"} <= set(trials[n].user_attrs)  # its rung and its end
         assert trials[n].user_attrs["rung:student:1/3"] > stopped["rung:student:1/3"] + 0.02
 
 
 @pytest.mark.slow
+def test_rungs_are_geometric_fractions_of_a_stage() -> None:
+    from vitshrink.search._rungs import rung_epochs
+
+    assert rung_epochs(27) == (1, 3, 9) and rung_epochs(81) == (3, 9, 27)
+    assert rung_epochs(2) == (1,) and rung_epochs(1) == ()  # the last epoch is never a rung
+
+
+def _at_rung(acc: float, lat: float, size: float, key: str = "rung:student:1/9"):
+    return create_trial(values=[0.5, lat, size], params={"x": 0.0}, distributions={"x": FloatDistribution(0, 1)},
+                        user_attrs={key: acc})
+
+
+def test_rung_rank_is_non_dominated_sorting_on_accuracy_and_known_costs() -> None:
+    from vitshrink.search._rungs import rung_rank
+
+    key = "rung:student:1/9"
+    peers = [_at_rung(0.80, 1.0, 100), _at_rung(0.70, 0.5, 50), _at_rung(0.60, 0.4, 40)]
+    for i, t in enumerate(peers):
+        t.number = i + 1
+    # slower and larger than all three and less accurate than the first two: behind the front of three
+    assert rung_rank(key, 0.65, _structure(2.0, 200), peers, 0.02, 9) == (1, 3, 4)
+    # the cheapest of all: on the front whatever its accuracy
+    assert rung_rank(key, 0.30, _structure(0.1, 10), peers, 0.02, 9)[0] == 0
+    # within the margin of a peer that costs the same: not dominated by it
+    assert rung_rank(key, 0.79, _structure(1.0, 100), peers, 0.02, 9)[0] == 0
+
+
+def test_latency_load_of_other_processes_is_measured_and_said_once() -> None:
+    import subprocess
+    import sys
+
+    from vitshrink.objectives.latency import other_load
+    from vitshrink.search._latency import latency_warnings
+
+    quiet = other_load(0.3)
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        import time
+
+        time.sleep(0.5)
+        busy = other_load(0.5)
+    finally:
+        spin.kill()
+    assert quiet is not None and busy is not None and busy >= quiet + 0.5  # one more core kept busy by another
+
+    def timed(number, load, noisy=False, cached=False):
+        return create_trial(values=[0.9, 1.0, 1.0], user_attrs={"latency": {"other_load": load, "cached": cached},
+                                                               "latency_noisy": noisy})
+
+    trials = [timed(0, 0.0), timed(1, 1.6), timed(2, 0.9, noisy=True), timed(3, 2.0, cached=True)]
+    for i, t in enumerate(trials):
+        t.number = i
+    lines = latency_warnings(trials)
+    assert len(lines) == 2 and "trial(s) 1, 2:" in lines[0] and "1.6 cores" in lines[0] and "trial(s) 2 " in lines[1]
+    assert latency_warnings(trials[:1]) == []
+
+
 def test_resume_never_retrains_stopped_trials_and_pareto_excludes_them(stopped_study) -> None:
     from vitshrink.search import pareto_trials, run_search
     from vitshrink.search._storage import fail_stale_trials

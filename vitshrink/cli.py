@@ -172,7 +172,8 @@ def search(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="The teacher's weights (safetensors/pth)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="digits, fashion-mnist, cifar10 or image-folder."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the dataset's files are."),
-    sampler: Optional[str] = typer.Option(None, help="nsga2, tpe, gp or random."),
+    sampler: Optional[str] = typer.Option(
+        None, help="vitshrink (the default: scores candidates before training), nsga2, tpe, gp or random."),
     seed_with: Optional[str] = typer.Option(None, "--seed-with", help="'reference': enqueue the hand-picked set."),
     executor: str = typer.Option("local", help="local, or ray to run trials on a Ray cluster."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),

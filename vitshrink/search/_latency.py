@@ -23,7 +23,7 @@ import optuna
 
 from ..objectives import LatencyResult, measure_latency
 from ._schema import (FINGERPRINT_ATTR, LATENCY_ATTR, LATENCY_IQR_ATTR, LATENCY_NOISY_ATTR, LATENCY_REFERENCE_ATTR,
-                      LATENCY_SPREAD_ATTR)
+                      LATENCY_SPREAD_ATTR, objective_ms)  # noqa: F401 - objective_ms re-exported
 
 if TYPE_CHECKING:
     from ._trial import SearchContext
@@ -105,9 +105,3 @@ def latency_warnings(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
         out.append(f"latency spread stayed above the protocol's target in trial(s) {', '.join(map(str, noisy))} "
                    f"(user attr {LATENCY_NOISY_ATTR})")
     return out
-
-
-def objective_ms(latency_attr: dict[str, Any]) -> float:
-    """The latency objective a stored ``latency`` user attr stands for (older trials: the median)."""
-    value = latency_attr.get("objective_ms")
-    return float(value if value is not None else latency_attr["batches"][0]["median_ms"])

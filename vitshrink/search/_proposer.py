@@ -327,7 +327,7 @@ class VitshrinkSampler(BaseSampler):
         x = np.array([features(p.config, e) for p, e in zip(pool, est)])
         structural = [o for o in chosen if o.structural]
         measured = self._measured(trials, structural, objectives)
-        if self.cold_start and len(measured) < PROBES + 1:
+        if len(measured) < PROBES + 1:
             self._probe(pool, x, rng, structural, study)
             measured = self._measured(trials, structural, objectives)
         costs = self._predict_costs(pool, x, measured, dims, structural)
@@ -344,6 +344,8 @@ class VitshrinkSampler(BaseSampler):
         max_error = None
         if "max_accuracy_drop" in self.recipe.constraints:
             max_error = 1 - (ctx.teacher_accuracy - self.recipe.constraints["max_accuracy_drop"])
+        if len(completed) < COLD_TRIALS and not self.cold_start:
+            return None  # the ablation: the first trials are drawn at random
         if len(completed) < COLD_TRIALS:
             pick, info = self._cold_pick(pool, norm_costs, completed, dims, teacher_values, objectives, rng)
         else:
@@ -370,7 +372,7 @@ class VitshrinkSampler(BaseSampler):
         front = [t for t in completed if is_feasible(t)]
         parents = [t.params for t in pareto_front(front, study.directions)] if front else []
         out: dict[str, Proposal] = {}
-        draws = optuna.create_study(sampler=RandomSampler(seed=int(rng.randint(2**31))))
+        draws = _scratch_study(RandomSampler(seed=int(rng.randint(2**31))))
         mutants = MUTANTS if parents else 0
         attempts = 0
         while len(out) < self.pool and attempts < 4 * self.pool:
@@ -511,7 +513,7 @@ class VitshrinkSampler(BaseSampler):
                                                   for t in completed], dims)
         # a trial stopped at a rung counts at the accuracy it was stopped with: else its neighbours,
         # which train the same way, would be proposed again and stopped at the same epoch
-        observed = completed + [t for t in self._stopped]
+        observed = sorted(completed + self._stopped, key=lambda t: t.number)
         configs = [CompressionConfig.from_dict(t.user_attrs[CONFIG_ATTR]) for t in observed]
         cx = np.array([features(c, estimate(c, dims, self._named_shapes(c))) for c in configs])
         acc = np.array([t.values[0] if t.values else t.user_attrs[STOPPED_AT_ATTR]["accuracy"] for t in observed],
@@ -547,15 +549,19 @@ class VitshrinkSampler(BaseSampler):
         return pick, info
 
     def _surrogate(self, x: np.ndarray, y: np.ndarray):
-        """The accuracy surrogate: the kind chosen by leave-one-out rank correlation, chosen again when the
-        completed trials have grown by `RESELECT` since."""
+        """The accuracy surrogate, of the kind that ranked best leave-one-out on the first m trials, m the
+        last of the schedule 4, 6, 9, 14, ... (x `RESELECT`) reached: a function of the stored trials
+        (rows in trial order), so a resumed search chooses as the uninterrupted one did."""
         n = len(y)
         if n < MIN_FIT:
             return fit_surrogate(x, y, "forest", self.seed), {}
-        if self._surrogate_kind is None or n >= RESELECT * self._surrogate_kind[0]:
-            surrogate, scores = choose_surrogate(x, y, self.seed)
-            self._surrogate_kind = (n, surrogate.kind, {k: round(v, 4) for k, v in scores.items()})
-            return surrogate, self._surrogate_kind[2]
+        m = MIN_FIT
+        while math.ceil(m * RESELECT) <= n:
+            m = math.ceil(m * RESELECT)
+        if self._surrogate_kind is None or self._surrogate_kind[0] != m:
+            _, scores = choose_surrogate(x[:m], y[:m], self.seed)
+            kind = max(scores, key=lambda k: (scores[k], k == "forest"))
+            self._surrogate_kind = (m, kind, {k: round(v, 4) for k, v in scores.items()})
         return fit_surrogate(x, y, self._surrogate_kind[1], self.seed), self._surrogate_kind[2]
 
     def _seconds_model(self, completed, configs, dims):
@@ -579,6 +585,17 @@ class VitshrinkSampler(BaseSampler):
     def _scores(self, mean, std, norm_costs, est, seconds, front, reference, max_error) -> np.ndarray:
         return np.array([expected_improvement(front, norm_costs[i], 1 - mean[i], std[i], reference, max_error)
                          / seconds(est[i]) for i in range(len(mean))])
+
+
+def _scratch_study(sampler: BaseSampler) -> optuna.Study:
+    """An in-memory study to draw candidates from the space with (quietly: one per proposal)."""
+    quiet = logging.getLogger("optuna.storages._in_memory")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        return optuna.create_study(sampler=sampler)
+    finally:
+        quiet.setLevel(level)
 
 
 def _non_dominated(points: np.ndarray) -> np.ndarray:

@@ -139,12 +139,16 @@ def metrics_of(t: FrozenTrial, names: Iterable[str], wanted: Iterable[str]) -> d
     return {w: metric(t, w, names) for w in wanted}
 
 
+def objective_ms(latency_attr: dict[str, Any]) -> float:
+    """The latency objective a stored ``latency`` user attr stands for (older trials: the median)."""
+    value = latency_attr.get("objective_ms")
+    return float(value if value is not None else latency_attr["batches"][0]["median_ms"])
+
+
 def _structure_attr(t: FrozenTrial, name: str) -> Any:
     """A metric a trial's structure stored on its own (screening, or a trial stored before METRICS_ATTR)."""
     ua = t.user_attrs
     if name == "latency_ms":
-        from ._latency import objective_ms
-
         return objective_ms(ua[LATENCY_ATTR]) if ua.get(LATENCY_ATTR) else None
     if name == "throughput":  # the throughput batch is timed after the latency batch
         batches = (ua.get(LATENCY_ATTR) or {}).get("batches") or []
@@ -154,5 +158,5 @@ def _structure_attr(t: FrozenTrial, name: str) -> Any:
 
 
 __all__ = [name for name in dir() if name.endswith(("_ATTR", "_ATTRS", "_PREFIX"))] + [
-    "DEFAULT_ROLE", "metric", "metrics_of", "objective_names", "reason_of", "role_of",
+    "DEFAULT_ROLE", "metric", "metrics_of", "objective_ms", "objective_names", "reason_of", "role_of",
     "set_user_attrs", "key_of_test_accuracy"]

@@ -105,15 +105,34 @@ def measure_structure(config: CompressionConfig, recipe: Recipe, ctx: SearchCont
               if o.structural and o.name not in ("latency_ms", "size_bytes")]
     if not others:
         return structure
-    from ._trial import _images
-
     float_model = model  # MACs are counted on the float structure: quantized models are not traceable
     if "macs" in others and config.quant != "none":
         float_model = untrained_structure(ctx.teacher, config.replace(quant="none", calib_size=0), ctx.data,
                                           recipe.seed, ctx.teacher_logits)
-    candidate = Candidate(model, float_model, _images(ctx), lat, structure.latency_ms, structure.size_bytes,
+    candidate = Candidate(model, float_model, val_images(ctx), lat, structure.latency_ms, structure.size_bytes,
                           recipe.throughput_batch)
     return dataclasses.replace(structure, values=objective_values(others, candidate))
+
+
+def constraint_values(recipe: Recipe, teacher_accuracy: float, acc: float, latency_ms: float, size: int
+                      ) -> dict[str, float]:
+    """Optuna's convention: a trial is feasible when every value is <= 0 (stored with
+    `Trial.set_constraint`, which Optuna's samplers and `best_trials` read)."""
+    c = recipe.constraints
+    values = {}
+    if "max_accuracy_drop" in c:
+        values["max_accuracy_drop"] = (teacher_accuracy - acc) - c["max_accuracy_drop"]
+    if "max_latency_ms" in c:
+        values["max_latency_ms"] = latency_ms - c["max_latency_ms"]
+    if "max_size_mb" in c:
+        values["max_size_mb"] = size / 1e6 - c["max_size_mb"]
+    return values
+
+
+def val_images(ctx: SearchContext) -> torch.Tensor:
+    """One batch of val images at the target's latency batch (what memory and MACs are measured on)."""
+    n = min(ctx.recipe.latency_batch, len(ctx.data.val))
+    return ctx.data.val.images(range(n))
 
 
 def runs_onnx(model: nn.Module) -> bool:
@@ -211,8 +230,6 @@ def screen(trial: optuna.Trial, config: CompressionConfig, recipe: Recipe, ctx: 
     if reason is None:
         return structure
     # the latency and size constraints are known now: TPE ranks a constraint-breaking pruned trial as infeasible
-    from ._trial import constraint_values
-
     known = constraint_values(recipe, ctx.teacher_accuracy, 0.0, structure.latency_ms, structure.size_bytes)
     for name, value in known.items():
         if name != "max_accuracy_drop":
@@ -232,6 +249,6 @@ def peer_costs(t: FrozenTrial, objectives: tuple[str, ...] = DEFAULT_OBJECTIVES)
     return None if any(v is None for v in costs.values()) else costs
 
 
-__all__ = ["SCREENED_ATTR", "Structure", "constraint_reason", "dominated_reason", "measure_structure", "untrained_structure",
+__all__ = ["SCREENED_ATTR", "Structure", "constraint_reason", "constraint_values", "val_images", "dominated_reason", "measure_structure", "untrained_structure",
            "peer_costs", "runs_onnx",
            "screen"]

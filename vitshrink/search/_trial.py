@@ -38,7 +38,9 @@ from ._schema import (ACCURACY_DROP_ATTR, ARTIFACT_ATTR, CONFIG_ATTR, CONFIG_OVE
                       FINISHED_AT_ATTR, LABEL_ATTR, LATENCY_ATTR, LATENCY_SPREAD_ATTR, MACS_ATTR, METRICS_ATTR,
                       PARAMS_ATTR, PROPOSAL_ATTR, PRUNED_REASON_ATTR, RECORDS_ATTR, RETRY_OF_ATTR, ROLE_ATTR, SECONDS_ATTR, WORKER_ATTR,
                       set_user_attrs)
-from ._storage import this_worker
+from ._rungs import RungMonitor
+from ._screening import constraint_values, screen, val_images
+from ._storage import is_retry, this_worker
 
 log = logging.getLogger(__name__)
 
@@ -293,21 +295,6 @@ def context_for(recipe: Recipe) -> SearchContext:
     return _context_cached(json.dumps(recipe.to_dict(), sort_keys=True))
 
 
-def constraint_values(recipe: Recipe, teacher_accuracy: float, acc: float, latency_ms: float, size: int
-                      ) -> dict[str, float]:
-    """Optuna's convention: a trial is feasible when every value is <= 0 (stored with
-    `Trial.set_constraint`, which Optuna's samplers and `best_trials` read)."""
-    c = recipe.constraints
-    values = {}
-    if "max_accuracy_drop" in c:
-        values["max_accuracy_drop"] = (teacher_accuracy - acc) - c["max_accuracy_drop"]
-    if "max_latency_ms" in c:
-        values["max_latency_ms"] = latency_ms - c["max_latency_ms"]
-    if "max_size_mb" in c:
-        values["max_size_mb"] = size / 1e6 - c["max_size_mb"]
-    return values
-
-
 class TrialFailed(RuntimeError):
     """A trial that cannot produce valid objectives (the reason is stored on the trial)."""
 
@@ -353,7 +340,7 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
         macs = next((r["macs_after"] for r in reversed(result.records) if r.get("macs_after")), None)
         macs = macs if macs is not None else _macs(result.float_model, ctx)
         acc = float(acc_result.accuracy)
-        candidate = Candidate(result.model, result.float_model, _images(ctx), lat,
+        candidate = Candidate(result.model, result.float_model, val_images(ctx), lat,
                               latency[LATENCY_ATTR]["objective_ms"], size, recipe.throughput_batch, acc, macs)
         try:
             measured = objective_values(recipe.objectives, candidate)
@@ -411,10 +398,6 @@ def _efficiency_hooks(trial: optuna.Trial, config: CompressionConfig, recipe: Re
     record their rungs: they are the peers sampled trials are compared with. A retry (of a crashed,
     killed or interrupted trial) is not screened again: its configuration passed once, and a resumed
     search must run what the uninterrupted one would have."""
-    from ._rungs import RungMonitor
-    from ._screening import screen
-    from ._storage import is_retry
-
     warm = trial.user_attrs.get(CONFIG_OVERRIDE_ATTR) is not None
     if not (recipe.screening or recipe.rungs):
         return None
@@ -458,12 +441,6 @@ def _enqueue_retry(trial: optuna.Trial) -> None:
         trial.study.enqueue_trial(dict(trial.params), user_attrs={**keep, RETRY_OF_ATTR: trial.number})
     except Exception as exc:  # noqa: BLE001 - resuming then samples afresh; nothing is lost
         log.warning("could not queue a retry of interrupted trial %d: %s", trial.number, exc)
-
-
-def _images(ctx: SearchContext) -> torch.Tensor:
-    """One batch of val images at the target's latency batch (what memory and MACs are measured on)."""
-    n = min(ctx.recipe.latency_batch, len(ctx.data.val))
-    return ctx.data.val.images(range(n))
 
 
 def _macs(model: nn.Module, ctx: SearchContext) -> int | None:
