@@ -31,14 +31,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .data_shape import DATASETS, DEFAULT_IMG_SIZE, FIXED_SHAPES, DataShape
 from .data_shape import canonical_name as _canonical
+from .image_folder import scan_folder, scan_images, split_off
+from .splits import DataError
+from .splits import stratified_split as _split_arrays
 
 log = logging.getLogger(__name__)
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
-
-
-class DataError(ValueError):
-    """A data set that cannot be found or read; the message says where it was looked for."""
 
 
 @dataclass(frozen=True)
@@ -130,17 +129,6 @@ class DataBundle:
             f"{self.name}: {len(self.train)} train / {len(self.val)} val / {len(self.test)} test, "
             f"{self.in_chans}x{self.img_size}x{self.img_size}, {self.num_classes} classes"
         )
-
-
-def _split_arrays(
-    x: np.ndarray, y: np.ndarray, seed: int, val_frac: float, test_frac: float
-) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    from sklearn.model_selection import train_test_split
-
-    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=test_frac, random_state=seed, stratify=y)
-    rel_val = val_frac / (1.0 - test_frac)
-    x_tr, x_val, y_tr, y_val = train_test_split(x_rest, y_rest, test_size=rel_val, random_state=seed, stratify=y_rest)
-    return (x_tr, y_tr), (x_val, y_val), (x_test, y_test)
 
 
 def _bundle(
@@ -326,8 +314,6 @@ def load_image_folder(
     given splits are used as they are, missing ones are split off train; images are resized to
     `img_size` (default 32) and converted to `in_chans` channels (None: as the images are)."""
     from .folder_split import FolderSplit
-    from .image_folder import scan_folder, scan_images, split_off
-
     layout = scan_folder(data_dir)
     files = split_off(layout, seed, val_frac, test_frac)
     if limit:  # cut the file lists, so only the images kept are read
@@ -359,8 +345,6 @@ def peek_shape(name: str, data_dir: str | os.PathLike | None = None, img_size: i
     name = canonical_name(name)
     if name in FIXED_SHAPES:
         return DataShape(*FIXED_SHAPES[name])
-    from .image_folder import scan_folder
-
     classes = scan_folder(data_dir).classes
     return DataShape(in_chans, img_size or DEFAULT_IMG_SIZE, len(classes), classes)
 

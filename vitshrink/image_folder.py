@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
-from .data import DataError
+from .splits import DataError, stratified_split
 
 # torchvision's ImageFolder extensions; other files (README, Thumbs.db) are not images and are skipped
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -125,16 +126,12 @@ def split_off(layout: FolderLayout, seed: int, val_frac: float = 0.2, test_frac:
               ) -> dict[str, tuple[list[Path], np.ndarray]]:
     """train / val / test file lists: the given splits as they are, the missing ones carved off train
     (stratified, seeded; the flat layout is split exactly as before split folders were read)."""
-    from sklearn.model_selection import train_test_split
-
-    from .data import _split_arrays
-
     splits = dict(layout.splits)
     paths, y = splits["train"]
     idx = np.arange(len(paths))
     try:
         if "val" not in splits and "test" not in splits:
-            (tr, y_tr), (va, y_va), (te, y_te) = _split_arrays(idx, y, seed, val_frac, test_frac)
+            (tr, y_tr), (va, y_va), (te, y_te) = stratified_split(idx, y, seed, val_frac, test_frac)
             splits["val"], splits["test"] = ([paths[i] for i in va], y_va), ([paths[i] for i in te], y_te)
         else:
             missing = "val" if "val" not in splits else "test" if "test" not in splits else None
