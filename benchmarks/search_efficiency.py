@@ -368,7 +368,8 @@ def plot(results: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:gray", "tab:green")))
+    colours = dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:gray", "tab:green", "tab:red", "tab:purple",
+                                   "tab:brown")))
     for method, rows in results["methods"].items():
         for i, row in enumerate(rows):
             pts = [[0.0, 0.0]] + row["history"]
