@@ -108,10 +108,10 @@ def write_cifar10(root: Path, n: int = 20) -> None:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
 
 
-def recipe_text(name: str, trials: int, device: str = "cpu:1", kd_epochs: int = 1) -> str:
+def recipe_text(name: str, trials: int, device: str = "cpu:1", kd_epochs: int = 1, sampler: str = "random") -> str:
     """The resume / budget tests' recipe: pruning and Nystrom on the tiny teacher, random sampler."""
     return tiny_recipe(name, 'prune_heads = [0.0, 0.5]\nlowrank = ["none", "nystrom"]\nlandmarks = [2, 8]',
-                       trials=trials, sampler="random", epochs=2, device=device, fixed=f"kd_epochs = {kd_epochs}")
+                       trials=trials, sampler=sampler, epochs=2, device=device, fixed=f"kd_epochs = {kd_epochs}")
 
 
 def storage_url(kind: str, tmp_path: Path) -> str:

@@ -129,14 +129,15 @@ def _kill_when_running(proc: subprocess.Popen, storage: str, name: str, timeout:
 
 @pytest.mark.slow
 @pytest.mark.services
-@pytest.mark.parametrize("kind", ["postgres", "journal"])
-def test_three_drivers_complete_exactly_the_budget(kind, tmp_path, unique_name) -> None:
+@pytest.mark.parametrize("kind, sampler", [("postgres", "random"), ("journal", "random"), ("journal", "vitshrink")])
+def test_three_drivers_complete_exactly_the_budget(kind, sampler, tmp_path, unique_name) -> None:
+    """With the vitshrink sampler too: each driver proposes from the shared storage, none twice."""
     name, cleanup = unique_name
     storage = storage_url(kind, tmp_path)
     if kind == "postgres":
         cleanup.append(storage)
     recipe = tmp_path / f"{name}.toml"
-    recipe.write_text(recipe_text(name, trials=2, kd_epochs=2))  # trials of a second or two
+    recipe.write_text(recipe_text(name, trials=2, kd_epochs=2, sampler=sampler))  # trials of a second or two
     budget = 9
     drivers = [_driver(recipe, storage, tmp_path, budget) for _ in range(3)]
     try:
@@ -173,5 +174,7 @@ def test_three_drivers_complete_exactly_the_budget(kind, tmp_path, unique_name) 
                {k: t.user_attrs.get(k) for k in ("retry_of", "requeued_from", "not_run", "role", "worker")})
               for t in trials]
     assert len(ran) == len(set(ran)), queued
+    if sampler == "vitshrink":  # the drivers' own proposals, each stored with its trial
+        assert sum("proposal" in t.user_attrs for t in trials if t.state == TrialState.COMPLETE) >= budget // 2, queued
     # the warm start (the teacher) completed once, however many drivers enqueued it
     assert sum(t.user_attrs.get("role") == "teacher" for t in trials if t.state == TrialState.COMPLETE) == 1

@@ -70,3 +70,14 @@ def test_no_test_module_imports_another_or_a_conftest() -> None:
             offenders += [f"{path.name}: {n}" for n in names
                           if n.split(".")[-1].startswith("test_") or n.split(".")[-1] == "conftest"]
     assert not offenders, offenders
+
+
+def test_readme_recipe_is_a_valid_recipe() -> None:
+    """README shows the recipe form; what it shows must parse and validate as it stands."""
+    from vitshrink.spaces import Recipe
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```toml") + len("```toml")
+    recipe = Recipe.from_toml_text(text[start:text.index("```", start)])
+    recipe.validate("README")
+    assert recipe.sampler == "vitshrink" and recipe.space.values_of("quant") == ["none", "dynamic_int8", "ort_int8"]
