@@ -74,7 +74,7 @@ def test_runs_are_added_until_the_median_is_stable() -> None:
 
 def test_the_cap_stops_the_runs_and_the_result_says_it_is_noisy(caplog) -> None:
     protocol = LatencyProtocol(warmup=1, runs=5, max_runs=25, target_cv=1e-9)  # no real timing is that stable
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("DEBUG", logger="vitshrink.objectives.latency"):  # a search says it once a run
         result = measure_latency(_small(), SHAPE, TARGET, protocol)
     b = result.batches[0]
     assert b.runs == 25 and result.noisy and b.spread >= 1e-9 and result.target_cv == 1e-9
