@@ -156,3 +156,18 @@ def test_candidates_that_make_the_same_model_are_one_candidate() -> None:
     ea, eb, ec = (estimate(x, dims, {}) for x in (a, b, c))
     assert _effective(a, ea) == _effective(b, eb) != _effective(c, ec)
     assert ec["macs"] < ea["macs"] and ec["params"] < ea["params"]
+
+
+def test_of_two_drivers_choosing_one_model_at_once_the_later_claim_yields() -> None:
+    from vitshrink.search._proposer import VitshrinkSampler
+
+    sampler = VitshrinkSampler(Recipe.from_toml_text(tiny_recipe("claims")))
+    study = optuna.create_study()
+    first, second = study.ask(), study.ask()
+    frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert sampler._claim(study, frozen[second.number], "model-a")  # the later trial claims first ...
+    assert not sampler._claim(study, frozen[first.number], "model-a")  # ... so the other yields it
+    assert sampler._claim(study, frozen[first.number], "model-b")  # and takes its next choice
+    study.tell(second, [0.9, 1.0, 1.0])  # finished: nobody makes model-a again
+    third = study.ask()
+    assert not sampler._claim(study, study.get_trials(deepcopy=False)[third.number], "model-a")

@@ -30,6 +30,7 @@ All state is rebuilt from the study's trials, so a resumed search proposes as th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -53,7 +54,8 @@ from ._latency import latency_baseline
 from ._pareto import default_reference, is_feasible, normalized_values, pareto_front
 from ._rungs import rung_subset, subset_accuracy
 from ._screening import measure_structure, untrained_structure
-from ._schema import CONFIG_ATTR, ROLE_ATTR, SECONDS_ATTR, STOPPED_AT_ATTR, metric
+from ._optuna import set_trial_user_attr
+from ._schema import CONFIG_ATTR, PROPOSAL_CLAIM_ATTR, ROLE_ATTR, SECONDS_ATTR, STOPPED_AT_ATTR, metric
 from ._trial import SearchContext, context_for
 from ._surrogate import MIN_FIT, choose_surrogate, expected_improvement, fit_log_linear, fit_surrogate
 
@@ -67,6 +69,7 @@ COLD_TRIALS = 4  # completed trials (the teacher included) before the surrogate 
 PROBES = 8  # structures the cold start measures so latency and size can be predicted for the pool
 RESELECT = 1.5  # the surrogate is chosen again (leave-one-out) when the completed trials grow by this factor
 MIN_SECONDS = 0.5
+CLAIM_TRIES = 8  # candidates tried, best first, when other drivers claimed the best at the same moment
 
 
 @dataclass
@@ -295,7 +298,6 @@ class VitshrinkSampler(BaseSampler):
 
     def _propose(self, study: optuna.Study, trial: FrozenTrial) -> Proposal | None:
         started = time.perf_counter()
-        ctx = self._context()
         objectives = tuple(self.recipe.objectives)
         chosen = objectives_for(objectives)
         if [o.name for o in chosen if not o.structural] != ["accuracy"]:
@@ -305,6 +307,7 @@ class VitshrinkSampler(BaseSampler):
                         and t.state == TrialState.COMPLETE and t.values), None)
         if teacher is None:
             return None  # the teacher (trial 0) is the unit of every normalised objective
+        ctx = self._context()
         dims = _Dims(ctx.teacher)
         rng = self._rng(trial.number)
         completed = [t for t in trials if t.state == TrialState.COMPLETE and t.values and CONFIG_ATTR in t.user_attrs]
@@ -347,17 +350,40 @@ class VitshrinkSampler(BaseSampler):
         if len(completed) < COLD_TRIALS and not self.cold_start:
             return None  # the ablation: the first trials are drawn at random
         if len(completed) < COLD_TRIALS:
-            pick, info = self._cold_pick(pool, norm_costs, completed, dims, teacher_values, objectives, rng)
+            order, infos = self._cold_pick(pool, norm_costs, completed, dims, teacher_values, objectives, rng)
         else:
-            pick, info = self._model_pick(pool, est, x, norm_costs, completed, dims, front, reference, max_error)
-        if pick is None:
+            order, infos = self._model_pick(pool, est, x, norm_costs, completed, dims, front, reference, max_error)
+        if not order:
             return None
+        # drivers proposing at the same moment see the same study: each claims its choice, then yields it
+        # to an earlier trial that claimed the same model
+        pick = next((i for i in order[:CLAIM_TRIES] if self._claim(study, trial, _effective(pool[i].config, est[i]))),
+                    order[0])
+        info = dict(infos[pick])
         chosen_p = pool[pick]
         prediction = {"mode": info.pop("mode"), "pool": len(pool),
                       "costs": {o.name: float(costs[pick][i]) for i, o in enumerate(structural)},
                       "measured": _key(chosen_p.config) in self._probes, **info,
                       "proposer_s": round(time.perf_counter() - started, 4)}
         return Proposal(chosen_p.params, chosen_p.config, prediction)
+
+    def _claim(self, study: optuna.Study, trial: FrozenTrial, effective: str) -> bool:
+        """Mark `trial` as making this model, then check that no finished trial makes it and that no
+        running one claimed it first (claim, then read: of two drivers choosing at once, the later
+        claim yields, whichever reads first)."""
+        digest = hashlib.sha256(effective.encode()).hexdigest()[:16]
+        mine = (time.time(), trial.number)
+        try:
+            set_trial_user_attr(study, trial, PROPOSAL_CLAIM_ATTR, f"{digest}@{mine[0]:.6f}")
+        except Exception:  # noqa: BLE001 - a trial outside the storage (a dry proposal) claims nothing
+            return True
+        for t in study.get_trials(deepcopy=False):
+            theirs = str(t.user_attrs.get(PROPOSAL_CLAIM_ATTR) or "")
+            if t.number == trial.number or t.state == TrialState.FAIL or not theirs.startswith(digest + "@"):
+                continue
+            if t.state != TrialState.RUNNING or (float(theirs.split("@")[1]), t.number) < mine:
+                return False
+        return True
 
     def _named_shapes(self, config: CompressionConfig) -> dict[str, tuple[int, int, int, int, int]]:
         if config.student not in ("none", "custom") and config.student not in self._named:
@@ -503,9 +529,8 @@ class VitshrinkSampler(BaseSampler):
                 d = d + (done_acc - zero[i]) ** 2
             return float(np.sqrt(d.min()))
 
-        pick = max(candidates, key=distance)
-        info = {"mode": "cold start", "zero_shot": zero.get(pick)}
-        return pick, info
+        order = sorted(candidates, key=distance, reverse=True)
+        return order, {i: {"mode": "cold start", "zero_shot": zero.get(i)} for i in order}
 
     def _model_pick(self, pool, est, x, norm_costs, completed, dims, front, reference, max_error):
         """The candidate with the largest expected hypervolume improvement per predicted second."""
@@ -532,21 +557,19 @@ class VitshrinkSampler(BaseSampler):
             m2, s2 = surrogate.predict(np.column_stack([x[top], zs]))
             m2 = m2 + zs
             sub = self._scores(m2, s2, norm_costs[top], [est[i] for i in top], seconds, front, reference, max_error)
-            best = int(np.argmax(sub))
-            pick = top[best]
-            info = {"accuracy_mean": float(m2[best]), "accuracy_std": float(s2[best]), "zero_shot": float(zs[best]),
-                    "acquisition": float(sub[best]), "surrogate": surrogate.kind, "loo_rho": rho}
+            info = {top[j]: {"accuracy_mean": float(m2[j]), "accuracy_std": float(s2[j]), "zero_shot": float(zs[j]),
+                             "acquisition": float(sub[j]), "surrogate": surrogate.kind, "loo_rho": rho}
+                    for j in range(len(top))}
         else:
             surrogate, rho = self._surrogate(cx, acc)
             m2, s2 = surrogate.predict(x[top])
             sub = self._scores(m2, s2, norm_costs[top], [est[i] for i in top], seconds, front, reference, max_error)
-            best = int(np.argmax(sub))
-            pick = top[best]
-            info = {"accuracy_mean": float(m2[best]), "accuracy_std": float(s2[best]), "acquisition": float(sub[best]),
-                    "surrogate": surrogate.kind, "loo_rho": rho}
-        info["seconds"] = float(seconds(est[pick]))
-        info["mode"] = "model"
-        return pick, info
+            info = {top[j]: {"accuracy_mean": float(m2[j]), "accuracy_std": float(s2[j]), "acquisition": float(sub[j]),
+                             "surrogate": surrogate.kind, "loo_rho": rho} for j in range(len(top))}
+        order = [top[j] for j in np.argsort(-sub)]
+        for i in order:
+            info[i] |= {"seconds": float(seconds(est[i])), "mode": "model"}
+        return order, info
 
     def _surrogate(self, x: np.ndarray, y: np.ndarray):
         """The accuracy surrogate, of the kind that ranked best leave-one-out on the first m trials, m the

@@ -57,6 +57,7 @@ PEAK_MEMORY_ATTR = "peak_memory_bytes"  # the structure's peak memory, stored by
 PARAMS_ATTR = "params"
 MACS_ATTR = "macs"
 ACCURACY_DROP_ATTR = "accuracy_drop"
+PROPOSAL_CLAIM_ATTR = "proposal_claim"  # "<digest of the model>@<epoch s>": claimed by a proposal before it builds
 PROPOSAL_ATTR = "proposal"  # what the vitshrink sampler predicted for the trial before it ran (search/_proposer.py)
 
 # --- trial user attributes: why a trial ended without values, and who ran it ------------------------------------
