@@ -162,7 +162,7 @@ def test_of_two_drivers_choosing_one_model_at_once_the_later_claim_yields() -> N
     from vitshrink.search._proposer import VitshrinkSampler
 
     sampler = VitshrinkSampler(Recipe.from_toml_text(tiny_recipe("claims")))
-    study = optuna.create_study()
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     first, second = study.ask(), study.ask()
     frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
     assert sampler._claim(study, frozen[second.number], "model-a")  # the later trial claims first ...
