@@ -290,13 +290,10 @@ def compare_methods(methods: dict[str, list[dict]], budget: float) -> dict:
         ratios = {r["seed"]: round(r["hypervolume"] / random_rows[r["seed"]]["hypervolume"], 3)
                   for r in rows if r["seed"] in random_rows and random_rows[r["seed"]]["hypervolume"] > 0}
         times = None
-        if target is not None:
-            reach = sorted((reached_at(r["history"], target, budget) for r in rows), key=lambda v: math.inf if v is None else v)
-            mid = reach[(len(reach) - 1) // 2] if len(reach) % 2 else None
-            if len(reach) % 2 == 0:
-                a, b = reach[len(reach) // 2 - 1], reach[len(reach) // 2]
-                mid = None if a is None or b is None else (a + b) / 2
-            times = mid
+        if target is not None:  # a run that never reaches it counts as never (inf): so may the median
+            times = statistics.median(math.inf if (v := reached_at(r["history"], target, budget)) is None else v
+                                      for r in rows)
+            times = None if math.isinf(times) else times
         out[name] = {"median_hypervolume": round(statistics.median(r["hypervolume"] for r in rows), 5),
                      "ratio_to_random": ratios,
                      "median_ratio_to_random": round(statistics.median(ratios.values()), 3) if ratios else None,

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from vitshrink.search import context_for  # noqa: E402
 from vitshrink.search._proposer import VitshrinkSampler, _Dims, estimate, features  # noqa: E402
 from vitshrink.search._schema import CONFIG_ATTR, RECIPE_ATTR, STOPPED_AT_ATTR  # noqa: E402
-from vitshrink.search._surrogate import SURROGATES, loo_rank_correlation  # noqa: E402
+from vitshrink.search._surrogate import SURROGATES, loo_rank_correlation, spearman  # noqa: E402
 from vitshrink.spaces import CompressionConfig, Recipe  # noqa: E402
 
 DEFAULT_GLOB = "benchmarks/results/tmp/search_efficiency/*/study.db"
@@ -60,7 +60,7 @@ def study_rows(url: str) -> dict | None:
     for kind in SURROGATES:
         row[f"{kind}"] = round(loo_rank_correlation(x, acc, kind), 4)
         row[f"{kind}+zero_shot"] = round(loo_rank_correlation(np.column_stack([x, zs]), acc - zs, kind), 4)
-    row["zero_shot_alone"] = round(float(np.corrcoef(np.argsort(np.argsort(zs)), np.argsort(np.argsort(acc)))[0, 1]), 4)
+    row["zero_shot_alone"] = round(spearman(zs, acc), 4)
     return row
 
 

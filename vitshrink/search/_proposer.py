@@ -48,8 +48,7 @@ from scipy.optimize import nnls
 
 from ..compress._fit import stage_model
 from ..objectives import objectives_for
-from ..spaces import CompressionConfig, ConfigError, Recipe
-from ..spaces._config import LOWRANK_MODES, QUANT_MODES
+from ..spaces import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, Recipe
 from ._latency import latency_baseline
 from ._pareto import default_reference, is_feasible, normalized_values, pareto_front
 from ._rungs import rung_subset, subset_accuracy
@@ -189,14 +188,14 @@ def _one_hot(value: str, modes: Sequence[str]) -> list[float]:
     return [float(value == m) for m in modes]
 
 
-def features(config: CompressionConfig, est: dict[str, float], zero_shot: float | None = None) -> list[float]:
-    """The surrogate's and the cost models' inputs for one candidate (zero-shot accuracy last, when given)."""
+def features(config: CompressionConfig, est: dict[str, float]) -> list[float]:
+    """The surrogate's and the cost models' inputs for one candidate (its zero-shot accuracy is added apart)."""
     row = [math.log(max(est["macs"], 1.0)), math.log(max(est["params"], 1.0)), math.log1p(est["work"]),
            float(est["depth"]), float(est["width"]), float(config.student != "none"),
            float(config.student_init == "teacher"), float(config.student_epochs), float(config.kd_epochs),
            float(est["heads"]), float(est["mlp"]), float(config.token_merge_r), config.token_drop,
            float(config.landmarks), *_one_hot(config.quant, QUANT_MODES), *_one_hot(config.lowrank, LOWRANK_MODES)]
-    return row + ([zero_shot] if zero_shot is not None else [])
+    return row
 
 
 def _in_distribution(value: Any, dist: BaseDistribution) -> bool:
@@ -388,8 +387,8 @@ class VitshrinkSampler(BaseSampler):
     def _named_shapes(self, config: CompressionConfig) -> dict[str, tuple[int, int, int, int, int]]:
         if config.student not in ("none", "custom") and config.student not in self._named:
             model, _ = stage_model(self._context().teacher, CompressionConfig(student=config.student, student_epochs=1))
-            self._named[config.student] = (_Dims(model).depth, _Dims(model).width, _Dims(model).heads,
-                                           _Dims(model).head_dim, _Dims(model).mlp)
+            d = _Dims(model)
+            self._named[config.student] = (d.depth, d.width, d.heads, d.head_dim, d.mlp)
         return self._named
 
     def _pool(self, study: optuna.Study, completed: list[FrozenTrial], rng: np.random.RandomState) -> list[Proposal]:
@@ -547,25 +546,19 @@ class VitshrinkSampler(BaseSampler):
         mean, std = base.predict(x)
         score = self._scores(mean, std, norm_costs, est, seconds, front, reference, max_error)
         top = list(np.argsort(-score)[:ZERO_SHOT_TOP])
-        info: dict[str, Any] = {}
+        train_x, target, cand_x, offset = cx, acc, x[top], np.zeros(len(top))
         if self.zero_shot:  # stage 2: the best few again, with their zero-shot accuracy
             czs = np.array([self.zero_shot_of(c) for c in configs])
-            zs = np.array([self.zero_shot_of(pool[i].config) for i in top])
-            full_x = np.column_stack([cx, czs])
+            offset = np.array([self.zero_shot_of(pool[i].config) for i in top])
             # what training adds to the inherited accuracy (nothing, for a candidate that does not train)
-            surrogate, rho = self._surrogate(full_x, acc - czs)
-            m2, s2 = surrogate.predict(np.column_stack([x[top], zs]))
-            m2 = m2 + zs
-            sub = self._scores(m2, s2, norm_costs[top], [est[i] for i in top], seconds, front, reference, max_error)
-            info = {top[j]: {"accuracy_mean": float(m2[j]), "accuracy_std": float(s2[j]), "zero_shot": float(zs[j]),
-                             "acquisition": float(sub[j]), "surrogate": surrogate.kind, "loo_rho": rho}
-                    for j in range(len(top))}
-        else:
-            surrogate, rho = self._surrogate(cx, acc)
-            m2, s2 = surrogate.predict(x[top])
-            sub = self._scores(m2, s2, norm_costs[top], [est[i] for i in top], seconds, front, reference, max_error)
-            info = {top[j]: {"accuracy_mean": float(m2[j]), "accuracy_std": float(s2[j]), "acquisition": float(sub[j]),
-                             "surrogate": surrogate.kind, "loo_rho": rho} for j in range(len(top))}
+            train_x, target, cand_x = np.column_stack([cx, czs]), acc - czs, np.column_stack([x[top], offset])
+        surrogate, rho = self._surrogate(train_x, target)
+        m2, s2 = surrogate.predict(cand_x)
+        m2 = m2 + offset
+        sub = self._scores(m2, s2, norm_costs[top], [est[i] for i in top], seconds, front, reference, max_error)
+        info = {top[j]: {"accuracy_mean": float(m2[j]), "accuracy_std": float(s2[j]), "acquisition": float(sub[j]),
+                         "surrogate": surrogate.kind, "loo_rho": rho}
+                | ({"zero_shot": float(offset[j])} if self.zero_shot else {}) for j in range(len(top))}
         order = [top[j] for j in np.argsort(-sub)]
         for i in order:
             info[i] |= {"seconds": float(seconds(est[i])), "mode": "model"}
@@ -631,9 +624,4 @@ def _non_dominated(points: np.ndarray) -> np.ndarray:
     return keep
 
 
-def proposal_json(prediction: dict[str, Any]) -> dict[str, Any]:
-    """The prediction as a JSON-safe dict (what the trial stores)."""
-    return json.loads(json.dumps(prediction, default=float))
-
-
-__all__ = ["POOL", "Proposal", "VitshrinkSampler", "estimate", "features", "proposal_json"]
+__all__ = ["POOL", "Proposal", "VitshrinkSampler", "estimate", "features"]

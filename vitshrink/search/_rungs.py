@@ -120,7 +120,7 @@ def rung_rank(key: str, accuracy: float, structure: Structure, peers: list[Froze
     """(this trial's non-dominated rank, how many trials rank better, how many reached the rung with it)
     among the trials at rung `key`: rank 0 is the rung's front, rank 1 the front without it, ..."""
     mine = {o.name: structure.value(o.name) for o in objectives_for(objectives) if o.structural}
-    rows = [(n, a, c) for n, a, c in _rung_rows(key, peers, number, objectives)] + [(number, accuracy, mine)]
+    rows = _rung_rows(key, peers, number, objectives) + [(number, accuracy, mine)]
     left = list(range(len(rows)))
     rank_of: dict[int, int] = {}
     rank = 0
