@@ -1,6 +1,7 @@
-"""The Ray executor on a real two-node cluster on loopback (head + a node owning the latency target):
-budget shared without double counting, latency timed one at a time on the target, a killed worker's
-trial retried with the same parameters. The driver runs in its own process (tests/ray_driver.py)."""
+"""The Ray and Ray Tune executors on a real two-node cluster on loopback (head + a node owning the
+latency target): budget shared without double counting, latency timed one at a time on the target,
+a killed worker's trial retried with the same parameters; under Tune, its experiment folder and a
+callback see every trial. The driver runs in its own process (tests/ray_driver.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from vitshrink.spaces import Recipe  # noqa: E402
 
 RESOURCE = "vitshrink_target"
 DRIVER = Path(__file__).with_name("ray_driver.py")
+TASK_ATTR = {"ray": "ray_task", "tune": "tune_trial"}  # what ties a trial to the Ray task or Tune trial running it
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 
@@ -35,12 +37,14 @@ def _recipe(name: str, trials: int, device: str = "cpu:1", kd_epochs: int = 1) -
         screening=False, rungs=False)
 
 
-def _start_driver(recipe: Recipe, storage: str, tmp_path: Path, grace: int = 30) -> subprocess.Popen:
+def _start_driver(recipe: Recipe, storage: str, tmp_path: Path, grace: int = 30, executor: str = "ray",
+                  extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """The Ray driver (cluster + search) in its own process: see tests/ray_driver.py for why."""
     path = tmp_path / f"{recipe.name}.json"
     path.write_text(json.dumps(recipe.to_dict()))
     return subprocess.Popen([sys.executable, str(DRIVER), str(path), storage, "--resource", RESOURCE,
-                             "--grace", str(grace), "--artifacts", str(tmp_path / "art")],
+                             "--grace", str(grace), "--artifacts", str(tmp_path / "art"), "--executor", executor,
+                             *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -50,19 +54,22 @@ def _finish(proc: subprocess.Popen, timeout: float = 900) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(tmp_path) -> None:
+@pytest.mark.parametrize("executor", ["ray", "tune"])
+def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(executor, tmp_path) -> None:
     try:
         open_storage(POSTGRES)
     except Exception:  # noqa: BLE001 - any failure to connect means the service is absent
         require_service("postgres")
-    name = f"ray-{uuid.uuid4().hex[:8]}"
+    name = f"{executor}-{uuid.uuid4().hex[:8]}"
+    recorded = tmp_path / "callback.jsonl"
     try:
-        done = _finish(_start_driver(_recipe(name, trials=4, device=f"ray:{RESOURCE}"), POSTGRES, tmp_path))
+        done = _finish(_start_driver(_recipe(name, trials=4, device=f"ray:{RESOURCE}"), POSTGRES, tmp_path,
+                                     executor=executor, extra=("--callback", str(recorded))))
         trials = optuna.load_study(study_name=name, storage=open_storage(POSTGRES)).trials
         # exactly the budget: no trial asked beyond it, none counted twice
         assert done["completed"] == 4 and len(trials) == 4
         assert all(t.state == TrialState.COMPLETE for t in trials)
-        assert len({t.user_attrs["ray_task"] for t in trials}) == 4
+        assert len({t.user_attrs[TASK_ATTR[executor]] for t in trials}) == 4
         assert len({t.user_attrs["driver"] for t in trials}) == 1
         # the first two tasks ran side by side, in two worker processes
         assert len({t.user_attrs["worker"] for t in trials}) >= 2
@@ -71,6 +78,8 @@ def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(tmp_path) 
                        for t in trials if not t.user_attrs["latency"]["cached"])
         assert spans
         assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+        if executor == "tune":
+            _check_tune_records(tmp_path / "art" / "tune" / name, recorded, trials)
     finally:
         try:
             optuna.delete_study(study_name=name, storage=open_storage(POSTGRES))
@@ -78,11 +87,30 @@ def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(tmp_path) 
             pass
 
 
-def test_killing_a_ray_worker_retries_its_trial_once(tmp_path) -> None:
+def _check_tune_records(folder: Path, recorded: Path, trials: list[optuna.trial.FrozenTrial]) -> None:
+    """Tune's experiment folder holds a result per trial (its default loggers), with the study's numbers;
+    the callback given to run_search saw every trial finish."""
+    by_number = {t.number: t for t in trials}
+    results = [json.loads(p.read_text().strip().splitlines()[-1]) for p in folder.glob("*/result.json")]
+    assert len(results) == len(trials), sorted(p.name for p in folder.iterdir())
+    for r in results:
+        t = by_number[r["optuna_trial"]]
+        assert r["state"] == "COMPLETE" and r["trial_id"] == t.user_attrs["tune_trial"]
+        assert [r[k] for k in ("accuracy", "latency_ms", "size_bytes")] == pytest.approx(t.values)
+        assert r["params"] == t.params
+    trial_dirs = [p.parent for p in folder.glob("*/result.json")]
+    assert all((d / "progress.csv").is_file() and (d / "params.json").is_file() for d in trial_dirs)  # CSV, JSON loggers
+    seen = [json.loads(line) for line in recorded.read_text().splitlines()]
+    assert sorted(s["trial_id"] for s in seen) == sorted(t.user_attrs["tune_trial"] for t in trials)
+    assert all(s["result"]["state"] == "COMPLETE" for s in seen)
+
+
+@pytest.mark.parametrize("executor", ["ray", "tune"])
+def test_killing_a_ray_worker_retries_its_trial_once(executor, tmp_path) -> None:
     storage = f"journal:///{tmp_path}/ray.log"
-    name = "ray-kill"
+    name = f"{executor}-kill"
     # trials of seconds, so a running one can be killed; every trial (the retry too) trains its 10 epochs
-    driver = _start_driver(_recipe(name, trials=3, kd_epochs=10), storage, tmp_path)
+    driver = _start_driver(_recipe(name, trials=3, kd_epochs=10), storage, tmp_path, executor=executor)
     killed = None
     deadline = time.monotonic() + 240
     while killed is None and time.monotonic() < deadline and driver.poll() is None:
@@ -92,7 +120,7 @@ def test_killing_a_ray_worker_retries_its_trial_once(tmp_path) -> None:
             study = None
         if study is not None:
             trials = study.get_trials(deepcopy=False)
-            running = [t for t in trials if t.state == TrialState.RUNNING and "ray_task" in t.user_attrs
+            running = [t for t in trials if t.state == TrialState.RUNNING and TASK_ATTR[executor] in t.user_attrs
                        and "worker" in t.user_attrs]
             if running and any(t.state == TrialState.COMPLETE for t in trials):
                 killed = running[0]

@@ -35,19 +35,22 @@ def test_every_registered_executor_implements_the_protocol(name) -> None:
     executor.check()  # nothing asked that it cannot do
 
 
-@pytest.mark.parametrize("module", ["local_executor", "ray_executor"])
+EXECUTOR_MODULES = {"_driver", "local_executor", "ray_executor", "tune_executor"}
+
+
+@pytest.mark.parametrize("module", ["local_executor", "ray_executor", "tune_executor"])
 def test_executors_import_neither_the_driver_nor_each_other(module) -> None:
     imported = _search_imports(module)
-    assert not imported & {"_driver", "local_executor", "ray_executor"}, imported
+    assert not imported & EXECUTOR_MODULES, imported
 
 
 def test_the_types_executors_share_sit_below_them() -> None:
-    for low in ("_summary", "_executor", "_budget", "_warm", "_optuna"):
-        assert not _search_imports(low) & {"_driver", "local_executor", "ray_executor"}, low
+    for low in ("_summary", "_executor", "_budget", "_warm", "_optuna", "_ray", "_worker"):
+        assert not _search_imports(low) & EXECUTOR_MODULES, low
 
 
 def test_an_unknown_executor_is_refused_with_the_names_to_use() -> None:
-    with pytest.raises(ConfigError, match="unknown executor 'dask'; use local or ray"):
+    with pytest.raises(ConfigError, match="unknown executor 'dask'; use local, ray or tune"):
         make_executor("dask")
 
 

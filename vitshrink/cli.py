@@ -1,6 +1,6 @@
 """The command line, thin: it parses options and calls vitshrink's API.
 
-    vitshrink search [RECIPE] [--trials N] [--timeout 2h] [--storage URL] [--executor local|ray]
+    vitshrink search [RECIPE] [--trials N] [--timeout 2h] [--storage URL] [--executor local|ray|tune]
     vitshrink studies | pareto STUDY | show STUDY TRIAL | export STUDY --trial N | plot STUDY | compare A B
 """
 
@@ -175,10 +175,11 @@ def search(
     sampler: Optional[str] = typer.Option(
         None, help="vitshrink (the default: scores candidates before training), nsga2, tpe, gp or random."),
     seed_with: Optional[str] = typer.Option(None, "--seed-with", help="'reference': enqueue the hand-picked set."),
-    executor: str = typer.Option("local", help="local, or ray to run trials on a Ray cluster."),
+    executor: str = typer.Option("local", help="local; ray to run trials as Ray tasks on a Ray cluster; tune to run "
+                                 "them as Ray Tune trials (results under ARTIFACTS/tune/STUDY)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
-    workers: int = typer.Option(1, help="Concurrent trials on Ray."),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs each Ray trial task asks for "
+    workers: int = typer.Option(1, help="Concurrent trials on Ray (Tune's max concurrent trials)."),
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs each Ray task or Tune trial asks for "
                                          "(fractions share a GPU); refused on a cluster without GPUs."),
     artifacts: Optional[str] = typer.Option(None, help="Folder for the saved models (default: beside the storage)."),
     new_study: bool = typer.Option(False, "--new-study", help="Start a new study instead of resuming."),

@@ -24,7 +24,15 @@ def run_on_target(fn: Callable[..., Any], target: Target, *args: Any) -> Any:
     if ray.cluster_resources().get(target.ray_resource, 0) <= 0:
         raise LatencyError(f"no Ray node offers the resource {target.ray_resource!r}; start the target node with "
                            f"ray start --resources '{{\"{target.ray_resource}\": 1}}'")
-    task = ray.remote(num_cpus=target.threads, resources={target.ray_resource: 1})(fn)
+    # A Ray Tune trial runs in a placement group, which captures its child tasks: "DEFAULT" scheduling
+    # takes the measurement out of it (the target's resource is not in the group). The group's CPUs are
+    # reserved, and it may sit on the target node itself: asking for CPUs there would wait for the very
+    # trial that waits for the measurement. So inside a group the measurement asks for the target's
+    # resource only (capacity 1: measurements still never overlap); start the target node with
+    # --num-cpus 0 so that no Tune trial trains beside a measurement.
+    in_group = ray.get_runtime_context().get_placement_group_id() is not None
+    task = ray.remote(num_cpus=0 if in_group else target.threads, resources={target.ray_resource: 1},
+                      scheduling_strategy="DEFAULT")(fn)
     return ray.get(task.remote(*args))
 
 

@@ -19,7 +19,7 @@ from .. import __version__
 from ..digests import data_sha256
 from ..objectives import directions_of
 from ..preprocessing import describe_preprocessing
-from ..spaces import Recipe
+from ..spaces import ConfigError, Recipe
 from ._budget import count_states, max_pruned  # noqa: F401 - re-exported
 from ._executor import SearchJob, make_executor, taken_trials
 from ._fingerprint import changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
@@ -125,15 +125,45 @@ def run_search(
     evaluate_test: bool = True,
     grace_period: int = DEFAULT_GRACE_PERIOD,
     gpus_per_trial: float = 0.0,
+    tune_callbacks: list[Any] | None = None,
 ) -> SearchSummary:
     """Run (or resume) the study of `recipe` until it holds `recipe.trials` completed trials,
     `recipe.timeout` seconds have passed, or too many trials failed.
 
     Trials left RUNNING by a dead process (same host) or without a heartbeat for `grace_period`
-    seconds are failed and retried with the same parameters."""
-    start = time.perf_counter()
-    runner = make_executor(executor, address=address, workers=workers, gpus_per_trial=gpus_per_trial)
+    seconds are failed and retried with the same parameters. `tune_callbacks`: Ray Tune callbacks
+    (MLflow, W&B, ...) for ``executor="tune"``."""
+    options: dict[str, Any] = {"address": address, "workers": workers, "gpus_per_trial": gpus_per_trial}
+    if tune_callbacks:
+        if executor != "tune":
+            raise ConfigError(f"tune_callbacks are Ray Tune callbacks; they need executor='tune', not {executor!r}")
+        options["callbacks"] = list(tune_callbacks)
+    runner = make_executor(executor, **options)
     runner.check()  # e.g. GPUs Ray cannot give: refused before the study exists or a teacher trains
+    job = prepare_search(recipe, storage, study_name, new_study, artifact_dir, on_trial=on_trial,
+                         on_teacher_epoch=on_teacher_epoch, grace_period=grace_period)
+    summary = runner.run(job)
+    for line in latency_warnings([t for t in job.study.get_trials(deepcopy=False) if t.number not in job.taken_at_open]):
+        log.warning(line)  # once per run, with the trials it concerns
+    if evaluate_test:
+        evaluate_pareto_on_test(job.study, job.ctx)
+    return summary
+
+
+def prepare_search(
+    recipe: Recipe,
+    storage: str | None = None,
+    study_name: str | None = None,
+    new_study: bool = False,
+    artifact_dir: str | Path | None = None,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial, dict[str, Any]], None] | None = None,
+    on_teacher_epoch: Callable[[int, int, float], None] | None = None,
+    grace_period: int = DEFAULT_GRACE_PERIOD,
+) -> SearchJob:
+    """Everything before the first trial: refuse what cannot work, create or resume the study, train
+    (or load) the teacher, record what the study means and enqueue the warm starts. Any executor (or
+    a Ray Tune `Tuner` of the user's, `vitshrink.tune`) then runs the returned job's trials."""
+    start = time.perf_counter()
     check_space_fits_teacher(recipe)  # an impossible space is refused before the study exists
     fingerprint = recipe_fingerprint(recipe)  # reads the teacher checkpoint: a missing one is refused here
     training_device_of(recipe)  # so is a GPU asked for and absent, before the data is read
@@ -157,12 +187,7 @@ def run_search(
     record_latency_reference(study, ctx)  # a new study fixes what its latency objective means, before any trial
     enqueue_warm_starts(study, recipe)
     art_dir = study.user_attrs[ARTIFACT_DIR_ATTR]
-    summary = runner.run(SearchJob(study, recipe, storage, art_dir, ctx, start, grace_period, on_trial, taken_at_open))
-    for line in latency_warnings([t for t in study.get_trials(deepcopy=False) if t.number not in taken_at_open]):
-        log.warning(line)  # once per run, with the trials it concerns
-    if evaluate_test:
-        evaluate_pareto_on_test(study, ctx)
-    return summary
+    return SearchJob(study, recipe, storage, art_dir, ctx, start, grace_period, on_trial, taken_at_open)
 
 
 def evaluate_pareto_on_test(study: optuna.Study, ctx: SearchContext) -> dict[int, float]:

@@ -10,7 +10,7 @@ Example:
     >>> make_executor("local").name
     'local'
     >>> sorted(EXECUTORS)
-    ['local', 'ray']
+    ['local', 'ray', 'tune']
 """
 
 from __future__ import annotations
@@ -58,17 +58,19 @@ class Executor(Protocol):
         """Run trials of `job.study` until `job.recipe`'s budget is met; the summary of this driver's part."""
 
 
-# name -> "module:factory"; a factory takes address, workers and gpus_per_trial as keywords
+# name -> "module:factory"; a factory takes address, workers and gpus_per_trial as keywords (tune: callbacks too)
 EXECUTORS = {
     "local": "vitshrink.search.local_executor:LocalExecutor",
     "ray": "vitshrink.search.ray_executor:RayExecutor",
+    "tune": "vitshrink.search.tune_executor:TuneExecutor",
 }
 
 
 def make_executor(name: str, **options: Any) -> Executor:
     """The executor registered as `name`, made with `options` (``address``, ``workers``, ``gpus_per_trial``)."""
     if name not in EXECUTORS:
-        raise ConfigError(f"unknown executor {name!r}; use {' or '.join(EXECUTORS)}")
+        *first, last = EXECUTORS
+        raise ConfigError(f"unknown executor {name!r}; use {', '.join(first)} or {last}")
     module, _, factory = EXECUTORS[name].partition(":")
     return getattr(importlib.import_module(module), factory)(**options)
 

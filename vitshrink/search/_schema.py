@@ -74,9 +74,10 @@ REQUEUED_FROM_ATTR = "requeued_from"  # on a queued copy of a trial that gave it
 WORKER_ATTR = "worker"  # host:pid of the process running the trial
 DRIVER_ATTR = "driver"  # the Ray driver that started the trial's task
 RAY_TASK_ATTR = "ray_task"  # the Ray task running the trial
+TUNE_TRIAL_ATTR = "tune_trial"  # the Ray Tune trial running it (search/tune_executor.py)
 # Attributes that describe the process running a trial: a retry must not inherit them, or the new
 # owner's trial would look like the dead one until it overwrites them.
-OWNER_USER_ATTRS = (WORKER_ATTR, DRIVER_ATTR, RAY_TASK_ATTR, FAIL_REASON_ATTR, NOT_RUN_ATTR)
+OWNER_USER_ATTRS = (WORKER_ATTR, DRIVER_ATTR, RAY_TASK_ATTR, TUNE_TRIAL_ATTR, FAIL_REASON_ATTR, NOT_RUN_ATTR)
 
 # --- trial system attributes ------------------------------------------------------------------------------------
 HEARTBEAT_ATTR = "vitshrink.heartbeat"  # journal storages: epoch seconds of the owner's last beat

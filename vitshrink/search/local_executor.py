@@ -36,7 +36,7 @@ class LocalExecutor:
     def check(self) -> None:
         if self.gpus_per_trial:
             check_gpus_per_trial(self.gpus_per_trial)
-            raise ConfigError("--gpus-per-trial applies to Ray tasks; add --executor ray, or leave it out (the local "
+            raise ConfigError("--gpus-per-trial applies to Ray tasks; add --executor ray (or tune), or leave it out (the local "
                               "executor trains on [teacher.train] device)")
 
     def run(self, job: SearchJob) -> SearchSummary:

@@ -28,149 +28,41 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import optuna
 from optuna.trial import TrialState
 
-from ..objectives import Target
 from ..spaces import ConfigError, Recipe
-from ._budget import budget_left, claim_slot, count_states, is_not_run
+from ._budget import budget_left, count_states, is_not_run
 from ._executor import SearchJob, check_gpus_per_trial
 from ._optuna import get_trial
-from ._samplers import make_sampler
+from ._ray import (MAX_TASK_ERRORS, POLL_S, absolute_storage_url, check_gpus, check_target, connect, cpu_share,
+                   refuse_missing_gpus)
 from ._schema import DRIVER_ATTR, RAY_TASK_ATTR, WORKER_ATTR
-from ._storage import (DEFAULT_GRACE_PERIOD, DEFAULT_STORAGE, fail_stale_trials, fail_trial_and_retry,
-                       heartbeat_interval_for, open_storage, this_worker, trial_heartbeat)
+from ._storage import (DEFAULT_GRACE_PERIOD, fail_stale_trials, fail_trial_and_retry,
+                       heartbeat_interval_for, this_worker)
 from ._summary import SearchError, SearchSummary
-from ._trial import context_for, run_trial
-from ._warm import warm_start_configs
+from ._worker import run_remote_trial
 
 log = logging.getLogger(__name__)
-
-POLL_S = 1.0
-MAX_TASK_ERRORS = 3  # tasks in a row that fail before running a trial: a broken setup, not bad luck
-# Ray binds a local cluster to the machine's network address unless this is "0" when Ray is imported.
-_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-def absolute_storage_url(url: str | None) -> str:
-    """The storage URL with file paths made absolute: Ray workers do not share the driver's cwd.
-
-    Example:
-        >>> absolute_storage_url("sqlite:////tmp/a.db")
-        'sqlite:////tmp/a.db'
-    """
-    url = url or DEFAULT_STORAGE
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if not path or path == ":memory:":
-            raise SearchError("an in-memory SQLite storage cannot be shared with Ray workers; "
-                              "use sqlite:///file.db, postgresql://..., journal:///file.log or redis://...")
-        return "sqlite:///" + str(Path(path).expanduser().resolve())
-    if "://" not in url or url.startswith("journal:"):
-        if url.startswith("journal:") or url.endswith(".log"):
-            path = url.removeprefix("journal://").removeprefix("journal:")
-            return "journal://" + str(Path(path).expanduser().resolve())
-    return url
-
-
-def connect(address: str | None, num_cpus: int | None = None):
-    """Connect to the Ray cluster at `address`, or start a local one on loopback; returns
-    ``(ray, owned)`` where `owned` says this call connected (and the caller should shut down)."""
-    if address is None and "ray" not in sys.modules:
-        os.environ.setdefault(_LOOPBACK_ENV, "0")
-    try:
-        import ray
-    except ImportError:
-        raise SearchError("the ray executor needs Ray: pip install 'ray[default]'") from None
-    if ray.is_initialized():
-        return ray, False
-    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **kwargs)
-    return ray, True
-
-
-def check_gpus(ray, gpus_per_trial: float) -> None:
-    """Refuse GPUs per trial on a cluster that has none (Ray would leave every task pending forever)."""
-    have = ray.cluster_resources().get("GPU", 0)
-    if gpus_per_trial > 0 and have <= 0:
-        raise SearchError(f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs but the Ray cluster has none; "
-                          "start Ray nodes with GPUs (ray start --num-gpus N) or leave --gpus-per-trial out")
-    if gpus_per_trial > have:
-        raise SearchError(f"--gpus-per-trial {gpus_per_trial:g} is more than the Ray cluster's {have:g} GPU(s); "
-                          f"ask for at most {have:g}")
-
-
-def refuse_missing_gpus(address: str | None, gpus_per_trial: float) -> None:
-    """`check_gpus` before the study exists or a teacher trains (a local cluster started here for the
-    check is shut down again; the executor starts its own)."""
-    ray, owned = connect(address)
-    try:
-        check_gpus(ray, gpus_per_trial)
-    finally:
-        if owned:
-            ray.shutdown()
-
-
-def cpu_share(ray, workers: int) -> int:
-    """CPUs per trial task: the cluster's CPUs split over `workers`, at most one node's worth."""
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    biggest = max((n["Resources"].get("CPU", 0) for n in nodes), default=1)
-    total = ray.cluster_resources().get("CPU", 1)
-    return max(1, min(int(total // workers), int(biggest)))
-
 
 def _trial_task(recipe: Recipe, storage_url: str, study_name: str, artifact_dir: str, threads: int, seed: int,
                 grace_period: int, driver_id: str) -> dict[str, Any]:
     """One trial on a Ray worker: ask, build, measure, save, tell (all through the storage)."""
     import ray
-    import torch
 
-    torch.set_num_threads(threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval_for(grace_period),
-                           grace_period=grace_period)
-    # a seed per task: concurrent tasks with one seed would sample the same configuration
-    sampler = make_sampler(recipe.sampler, seed=seed, warm_starts=len(warm_start_configs(recipe)), recipe=recipe)
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
-    ctx = context_for(recipe)
-    if hasattr(sampler, "attach"):
-        sampler.attach(ctx)
     task_id = ray.get_runtime_context().get_task_id()
-
-    def objective(trial: optuna.Trial) -> tuple[float, ...]:
-        # recorded first, so the driver can tie a crashed task to its trial
-        trial.set_user_attr(RAY_TASK_ATTR, task_id)
-        trial.set_user_attr(DRIVER_ATTR, driver_id)
-        claim_slot(trial, recipe.trials)  # the same rule as the local executor: other drivers share the budget
-        with trial_heartbeat(trial, heartbeat_interval_for(grace_period)):
-            return run_trial(trial, recipe, artifact_dir, ctx)
-
-    numbers: list[int] = []
-    study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False,
-                   callbacks=[lambda _st, frozen: numbers.append(frozen.number)])
-    return {"trial": numbers[0], "worker": this_worker()}
+    frozen = run_remote_trial(recipe, storage_url, study_name, artifact_dir, threads, seed, grace_period,
+                              tags={RAY_TASK_ATTR: task_id, DRIVER_ATTR: driver_id})
+    return {"trial": frozen.number, "worker": this_worker()}
 
 
 def _trial_of_task(study: optuna.Study, task_id: str) -> optuna.trial.FrozenTrial | None:
     return next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(RAY_TASK_ATTR) == task_id), None)
-
-
-def _check_target(ray, recipe: Recipe) -> None:
-    target = Target.parse(recipe.device)
-    if target.kind == "ray" and ray.cluster_resources().get(target.ray_resource, 0) <= 0:
-        raise SearchError(f"no Ray node offers the resource {target.ray_resource!r} of the latency target "
-                          f"{target}; start the target node with ray start --resources "
-                          f"'{{\"{target.ray_resource}\": 1}}'")
 
 
 def run_on_ray(
@@ -202,7 +94,7 @@ def run_on_ray(
     ray, owned = connect(address)
     pending: dict[Any, int] = {}
     try:
-        _check_target(ray, recipe)
+        check_target(ray, recipe)
         share = cpu_share(ray, workers)
         check_gpus(ray, gpus_per_trial)
         options: dict[str, Any] = {"num_cpus": share, "max_retries": 0, "name": "vitshrink-trial"}
