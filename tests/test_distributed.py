@@ -64,7 +64,7 @@ def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(executor, 
     recorded = tmp_path / "callback.jsonl"
     try:
         done = _finish(_start_driver(_recipe(name, trials=4, device=f"ray:{RESOURCE}"), POSTGRES, tmp_path,
-                                     executor=executor, extra=("--callback", str(recorded))))
+                                     executor=executor, extra=("--callback", str(recorded)) if executor == "tune" else ()))
         trials = optuna.load_study(study_name=name, storage=open_storage(POSTGRES)).trials
         # exactly the budget: no trial asked beyond it, none counted twice
         assert done["completed"] == 4 and len(trials) == 4

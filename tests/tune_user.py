@@ -36,10 +36,15 @@ def main() -> int:
     grid = tuner.fit()
     summary = search.finish(evaluate_test=False)
     # -------------------------------------------------------------------------------------------------------
+    try:  # Tune's own resume is refused with one sentence: the study resumes from its storage instead
+        tune.Tuner.restore(str(Path(tune_folder) / recipe.name), trainable=search.trainable(cpus=1)).fit()
+        restore = "restored"
+    except Exception as exc:  # noqa: BLE001 - the message is what is checked
+        restore = str(exc)
     ray.shutdown()
     print(json.dumps({"results": len(grid), "states": sorted(r.metrics.get("state", "?") for r in grid),
                       "errors": len(grid.errors), "completed": summary.completed,
-                      "pareto": [t.number for t in search.pareto()],
+                      "pareto": [t.number for t in search.pareto()], "restore": restore,
                       "objectives": sorted(k for r in grid for k in recipe.objectives if k in r.metrics)}), flush=True)
     return 0
 

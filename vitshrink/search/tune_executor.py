@@ -65,6 +65,23 @@ except ImportError:  # pragma: no cover - exercised only where Ray is missing
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted by the user (Ctrl-C); retried when the search resumes"
+NOT_RESTORED = ("a vitshrink search is not resumed by Tuner.restore: run the same vitshrink search command (or "
+                "vitshrink.tune.prepare) again, and the study resumes from its storage")
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Environment variables set for the block (Tune reads its switches from the environment)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _need_tune() -> None:
@@ -108,6 +125,8 @@ class BudgetSearcher(Searcher):
         return True  # the space is the study's; Tune's metric and mode are for Tune's own reports
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.study is None:
+            raise SearchError(NOT_RESTORED)
         if self.error is not None:
             return Searcher.FINISHED
         left, reason = self._budget()
@@ -144,6 +163,13 @@ class BudgetSearcher(Searcher):
             self.ran.append(frozen.number)
         if self.on_trial is not None:
             self.on_trial(self.study, frozen, count_states(self.study))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What Tune pickles (its ``tuner.pkl``): the settings, not the open storage or the caller's callback."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("study", "on_trial")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, study=None, on_trial=None)
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: the study's storage is the search's state (resume by running it again)."""
@@ -246,11 +272,13 @@ def run_on_tune(job: SearchJob, address: str | None = None, workers: int = 1, gp
             run_config=tune.RunConfig(name=study.study_name, storage_path=str(tune_folder(job.artifact_dir)),
                                       callbacks=list(callbacks or []), verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=0)))
-        with contextlib.redirect_stdout(sys.stderr):  # Tune's own lines; stdout stays the caller's (tables, JSON)
+        # Tune's own lines go to stderr (stdout stays the caller's: tables, JSON). Ctrl-C stops at once, as with
+        # the other executors: Tune's SIGINT handler would let running trials go on (and maybe finish) first
+        with contextlib.redirect_stdout(sys.stderr), _environ(TUNE_DISABLE_SIGINT_HANDLER="1"):
             tuner.fit()
         if searcher.error is not None:
             raise SearchError(searcher.error)
-        if searcher.stopped_by is None:  # Tune ended before the budget said so: its SIGINT handler stopped it
+        if searcher.stopped_by is None:  # Tune ended before the budget said so (a SIGUSR1: Tune's stop signal)
             raise KeyboardInterrupt
     except BaseException as exc:
         if searcher is not None:
