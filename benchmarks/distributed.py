@@ -1,18 +1,22 @@
-"""Distributed and resumable searches, measured: trials per hour with 1 and 2 Ray workers, and the
-time from a kill -9 of a search to the resumed study's first new completed trial.
+"""Distributed and resumable searches, measured: trials per hour with 1 and 2 workers of the Ray and the
+Ray Tune executors on the same trials, the time from a kill -9 of a worker to its trial's retry, and
+from a kill -9 of a search to the resumed study's first new completed trial.
 
-Throughput: the quickstart recipe (reduced to `--trials` completed trials) on a local Ray cluster
-(`run_search(..., executor="ray", workers=N)`), each run on a fresh SQLite storage. The 2-worker run
-replays the 1-worker run's configurations (enqueued in the same order), so both do the same work:
-quickstart trials range from seconds to minutes, and two different samples would compare configs,
-not executors. Trials per hour is counted over the trials' own span (first trial start to last
-trial end, from the storage), leaving out Ray start-up and teacher loading; the wall time with them
-is reported too. The teacher is trained once into a benchmark cache; the latency cache is emptied
-before each run, so neither run reuses the other's measurements.
+Throughput: the quickstart recipe (reduced to `--trials` completed trials, screening and rungs off so
+every trial trains to its end) on a local Ray cluster (`run_search(..., executor=E, workers=N)`), each
+run on a fresh SQLite storage. A first Ray run samples the configurations; every other run replays
+them (enqueued in the same order), so all do the same work: quickstart trials range from seconds to
+minutes, and two different samples would compare configs, not executors. Runs alternate between the
+executors. Trials per hour is counted over the trials' own span (first trial start to last trial
+end, from the storage), leaving out Ray start-up and teacher loading; the wall time with them is
+reported too, and so is the median gap a worker sits idle between two trials (the dispatch
+overhead). Tune's extra cost per trial is the difference of the spans over the trials each worker
+ran. The teacher is trained once into a benchmark cache; the latency cache is emptied before each
+run, so no run reuses another's measurements.
 
-A third run replays the same configurations on one worker with one CPU: on a 2-core machine shared
-with other work, torch's 2 intra-op threads can be many times slower than 1 (threads spin while
-their partner is descheduled), so "1 worker x 2 CPUs" vs "2 workers x 1 CPU" mixes two effects.
+Worker kill: `vitshrink search quickstart --executor E` runs as a real process; once a trial is
+complete and another is running, that trial's worker process gets SIGKILL; the time until the
+retry (same parameters) starts, as its storage timestamp, is reported.
 
 Resume: `vitshrink search quickstart --storage sqlite:///...` runs as a real process; once a trial
 is complete and another is running it gets SIGKILL; the same command is started at once, and the
@@ -21,7 +25,7 @@ teacher load from cache, stale-trial detection, and the retried trial itself); t
 retry starts (the resume overhead alone) is reported too.
 
 Usage:
-    python benchmarks/distributed.py                      # a few minutes on 2 cores
+    python benchmarks/distributed.py                      # about 15 minutes on 2 cores
     python benchmarks/distributed.py --trials 4 --out /tmp/distributed.json
 """
 
@@ -35,6 +39,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,17 +59,19 @@ from vitshrink.spaces import resolve_recipe  # noqa: E402
 log = logging.getLogger("benchmarks.distributed")
 
 
-def throughput(workers: int, trials: int, work: Path, replay: list[tuple[dict, dict]] | None = None,
+def throughput(executor: str, workers: int, trials: int, work: Path, replay: list[tuple[dict, dict]] | None = None,
                cpus: int | None = None) -> tuple[dict, list[tuple[dict, dict]]]:
-    """Run the quickstart study with `trials` completed trials on `workers` Ray workers (the trials of
-    `replay` first, in order) on a local cluster of `cpus` CPUs (default: all); returns the
-    measurements and the (params, user attrs) run."""
+    """Run the quickstart study with `trials` completed trials on `workers` workers of `executor` (ray or
+    tune; the trials of `replay` first, in order) on a local cluster of `cpus` CPUs (default: all);
+    returns the measurements and the (params, user attrs) run."""
     (work / "cache" / "latency-cache.json").unlink(missing_ok=True)
-    storage = f"sqlite:///{work}/ray-{workers}-{cpus or 'all'}.db"
+    storage = f"sqlite:///{work}/{executor}-{workers}-{cpus or 'all'}-{'replay' if replay else 'sampled'}.db"
     ray, _ = connect(None, num_cpus=cpus or os.cpu_count())  # run_search reuses this cluster
     cpus_per_trial = cpu_share(ray, workers)
-    # the budget is the trial count, not the recipe's 10-minute timeout
-    recipe = dataclasses.replace(resolve_recipe("quickstart"), trials=trials, timeout=None)
+    # the budget is the trial count, not the recipe's 10-minute timeout; every trial trains to its end (screening
+    # and rungs follow measured latencies, so a replay could stop a different set of trials)
+    recipe = dataclasses.replace(resolve_recipe("quickstart"), trials=trials, timeout=None, screening=False,
+                                 rungs=False)
     if replay:
         study = open_or_create_study(recipe, storage)
         for params, attrs in replay:
@@ -72,7 +79,7 @@ def throughput(workers: int, trials: int, work: Path, replay: list[tuple[dict, d
     load = os.getloadavg()[0]
     start = time.perf_counter()
     try:
-        summary = run_search(recipe, storage=storage, executor="ray", workers=workers, evaluate_test=False)
+        summary = run_search(recipe, storage=storage, executor=executor, workers=workers, evaluate_test=False)
     finally:
         ray.shutdown()
     wall = time.perf_counter() - start
@@ -81,10 +88,81 @@ def throughput(workers: int, trials: int, work: Path, replay: list[tuple[dict, d
     per_trial = sorted((t.datetime_complete - t.datetime_start).total_seconds() for t in done)
     ran = [(dict(t.params), {k: t.user_attrs[k] for k in ("config_override", "role") if k in t.user_attrs})
            for t in sorted(done, key=lambda t: t.number)]
-    return {"workers": workers, "cpus_per_trial": cpus_per_trial, "completed": len(done), "failed": summary.failed, "span_s": round(span, 1),
-            "wall_s": round(wall, 1), "trials_per_hour": round(len(done) * 3600 / span, 1),
-            "median_trial_s": round(per_trial[len(per_trial) // 2], 1), "replayed": bool(replay),
-            "load_avg_1min_before": round(load, 2)}, ran
+    return {"executor": executor, "workers": workers, "cpus_per_trial": cpus_per_trial, "completed": len(done),
+            "failed": summary.failed, "span_s": round(span, 1), "wall_s": round(wall, 1),
+            "trials_per_hour": round(len(done) * 3600 / span, 1),
+            "median_trial_s": round(statistics.median(per_trial), 2), "busy_s": round(sum(per_trial), 1),
+            "median_gap_ms": _median_gap_ms(done), "replayed": bool(replay),
+            "load_avg_1min_before": round(load, 2), "load_avg_1min_after": round(os.getloadavg()[0], 2)}, ran
+
+
+def _median_gap_ms(done: list[optuna.trial.FrozenTrial]) -> float | None:
+    """Median time a worker process sat between finishing one trial and starting its next: the
+    executor's dispatch overhead (result back to the driver, the next trial asked, the worker reused)."""
+    by_worker: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for t in done:
+        by_worker.setdefault(t.user_attrs.get("worker", "?"), []).append(t)
+    gaps = [(b.datetime_start - a.datetime_complete).total_seconds() * 1000
+            for ts in by_worker.values() for a, b in zip(sorted(ts, key=lambda t: t.datetime_start),
+                                                          sorted(ts, key=lambda t: t.datetime_start)[1:])]
+    return round(statistics.median(gaps), 1) if gaps else None
+
+
+def compare(runs: list[dict]) -> list[dict]:
+    """Tune against Ray at each worker count, on the same replayed trials: the throughput ratio, and
+    the per-trial overhead Tune adds (from the spans, and from the workers' idle gaps)."""
+    rows = []
+    for w in sorted({r["workers"] for r in runs}):
+        ray_run = next(r for r in runs if r["executor"] == "ray" and r["workers"] == w and r["replayed"])
+        tune_run = next(r for r in runs if r["executor"] == "tune" and r["workers"] == w)
+        per_worker = tune_run["completed"] / w  # trials each worker ran one after the other
+        extra_ms = (tune_run["span_s"] - ray_run["span_s"]) * 1000 / per_worker
+        rows.append({"workers": w, "ray_trials_per_hour": ray_run["trials_per_hour"],
+                     "tune_trials_per_hour": tune_run["trials_per_hour"],
+                     "tune_over_ray_throughput": round(tune_run["trials_per_hour"] / ray_run["trials_per_hour"], 3),
+                     "tune_extra_ms_per_trial_from_span": round(extra_ms, 0),
+                     "tune_extra_pct_of_median_trial": round(100 * extra_ms / (1000 * ray_run["median_trial_s"]), 1),
+                     "median_gap_ms": {"ray": ray_run["median_gap_ms"], "tune": tune_run["median_gap_ms"]}})
+    return rows
+
+
+def worker_kill(executor: str, work: Path, trials: int = 3) -> dict:
+    """kill -9 one Ray/Tune worker process mid-trial (the driver lives on); the time until its trial's
+    retry starts, and until it completes."""
+    storage = f"sqlite:///{work}/kill-{executor}.db"
+    tag = {"ray": "ray_task", "tune": "tune_trial"}[executor]
+    cmd = [sys.executable, "-m", "vitshrink.cli", "-q", "search", "quickstart", "--storage", storage, "--trials",
+           str(trials), "--executor", executor]
+    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = t_kill = None
+    while killed is None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the {executor} search ended before a worker could be killed: {proc.stderr.read()[-2000:]}")
+        study = _study(storage, "quickstart")
+        ts = study.get_trials(deepcopy=False) if study is not None else []
+        running = [t for t in ts if t.state == TrialState.RUNNING and tag in t.user_attrs and "worker" in t.user_attrs]
+        if running and any(t.state == TrialState.COMPLETE for t in ts):
+            killed = running[0]
+            os.kill(int(killed.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+            t_kill = time.time()
+        time.sleep(0.05)
+    t_retry = t_done = None
+    while t_done is None and proc.poll() is None:
+        retry = next((t for t in _study(storage, "quickstart").get_trials(deepcopy=False)
+                      if t.system_attrs.get("failed_trial") == killed.number and t.datetime_start), None)
+        if retry is not None:
+            t_retry = t_retry or time.time()
+            if retry.state == TrialState.COMPLETE:
+                t_done = time.time()
+        time.sleep(0.05)
+    proc.wait()
+    study = _study(storage, "quickstart")
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number)
+    return {"executor": executor, "killed_trial": killed.number,
+            "kill_to_retry_start_s": round(retry.datetime_start.timestamp() - t_kill, 2),
+            "kill_to_retry_seen_s": round(t_retry - t_kill, 2) if t_retry else None,
+            "kill_to_retry_complete_s": round(t_done - t_kill, 2) if t_done else None,
+            "final_complete": sum(t.state == TrialState.COMPLETE for t in study.trials), "exit_code": proc.returncode}
 
 
 def _study(storage: str, name: str) -> optuna.Study | None:
@@ -154,23 +232,34 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="vitshrink-bench-"))
     os.environ["VITSHRINK_CACHE"] = str(work / "cache")  # the teacher is trained once, here, for all runs
+    load_start = os.getloadavg()[0]
     try:
-        one, ran = throughput(1, args.trials, work)
-        # the same configurations with one CPU per trial, alone and two at a time
-        runs = [one, throughput(1, args.trials, work, replay=ran, cpus=1)[0],
-                throughput(2, args.trials, work, replay=ran)[0]]
+        sampled, ran = throughput("ray", 1, args.trials, work)
+        # the same configurations on each executor, one and two workers, interleaved so drift hits both
+        runs = [sampled] + [throughput(executor, workers, args.trials, work, replay=ran)[0]
+                            for workers in (1, 2) for executor in ("ray", "tune")]
+        kills = [worker_kill(executor, work) for executor in ("ray", "tune")]
         resume = kill_and_resume(work, args.resume_trials, args.grace)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
-        "recipe": "quickstart", "trials": args.trials, "ray": runs, "resume": resume,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
+        "recipe": "quickstart (screening and rungs off: every replayed trial trains to its end)",
+        "trials": args.trials, "runs": runs, "tune_vs_ray": compare(runs), "worker_kill": kills, "resume": resume,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "load_avg_1min_start": round(load_start, 2), "load_avg_1min_end": round(os.getloadavg()[0], 2)},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for r in runs:
-        print(f"trials per hour, {r['workers']} Ray worker(s) x {r['cpus_per_trial']} CPU(s): {r['trials_per_hour']}")
+        print(f"trials per hour, {r['executor']} {r['workers']} worker(s) x {r['cpus_per_trial']} CPU(s)"
+              f"{' (replayed)' if r['replayed'] else ''}: {r['trials_per_hour']} (median gap {r['median_gap_ms']} ms)")
+    for c in result["tune_vs_ray"]:
+        print(f"{c['workers']} worker(s): Tune / Ray throughput {c['tune_over_ray_throughput']}, "
+              f"Tune adds {c['tune_extra_ms_per_trial_from_span']:.0f} ms per trial "
+              f"({c['tune_extra_pct_of_median_trial']} % of a median trial)")
+    for k in kills:
+        print(f"{k['executor']}: kill -9 of a worker to its retry's start {k['kill_to_retry_start_s']} s")
     print(f"kill -9 to first new completed trial: {resume['kill_to_first_new_complete_s']} s "
           f"(the retry started after {resume['kill_to_retry_start_s']} s)")
 
