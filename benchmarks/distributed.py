@@ -7,11 +7,11 @@ every trial trains to its end) on a local Ray cluster (`run_search(..., executor
 run on a fresh SQLite storage. A first Ray run samples the configurations; every other run replays
 them (enqueued in the same order), so all do the same work: quickstart trials range from seconds to
 minutes, and two different samples would compare configs, not executors. Runs alternate between the
-executors. Trials per hour is counted over the trials' own span (first trial start to last trial
+executors, `--rounds` times. Trials per hour is counted over the trials' own span (first trial start to last trial
 end, from the storage), leaving out Ray start-up and teacher loading; the wall time with them is
 reported too, and so is the median gap a worker sits idle between two trials (the dispatch
-overhead). Tune's extra cost per trial is the difference of the spans over the trials each worker
-ran. The teacher is trained once into a benchmark cache; the latency cache is emptied before each
+overhead). Tune's extra cost per trial is the difference of those gaps, in ms and in % of the
+sampled run's median quickstart trial; its throughput ratio to Ray is paired by round. The teacher is trained once into a benchmark cache; the latency cache is emptied before each
 run, so no run reuses another's measurements.
 
 Worker kill: `vitshrink search quickstart --executor E` runs as a real process; once a trial is
@@ -60,12 +60,12 @@ log = logging.getLogger("benchmarks.distributed")
 
 
 def throughput(executor: str, workers: int, trials: int, work: Path, replay: list[tuple[dict, dict]] | None = None,
-               cpus: int | None = None) -> tuple[dict, list[tuple[dict, dict]]]:
+               cpus: int | None = None, round_: int = 0) -> tuple[dict, list[tuple[dict, dict]]]:
     """Run the quickstart study with `trials` completed trials on `workers` workers of `executor` (ray or
     tune; the trials of `replay` first, in order) on a local cluster of `cpus` CPUs (default: all);
     returns the measurements and the (params, user attrs) run."""
     (work / "cache" / "latency-cache.json").unlink(missing_ok=True)
-    storage = f"sqlite:///{work}/{executor}-{workers}-{cpus or 'all'}-{'replay' if replay else 'sampled'}.db"
+    storage = f"sqlite:///{work}/{executor}-{workers}-{cpus or 'all'}-{'replay' if replay else 'sampled'}-{round_}.db"
     ray, _ = connect(None, num_cpus=cpus or os.cpu_count())  # run_search reuses this cluster
     cpus_per_trial = cpu_share(ray, workers)
     # the budget is the trial count, not the recipe's 10-minute timeout; every trial trains to its end (screening
@@ -92,7 +92,7 @@ def throughput(executor: str, workers: int, trials: int, work: Path, replay: lis
             "failed": summary.failed, "span_s": round(span, 1), "wall_s": round(wall, 1),
             "trials_per_hour": round(len(done) * 3600 / span, 1),
             "median_trial_s": round(statistics.median(per_trial), 2), "busy_s": round(sum(per_trial), 1),
-            "median_gap_ms": _median_gap_ms(done), "replayed": bool(replay),
+            "median_gap_ms": _median_gap_ms(done), "replayed": bool(replay), "round": round_,
             "load_avg_1min_before": round(load, 2), "load_avg_1min_after": round(os.getloadavg()[0], 2)}, ran
 
 
@@ -108,21 +108,29 @@ def _median_gap_ms(done: list[optuna.trial.FrozenTrial]) -> float | None:
     return round(statistics.median(gaps), 1) if gaps else None
 
 
-def compare(runs: list[dict]) -> list[dict]:
-    """Tune against Ray at each worker count, on the same replayed trials: the throughput ratio, and
-    the per-trial overhead Tune adds (from the spans, and from the workers' idle gaps)."""
+def compare(runs: list[dict], quickstart_trial_s: float) -> list[dict]:
+    """Tune against Ray at each worker count, on the same replayed trials, paired by round: the median
+    throughput ratio, and the per-trial overhead Tune adds as the difference of the workers' median idle
+    gaps between trials (the dispatch path; trial durations themselves move by +-20 % from run to run on
+    these 2 shared cores, so span differences measure the machine, not the executor), in ms and in % of
+    the median sampled quickstart trial."""
     rows = []
     for w in sorted({r["workers"] for r in runs}):
-        ray_run = next(r for r in runs if r["executor"] == "ray" and r["workers"] == w and r["replayed"])
-        tune_run = next(r for r in runs if r["executor"] == "tune" and r["workers"] == w)
-        per_worker = tune_run["completed"] / w  # trials each worker ran one after the other
-        extra_ms = (tune_run["span_s"] - ray_run["span_s"]) * 1000 / per_worker
-        rows.append({"workers": w, "ray_trials_per_hour": ray_run["trials_per_hour"],
-                     "tune_trials_per_hour": tune_run["trials_per_hour"],
-                     "tune_over_ray_throughput": round(tune_run["trials_per_hour"] / ray_run["trials_per_hour"], 3),
-                     "tune_extra_ms_per_trial_from_span": round(extra_ms, 0),
-                     "tune_extra_pct_of_median_trial": round(100 * extra_ms / (1000 * ray_run["median_trial_s"]), 1),
-                     "median_gap_ms": {"ray": ray_run["median_gap_ms"], "tune": tune_run["median_gap_ms"]}})
+        pairs = [(r, t) for r in runs for t in runs if r["executor"] == "ray" and t["executor"] == "tune"
+                 and r["replayed"] and r["workers"] == t["workers"] == w and r["round"] == t["round"]]
+        ratios = [t["trials_per_hour"] / r["trials_per_hour"] for r, t in pairs]
+        gaps = {"ray": [r["median_gap_ms"] for r, _ in pairs if r["median_gap_ms"] is not None],
+                "tune": [t["median_gap_ms"] for _, t in pairs if t["median_gap_ms"] is not None]}
+        gap = {e: statistics.median(g) if g else float("nan") for e, g in gaps.items()}
+        extra = gap["tune"] - gap["ray"]
+        rows.append({"workers": w, "rounds": len(pairs),
+                     "ray_trials_per_hour": [r["trials_per_hour"] for r, _ in pairs],
+                     "tune_trials_per_hour": [t["trials_per_hour"] for _, t in pairs],
+                     "tune_over_ray_throughput": [round(x, 3) for x in ratios],
+                     "tune_over_ray_throughput_median": round(statistics.median(ratios), 3),
+                     "median_gap_ms": {k: round(v, 1) for k, v in gap.items()},
+                     "tune_extra_ms_per_trial": round(extra, 1),
+                     "tune_extra_pct_of_quickstart_trial": round(100 * extra / (1000 * quickstart_trial_s), 2)})
     return rows
 
 
@@ -223,6 +231,7 @@ def kill_and_resume(work: Path, trials: int, grace: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=8, help="completed trials per throughput run")
+    ap.add_argument("--rounds", type=int, default=3, help="replays of the trials per executor and worker count")
     ap.add_argument("--resume-trials", type=int, default=4, help="budget of the kill/resume study")
     ap.add_argument("--grace", type=int, default=30, help="heartbeat grace period of the resumed search")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "distributed.json"))
@@ -236,15 +245,15 @@ def main() -> None:
     try:
         sampled, ran = throughput("ray", 1, args.trials, work)
         # the same configurations on each executor, one and two workers, interleaved so drift hits both
-        runs = [sampled] + [throughput(executor, workers, args.trials, work, replay=ran)[0]
-                            for workers in (1, 2) for executor in ("ray", "tune")]
+        runs = [sampled] + [throughput(executor, workers, args.trials, work, replay=ran, round_=i)[0]
+                            for i in range(args.rounds) for workers in (1, 2) for executor in ("ray", "tune")]
         kills = [worker_kill(executor, work) for executor in ("ray", "tune")]
         resume = kill_and_resume(work, args.resume_trials, args.grace)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
         "recipe": "quickstart (screening and rungs off: every replayed trial trains to its end)",
-        "trials": args.trials, "runs": runs, "tune_vs_ray": compare(runs), "worker_kill": kills, "resume": resume,
+        "trials": args.trials, "runs": runs, "tune_vs_ray": compare(runs, sampled["median_trial_s"]), "worker_kill": kills, "resume": resume,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "load_avg_1min_start": round(load_start, 2), "load_avg_1min_end": round(os.getloadavg()[0], 2)},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -255,9 +264,9 @@ def main() -> None:
         print(f"trials per hour, {r['executor']} {r['workers']} worker(s) x {r['cpus_per_trial']} CPU(s)"
               f"{' (replayed)' if r['replayed'] else ''}: {r['trials_per_hour']} (median gap {r['median_gap_ms']} ms)")
     for c in result["tune_vs_ray"]:
-        print(f"{c['workers']} worker(s): Tune / Ray throughput {c['tune_over_ray_throughput']}, "
-              f"Tune adds {c['tune_extra_ms_per_trial_from_span']:.0f} ms per trial "
-              f"({c['tune_extra_pct_of_median_trial']} % of a median trial)")
+        print(f"{c['workers']} worker(s): Tune / Ray throughput {c['tune_over_ray_throughput']} (median "
+              f"{c['tune_over_ray_throughput_median']}), Tune adds {c['tune_extra_ms_per_trial']} ms per trial "
+              f"({c['tune_extra_pct_of_quickstart_trial']} % of a quickstart trial, {sampled['median_trial_s']} s)")
     for k in kills:
         print(f"{k['executor']}: kill -9 of a worker to its retry's start {k['kill_to_retry_start_s']} s")
     print(f"kill -9 to first new completed trial: {resume['kill_to_first_new_complete_s']} s "
