@@ -30,15 +30,20 @@ def _search_imports(module: str) -> set[str]:
 @pytest.mark.parametrize("name", sorted(EXECUTORS))
 def test_every_registered_executor_implements_the_protocol(name) -> None:
     executor = make_executor(name, address=None, workers=2, gpus_per_trial=0.0)
-    assert executor.name == name
+    assert executor.name == name  # "ray" is Tune's executor under the name it always had
     assert isinstance(executor, Executor)
     executor.check()  # nothing asked that it cannot do
 
 
-EXECUTOR_MODULES = {"_driver", "local_executor", "ray_executor", "tune_executor"}
+EXECUTOR_MODULES = {"_driver", "local_executor", "tune_executor"}
 
 
-@pytest.mark.parametrize("module", ["local_executor", "ray_executor", "tune_executor"])
+def test_ray_and_tune_are_one_dispatcher() -> None:
+    assert type(make_executor("ray")).__mro__[1] is type(make_executor("tune"))
+    assert not (SEARCH / "ray_executor.py").exists()
+
+
+@pytest.mark.parametrize("module", ["local_executor", "tune_executor"])
 def test_executors_import_neither_the_driver_nor_each_other(module) -> None:
     imported = _search_imports(module)
     assert not imported & EXECUTOR_MODULES, imported
@@ -55,7 +60,7 @@ def test_an_unknown_executor_is_refused_with_the_names_to_use() -> None:
 
 
 def test_the_local_executor_refuses_gpus_per_trial() -> None:
-    with pytest.raises(ConfigError, match="applies to Ray tasks"):
+    with pytest.raises(ConfigError, match="applies to Ray Tune trials"):
         make_executor("local", gpus_per_trial=1).check()
     with pytest.raises(ConfigError, match="must be >= 0"):
         make_executor("local", gpus_per_trial=-1).check()

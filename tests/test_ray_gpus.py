@@ -41,7 +41,7 @@ def test_gpus_per_trial_needs_the_ray_executor(tmp_path):
     line = _nothing_done(run_cli(["search", "r.toml", "--storage", f"sqlite:///{tmp_path / 'st.db'}",
                                   "--gpus-per-trial", "1"], cwd=tmp_path,
                                  env={"VITSHRINK_CACHE": str(tmp_path / "cache")}), tmp_path)
-    assert "--gpus-per-trial" in line and "--executor ray" in line
+    assert "--gpus-per-trial" in line and "--executor tune" in line
 
 
 @pytest.mark.slow

@@ -175,11 +175,11 @@ def search(
     sampler: Optional[str] = typer.Option(
         None, help="vitshrink (the default: scores candidates before training), nsga2, tpe, gp or random."),
     seed_with: Optional[str] = typer.Option(None, "--seed-with", help="'reference': enqueue the hand-picked set."),
-    executor: str = typer.Option("local", help="local; ray to run trials as Ray tasks on a Ray cluster; tune to run "
-                                 "them as Ray Tune trials (results under ARTIFACTS/tune/STUDY)."),
+    executor: str = typer.Option("local", help="local, or tune to run trials as Ray Tune trials on a Ray cluster "
+                                 "(results under ARTIFACTS/tune/STUDY); ray is the same executor, by its former name."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
     workers: int = typer.Option(1, help="Concurrent trials on Ray (Tune's max concurrent trials)."),
-    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs each Ray task or Tune trial asks for "
+    gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="GPUs each Tune trial asks for "
                                          "(fractions share a GPU); refused on a cluster without GPUs."),
     artifacts: Optional[str] = typer.Option(None, help="Folder for the saved models (default: beside the storage)."),
     new_study: bool = typer.Option(False, "--new-study", help="Start a new study instead of resuming."),

@@ -1,9 +1,11 @@
-"""The search driver: Optuna study, samplers, budget, storages and executors (local, ray).
+"""The search driver: Optuna study, samplers, budget, storages and executors (local, Ray Tune).
 
 Imports run one way, top to bottom::
 
     _driver                          opens or resumes the study, trains the teacher, picks an executor by name
-    local_executor, ray_executor     run trials until the budget is met (neither imports the other or the driver)
+    local_executor, tune_executor    run trials until the budget is met (neither imports the other or the driver;
+                                     tune_executor is also ``--executor ray``)
+    _ray, _worker                    Ray cluster set-up and checks; one trial on a remote worker
     _executor                        the Executor protocol, SearchJob and the name registry
     _budget, _summary, _warm, _trial the budget, SearchSummary / SearchError, warm starts, one trial
     _storage                         storages by URL, heartbeats, stale trials

@@ -1,10 +1,11 @@
-"""What an executor is: the small protocol the local and Ray executors implement, the job the driver
+"""What an executor is: the small protocol the local and Tune executors implement, the job the driver
 hands them, and the registry that finds an executor by name.
 
 The driver creates or resumes the study, trains the teacher and enqueues the warm starts; an
 executor then runs trials against that study until its budget is met (`_budget.py`) and returns a
 `SearchSummary`. Executors import this module, never the driver nor each other; the registry
-names them by module, so choosing ``local`` never imports Ray's executor.
+names them by module, so choosing ``local`` never imports Ray. ``ray`` and ``tune`` are one executor
+(Ray Tune dispatches the trials); ``ray`` is the name it had when it dispatched Ray tasks itself.
 
 Example:
     >>> make_executor("local").name
@@ -61,7 +62,7 @@ class Executor(Protocol):
 # name -> "module:factory"; a factory takes address, workers and gpus_per_trial as keywords (tune: callbacks too)
 EXECUTORS = {
     "local": "vitshrink.search.local_executor:LocalExecutor",
-    "ray": "vitshrink.search.ray_executor:RayExecutor",
+    "ray": "vitshrink.search.tune_executor:RayExecutor",  # the former Ray-task executor's name: Tune dispatches
     "tune": "vitshrink.search.tune_executor:TuneExecutor",
 }
 

@@ -52,6 +52,10 @@ def connect(address: str | None, num_cpus: int | None = None):
     if ray.is_initialized():
         return ray, False
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    # workers on this machine reuse the driver's teacher cache; elsewhere the folder is created
+    env = {k: os.environ[k] for k in ("VITSHRINK_CACHE",) if k in os.environ}
+    if env:
+        kwargs["runtime_env"] = {"env_vars": env}
     if address:
         ray.init(address=address, **kwargs)
     else:

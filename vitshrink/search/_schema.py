@@ -73,7 +73,7 @@ NOT_RUN_ATTR = "not_run"  # the trial gave its budget slot back unbuilt (search/
 REQUEUED_FROM_ATTR = "requeued_from"  # on a queued copy of a trial that gave its slot back
 WORKER_ATTR = "worker"  # host:pid of the process running the trial
 DRIVER_ATTR = "driver"  # the Ray driver that started the trial's task
-RAY_TASK_ATTR = "ray_task"  # the Ray task running the trial
+RAY_TASK_ATTR = "ray_task"  # the Ray task that ran the trial (written by versions with a Ray-task executor)
 TUNE_TRIAL_ATTR = "tune_trial"  # the Ray Tune trial running it (search/tune_executor.py)
 # Attributes that describe the process running a trial: a retry must not inherit them, or the new
 # owner's trial would look like the dead one until it overwrites them.

@@ -1,6 +1,6 @@
 """One trial: sample a config, build the model, measure its objectives, save its weights.
 
-The same `run_trial` serves the local and the Ray executors; everything it needs is rebuilt from
+The same `run_trial` serves the local and the Tune executors; everything it needs is rebuilt from
 the recipe (data, cached teacher, cached teacher logits), so a worker on another machine runs it
 against the same storage.
 """

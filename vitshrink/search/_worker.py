@@ -1,9 +1,8 @@
-"""One trial on a remote worker (a Ray task or a Ray Tune trial): open the study's storage, ask,
+"""One trial on a remote worker (a Ray Tune trial): open the study's storage, ask,
 build, measure, save and tell, all through the storage, exactly as the local executor does.
 
-The Ray and Tune executors differ only in how they dispatch this function and how they name the
-thing that runs it: `tags` are written on the trial first thing (the Ray task id, or the Tune trial
-id, and the driver's id), so a driver can tie a worker that died to its trial.
+`tags` are written on the trial first thing (the Tune trial id and the driver's id), so a driver
+can tie a worker that died to its trial.
 
 Example (not run as a doctest: it needs a created study)::
 

@@ -26,7 +26,7 @@ from ._trial import SearchContext, run_trial
 
 @dataclass
 class LocalExecutor:
-    """Runs trials in this process; `address` and `workers` are the Ray executor's and ignored here."""
+    """Runs trials in this process; `address` and `workers` are the Tune executor's and ignored here."""
 
     address: str | None = None
     workers: int = 1
@@ -36,7 +36,7 @@ class LocalExecutor:
     def check(self) -> None:
         if self.gpus_per_trial:
             check_gpus_per_trial(self.gpus_per_trial)
-            raise ConfigError("--gpus-per-trial applies to Ray tasks; add --executor ray (or tune), or leave it out (the local "
+            raise ConfigError("--gpus-per-trial applies to Ray Tune trials; add --executor tune, or leave it out (the local "
                               "executor trains on [teacher.train] device)")
 
     def run(self, job: SearchJob) -> SearchSummary:

@@ -8,7 +8,7 @@ and ``FINISHED`` once the budget is met (or the timeout, or too many failures). 
 then asks the study for its configuration where it runs (`_worker.run_remote_trial`): vitshrink's
 define-by-run space, its sampler (which builds and measures candidate structures with the teacher
 and data loaded in that process), screening, rungs, heartbeats and the slot claim all run as with
-the local and Ray executors, so Tune, Ray and local drivers share one exact budget. A Tune trial
+the local executor, so Tune and local drivers share one exact budget. A Tune trial
 whose worker died leaves its Optuna trial RUNNING; the searcher fails it and queues its retry with
 the same parameters (Tune's own retries are off: a retry is the study's, counted once).
 
@@ -316,5 +316,14 @@ class TuneExecutor:
                            callbacks=self.callbacks, verbose=self.verbose)
 
 
-__all__ = ["BudgetSearcher", "TuneExecutor", "run_on_tune", "trainable_for", "trial_dirname", "tune_folder",
+@dataclass
+class RayExecutor(TuneExecutor):
+    """``--executor ray``: the name kept for the one Ray dispatcher, Ray Tune. Until this version it
+    dispatched Ray tasks by hand (its own wait loop, worker cap, resources, Ctrl-C and dead-worker
+    handling); Tune does all of that, at 20-30 ms more per trial (benchmarks/distributed.py)."""
+
+    name: ClassVar[str] = "ray"
+
+
+__all__ = ["BudgetSearcher", "RayExecutor", "TuneExecutor", "run_on_tune", "trainable_for", "trial_dirname", "tune_folder",
            "vitshrink_trial"]
