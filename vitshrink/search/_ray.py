@@ -16,7 +16,7 @@ from ._summary import SearchError
 POLL_S = 1.0
 MAX_TASK_ERRORS = 3  # tasks in a row that fail before running a trial: a broken setup, not bad luck
 # Ray binds a local cluster to the machine's network address unless this is "0" when Ray is imported.
-_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def absolute_storage_url(url: str | None) -> str:
@@ -44,7 +44,7 @@ def connect(address: str | None, num_cpus: int | None = None):
     """Connect to the Ray cluster at `address`, or start a local one on loopback; returns
     ``(ray, owned)`` where `owned` says this call connected (and the caller should shut down)."""
     if address is None and "ray" not in sys.modules:
-        os.environ.setdefault(_LOOPBACK_ENV, "0")
+        os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         import ray
     except ImportError:
@@ -101,5 +101,5 @@ def check_target(ray, recipe: Recipe) -> None:
                           f"'{{\"{target.ray_resource}\": 1}}'")
 
 
-__all__ = ["MAX_TASK_ERRORS", "POLL_S", "absolute_storage_url", "check_gpus", "check_target", "connect",
+__all__ = ["LOOPBACK_ENV", "MAX_TASK_ERRORS", "POLL_S", "absolute_storage_url", "check_gpus", "check_target", "connect",
            "cpu_share", "refuse_missing_gpus"]

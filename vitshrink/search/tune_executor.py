@@ -52,9 +52,11 @@ from ._storage import (DEFAULT_GRACE_PERIOD, fail_stale_trials, fail_trial_and_r
                        open_storage, this_worker)
 from ._summary import SearchError, SearchSummary
 from ._worker import run_remote_trial, trial_result
-from ._ray import (MAX_TASK_ERRORS, POLL_S, absolute_storage_url, check_gpus, check_target, connect, cpu_share,
+from ._ray import (LOOPBACK_ENV, MAX_TASK_ERRORS, POLL_S, absolute_storage_url, check_gpus, check_target, connect, cpu_share,
                    refuse_missing_gpus)
 
+if "ray" not in sys.modules:  # a local cluster started here stays on loopback (read when Ray is imported)
+    os.environ.setdefault(LOOPBACK_ENV, "0")
 try:  # Ray Tune is a dependency, but the module stays importable (and says what to install) without it
     from ray import tune
     from ray.tune.search import Searcher
