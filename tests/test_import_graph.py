@@ -18,7 +18,7 @@ KNOWN = [
     {_M + "spaces._config", _M + "techniques._base"},
     {"vitshrink", _M + "exporting", _M + "studies"},
     {_M + m for m in ("compress._registry", "compress.distill", "compress.lowrank", "compress.prune", "compress.tokens",
-                      "models", "objectives._registry", "spaces._recipe", "spaces._space", "spaces._space_form",
+                      "models", "spaces._recipe", "spaces._space", "spaces._space_form",
                       "techniques", "techniques.nystrom", "techniques.patch_drop", "techniques.prune",
                       "techniques.student", "techniques.svd", "techniques.tome")},
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .spaces._config import ConfigError
+from .errors import ConfigError
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "image-folder")
 ALIASES = {"fashion_mnist": "fashion-mnist", "imagefolder": "image-folder"}

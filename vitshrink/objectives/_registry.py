@@ -21,7 +21,7 @@ import resource
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from ..spaces import DEFAULT_OBJECTIVES, ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._protocol import LatencyResult
 
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
+DEFAULT_OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")  # a study's objectives unless its recipe names others
 
 
 @dataclass
@@ -200,5 +201,6 @@ register_objective(Objective(
     "MMACs", lambda v: f"{v / 1e6:.2f}"))
 
 
-__all__ = ["Candidate", "MAXIMIZE", "MINIMIZE", "Objective", "check_objective_names", "directions_of",
+__all__ = ["Candidate", "DEFAULT_OBJECTIVES", "MAXIMIZE", "MINIMIZE", "Objective", "check_objective_names",
+           "directions_of",
            "get_objective", "list_objectives", "objective_values", "objectives_for", "register_objective"]

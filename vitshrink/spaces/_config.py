@@ -7,16 +7,14 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..errors import ConfigError
+
 QUANT_MODES = ("none", "dynamic_int8", "static_int8", "bf16", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
 LOWRANK_MODES = ("none", "nystrom", "svd")
 PRUNE_SCORES = ("magnitude", "taylor", "activation")
 STUDENT_INITS = ("random", "teacher")
 # augmentation of the KD batches (the teacher then runs on each augmented batch: no cached logits)
 KD_AUGMENTS = ("none", "flip", "shift", "flip+shift")
-
-
-class ConfigError(ValueError):
-    """A configuration or recipe that cannot be used; the message says what and how to fix it."""
 
 
 def check_field_type(name: str, value: Any) -> None:
@@ -27,7 +25,7 @@ def check_field_type(name: str, value: Any) -> None:
         >>> check_field_type("prune_heads", "half")
         Traceback (most recent call last):
         ...
-        vitshrink.spaces._config.ConfigError: invalid compression config: prune_heads='half' must be a number
+        vitshrink.errors.ConfigError: invalid compression config: prune_heads='half' must be a number
     """
     kind = _FIELD_KINDS[name]
     v = value

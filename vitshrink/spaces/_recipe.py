@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import data_shape  # attributes read at call time: data_shape imports this package's ConfigError
+from ..objectives._registry import DEFAULT_OBJECTIVES, check_objective_names
 from ._config import CompressionConfig, ConfigError
 from ._space import SearchSpace
 from ._space_form import read_space, warn_if_flat
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 SAMPLERS = ("vitshrink", "nsga2", "tpe", "gp", "random")
 SAMPLER_ABLATIONS = ("vitshrink-no-zero-shot", "vitshrink-no-cold-start")  # benchmarks only
 # what a study optimises unless its recipe says (vitshrink.objectives registers every name)
-DEFAULT_OBJECTIVES = ("accuracy", "latency_ms", "size_bytes")
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "study": {"name": str, "trials": int, "timeout": (str, int, float), "sampler": str, "seed": int,
@@ -313,8 +313,6 @@ class Recipe:
 
 def _check_objectives(r: Recipe, source: str) -> None:
     """The objectives are registered names, each once; throughput needs its batch measured."""
-    from ..objectives import check_objective_names  # lazy: objectives import this package
-
     if not isinstance(r.objectives, tuple) or not all(isinstance(n, str) for n in r.objectives):
         raise ConfigError(f"{source}: study.objectives = {list(r.objectives)!r} must be a list of names")
     try:

@@ -294,7 +294,7 @@ def config_settings_problem(config: CompressionConfig) -> str | None:
         >>> CompressionConfig(landmarks=8)  # its validate asks this
         Traceback (most recent call last):
         ...
-        vitshrink.spaces._config.ConfigError: invalid compression config: landmarks=8 is only used with lowrank='nystrom'; set lowrank='nystrom', or leave landmarks at 0
+        vitshrink.errors.ConfigError: invalid compression config: landmarks=8 is only used with lowrank='nystrom'; set lowrank='nystrom', or leave landmarks at 0
     """
     values = config.to_dict()
     for flat in values:

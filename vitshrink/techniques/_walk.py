@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ..spaces._config import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import nn
