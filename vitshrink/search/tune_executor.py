@@ -19,8 +19,10 @@ trial runs and the trial decides *what* it runs. What Tune reports per trial (`t
 finished trial's objectives by name, its state, Optuna number, parameters and reason.
 
 Resuming: run the same command. Tune's experiment folder (``<artifacts>/tune/<study>``) is a log,
-not state: ``Tuner.restore`` is unnecessary (and would replay Tune's view of trials the storage has
-already failed and retried), so a resumed search is a new Tune experiment in the same folder.
+not state: ``Tuner.restore`` is refused with one sentence (`NOT_RESTORED`; it would replay Tune's
+view of trials the storage has already failed and retried), and a resumed search is a new Tune
+experiment in the same folder. Ctrl-C stops at once: Tune's SIGINT handler, which lets running
+trials go on, is off inside `run_on_tune`. ``--executor ray`` is this executor under its former name.
 
 Example (not run as a doctest: it needs Ray)::
 
