@@ -29,13 +29,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
 
 from .search._budget import count_states
 from .search._driver import evaluate_pareto_on_test, prepare_search
-from .search._executor import SearchJob
+from .search._executor import OnTrial, SearchJob
 from .search._pareto import pareto_trials
 from .search._ray import absolute_storage_url
 from .search._storage import DEFAULT_GRACE_PERIOD
@@ -88,7 +87,7 @@ class TuneSearch:
 
 def prepare(recipe: Recipe, storage: str | None = None, study_name: str | None = None, new_study: bool = False,
             artifact_dir: str | Path | None = None, grace_period: int = DEFAULT_GRACE_PERIOD,
-            on_trial: Any = None) -> TuneSearch:
+            on_trial: OnTrial | None = None) -> TuneSearch:
     """Create or resume the study of `recipe` in `storage` (a URL every Tune worker can open) and train
     or load its teacher; the returned `TuneSearch` gives the trainable and searcher for a `Tuner`."""
     url = absolute_storage_url(storage)  # refuses an in-memory SQLite, which no worker could open

@@ -21,7 +21,7 @@ from ..objectives import directions_of
 from ..preprocessing import describe_preprocessing
 from ..spaces import ConfigError, Recipe
 from ._budget import count_states, max_pruned  # noqa: F401 - re-exported
-from ._executor import SearchJob, make_executor, taken_trials
+from ._executor import OnTrial, SearchJob, make_executor, taken_trials
 from ._fingerprint import changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
 from ._latency import latency_warnings, record_latency_reference
 from ._pareto import pareto_trials
@@ -120,7 +120,7 @@ def run_search(
     executor: str = "local",
     address: str | None = None,
     workers: int = 1,
-    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial, dict[str, Any]], None] | None = None,
+    on_trial: OnTrial | None = None,
     on_teacher_epoch: Callable[[int, int, float], None] | None = None,
     evaluate_test: bool = True,
     grace_period: int = DEFAULT_GRACE_PERIOD,
@@ -156,7 +156,7 @@ def prepare_search(
     study_name: str | None = None,
     new_study: bool = False,
     artifact_dir: str | Path | None = None,
-    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial, dict[str, Any]], None] | None = None,
+    on_trial: OnTrial | None = None,
     on_teacher_epoch: Callable[[int, int, float], None] | None = None,
     grace_period: int = DEFAULT_GRACE_PERIOD,
 ) -> SearchJob:

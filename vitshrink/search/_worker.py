@@ -75,7 +75,7 @@ def trial_result(t: FrozenTrial, objectives: tuple[str, ...] | list[str]) -> dic
         (0.9, 'COMPLETE')
     """
     result: dict[str, Any] = {"state": state_of(t), "optuna_trial": t.number,
-                              "params": {k: v for k, v in t.params.items()}}
+                              "params": dict(t.params)}
     if t.state == TrialState.COMPLETE and t.values is not None:
         result.update({name: float(v) for name, v in zip(objectives, t.values) if math.isfinite(v)})
     label = t.user_attrs.get(LABEL_ATTR)
