@@ -92,7 +92,7 @@ def test_candidate_breaking_the_size_constraint_is_screened_without_training(scr
     assert "max_size_mb" in ua["screened"]
     assert ua["size_bytes"] == int(teacher.values[2]) and ua["latency"]["batches"][0]["median_ms"] > 0
     assert "records" not in ua and not [k for k in ua if k.startswith("rung:")]  # never trained
-    assert ua["seconds"]["total"] < int8.user_attrs["seconds"]["build"] + int8.user_attrs["seconds"]["screen"]
+    assert set(ua["seconds"]) == {"screen", "total"}  # its time is screening alone: no build, measure or save
     assert float_trial.constraints["max_size_mb"] > 0  # TPE ranks it with the infeasible trials
     assert 1 not in {t.number for t in pareto_trials(study, include_infeasible=True)}
     row = list_studies(storage).set_index("study").loc["screen"]

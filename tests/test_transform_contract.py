@@ -25,6 +25,7 @@ ACTIVE = {
     "finetune": CompressionConfig(kd_epochs=1),
     "quantize": CompressionConfig(quant="dynamic_int8"),
     "openvino": CompressionConfig(quant="openvino_int8", calib_size=16),
+    "ort_fused": CompressionConfig(quant="ort_fused_int8"),
 }
 IDENTITY = {
     "student": None,
@@ -35,6 +36,7 @@ IDENTITY = {
     "finetune": (CompressionConfig(kd_epochs=0), 0.0),
     "quantize": (CompressionConfig(quant="none"), 0.0),
     "openvino": (CompressionConfig(quant="openvino_fp32"), 1e-5),  # the same float graph in another runtime
+    "ort_fused": (CompressionConfig(quant="ort_fused_fp32"), 1e-5),  # the same function, attention fused
 }
 
 

@@ -5,7 +5,7 @@ from ._build import BuildResult, build, seed_everything
 from ._registry import STAGES, BuildContext, get_transform, list_transforms, register_transform
 
 # Importing a technique's module registers its transforms.
-from . import distill, lowrank, openvino_runtime, prune, quantize, svd, tokens  # noqa: E402,F401  isort: skip
+from . import distill, lowrank, openvino_runtime, ort_fused, prune, quantize, svd, tokens  # noqa: E402,F401  isort: skip
 from ._fit import check_fits, impossible_reason  # noqa: E402  isort: skip
 
 __all__ = [

@@ -9,7 +9,8 @@ from typing import Any
 
 from ..errors import ConfigError
 
-QUANT_MODES = ("none", "dynamic_int8", "static_int8", "bf16", "ort_fp32", "ort_int8", "openvino_fp32", "openvino_int8")
+QUANT_MODES = ("none", "dynamic_int8", "static_int8", "bf16", "ort_fp32", "ort_int8", "ort_fused_fp32", "ort_fused_int8",
+               "openvino_fp32", "openvino_int8")
 LOWRANK_MODES = ("none", "nystrom", "svd")
 PRUNE_SCORES = ("magnitude", "taylor", "activation")
 STUDENT_INITS = ("random", "teacher")

@@ -17,7 +17,7 @@ from ._walk import at_blocks, block_index, blocks, chosen_indices
 
 # Importing a technique's module registers it; the order is the order of `build`'s stages.
 from . import student, prune, nystrom, svd, patch_drop, tome, finetune  # noqa: F401  isort: skip
-from . import torch_quant, onnxruntime, openvino  # noqa: F401  isort: skip
+from . import torch_quant, onnxruntime, ort_fused, openvino  # noqa: F401  isort: skip
 
 __all__ = ["ABOVE_ZERO", "ANY", "AT_LEAST_ZERO", "Bounds", "DISTILL_FIELDS", "FRACTION", "CalibratedConfig", "NoSettings", "Technique", "at_blocks", "block_index", "blocks",
            "chosen_indices", "chosen_techniques", "config_settings_problem", "field_applies", "get_technique", "list_techniques", "owners",
