@@ -48,7 +48,8 @@ def _defining(module: str, name: str) -> str:
     if module in PACKAGES:
         for node in ast.parse(FILES[module].read_text()).body:
             if isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == name for a in node.names):
-                return _defining(_target(module, node.level, node.module), name)
+                target = _target(module, node.level, node.module)
+                return module if target == module else _defining(target, name)  # `from . import x`, x no file
     return module
 
 
