@@ -1,6 +1,8 @@
 """The tiny recipe the search tests share: 8x8 digits, patch 2 (16 patches + cls = 17 tokens), a
 32-wide 2-block timm ViT teacher trained for a few epochs, quick latency. Each test picks its study
-name, budget, sampler, space and fixed settings."""
+name, budget, sampler and space: the technique form of [space] (vitshrink/spaces/_space_form.py), its
+fixed settings single values in their technique's table; the flat form (with `fixed`, a [fixed] table)
+is still written by the tests of that form."""
 
 from __future__ import annotations
 
@@ -34,10 +36,11 @@ warmup = 1
 {fixed}"""
 
 
-def tiny_recipe(name: str = "tiny", space: str = 'quant = ["none", "dynamic_int8"]', *, trials: int = 2,
+def tiny_recipe(name: str = "tiny", space: str = 'techniques = ["dynamic_int8"]', *, trials: int = 2,
                 sampler: str | None = None, fixed: str = "", teacher_extra: str = "", epochs: int | None = 1,
                 device: str | None = None) -> str:
-    """The recipe's TOML text. `sampler` also fixes seed 0; `fixed` is the body of a [fixed] table;
+    """The recipe's TOML text. `space` is the body of [space] (its [space.<technique>] tables included);
+    `sampler` also fixes seed 0; `fixed`, the body of a [fixed] table, goes with a flat-form `space` only;
     `epochs` None leaves out [teacher.train] (a teacher read as it is from a checkpoint is not trained)."""
     return TEMPLATE.format(
         name=name, trials=trials, study=f'sampler = "{sampler}"\nseed = 0\n' if sampler else "",

@@ -110,8 +110,9 @@ def write_cifar10(root: Path, n: int = 20) -> None:
 
 def recipe_text(name: str, trials: int, device: str = "cpu:1", kd_epochs: int = 1, sampler: str = "random") -> str:
     """The resume / budget tests' recipe: pruning and Nystrom on the tiny teacher, random sampler."""
-    return tiny_recipe(name, 'prune_heads = [0.0, 0.5]\nlowrank = ["none", "nystrom"]\nlandmarks = [2, 8]',
-                       trials=trials, sampler=sampler, epochs=2, device=device, fixed=f"kd_epochs = {kd_epochs}")
+    return tiny_recipe(name, 'techniques = ["prune", "nystrom", "finetune"]\n[space.prune]\nheads = [0.0, 0.5]\n'
+                       f'[space.nystrom]\nlandmarks = [2, 8]\n[space.finetune]\nepochs = {kd_epochs}',
+                       trials=trials, sampler=sampler, epochs=2, device=device)
 
 
 def storage_url(kind: str, tmp_path: Path) -> str:
@@ -141,8 +142,8 @@ def cli(*args: str):
 
 # --- the session's shared study (conftest.py: shared_study) ----------------------------------------------------
 
-RECIPE = tiny_recipe("q", 'quant = ["none", "dynamic_int8", "ort_int8"]\nprune_heads = [0.0, 0.5]\n'
-                     'lowrank = ["none", "nystrom"]\nlandmarks = [2, 8]\ntoken_merge_r = [0, 3]',
+RECIPE = tiny_recipe("q", 'techniques = ["prune", "nystrom", "tome", "dynamic_int8", "ort_int8"]\n'
+                     '[space.prune]\nheads = [0.0, 0.5]\n[space.nystrom]\nlandmarks = [2, 8]\n[space.tome]\nr = [0, 3]',
                      trials=4, sampler="random", epochs=2, device="cpu:2")
 
 CONFIGS = {

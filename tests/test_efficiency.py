@@ -50,9 +50,9 @@ def test_trained_model_has_the_untrained_structures_signature_and_size(name, tin
 # --- screening and rungs in real studies (SQLite) --------------------------------------------------------------
 
 
-def _recipe(name: str, space: str, fixed: str, trials: int, epochs: int = 1, extra: str = "") -> Recipe:
+def _recipe(name: str, space: str, trials: int, epochs: int = 1, extra: str = "") -> Recipe:
     return Recipe.from_toml_text(tiny_recipe(name, space, trials=trials, sampler="random", epochs=epochs,
-                                             device="cpu:1", fixed=fixed) + extra)
+                                             device="cpu:1") + extra)
 
 
 def _teacher_size(recipe: Recipe) -> int:
@@ -71,7 +71,7 @@ def test_candidate_breaking_the_size_constraint_is_screened_without_training(scr
     from vitshrink.search import pareto_trials, run_search
     from vitshrink.studies import list_studies
 
-    base = _recipe("screen", 'quant = ["none", "dynamic_int8"]', "kd_epochs = 1", trials=1)
+    base = _recipe("screen", 'techniques = ["finetune", "dynamic_int8"]\n[space.finetune]\nepochs = 1', trials=1)
     limit = 0.9 * _teacher_size(base) / 1e6  # the float structure breaks it, dynamic int8 meets it
     recipe = Recipe.from_dict({**_doc(base), "constraints": {"max_size_mb": limit}}).with_overrides(screening=screening)
     storage = f"sqlite:///{tmp_path}/s.db"
@@ -139,10 +139,9 @@ def test_dominated_only_by_a_best_accuracy_trial_faster_beyond_the_noise() -> No
     assert dominated_reason(slow_big, [teacher, infeasible]) is None
 
 
-RUNG_SPACE = 'student_init = ["random", "teacher"]'
 # a student as wide and deep as the teacher: "teacher" init copies it whole, "random" starts from scratch
-RUNG_FIXED = ('student = "custom"\nstudent_depth = 2\nstudent_embed_dim = 32\nstudent_heads = 2\n'
-              'student_mlp_ratio = 2.0\nstudent_epochs = 9')
+RUNG_SPACE = ('techniques = ["student"]\nalways = ["student"]\n[space.student]\nmodel = "custom"\n'
+              'init = ["random", "teacher"]\ndepth = 2\nembed_dim = 32\nepochs = 9\nheads = 2\nmlp_ratio = 2.0')
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +152,7 @@ def stopped_study(tmp_path_factory):
     from vitshrink.search import run_search
 
     tmp = tmp_path_factory.mktemp("rungs")
-    recipe = _recipe("rungs", RUNG_SPACE, RUNG_FIXED, trials=1, epochs=8)
+    recipe = _recipe("rungs", RUNG_SPACE, trials=1, epochs=8)
     storage = f"sqlite:///{tmp}/s.db"
     study = run_search(recipe, storage=storage, evaluate_test=False).study
     for init in ("teacher", "teacher", "random", "teacher"):
@@ -288,7 +287,7 @@ def test_search_stops_when_every_candidate_is_screened(tmp_path, monkeypatch) ->
     from vitshrink.search import _budget, run_search
 
     monkeypatch.setattr(_budget, "max_pruned", lambda recipe: 3)  # where budget_left reads it
-    recipe = _recipe("unreachable", 'quant = ["none", "dynamic_int8"]', "", trials=2,
+    recipe = _recipe("unreachable", 'techniques = ["dynamic_int8"]', trials=2,
                      extra="\n[constraints]\nmax_size_mb = 0.000001\n")
     summary = run_search(recipe, storage=f"sqlite:///{tmp_path}/s.db", evaluate_test=False)
     states = [t.state for t in summary.study.trials]

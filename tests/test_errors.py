@@ -31,9 +31,9 @@ def _files(root: Path) -> dict[str, str]:
         "dim": '[study]\nname = "x"\n[space]\nprune_head = [0.0, 0.5]\n',
         "inverted": '[study]\nname = "x"\n[space]\nlandmarks = [8, 2]\n',
         "empty": '[study]\nname = "x"\n[space]\nprune_heads = [0.25, 0.25]\n',
-        "landmarks": tiny_recipe("lm", 'lowrank = ["none", "nystrom"]\nlandmarks = [2, 32]'),
-        "blocks": tiny_recipe("bl", 'lowrank = ["none", "svd"]\nlowrank_blocks = [[0], [5]]'),
-        "merge": tiny_recipe("mg", "token_merge_r = [0, 12]"),
+        "landmarks": tiny_recipe("lm", 'techniques = ["nystrom"]\n[space.nystrom]\nlandmarks = [2, 32]'),
+        "blocks": tiny_recipe("bl", 'techniques = ["svd"]\n[space.svd]\nblocks = [[0], [5]]'),
+        "merge": tiny_recipe("mg", 'techniques = ["tome"]\n[space.tome]\nr = [0, 12]'),
         "misfit": tiny_recipe("ck", teacher_extra='checkpoint = "{root}/wide.safetensors"', epochs=None),
         "tiny": tiny_recipe(),
     }

@@ -47,8 +47,8 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch
     their reason before anything trains (they used to fail inside the SVD transform), the others
     complete, and the budget is reached. Real failures (FAIL with a reason) are covered by the NaN
     teacher test below."""
-    space = ('student = ["none", "custom"]\n[fixed]\nstudent_depth = 1\nstudent_embed_dim = 16\nstudent_heads = 2\n'
-             'student_epochs = 1\nlowrank = "svd"\nlowrank_blocks = [1]\nsvd_rank = 0.5')
+    space = ('techniques = ["student", "svd"]\nalways = ["lowrank"]\n[space.student]\nmodel = ["custom"]\ndepth = 1\n'
+             'embed_dim = 16\nepochs = 1\nheads = 2\n[space.svd]\nblocks = [1]\nrank = 0.5')
     text = tiny_recipe("mix", space, sampler="random")
     url = f"sqlite:///{tmp_path}/mix.db"
     summary = run_search(Recipe.from_toml_text(text), storage=url, evaluate_test=False)
@@ -116,7 +116,8 @@ def _running_trial(url: str, name: str, first: int = 0) -> int | None:
 def test_ctrl_c_fails_the_running_trial_and_the_next_run_resumes(tmp_path) -> None:
     # KD fine-tuning makes every trial after the teacher's last seconds even on a fast machine, so the
     # interrupt lands inside a trial (the teacher trial 0 reuses cached measurements and ends at once)
-    text = tiny_recipe("ctrlc", "kd_epochs = [40, 60]", trials=2)  # the teacher, then the interrupted one
+    text = tiny_recipe("ctrlc", 'techniques = ["finetune"]\n[space.finetune]\nepochs = [40, 60]',
+                       trials=2)  # the teacher, then the interrupted one
     (tmp_path / "ctrlc.toml").write_text(text)
     url = f"sqlite:///{tmp_path}/ctrlc.db"
     env = cli_env(tmp_path)

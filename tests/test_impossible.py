@@ -28,43 +28,46 @@ NO_CLS = 'global_pool = "avg"\nclass_token = false'
 # (space, teacher kwargs, extra recipe arguments, words of the one-sentence refusal)
 REFUSED = {
     "patch dropping without a cls token": (
-        "token_drop = [0.0, 0.5]\ntoken_drop_at = [[0], [1]]", NO_CLS, {},
+        'techniques = ["patch_drop"]\n[space.patch_drop]\nfraction = [0.0, 0.5]\nat = [[0], [1]]', NO_CLS, {},
         r"impossible combination: token_drop ranks patches by the cls token's attention but the teacher "
         r"vit_tiny_patch16_224 has no cls token .*; search token_merge_r instead"),
     "patch dropping without a cls token, custom students copy the teacher's tokens": (
-        'student = ["custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16]\nstudent_heads = [2]\n'
-        "token_drop = [0.1, 0.5]\ntoken_drop_at = [[0]]\n[fixed]\nstudent_epochs = 1", NO_CLS, {},
+        'techniques = ["student", "patch_drop"]\nalways = ["student"]\n'
+        '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16]\nheads = [2]\nepochs = 1\n'
+        '[space.patch_drop]\nfraction = [0.1, 0.5]\nat = [[0]]', NO_CLS, {},
         "custom student .*has no cls token"),
     "drop block beyond every student's depth": (
-        'student = ["custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16]\nstudent_heads = [2]\n'
-        "token_drop = [0.1, 0.5]\ntoken_drop_at = [[3]]\n[fixed]\nstudent_epochs = 1", "", {},
+        'techniques = ["student", "patch_drop"]\nalways = ["student"]\n'
+        '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16]\nheads = [2]\nepochs = 1\n'
+        '[space.patch_drop]\nfraction = [0.1, 0.5]\nat = [[3]]', "", {},
         r"token_drop_at names block\(s\) \[3\] but the deepest custom student \(2 blocks\) has 2 blocks; use indices 0..1"),
     "low-rank block beyond the teacher": (
-        'lowrank = ["none", "svd"]\nlowrank_blocks = [[0], [4]]', "", {},
+        'techniques = ["svd"]\n[space.svd]\nblocks = [[0], [4]]', "", {},
         r"lowrank_blocks names block\(s\) \[4\] but the teacher vit_tiny_patch16_224 has 2 blocks"),
     "pruning heads mixed by a norm": (
-        "prune_heads = [0.0, 0.5]", "scale_attn_norm = true", {},
+        'techniques = ["prune"]\n[space.prune]\nheads = [0.0, 0.5]', "scale_attn_norm = true", {},
         r"prune_heads=0.5 removes heads but block 0's attention normalises over all heads \(scale_attn_norm\)"),
     "pruning MLP units normalised together": (
-        "prune_mlp = [0.0, 0.5]", "scale_mlp_norm = true", {},
+        'techniques = ["prune"]\n[space.prune]\nmlp = [0.0, 0.5]', "scale_mlp_norm = true", {},
         r"prune_mlp=0.5 removes MLP units but block 0's MLP normalises its hidden layer"),
     "a timm student that is not a ViT": (
-        'student = ["none", "resnet18"]\n[fixed]\nstudent_epochs = 1', "", {},
+        'techniques = ["student"]\n[space.student]\nmodel = ["resnet18"]\nepochs = 1', "", {},
         "student='resnet18': cannot create timm model 'resnet18'"),
     "landmarks beyond every model's tokens": (
-        'student = ["none", "deit_tiny_distilled_patch16_224"]\nlowrank = ["nystrom"]\nlandmarks = [2, 19]\n'
-        "[fixed]\nstudent_epochs = 1", "", {},
+        'techniques = ["student", "nystrom"]\nalways = ["lowrank"]\n'
+        '[space.student]\nmodel = ["deit_tiny_distilled_patch16_224"]\nepochs = 1\n[space.nystrom]\nlandmarks = [2, 19]', "", {},
         "landmarks reaches 19 but the student deit_tiny_distilled_patch16_224 has 18 tokens"),
     "CPU-only quantization on a CUDA target": (
-        'quant = ["none", "ort_int8"]', "", {"device": "cuda:0"},
+        'techniques = ["ort_int8"]', "", {"device": "cuda:0"},
         "quant='ort_int8' runs on the CPU only .* the latency target is a CUDA device"),
     "student width no head count divides": (
-        'student = ["custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16, 20]\nstudent_heads = [3, 6]\n'
-        "[fixed]\nstudent_epochs = 1", "", {},
+        'techniques = ["student"]\nalways = ["student"]\n'
+        '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16, 20]\nheads = [3, 6]\nepochs = 1', "", {},
         r"student_embed_dim=16 is not divisible by any of student_heads=\[3, 6\]"),
     "a student MLP without hidden units": (
-        'student = ["custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16]\nstudent_heads = [2]\n'
-        "student_mlp_ratio = [0.0, 2.0]\n[fixed]\nstudent_epochs = 1", "", {},
+        'techniques = ["student"]\nalways = ["student"]\n'
+        '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16]\nheads = [2]\nepochs = 1\n'
+        'mlp_ratio = [0.0, 2.0]', "", {},
         "student_mlp_ratio=0.0 must be > 0"),
 }
 
@@ -84,7 +87,8 @@ def test_impossible_space_exits_2_with_one_sentence_from_the_cli(tmp_path) -> No
     from vitshrink.cli import app
 
     path = tmp_path / "nocls.toml"
-    path.write_text(tiny_recipe("imp", "token_drop = [0.0, 0.5]\ntoken_drop_at = [[0]]")
+    path.write_text(tiny_recipe("imp", 'techniques = ["patch_drop"]\n[space.patch_drop]\nfraction = [0.0, 0.5]\n'
+                                'at = [[0]]')
                     .replace("mlp_ratio = 2.0\n", f"mlp_ratio = 2.0\n{NO_CLS}\n", 1))
     url = f"sqlite:///{tmp_path / 'imp.db'}"
     res = CliRunner().invoke(app, ["search", str(path), "--storage", url])
@@ -95,21 +99,22 @@ def test_impossible_space_exits_2_with_one_sentence_from_the_cli(tmp_path) -> No
 
 @pytest.mark.parametrize("space", [
     # teacher depth 2, but custom students of 4 blocks honour block 3
-    'student = ["none", "custom"]\nstudent_depth = [1, 4]\nstudent_embed_dim = [16]\nstudent_heads = [2]\n'
-    "token_drop = [0.1, 0.5]\ntoken_drop_at = [[3]]\n[fixed]\nstudent_epochs = 1",
+    'techniques = ["student", "patch_drop"]\n'
+    '[space.student]\nmodel = ["custom"]\ndepth = [1, 4]\nembed_dim = [16]\nheads = [2]\nepochs = 1\n'
+    '[space.patch_drop]\nfraction = [0.1, 0.5]\nat = [[3]]',
     # the teacher has 17 tokens, the distilled student 18: 18 landmarks fit it
-    'student = ["none", "deit_tiny_distilled_patch16_224"]\nlowrank = ["nystrom"]\nlandmarks = [2, 18]\n'
-    "[fixed]\nstudent_epochs = 1",
+    'techniques = ["student", "nystrom"]\nalways = ["lowrank"]\n'
+    '[space.student]\nmodel = ["deit_tiny_distilled_patch16_224"]\nepochs = 1\n[space.nystrom]\nlandmarks = [2, 18]',
     # 16 is divisible by 2 only, 24 by both: the mismatched pair is pruned per sample, not refused
-    'student = ["custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16, 24]\nstudent_heads = [2, 3]\n'
-    "[fixed]\nstudent_epochs = 1",
+    'techniques = ["student"]\nalways = ["student"]\n'
+    '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16, 24]\nheads = [2, 3]\nepochs = 1',
 ])
 def test_values_some_model_honours_are_accepted(space) -> None:
     check_space_fits_teacher(_recipe(space))
 
 
 def test_a_teacher_without_cls_token_still_merges_tokens() -> None:
-    check_space_fits_teacher(_recipe("token_merge_r = [0, 8]", NO_CLS))
+    check_space_fits_teacher(_recipe('techniques = ["tome"]\n[space.tome]\nr = [0, 8]', NO_CLS))
 
 
 def test_build_refuses_an_impossible_config_before_distilling(tiny_vit, tiny_data) -> None:
@@ -139,8 +144,9 @@ def test_sample_dependent_impossibility_is_pruned_not_failed_and_the_budget_is_r
     from vitshrink.studies import list_studies, open_study
 
     # depth-1 students cannot drop at block 1; 16 wide students cannot have 3 heads: both only for some samples
-    space = ('student = ["custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16, 24]\nstudent_heads = [2, 3]\n'
-             "token_drop = [0.1, 0.5]\ntoken_drop_at = [[1]]\n[fixed]\nstudent_epochs = 1")
+    space = ('techniques = ["student", "patch_drop"]\nalways = ["student"]\n'
+             '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16, 24]\nheads = [2, 3]\nepochs = 1\n'
+             '[space.patch_drop]\nfraction = [0.1, 0.5]\nat = [[1]]')
     recipe = _recipe(space, max_failures=1, trials=4, sampler="random")  # a pruned trial counted as FAIL would stop it
     url = f"sqlite:///{tmp_path / 'imp.db'}"
     summary = run_search(recipe, storage=url, artifact_dir=tmp_path / "art", evaluate_test=False)
@@ -167,8 +173,9 @@ def test_sample_dependent_impossibility_is_pruned_not_failed_and_the_budget_is_r
 def test_a_space_of_only_impossible_combinations_stops_instead_of_looping(tmp_path) -> None:
     # each value fits some model (the 4-block teacher drops at block 3; custom students can be pruned), but
     # never together: the teacher's heads are mixed by a norm, the students have at most 2 blocks
-    space = ('student = ["none", "custom"]\nstudent_depth = [1, 2]\nstudent_embed_dim = [16]\nstudent_heads = [2]\n'
-             "[fixed]\nstudent_epochs = 1\nprune_heads = 0.5\ntoken_drop = 0.3\ntoken_drop_at = [3]")
+    space = ('techniques = ["student", "prune", "patch_drop"]\n'
+             '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16]\nheads = [2]\nepochs = 1\n'
+             '[space.prune]\nheads = 0.5\n[space.patch_drop]\nfraction = 0.3\nat = [3]')
     text = tiny_recipe("imp", space, trials=2).replace("depth = 2\n", "depth = 4\nscale_attn_norm = true\n", 1)
     url = f"sqlite:///{tmp_path / 'imp.db'}"
     summary = run_search(Recipe.from_toml_text(text), storage=url, artifact_dir=tmp_path / "art", evaluate_test=False)

@@ -40,7 +40,7 @@ def _save_weights(path: Path, seed: int) -> None:
 
 def _base_text(checkpoint: Path) -> str:
     """A teacher fine-tuned for one epoch from a local checkpoint: every part of the fingerprint is in play."""
-    return tiny_recipe("integrity", 'quant = ["none", "dynamic_int8"]', trials=1, sampler="random", device="cpu:1",
+    return tiny_recipe("integrity", 'techniques = ["dynamic_int8"]', trials=1, sampler="random", device="cpu:1",
                        teacher_extra=f'pretrained = true\ncheckpoint = "{checkpoint}"\n')
 
 
@@ -89,7 +89,7 @@ CHANGES = {
     "latency runs": (("runs = 5", "runs = 7"), [], ["target.runs: stored 5 -> now 7"]),
     "constraints": (("[space]", "[constraints]\nmax_accuracy_drop = 0.05\n\n[space]"), [],
                     ["different constraints", "constraints.limits: stored {} -> now {'max_accuracy_drop': 0.05}"]),
-    "space": (('quant = ["none", "dynamic_int8"]', 'quant = ["none", "ort_int8"]'), [],
+    "space": (('techniques = ["dynamic_int8"]', 'techniques = ["ort_int8"]'), [],
               ["different search space", "space.quant"]),
 }
 

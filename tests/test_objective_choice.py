@@ -15,7 +15,7 @@ from vitshrink.spaces import CompressionConfig, Recipe
 
 torch.set_num_threads(2)
 
-SPACE = 'quant = ["none", "dynamic_int8"]\nprune_heads = [0.0, 0.5]'
+SPACE = 'techniques = ["prune", "dynamic_int8"]\n[space.prune]\nheads = [0.0, 0.5]'
 STUDIES = {"macs": ["accuracy", "macs"], "mem": ["accuracy", "latency_ms", "peak_memory_bytes"]}
 CONFIGS = {"teacher": CompressionConfig(), "pruned": CompressionConfig(prune_heads=0.5, prune_mlp=0.5)}
 

@@ -110,7 +110,7 @@ def test_openvino_int8_needs_calibration_images() -> None:
         CompressionConfig(quant="openvino_fp32", calib_size=8)
 
 
-SPACE = 'quant = ["none", "openvino_fp32", "openvino_int8"]\ncalib_size = [32]'
+SPACE = 'techniques = ["openvino_fp32", "openvino_int8"]\n[space.openvino_int8]\ncalib_size = [32]'
 
 
 def test_without_the_extra_the_search_is_refused_before_the_study_exists(tmp_path) -> None:

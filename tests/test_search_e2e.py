@@ -15,10 +15,10 @@ from vitshrink.search import count_states, run_search
 from recipes import tiny_recipe
 from vitshrink.spaces import Recipe
 
-RECIPE = tiny_recipe("e2e", 'quant = ["none", "dynamic_int8"]\nprune_heads = [0.0, 0.5]\nlowrank = ["none", "nystrom"]\n'
-                     'landmarks = [2, 8]\nstudent = ["none", "custom"]\nstudent_depth = [1, 2]\n'
-                     'student_embed_dim = [16, 32]\nstudent_heads = [2]',
-                     trials=3, sampler="nsga2", epochs=6, device="cpu:2", fixed="student_epochs = 2")
+RECIPE = tiny_recipe("e2e", 'techniques = ["student", "prune", "nystrom", "dynamic_int8"]\n'
+                     '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16, 32]\nheads = [2]\n'
+                     'epochs = 2\n[space.prune]\nheads = [0.0, 0.5]\n[space.nystrom]\nlandmarks = [2, 8]',
+                     trials=3, sampler="nsga2", epochs=6, device="cpu:2")
 
 
 @pytest.fixture()
@@ -83,7 +83,8 @@ def test_three_trial_study_resumes_queries_and_reloads(recipe, tmp_path) -> None
 def test_changed_space_is_refused_unless_new_study(recipe, tmp_path) -> None:
     storage = f"sqlite:///{tmp_path}/s.db"
     run_search(recipe.with_overrides(trials=1), storage=storage, evaluate_test=False)
-    changed = Recipe.from_toml_text(RECIPE.replace("prune_heads = [0.0, 0.5]", "prune_heads = [0.0, 0.75]"))
+    changed = Recipe.from_toml_text(RECIPE.replace("[space.prune]\nheads = [0.0, 0.5]",
+                                                   "[space.prune]\nheads = [0.0, 0.75]"))
     with pytest.raises(vitshrink.search.SearchError, match=r"prune_heads: stored .*0\.5.* -> now .*0\.75"):
         run_search(changed.with_overrides(trials=1), storage=storage)
     summary = run_search(changed.with_overrides(trials=1), storage=storage, new_study=True, evaluate_test=False)

@@ -21,8 +21,9 @@ TRIAL_LINE = re.compile(r"^trial (\d+) (COMPLETE \[\d/3\] acc \d\.\d{4} latency 
 def test_search_to_a_file_prints_a_line_per_trial_and_a_table_within_80_columns(tmp_path) -> None:
     # every sampled trial's label ("prune_heads=0.5 prune_mlp=0.25 kd_epochs=1") is longer than the table's
     # room for it, and the smallest model (a sampled one) is always on the front
-    (tmp_path / "log.toml").write_text(tiny_recipe("log", "prune_mlp = [0.25, 0.5]", trials=3, sampler="random",
-                                                   fixed="prune_heads = 0.5\nkd_epochs = 1"))
+    (tmp_path / "log.toml").write_text(tiny_recipe("log", 'techniques = ["prune", "finetune"]\n[space.prune]\n'
+                                                   'mlp = [0.25, 0.5]\nheads = 0.5\n[space.finetune]\nepochs = 1',
+                                                   trials=3, sampler="random"))
     url = f"sqlite:///{tmp_path}/log.db"
     res = subprocess.run([sys.executable, "-m", "vitshrink.cli", "search", "log.toml", "--storage", url],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -292,9 +292,12 @@ class SearchSpace:
                     if not t.chosen({f: v}):
                         continue
                     values = {**dict(self.fixed), f: v}
-                    for k, on in t.switch_on(values).items():  # what the space searches takes a valid value
-                        if k not in values and self.dimension(k) is not None:
-                            values[k] = on
+                    # what the space searches takes a valid value: for this technique, then for every other one
+                    # the values choose (a fixed custom student whose width the space searches)
+                    for chosen in [t, *(c for c in T.chosen_techniques(values) if c is not t)]:
+                        for k, on in chosen.switch_on(values).items():
+                            if k not in values and self.dimension(k) is not None:
+                                values[k] = on
                     for k in list(values):
                         if not field_applies(k, values):
                             del values[k]
