@@ -160,7 +160,7 @@ def test_changed_space_is_refused_by_the_cli_without_a_traceback(tmp_path) -> No
     storage = f"sqlite:///{tmp_path}/s.db"
     recipe = tiny_recipe(tmp_path, "changed", trials=1)
     run_search(Recipe.from_file(recipe), storage=storage, evaluate_test=False)
-    recipe.write_text(recipe.read_text().replace("prune_heads = [0.0, 0.5]", "prune_heads = [0.0, 0.75]"))
+    recipe.write_text(recipe.read_text().replace("heads = [0.0, 0.5]", "heads = [0.0, 0.75]"))
 
     # in process (the exit code and stderr are the CLI's own; no signal or process matters here)
     res = run_cli(_search_cmd(recipe, storage)[3:], cwd=tmp_path)

@@ -127,8 +127,8 @@ def test_transforms_are_active_exactly_where_their_technique_is_chosen(config):
     old = {"student": config.student != "none", "prune": config.prune_heads > 0 or config.prune_mlp > 0,
            "nystrom": config.lowrank == "nystrom", "svd": config.lowrank == "svd",
            "tokens": config.token_merge_r > 0 or config.token_drop > 0, "finetune": config.kd_epochs > 0,
-           "openvino": config.quant.startswith("openvino"),
-           "quantize": config.quant not in ("none", "openvino_fp32", "openvino_int8")}
+           "openvino": config.quant.startswith("openvino"), "ort_fused": config.quant.startswith("ort_fused"),
+           "quantize": config.quant not in ("none", "openvino_fp32", "openvino_int8", "ort_fused_fp32", "ort_fused_int8")}
     assert {n: get_transform(n).is_active(config) for n in list_transforms()} == old
 
 
