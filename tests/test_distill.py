@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from vitshrink.compress import distill
-from vitshrink.compress._registry import BuildContext, get_transform
+from vitshrink.compress import BuildContext, handler_of, planned_handlers
 from vitshrink.data import DataBundle, cache_dir
 from vitshrink.models import TINY_VIT_KWARGS, TrainSettings, create_model, evaluate, train_classifier
 from vitshrink.spaces import CompressionConfig, ConfigError
@@ -44,12 +44,10 @@ def teacher(tiny_spec, tiny_data) -> torch.nn.Module:
 
 
 def test_registered_stages():
-    assert get_transform("student").stage == "student"
-    assert get_transform("finetune").stage == "finetune"
-    assert get_transform("student").is_active(CompressionConfig(**STUDENT, student_epochs=1))
-    assert not get_transform("student").is_active(CompressionConfig())
-    assert get_transform("finetune").is_active(CompressionConfig(kd_epochs=2))
-    assert not get_transform("finetune").is_active(CompressionConfig())
+    applied = lambda config: [(fn, [t.stage for t in ts]) for fn, ts in planned_handlers(config)]  # noqa: E731
+    assert applied(CompressionConfig(**STUDENT, student_epochs=1)) == [(handler_of("student"), ["student"])]
+    assert applied(CompressionConfig(kd_epochs=2)) == [(handler_of("finetune"), ["finetune"])]
+    assert applied(CompressionConfig()) == []
 
 
 def test_custom_student_has_configured_shape_and_teacher_io(tiny_vit, tiny_data):

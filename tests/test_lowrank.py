@@ -10,7 +10,7 @@ import torch
 from support import build_ctx
 from timm.layers import Attention
 
-from vitshrink.compress import get_transform
+from vitshrink.compress import handler_of, planned_handlers
 from vitshrink.compress.lowrank import (
     NystromAttention,
     exact_pinv_iters,
@@ -152,9 +152,8 @@ def test_conv_skip_starts_at_zero_and_learns(tiny_vit, tiny_data):
 
 
 def test_registered_in_the_lowrank_stage():
-    t = get_transform("nystrom")
-    assert t.stage == "lowrank"
-    assert t.is_active(_cfg(4)) and not t.is_active(CompressionConfig())
+    assert [(fn, [t.stage for t in ts]) for fn, ts in planned_handlers(_cfg(4))] == [(handler_of("nystrom"), ["lowrank"])]
+    assert planned_handlers(CompressionConfig()) == []
 
 
 def test_onnx_export_matches_onnxruntime(tiny_vit, tiny_data, tmp_path):

@@ -22,7 +22,7 @@ pytest.importorskip("openvino")  # the optional extra; CI installs it through .[
 pytest.importorskip("nncf")
 
 from recipes import tiny_recipe  # noqa: E402
-from vitshrink.compress import BuildContext, build, get_transform  # noqa: E402
+from vitshrink.compress import BuildContext, build, handler_of  # noqa: E402
 from vitshrink.compress.openvino_runtime import OpenVinoModule, to_openvino  # noqa: E402
 from vitshrink.compress.quantize import deployed_size_bytes, quant_problem  # noqa: E402
 from vitshrink.models import TINY_VIT_KWARGS, TeacherSpec, create_model  # noqa: E402
@@ -35,7 +35,7 @@ FP32 = CompressionConfig(quant="openvino_fp32")
 
 
 def _deploy(model, config, data) -> torch.nn.Module:
-    return get_transform("openvino").fn(model, config, BuildContext(data=data, teacher=model, seed=0))
+    return handler_of(config.quant)(model, config, BuildContext(data=data, teacher=model, seed=0))
 
 
 def test_openvino_fp32_equals_torch(trained_vit, tiny_data) -> None:
@@ -51,7 +51,7 @@ def test_openvino_fp32_equals_torch(trained_vit, tiny_data) -> None:
 def test_openvino_int8_agrees_with_the_float_model_on_digits(trained_vit, tiny_data) -> None:
     x, y = tiny_data.val.x, tiny_data.val.y
     ctx = BuildContext(data=tiny_data, teacher=trained_vit, seed=0)
-    ov_model = get_transform("openvino").fn(trained_vit, INT8, ctx)
+    ov_model = handler_of("openvino_int8")(trained_vit, INT8, ctx)
     assert ov_model.kind == "int8" and ctx.notes["runtime"] == "openvino" and ctx.notes["calib_size"] == 64
     with torch.no_grad():
         want, got = trained_vit(x), ov_model(x)

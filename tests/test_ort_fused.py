@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from recipes import tiny_recipe
-from vitshrink.compress import BuildContext, build, get_transform
+from vitshrink.compress import BuildContext, build, handler_of
 from vitshrink.compress.onnx_runtime import OrtModule
 from vitshrink.compress.ort_fused import count_fused_attention, fusable, to_fused_ort, with_fused_attention
 from vitshrink.compress.quantize import quant_problem
@@ -66,7 +66,7 @@ def test_attention_the_operator_cannot_express_is_kept_as_it_was(config, tiny_vi
 def test_the_transform_notes_what_it_fused_and_leaves_its_input_alone(trained_vit, tiny_data) -> None:
     before = {k: v.clone() for k, v in trained_vit.state_dict().items()}
     ctx = BuildContext(data=tiny_data, teacher=trained_vit, seed=0)
-    out = get_transform("ort_fused").fn(trained_vit, CompressionConfig(quant="ort_fused_int8"), ctx)
+    out = handler_of("ort_fused_int8")(trained_vit, CompressionConfig(quant="ort_fused_int8"), ctx)
     assert isinstance(out, OrtModule) and out.kind == "fused_int8_dynamic"
     assert ctx.notes["fused_attention"] == 2 and ctx.notes["runtime"] == "onnxruntime"
     assert ctx.notes["deployed_bytes"] < ctx.notes["float_bytes"]

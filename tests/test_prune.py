@@ -8,7 +8,7 @@ import torch
 from support import build_ctx
 
 from vitshrink.compress import build
-from vitshrink.compress._registry import get_transform
+from vitshrink.compress import handler_of, planned_handlers
 from vitshrink.compress.prune import (
     calibration_batch,
     importance_scores,
@@ -36,11 +36,9 @@ def _out(model, x):
 
 
 def test_registered_and_inactive_at_zero():
-    t = get_transform("prune")
-    assert t.stage == "prune"
-    assert not t.is_active(CompressionConfig())
-    assert t.is_active(CompressionConfig(prune_heads=0.5))
-    assert t.is_active(CompressionConfig(prune_mlp=0.25))
+    assert planned_handlers(CompressionConfig()) == []
+    for config in (CompressionConfig(prune_heads=0.5), CompressionConfig(prune_mlp=0.25)):
+        assert [(fn, [t.stage for t in ts]) for fn, ts in planned_handlers(config)] == [(handler_of("prune"), ["prune"])]
 
 
 @pytest.mark.parametrize("score", SCORES)

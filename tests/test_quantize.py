@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitshrink.compress import BuildContext, build, get_transform
+from vitshrink.compress import BuildContext, build, handler_of, planned_handlers
 from vitshrink.compress.onnx_runtime import OnnxExportError, OrtModule, export_onnx
 from vitshrink.compress.quantize import (
     BFloat16Model,
@@ -40,8 +40,7 @@ def _config(mode: str, calib: int = 32) -> CompressionConfig:
 def quantized(trained_vit, tiny_data) -> dict[str, torch.nn.Module]:
     """Each mode applied once by the registered transform to the trained tiny ViT."""
     ctx = BuildContext(data=tiny_data, teacher=trained_vit, seed=0)
-    fn = get_transform("quantize").fn
-    return {mode: fn(trained_vit, _config(mode), ctx) for mode in MODES}
+    return {mode: handler_of(mode)(trained_vit, _config(mode), ctx) for mode in MODES}
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -49,10 +48,10 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_registered_as_the_quantize_stage() -> None:
-    t = get_transform("quantize")
-    assert t.stage == "quantize"
-    assert not t.is_active(CompressionConfig())
-    assert all(t.is_active(_config(mode)) for mode in MODES)
+    assert planned_handlers(CompressionConfig()) == []
+    for mode in MODES:
+        assert [(fn, [(t.name, t.stage) for t in ts]) for fn, ts in planned_handlers(_config(mode))] == [
+            (handler_of(mode), [(mode, "quantize")])]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -77,7 +76,7 @@ def test_low_precision_modes_agree_with_fp32(mode, quantized, trained_vit, tiny_
 
 def test_ort_int8_with_calibration_is_static_qdq(trained_vit, tiny_data) -> None:
     ctx = BuildContext(data=tiny_data, teacher=trained_vit, seed=0)
-    model = get_transform("quantize").fn(trained_vit, CompressionConfig(quant="ort_int8", calib_size=16), ctx)
+    model = handler_of("ort_int8")(trained_vit, CompressionConfig(quant="ort_int8", calib_size=16), ctx)
     assert isinstance(model, OrtModule) and model.kind == "int8_static_qdq"
     assert ctx.notes["kind"] == "int8_static_qdq" and ctx.notes["calib_size"] == 16
     x = tiny_data.val.x[:128]
@@ -93,7 +92,7 @@ def test_ort_fp32_matches_torch(quantized, trained_vit, tiny_data) -> None:
 
 def test_transform_notes_what_it_did(trained_vit, tiny_data) -> None:
     ctx = BuildContext(data=tiny_data, teacher=trained_vit, seed=0)
-    get_transform("quantize").fn(trained_vit, _config("ort_int8"), ctx)
+    handler_of("ort_int8")(trained_vit, _config("ort_int8"), ctx)
     notes = ctx.notes
     assert notes["quant"] == "ort_int8" and notes["runtime"] == "onnxruntime" and notes["kind"] == "int8_dynamic"
     assert notes["deployed_bytes"] < notes["float_bytes"] and notes["cosine_vs_float"] > 0.99
@@ -117,7 +116,7 @@ def test_deployed_int8_is_about_4x_smaller_on_a_linear_heavy_vit() -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_quantize_is_deterministic_and_leaves_its_input_alone(mode, quantized, trained_vit, tiny_data) -> None:
     before = {k: v.clone() for k, v in trained_vit.state_dict().items()}
-    again = get_transform("quantize").fn(trained_vit, _config(mode), BuildContext(tiny_data, trained_vit, seed=0))
+    again = handler_of(mode)(trained_vit, _config(mode), BuildContext(tiny_data, trained_vit, seed=0))
     x = tiny_data.val.x[:32]
     with torch.inference_mode():
         assert torch.equal(again(x), quantized[mode](x))  # the fixture quantized the same model the same way

@@ -12,7 +12,7 @@ from support import build_ctx
 from torch import nn
 
 from vitshrink.compress import build
-from vitshrink.compress._registry import get_transform
+from vitshrink.compress import handler_of, planned_handlers
 from vitshrink.compress.svd import (
     BLOCK_LINEARS,
     LowRankLinear,
@@ -38,11 +38,10 @@ def _out(model, x):
 
 
 def test_registered():
-    t = get_transform("svd")
-    assert t.stage == "lowrank"
-    assert t.is_active(CompressionConfig(lowrank="svd"))
-    assert not t.is_active(CompressionConfig())
-    assert not t.is_active(CompressionConfig(lowrank="nystrom", landmarks=4))
+    assert [(fn, [t.stage for t in ts]) for fn, ts in planned_handlers(CompressionConfig(lowrank="svd"))] == [
+        (handler_of("svd"), ["lowrank"])]
+    assert planned_handlers(CompressionConfig()) == []
+    assert [fn for fn, _ in planned_handlers(CompressionConfig(lowrank="nystrom", landmarks=4))] == [handler_of("nystrom")]
 
 
 def test_full_rank_setting_is_exact(tiny_vit, tiny_data):

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from vitshrink.compress import get_transform, list_transforms
+from vitshrink.compress import handler_of, planned_handlers
 from vitshrink.compress.lowrank import NystromAttention, nystrom
 from vitshrink.spaces import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, Recipe, SearchSpace
 from vitshrink.spaces._space_form import flat_tables, technique_form_toml
@@ -80,8 +80,7 @@ def test_registry_agrees_with_config_and_transforms():
         own = t.settings(defaults)
         for f in dataclasses.fields(t.config):  # a technique's defaults are the identity setting
             assert getattr(own, f.name) == getattr(defaults, t.flat(f.name)), (t.name, f.name)
-        assert t.handler in list_transforms(), t.name
-        assert get_transform(t.handler).stage == t.stage
+        assert callable(handler_of(t.name)), t.name
     assert {t.selector[1] for t in techniques() if t.selector and t.selector[0] == "quant"} == set(QUANT_MODES) - {"none"}
     assert list_techniques("lowrank") == list(LOWRANK_MODES[1:])
 
@@ -123,13 +122,11 @@ def test_each_declared_rule_is_enforced_by_the_config(technique, name, meta):
     CompressionConfig(quant="static_int8", calib_size=4), CompressionConfig(kd_epochs=1),
     CompressionConfig(student="custom", student_depth=1, student_embed_dim=16, student_heads=2, student_epochs=1),
 ])
-def test_transforms_are_active_exactly_where_their_technique_is_chosen(config):
-    old = {"student": config.student != "none", "prune": config.prune_heads > 0 or config.prune_mlp > 0,
-           "nystrom": config.lowrank == "nystrom", "svd": config.lowrank == "svd",
-           "tokens": config.token_merge_r > 0 or config.token_drop > 0, "finetune": config.kd_epochs > 0,
-           "openvino": config.quant.startswith("openvino"), "ort_fused": config.quant.startswith("ort_fused"),
-           "quantize": config.quant not in ("none", "openvino_fp32", "openvino_int8", "ort_fused_fp32", "ort_fused_int8")}
-    assert {n: get_transform(n).is_active(config) for n in list_transforms()} == old
+def test_handlers_are_applied_exactly_where_their_technique_is_chosen(config):
+    chosen = {"student": config.student != "none", "prune": config.prune_heads > 0 or config.prune_mlp > 0,
+              "nystrom": config.lowrank == "nystrom", "svd": config.lowrank == "svd", "tome": config.token_merge_r > 0,
+              "patch_drop": config.token_drop > 0, "finetune": config.kd_epochs > 0, config.quant: config.quant != "none"}
+    assert [t.name for _, ts in planned_handlers(config) for t in ts] == [n for n in list_techniques() if chosen.get(n)]
 
 
 def test_walker_and_its_filter(tiny_vit):

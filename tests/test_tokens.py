@@ -8,7 +8,7 @@ import timm
 import torch
 from support import build_ctx
 
-from vitshrink.compress import get_transform
+from vitshrink.compress import handler_of, planned_handlers
 from vitshrink.compress.lowrank import NystromAttention, nystrom
 from vitshrink.compress.tokens import (
     TokenReducedBlocks,
@@ -203,10 +203,11 @@ def test_bad_settings_are_config_errors(tiny_vit, tiny_data):
 
 
 def test_registered_in_the_tokens_stage():
-    t = get_transform("tokens")
-    assert t.stage == "tokens" and not t.is_active(CompressionConfig())
-    assert t.is_active(CompressionConfig(token_merge_r=1))
-    assert t.is_active(CompressionConfig(token_drop=0.1, token_drop_at=(0,)))
+    assert planned_handlers(CompressionConfig()) == []
+    for config, name in ((CompressionConfig(token_merge_r=1), "tome"), (CompressionConfig(token_drop=0.1, token_drop_at=(0,)), "patch_drop")):
+        assert [(fn, [(t.name, t.stage) for t in ts]) for fn, ts in planned_handlers(config)] == [
+            (reduce_tokens, [(name, "tokens")])]
+    assert handler_of("tome") is handler_of("patch_drop") is reduce_tokens
 
 
 @pytest.mark.parametrize("settings", [{"token_merge_r": 4}, {"token_drop": 0.5, "token_drop_at": (0, 1)}],

@@ -1,6 +1,8 @@
-"""One contract every registered transform passes (as Optuna's storage contract tests do):
-its identity setting is exact, its active setting changes the model (a no-op fails), the output
-shape is kept, the input model is not mutated, and the config it reads round-trips through JSON."""
+"""One contract every registered technique's handler passes (as Optuna's storage contract tests do):
+its identity setting is exact, its active example keeps the output shape, leaves the input model
+alone and changes the model (a no-op fails), and the config it reads round-trips through JSON. The
+example and the identity come from each technique's record (`vitshrink.techniques`): a new technique
+is tested here without editing this file."""
 
 from __future__ import annotations
 
@@ -9,59 +11,45 @@ import copy
 import pytest
 import torch
 
-from vitshrink.compress import STAGES, BuildContext, build, get_transform, list_transforms
+from vitshrink.compress import STAGES, BuildContext, build, handled_techniques, handler_of, planned_handlers
 from vitshrink.spaces import CompressionConfig
+from vitshrink.techniques import get_technique, list_techniques
 
-# An active setting of each registered transform, and its identity setting (None: it has none,
-# e.g. a student is never the teacher). Nystrom's identity is m = token count (17 for the tiny ViT),
-# exact up to the iterative pseudo-inverse, hence its tolerance.
-ACTIVE = {
-    "student": CompressionConfig(student="custom", student_depth=1, student_embed_dim=32, student_heads=2,
-                                 student_epochs=1),
-    "prune": CompressionConfig(prune_heads=0.5, prune_mlp=0.5),
-    "nystrom": CompressionConfig(lowrank="nystrom", landmarks=4),
-    "svd": CompressionConfig(lowrank="svd", svd_rank=0.5),
-    "tokens": CompressionConfig(token_merge_r=2, token_drop=0.25, token_drop_at=(1,)),
-    "finetune": CompressionConfig(kd_epochs=1),
-    "quantize": CompressionConfig(quant="dynamic_int8"),
-    "openvino": CompressionConfig(quant="openvino_int8", calib_size=16),
-    "ort_fused": CompressionConfig(quant="ort_fused_int8"),
-}
-IDENTITY = {
-    "student": None,
-    "prune": (CompressionConfig(prune_heads=0.0, prune_mlp=0.0), 0.0),
-    "nystrom": (CompressionConfig(lowrank="nystrom", landmarks=17), 1e-3),
-    "svd": (CompressionConfig(lowrank="svd", svd_rank=1.0), 0.0),
-    "tokens": (CompressionConfig(token_merge_r=0, token_drop=0.0), 0.0),
-    "finetune": (CompressionConfig(kd_epochs=0), 0.0),
-    "quantize": (CompressionConfig(quant="none"), 0.0),
-    "openvino": (CompressionConfig(quant="openvino_fp32"), 1e-5),  # the same float graph in another runtime
-    "ort_fused": (CompressionConfig(quant="ort_fused_fp32"), 1e-5),  # the same function, attention fused
-}
+NEEDS_EXTRA = {"openvino_fp32": "openvino", "openvino_int8": "openvino"}  # vitshrink[openvino] (CI installs it)
 
 
-def test_every_registered_transform_is_covered() -> None:
-    assert set(list_transforms()) == set(ACTIVE)
-    order = [get_transform(n).stage for n in list_transforms()]
+def _active(name: str) -> CompressionConfig:
+    return CompressionConfig(**get_technique(name).active_example())
+
+
+def test_every_registered_technique_has_a_handler_applied_in_stage_order() -> None:
+    assert handled_techniques() == list_techniques()
+    order = [get_technique(n).stage for n in list_techniques()]
     assert order == sorted(order, key=STAGES.index)
+
+
+def test_one_handler_per_config_however_many_of_its_techniques_are_chosen() -> None:
+    both = CompressionConfig(token_merge_r=2, token_drop=0.25, token_drop_at=(1,))
+    assert [[t.name for t in ts] for _, ts in planned_handlers(both)] == [["patch_drop", "tome"]]
+    assert planned_handlers(CompressionConfig()) == []
 
 
 @pytest.fixture()
 def ctx(request, tiny_data, tiny_vit) -> BuildContext:
-    if getattr(request.node, "callspec", None) and request.node.callspec.params.get("name") == "openvino":
-        pytest.importorskip("openvino")  # the optional extra vitshrink[openvino] (CI installs it)
+    extra = NEEDS_EXTRA.get(getattr(request.node, "callspec", None) and request.node.callspec.params.get("name"))
+    if extra:
+        pytest.importorskip(extra)
     return BuildContext(data=tiny_data, teacher=tiny_vit, seed=0)
 
 
-@pytest.mark.parametrize("name", sorted(ACTIVE))
-def test_active_setting_keeps_shape_and_leaves_input_alone(name, tiny_vit, ctx) -> None:
-    t = get_transform(name)
-    cfg = ACTIVE[name]
-    assert t.is_active(cfg)
+@pytest.mark.parametrize("name", list_techniques())
+def test_active_example_keeps_shape_and_leaves_input_alone(name, tiny_vit, ctx) -> None:
+    cfg = _active(name)
+    assert [t.name for _, ts in planned_handlers(cfg) for t in ts if t.name == name] == [name]  # it is chosen
     assert CompressionConfig.from_json(cfg.to_json()) == cfg
     before = copy.deepcopy(tiny_vit.state_dict())
     x = ctx.example(4)
-    out = t.fn(tiny_vit, cfg, ctx)
+    out = handler_of(name)(tiny_vit, cfg, ctx)
     assert out is not tiny_vit
     with torch.no_grad():
         y = out.eval()(x)
@@ -71,14 +59,13 @@ def test_active_setting_keeps_shape_and_leaves_input_alone(name, tiny_vit, ctx) 
     assert type(tiny_vit.blocks[0].attn).__name__ == "Attention"  # timm's module, not replaced in place
 
 
-@pytest.mark.parametrize("name", sorted(n for n, v in IDENTITY.items() if v is not None))
+@pytest.mark.parametrize("name", [n for n in list_techniques() if get_technique(n).identity is not None])
 def test_identity_setting_is_exact(name, tiny_vit, ctx) -> None:
-    cfg, tol = IDENTITY[name]
-    t = get_transform(name)
+    settings, tol = get_technique(name).identity_of(tiny_vit)
     x = ctx.example(8)
     with torch.no_grad():
         ref = tiny_vit(x)
-        out = t.fn(tiny_vit, cfg, ctx).eval()(x)
+        out = handler_of(name)(tiny_vit, CompressionConfig(**settings), ctx).eval()(x)
     assert (out - ref).abs().max().item() <= tol
 
 
@@ -88,20 +75,19 @@ def _structure(model: torch.nn.Module) -> list[tuple[str, str, tuple[int, ...]]]
     return kinds + [(n, "tensor", tuple(v.shape)) for n, v in model.state_dict().items() if hasattr(v, "shape")]
 
 
-@pytest.mark.parametrize("name", sorted(ACTIVE))
-def test_active_setting_changes_the_model(name, tiny_vit, ctx) -> None:
-    """A transform that returned a copy of its input would pass the tests above; this one it fails:
-    the active setting must change the structure (modules, shapes) or, for training stages, the outputs."""
-    t = get_transform(name)
+@pytest.mark.parametrize("name", list_techniques())
+def test_active_example_changes_the_model(name, tiny_vit, ctx) -> None:
+    """A handler that returned a copy of its input would pass the tests above; this one it fails: the
+    active example must change the structure (modules, shapes) or, for training stages, the outputs."""
     x = ctx.example(8)
-    out = t.fn(tiny_vit, ACTIVE[name], ctx).eval()
+    out = handler_of(name)(tiny_vit, _active(name), ctx).eval()
     with torch.no_grad():
         moved = (out(x) - tiny_vit(x)).abs().max().item()
     assert _structure(out) != _structure(tiny_vit) or moved > 1e-4, (name, moved)
 
 
 def test_a_no_op_transform_fails_the_contract(tiny_vit, ctx) -> None:
-    """The check above, applied to a transform that only copies the model, fails."""
+    """The check above, applied to a handler that only copies the model, fails."""
     out = copy.deepcopy(tiny_vit).eval()
     x = ctx.example(8)
     with torch.no_grad():

@@ -1,10 +1,12 @@
-"""Compression transforms, one module per technique, registered by name and applied by `build`
-in the order student -> prune -> low-rank -> tokens -> fine-tune (KD) -> quantize."""
+"""Compression handlers, one module per technique (or family), each registered for the techniques it
+applies and called by `build` in the order student -> prune -> low-rank -> tokens -> fine-tune (KD)
+-> quantize."""
 
 from ._build import BuildResult, build, seed_everything
-from ._registry import STAGES, BuildContext, get_transform, list_transforms, register_transform
+from ..techniques import STAGES
+from ._registry import BuildContext, Handler, handled_techniques, handler_of, planned_handlers, register_handler
 
-# Importing a technique's module registers its transforms.
+# Importing a technique's module registers its handlers.
 from . import distill, lowrank, openvino_runtime, ort_fused, prune, quantize, svd, tokens  # noqa: E402,F401  isort: skip
 from ._fit import check_fits, impossible_reason  # noqa: E402  isort: skip
 
@@ -14,9 +16,11 @@ __all__ = [
     "BuildResult",
     "build",
     "check_fits",
-    "get_transform",
+    "Handler",
     "impossible_reason",
-    "list_transforms",
-    "register_transform",
+    "handled_techniques",
+    "handler_of",
+    "planned_handlers",
+    "register_handler",
     "seed_everything",
 ]

@@ -13,7 +13,7 @@ from torch import nn
 from ..data import DataBundle
 from ..models import copy_model, param_count
 from ..spaces import CompressionConfig
-from ._registry import STAGES, BuildContext, _TRANSFORMS
+from ._registry import BuildContext, planned_handlers
 
 log = logging.getLogger(__name__)
 
@@ -76,33 +76,35 @@ def build(
                        train_device=train_device, train_precision=train_precision)
     model = copy_model(teacher).eval()
     float_model = model
-    for stage in STAGES:
-        if stage == "quantize":
+    plan = planned_handlers(config)
+    quantizing = [i for i, (_, chosen) in enumerate(plan) if chosen[0].stage == "quantize"]
+    for i, (handler, chosen) in enumerate(plan + [(None, [])]):
+        if i == (quantizing[0] if quantizing else len(plan)):  # the float model: what is saved, and re-loaded
             if float_state is not None:
                 model.load_state_dict(float_state)
             float_model = model
-        for t in sorted((t for t in _TRANSFORMS.values() if t.stage == stage), key=lambda t: t.name):
-            if not t.is_active(config):
-                continue
-            if stage in ("finetune",) and not train:
-                continue
-            before = {"params": param_count(model), "macs": _safe_macs(count_macs, model, ctx)}
-            start = time.perf_counter()
-            seed_everything(seed)
-            ctx.notes = {}
-            model = t.fn(model, config, ctx).eval()
-            record = {
-                "stage": stage,
-                "transform": t.name,
-                "seconds": round(time.perf_counter() - start, 3),
-                "params_before": before["params"],
-                "params_after": param_count(model) if stage != "quantize" else before["params"],
-                "macs_before": before["macs"],
-                "macs_after": _safe_macs(count_macs, model, ctx) if stage != "quantize" else before["macs"],
-            }
-            record.update(ctx.notes)
-            ctx.records.append(record)
-            log.debug("stage %s/%s: %s", stage, t.name, record)
+        if handler is None:
+            break
+        stage = chosen[0].stage
+        if stage == "finetune" and not train:
+            continue
+        before = {"params": param_count(model), "macs": _safe_macs(count_macs, model, ctx)}
+        start = time.perf_counter()
+        seed_everything(seed)
+        ctx.notes = {}
+        model = handler(model, config, ctx).eval()
+        record = {
+            "stage": stage,
+            "transform": "+".join(t.name for t in chosen),  # the techniques this handler applied
+            "seconds": round(time.perf_counter() - start, 3),
+            "params_before": before["params"],
+            "params_after": param_count(model) if stage != "quantize" else before["params"],
+            "macs_before": before["macs"],
+            "macs_after": _safe_macs(count_macs, model, ctx) if stage != "quantize" else before["macs"],
+        }
+        record.update(ctx.notes)
+        ctx.records.append(record)
+        log.debug("stage %s/%s: %s", stage, record["transform"], record)
     return BuildResult(model=model, float_model=float_model, records=ctx.records)
 
 

@@ -1,4 +1,6 @@
-"""The transform registry: compression stages registered by name, applied in one fixed order."""
+"""Handlers: the function that applies a technique, registered for the technique's name (as torchao
+registers a handler for a config type); `build` applies the chosen techniques' handlers in stage order.
+A technique's stage, example and identity live in its record (`vitshrink.techniques`), not here."""
 
 from __future__ import annotations
 
@@ -12,11 +14,8 @@ from torch import nn
 from ..data import DataBundle
 from ..models import TrainSettings
 from ..spaces import CompressionConfig
-from ..techniques import chosen_techniques
+from ..techniques import Technique, chosen_techniques, get_technique, list_techniques
 from ..training import TrainingDevice, resolve_training
-
-# The documented order of application; build() walks it.
-STAGES = ("student", "prune", "lowrank", "tokens", "finetune", "quantize")
 
 
 @dataclass
@@ -81,51 +80,60 @@ class BuildContext:
         self.notes.update(facts)
 
 
-class Transform(Protocol):
+class Handler(Protocol):
     def __call__(self, model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module: ...
 
 
-@dataclass(frozen=True)
-class RegisteredTransform:
-    name: str
-    stage: str
-    fn: Transform
-    is_active: Callable[[CompressionConfig], bool]
-    doc: str
+_HANDLERS: dict[str, Handler] = {}  # technique name -> the function that applies it
 
 
-_TRANSFORMS: dict[str, RegisteredTransform] = {}
+def register_handler(*names: str) -> Callable[[Handler], Handler]:
+    """Register `fn(model, config, ctx) -> new model` as the handler of the techniques `names` (one
+    function may apply several: ToMe and patch dropping share the token-reduction pass). `build`
+    calls it once per config that chooses any of them, at their stage; it must return a new model and
+    leave its input alone, and be exact at each technique's identity setting (the contract test).
 
-
-def register_transform(name: str, stage: str, is_active: Callable[[CompressionConfig], bool] | None = None):
-    """Register `fn(model, config, ctx) -> new model` under `name` for `stage`.
-
-    `is_active(config)` says whether the config asks for it; by default, whether the config chooses
-    a technique whose handler is `name` (`vitshrink.techniques`). An inactive transform is skipped, so
-    every transform must be exact at its identity setting anyway (a contract test checks both).
+    Example:
+        >>> handler_of("prune").__name__
+        'prune_vit'
     """
-    if is_active is None:
-        is_active = lambda config: any(t.handler == name for t in chosen_techniques(config))  # noqa: E731
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+    techniques = [get_technique(n) for n in names]  # an unknown name is refused with the registered ones
+    if len({t.stage for t in techniques}) > 1:
+        raise ValueError(f"one handler for techniques of different stages: {names}")
 
-    def deco(fn: Transform) -> Transform:
-        if name in _TRANSFORMS:
-            raise ValueError(f"transform {name!r} registered twice")
-        _TRANSFORMS[name] = RegisteredTransform(name, stage, fn, is_active, (fn.__doc__ or "").strip())
+    def deco(fn: Handler) -> Handler:
+        for name in names:
+            if name in _HANDLERS:
+                raise ValueError(f"technique {name!r} has a handler already ({_HANDLERS[name].__name__})")
+            _HANDLERS[name] = fn
         return fn
 
     return deco
 
 
-def get_transform(name: str) -> RegisteredTransform:
+def handler_of(name: str) -> Handler:
+    """The handler registered for technique `name`."""
     try:
-        return _TRANSFORMS[name]
+        return _HANDLERS[name]
     except KeyError:
-        raise KeyError(f"unknown transform {name!r}; registered: {', '.join(sorted(_TRANSFORMS))}") from None
+        get_technique(name)  # an unknown technique: its own message
+        raise KeyError(f"technique {name!r} has no handler; register one with @register_handler({name!r})") from None
 
 
-def list_transforms(stage: str | None = None) -> list[str]:
-    """Names of registered transforms, in application order."""
-    items = sorted(_TRANSFORMS.values(), key=lambda t: (STAGES.index(t.stage), t.name))
-    return [t.name for t in items if stage is None or t.stage == stage]
+def handled_techniques() -> list[str]:
+    """The techniques with a handler, in the order `build` applies them."""
+    return [name for name in list_techniques() if name in _HANDLERS]
+
+
+def planned_handlers(config: CompressionConfig) -> list[tuple[Handler, list[Technique]]]:
+    """The handlers `build` applies for `config`, in order, each with the chosen techniques it applies.
+
+    Example:
+        >>> [(fn.__name__, [t.name for t in ts]) for fn, ts in planned_handlers(
+        ...     CompressionConfig(prune_heads=0.5, token_merge_r=2, token_drop=0.1, token_drop_at=(1,)))]
+        [('prune_vit', ['prune']), ('reduce_tokens', ['patch_drop', 'tome'])]
+    """
+    plan: dict[Handler, list[Technique]] = {}
+    for technique in chosen_techniques(config):
+        plan.setdefault(handler_of(technique.name), []).append(technique)
+    return list(plan.items())

@@ -36,7 +36,7 @@ from ..digests import update_with_tensor
 from ..models import ModelError, TeacherSpec, TrainSettings, copy_model, create_model, param_count, train_classifier
 from ..spaces import CompressionConfig, ConfigError
 from ..training import resolve_training
-from ._registry import BuildContext, register_transform
+from ._registry import BuildContext, register_handler
 from .recovery import OnlineTeacher, augment_kinds
 
 log = logging.getLogger(__name__)
@@ -500,7 +500,7 @@ def _stage_progress(ctx: BuildContext, stage: str, model: nn.Module) -> Callable
     return report
 
 
-@register_transform("student", "student")
+@register_handler("student")
 def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Replace the teacher by a smaller ViT trained by knowledge distillation for `student_epochs`
     (untrained when ``ctx.train`` is False: the caller loads the saved weights)."""
@@ -534,7 +534,7 @@ def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
     return new.eval()
 
 
-@register_transform("finetune", "finetune")
+@register_handler("finetune")
 def finetune(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Recover accuracy lost to pruning, low-rank or token reduction with `kd_epochs` epochs of
     knowledge distillation from the teacher, at the lower fine-tuning learning rate (5e-4)."""

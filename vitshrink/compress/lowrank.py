@@ -31,7 +31,7 @@ from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError
 from ..techniques import chosen_indices
-from ._registry import BuildContext, register_transform
+from ._registry import BuildContext, register_handler
 
 # The iteration Z <- Z (13 I - AZ (15 I - AZ (7 I - AZ))) / 4 multiplies a small singular value's
 # t = s * z by 13/4 per step, so it needs about log_{13/4}(||A||_1 ||A||_inf / (s^2)) steps.
@@ -253,7 +253,7 @@ def lowrank_problem(model: nn.Module, mode: str) -> str | None:
     return None
 
 
-@register_transform("nystrom", "lowrank")
+@register_handler("nystrom")
 def nystrom(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Replace `blocks[i].attn` by Nystrom attention with `config.landmarks` landmarks, in every
     block or in `config.lowrank_blocks`, reusing the trained projections.

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError
-from ._registry import BuildContext, register_transform
+from ._registry import BuildContext, register_handler
 from ._signal_stack import keeps_signal_stack
 from .onnx_runtime import onnx_bytes
 from .quantize import _agreement, deployed_size_bytes, register_quant_problem
@@ -187,7 +187,7 @@ def to_openvino(model: nn.Module, example: torch.Tensor, calibration: torch.Tens
     return OpenVinoModule(*_ir_bytes(quantized), kind="int8")
 
 
-@register_transform("openvino", "quantize")
+@register_handler("openvino_fp32", "openvino_int8")
 def openvino(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Run the model in OpenVINO (``openvino_fp32``), or NNCF int8 post-training quantization calibrated
     on `config.calib_size` seeded training images (``openvino_int8``); notes as the quantize stage does."""

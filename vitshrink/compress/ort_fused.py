@@ -35,7 +35,7 @@ from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 from ..spaces import CompressionConfig
-from ._registry import BuildContext, register_transform
+from ._registry import BuildContext, register_handler
 from .onnx_runtime import OPSET, OnnxExportError, OrtModule, _check_export, _quiet_quantizer
 from .quantize import _agreement, deployed_size_bytes, register_quant_problem
 
@@ -169,7 +169,7 @@ def fused_problem(mode: str, target_kind: str) -> str | None:
 register_quant_problem(fused_problem)
 
 
-@register_transform("ort_fused", "quantize")
+@register_handler("ort_fused_fp32", "ort_fused_int8")
 def ort_fused(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Run the model in ONNX Runtime with fused attention, fp32 or dynamic int8 (`config.quant`); notes
     as the quantize stage does, and the number of attention operators fused."""

@@ -32,7 +32,7 @@ from torch import nn
 from ..models import copy_model
 from ..spaces import CompressionConfig, ConfigError
 from ..techniques import blocks as walk_blocks
-from ._registry import BuildContext, register_transform
+from ._registry import BuildContext, register_handler
 
 # Calibration images for the data-driven scores, in batches: enough for a stable ranking, cheap on a CPU.
 CALIB_IMAGES = 128
@@ -299,7 +299,7 @@ def _top(scores: torch.Tensor, keep: int) -> list[int]:
     return sorted(int(i) for i in order)
 
 
-@register_transform("prune", "prune")
+@register_handler("prune")
 def prune_vit(model: nn.Module, config: CompressionConfig, ctx: BuildContext | None) -> nn.Module:
     """Remove the `prune_heads` fraction of attention heads and `prune_mlp` fraction of MLP hidden units
     with the lowest `prune_score` in every block (at least one of each is kept).

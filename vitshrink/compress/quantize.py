@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..spaces import CompressionConfig
-from ._registry import BuildContext, register_transform
+from ._registry import BuildContext, register_handler
 from .onnx_runtime import OrtModule, onnx_bytes, quantize_onnx_dynamic, quantize_onnx_static
 
 TORCH_MODES = ("dynamic_int8", "bf16")
@@ -202,7 +202,7 @@ def _agreement(reference: nn.Module, model: nn.Module, x: torch.Tensor) -> float
     return float(torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0))
 
 
-@register_transform("quantize", "quantize")
+@register_handler("dynamic_int8", "bf16", "static_int8", "ort_fp32", "ort_int8")
 def quantize(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Quantize / move to a deployment runtime per `config.quant`, calibrating on `config.calib_size`
     seeded training images; notes the runtime, deployed bytes before/after and cosine agreement."""

@@ -24,7 +24,7 @@ from torch import nn
 from ..models import copy_model
 from ..spaces import CompressionConfig, ConfigError
 from ..techniques import blocks as walk_blocks, chosen_indices
-from ._registry import BuildContext, register_transform
+from ._registry import BuildContext, register_handler
 
 # The Linear layers of a timm ViT block that are factorised, as paths inside the block.
 BLOCK_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -102,7 +102,7 @@ def _blocks_to_factorise(model: nn.Module, wanted: tuple[int, ...]) -> list[int]
     return chosen_indices(model, wanted, "lowrank_blocks")
 
 
-@register_transform("svd", "lowrank")
+@register_handler("svd")
 def svd_factorise(model: nn.Module, config: CompressionConfig, ctx: BuildContext | None) -> nn.Module:
     """Replace qkv, proj, fc1 and fc2 of the chosen blocks (`lowrank_blocks`, empty: all) by their
     truncated SVD at rank ``max(1, ceil(svd_rank * min(out, in)))`` wherever that saves weights.

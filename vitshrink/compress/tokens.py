@@ -33,7 +33,7 @@ from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError
 from ..techniques import chosen_indices
-from ._registry import BuildContext, register_transform
+from ._registry import BuildContext, register_handler
 from .lowrank import NystromAttention, num_tokens
 
 AttendResult = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
@@ -248,7 +248,7 @@ def token_problem(model: nn.Module, merge_r: int, drop: float) -> str | None:
     return None
 
 
-@register_transform("tokens", "tokens")
+@register_handler("tome", "patch_drop")
 def reduce_tokens(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """ToMe-merge `config.token_merge_r` tokens in every block and drop the `config.token_drop`
     fraction of patches at the blocks `config.token_drop_at`; notes the tokens per block.

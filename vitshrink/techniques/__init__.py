@@ -2,15 +2,16 @@
 only where it is chosen), its checks against the model and its handler, registered by name; and
 the block walker every technique that picks blocks goes through.
 
-Adding a technique: one module here that registers a `Technique`, its import below, its handler
-registered in `vitshrink.compress` under the technique's `handler` name, and its tests.
+Adding a technique: one module here that registers a `Technique` (its stage, an active example and
+its identity setting included), its import below, its handler registered for its name in
+`vitshrink.compress` (`@register_handler("name")`), and its tests.
 
 Example:
     >>> list_techniques("lowrank")
     ['nystrom', 'svd']
 """
 
-from ._base import (ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, FRACTION, Bounds, CalibratedConfig, NoSettings,
+from ._base import (ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, FRACTION, STAGES, Bounds, CalibratedConfig, NoSettings,
                     Technique, chosen_techniques, config_settings_problem, field_applies, get_technique,
                     list_techniques, owners, register_technique, selected_by, setting, techniques, value_problem)
 from ._walk import at_blocks, block_index, blocks, chosen_indices
@@ -19,6 +20,6 @@ from ._walk import at_blocks, block_index, blocks, chosen_indices
 from . import student, prune, nystrom, svd, patch_drop, tome, finetune  # noqa: F401  isort: skip
 from . import torch_quant, onnxruntime, ort_fused, openvino  # noqa: F401  isort: skip
 
-__all__ = ["ABOVE_ZERO", "ANY", "AT_LEAST_ZERO", "Bounds", "DISTILL_FIELDS", "FRACTION", "CalibratedConfig", "NoSettings", "Technique", "at_blocks", "block_index", "blocks",
+__all__ = ["ABOVE_ZERO", "ANY", "AT_LEAST_ZERO", "Bounds", "DISTILL_FIELDS", "FRACTION", "STAGES", "CalibratedConfig", "NoSettings", "Technique", "at_blocks", "block_index", "blocks",
            "chosen_indices", "chosen_techniques", "config_settings_problem", "field_applies", "get_technique", "list_techniques", "owners",
            "register_technique", "selected_by", "setting", "techniques", "value_problem"]

@@ -3,7 +3,8 @@
 A technique owns a frozen config dataclass (its settings by their short names, which are also its
 search dimensions in a recipe), how it is chosen (a value of a selector setting such as
 ``quant = "static_int8"``, or one of its own settings above zero such as ``prune_heads``), its checks
-against the model and the name of its handler (the transform registered in `vitshrink.compress`).
+against the model, its stage, an active example and its identity setting. Its handler, the function
+that applies it, is registered for it by name in `vitshrink.compress` (`register_handler`).
 Its settings exist only where it is chosen: that is the whole of a search space's conditions.
 
 Each setting is stored under a field of the flat `CompressionConfig` (the JSON every trial keeps,
@@ -30,6 +31,8 @@ from ..spaces._config import CompressionConfig
 # from the dataclass, not from CompressionConfig(): building one validates it through this module
 _DEFAULTS = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
              for f in dataclasses.fields(CompressionConfig)}
+# The stages of `build`, in the documented order of application; each technique declares its own.
+STAGES = ("student", "prune", "lowrank", "tokens", "finetune", "quantize")
 # the distillation settings a student's training and the KD fine-tune share (each stored once)
 DISTILL_FIELDS = {"temperature": "kd_temperature", "alpha": "kd_alpha", "augment": "kd_augment",
                   "feature_weight": "kd_feature_weight"}
@@ -97,7 +100,8 @@ def setting(default: Any, *, choices: tuple[Any, ...] | None = None, as_list: bo
 
 @dataclass(frozen=True)
 class Technique:
-    """One technique: its settings, how it is chosen, its checks and its handler.
+    """One technique: its settings, how it is chosen, its stage, its checks, an active example and its
+    identity setting (its handler is registered for its name: `vitshrink.compress.register_handler`).
 
     Attributes:
         name: How recipes, the registry and messages name it ("nystrom", "prune", "static_int8").
@@ -109,7 +113,11 @@ class Technique:
         switches: Settings whose value above zero switches it on (prune: heads, mlp); searched always.
         on: Flat settings that switch it on with valid values, given the settings so far (a space's
             values are checked one at a time in a config where their technique is on).
-        handler: The name of its transform in `vitshrink.compress` (two techniques may share one).
+        example: Flat settings of an active example that changes a small ViT (the transform contract test
+            applies it); None: those that switch it on (`on`).
+        identity: The flat settings at which its handler is exact, and the tolerance of that: a pair,
+            or a function of the model returning one (Nystrom's m = n landmarks); None: it has none (a
+            student is never the teacher, int8 is never float).
         shape_problem: (config, ModelShape) -> why the model's numbers cannot take it, or None.
         model_problem: (model, config) -> why the model's modules cannot take it, or None.
         problem: (its own settings) -> why they do not fit together, or None; asked where it is chosen
@@ -129,7 +137,8 @@ class Technique:
     selector: tuple[str, str] | None = None
     switches: tuple[str, ...] = ()
     on: Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]] = field(default_factory=dict)
-    handler: str = ""
+    example: Mapping[str, Any] | None = None
+    identity: tuple[Mapping[str, Any], float] | Callable[[Any], tuple[Mapping[str, Any], float]] | None = None
     shape_problem: Callable[[CompressionConfig, Any], str | None] | None = None
     model_problem: Callable[[Any, CompressionConfig], str | None] | None = None
     problem: Callable[[Any], str | None] | None = None
@@ -143,6 +152,8 @@ class Technique:
         unknown = set(self.fields.values()) - set(_DEFAULTS)
         if unknown:
             raise ValueError(f"technique {self.name!r} stores settings in unknown CompressionConfig fields {sorted(unknown)}")
+        if self.stage not in STAGES:
+            raise ValueError(f"technique {self.name!r}: unknown stage {self.stage!r}; stages are {STAGES}")
         if (self.selector is None) == (not self.switches):
             raise ValueError(f"technique {self.name!r} needs a selector or switches, not both")
 
@@ -215,6 +226,15 @@ class Technique:
         """Flat settings that switch it on with valid values, given `values`."""
         return dict(self.on(values) if callable(self.on) else self.on)
 
+    def active_example(self) -> dict[str, Any]:
+        """Flat settings of a config that applies it and changes a small ViT (see `example`)."""
+        return dict(self.example) if self.example is not None else self.switch_on({})
+
+    def identity_of(self, model: Any) -> tuple[dict[str, Any], float] | None:
+        """The flat settings at which its handler leaves `model`'s function unchanged, and the tolerance."""
+        pair = self.identity(model) if callable(self.identity) else self.identity
+        return None if pair is None else (dict(pair[0]), float(pair[1]))
+
     def settings(self, config: CompressionConfig) -> Any:
         """Its own frozen config, read from a flat `CompressionConfig`.
 
@@ -248,8 +268,10 @@ def get_technique(name: str) -> Technique:
 
 
 def list_techniques(stage: str | None = None) -> list[str]:
-    """Names of the registered techniques, in registration order (optionally of one stage)."""
-    return [t.name for t in _TECHNIQUES.values() if stage is None or t.stage == stage]
+    """Names of the registered techniques, in the order `build` applies them (by stage, then
+    registration order), optionally of one stage."""
+    ordered = sorted(_TECHNIQUES.values(), key=lambda t: STAGES.index(t.stage))
+    return [t.name for t in ordered if stage is None or t.stage == stage]
 
 
 def techniques() -> list[Technique]:
@@ -314,8 +336,9 @@ def config_settings_problem(config: CompressionConfig) -> str | None:
 
 
 def chosen_techniques(config: CompressionConfig | Mapping[str, Any]) -> list[Technique]:
+    """The techniques `config` chooses, in the order `build` applies them."""
     values = config.to_dict() if isinstance(config, CompressionConfig) else config
-    return [t for t in _TECHNIQUES.values() if t.chosen(values)]
+    return [t for t in sorted(_TECHNIQUES.values(), key=lambda t: STAGES.index(t.stage)) if t.chosen(values)]
 
 
 
@@ -340,6 +363,7 @@ __all__ = [
     "Bounds",
     "FRACTION",
     "DISTILL_FIELDS",
+    "STAGES",
     "CalibratedConfig",
     "NoSettings",
     "Technique",

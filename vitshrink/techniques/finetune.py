@@ -21,5 +21,5 @@ class FinetuneConfig:
 
 TECHNIQUE = register_technique(Technique(
     name="finetune", stage="finetune", config=FinetuneConfig, fields={"epochs": "kd_epochs", **DISTILL_FIELDS},
-    switches=("epochs",), on={"kd_epochs": 1}, handler="finetune",
+    switches=("epochs",), on={"kd_epochs": 1}, identity=({"kd_epochs": 0}, 0.0),
 ))

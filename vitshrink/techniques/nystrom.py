@@ -39,9 +39,16 @@ def _model_problem(model, config):
     return lowrank_problem(model, "nystrom")
 
 
+def _identity(model):
+    """m = n: as many landmarks as the blocks see tokens (exact up to the iterative pseudo-inverse)."""
+    tokens = model.patch_embed.num_patches + getattr(model, "num_prefix_tokens", 1)
+    return {"lowrank": "nystrom", "landmarks": tokens}, 1e-3
+
+
 TECHNIQUE = register_technique(Technique(
     name="nystrom", stage="lowrank", config=NystromConfig,
     fields={"landmarks": "landmarks", "blocks": "lowrank_blocks", "conv": "nystrom_conv"},
-    selector=("lowrank", "nystrom"), on={"lowrank": "nystrom", "landmarks": 8}, handler="nystrom",
+    selector=("lowrank", "nystrom"), on={"lowrank": "nystrom", "landmarks": 8},
+    example={"lowrank": "nystrom", "landmarks": 4}, identity=_identity,
     shape_problem=_shape_problem, model_problem=_model_problem, demands=_demands,
 ))

@@ -11,10 +11,11 @@ from ._base import CalibratedConfig, NoSettings, Technique, register_technique
 
 STATIC_INT8 = register_technique(Technique(
     name="static_int8", stage="quantize", config=CalibratedConfig, fields={"calib_size": "calib_size"},
-    selector=("quant", "static_int8"), on={"quant": "static_int8", "calib_size": 32}, handler="quantize"))
+    selector=("quant", "static_int8"), on={"quant": "static_int8", "calib_size": 32}))
 ORT_FP32 = register_technique(Technique(
     name="ort_fp32", stage="quantize", config=NoSettings, fields={},
-    selector=("quant", "ort_fp32"), on={"quant": "ort_fp32"}, handler="quantize"))
+    selector=("quant", "ort_fp32"), on={"quant": "ort_fp32"},
+    identity=({"quant": "ort_fp32"}, 1e-5)))  # the same float function in another runtime
 ORT_INT8 = register_technique(Technique(
     name="ort_int8", stage="quantize", config=NoSettings, fields={},
-    selector=("quant", "ort_int8"), on={"quant": "ort_int8"}, handler="quantize", accepts=("calib_size",)))
+    selector=("quant", "ort_int8"), on={"quant": "ort_int8"}, accepts=("calib_size",)))

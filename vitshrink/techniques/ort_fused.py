@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from ._base import NoSettings, Technique, register_technique
 
-ORT_FUSED_FP32, ORT_FUSED_INT8 = (
-    register_technique(Technique(name=mode, stage="quantize", config=NoSettings, fields={},
-                                 selector=("quant", mode), on={"quant": mode}, handler="ort_fused"))
-    for mode in ("ort_fused_fp32", "ort_fused_int8")
-)
+ORT_FUSED_FP32 = register_technique(Technique(
+    name="ort_fused_fp32", stage="quantize", config=NoSettings, fields={}, selector=("quant", "ort_fused_fp32"),
+    on={"quant": "ort_fused_fp32"}, identity=({"quant": "ort_fused_fp32"}, 1e-5)))  # the same function, fused
+ORT_FUSED_INT8 = register_technique(Technique(
+    name="ort_fused_int8", stage="quantize", config=NoSettings, fields={}, selector=("quant", "ort_fused_int8"),
+    on={"quant": "ort_fused_int8"}))

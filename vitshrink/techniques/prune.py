@@ -26,5 +26,6 @@ def _model_problem(model, config):
 TECHNIQUE = register_technique(Technique(
     name="prune", stage="prune", config=PruneConfig,
     fields={"heads": "prune_heads", "mlp": "prune_mlp", "score": "prune_score"},
-    switches=("heads", "mlp"), on={"prune_heads": 0.1}, handler="prune", model_problem=_model_problem,
+    switches=("heads", "mlp"), on={"prune_heads": 0.1}, model_problem=_model_problem,
+    example={"prune_heads": 0.5, "prune_mlp": 0.5}, identity=({"prune_heads": 0.0, "prune_mlp": 0.0}, 0.0),
 ))

@@ -58,5 +58,6 @@ TECHNIQUE = register_technique(Technique(
     fields={"model": "student", "depth": "student_depth", "embed_dim": "student_embed_dim",
             "heads": "student_heads", "mlp_ratio": "student_mlp_ratio", "epochs": "student_epochs",
             "init": "student_init", **DISTILL_FIELDS},
-    selector=("student", ANY), on=_on, handler="student", model_problem=_model_problem, problem=_problem,
+    selector=("student", ANY), on=_on, model_problem=_model_problem, problem=_problem,
+    example={"student": "custom", "student_depth": 1, "student_embed_dim": 32, "student_heads": 2, "student_epochs": 1},
 ))

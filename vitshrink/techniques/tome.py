@@ -27,7 +27,7 @@ def _model_problem(model, config):
 
 TECHNIQUE = register_technique(Technique(
     name="tome", stage="tokens", config=TomeConfig, fields={"r": "token_merge_r"}, switches=("r",),
-    on={"token_merge_r": 1}, handler="tokens",
+    on={"token_merge_r": 1}, example={"token_merge_r": 2}, identity=({"token_merge_r": 0}, 0.0),
     shape_problem=lambda config, shape: merge_problem(config.token_merge_r, shape), model_problem=_model_problem,
     demands=_demands,
 ))

@@ -7,6 +7,6 @@ from ._base import NoSettings, Technique, register_technique
 
 DYNAMIC_INT8, BF16 = (
     register_technique(Technique(name=mode, stage="quantize", config=NoSettings, fields={},
-                                 selector=("quant", mode), on={"quant": mode}, handler="quantize"))
+                                 selector=("quant", mode), on={"quant": mode}))
     for mode in ("dynamic_int8", "bf16")
 )
