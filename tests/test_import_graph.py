@@ -1,11 +1,12 @@
 """Dependencies run one way: the import graph of vitshrink's modules, built from the source (imports
 inside functions included: a lazy import hides a cycle, it does not remove it).
 
-Three knots remain, each a strongly connected component of today's graph, which the
-technique-config redesign (issue 16) unties: a technique's config split between spaces._config and
-techniques._base; the techniques, the handlers in compress/ and spaces/ naming each other (17
-modules); studies / exporting importing each other through the package. No other cycle may appear
-and these may only shrink. (search/ and data have none: their last ones were removed.)"""
+One knot remains, a strongly connected component of today's graph, which the technique-config
+redesign (issue 16) unties: a technique's config split between spaces._config (the flat
+CompressionConfig, whose validation asks the techniques) and techniques._base (which reads its
+fields). No other cycle may appear. (The techniques ask their own model checks, so they no longer
+import compress/ back; the version lives in vitshrink/_version.py, so no module imports the package
+for it; search/, data, studies and exporting have no cycle.)"""
 
 from __future__ import annotations
 
@@ -16,11 +17,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitshrink"
 _M = "vitshrink."
 KNOWN = [
     {_M + "spaces._config", _M + "techniques._base"},
-    {"vitshrink", _M + "exporting", _M + "studies"},
-    {_M + m for m in ("compress._registry", "compress.distill", "compress.lowrank", "compress.prune", "compress.tokens",
-                      "models", "spaces._recipe", "spaces._space", "spaces._space_form",
-                      "techniques", "techniques.nystrom", "techniques.patch_drop", "techniques.prune",
-                      "techniques.student", "techniques.svd", "techniques.tome")},
 ]
 
 

@@ -1,8 +1,7 @@
 """vitshrink: search the compression configurations of a vision transformer that are Pareto-optimal
 in accuracy, latency on the target hardware and size, and hand back those models ready to deploy."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .spaces import CompressionConfig, Recipe, SearchSpace  # noqa: E402
 
 

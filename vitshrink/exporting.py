@@ -46,6 +46,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ._version import __version__
+from .compress.onnx_runtime import OrtModule, onnx_bytes, quantize_onnx_dynamic
+from .preprocessing import describe_preprocessing
 from .spaces import CompressionConfig
 from .search._schema import CONFIG_ATTR, DATA_ATTR, PREPROCESSING_ATTR, TEACHER_ATTR, TRAINING_ATTR
 
@@ -103,7 +106,6 @@ def _check_float(check: dict[str, float], what: str) -> None:
 def preprocessing(handle: StudyHandle) -> dict[str, Any]:
     """The study's preprocessing (stored by the search driver), or worked out from its data for
     studies searched before it was stored."""
-    from .preprocessing import describe_preprocessing
 
     stored = handle.study.user_attrs.get(PREPROCESSING_ATTR)
     return stored if stored is not None else describe_preprocessing(handle.recipe.dataset, handle.data)
@@ -133,7 +135,6 @@ def _write_onnx(path: Path, blob: bytes, handle: StudyHandle) -> None:
 
 def _export_onnx(handle: StudyHandle, number: int, config: CompressionConfig, path: Path, x: torch.Tensor
                  ) -> dict[str, Any]:
-    from .compress.onnx_runtime import OrtModule, onnx_bytes, quantize_onnx_dynamic
 
     deployed = handle.load_model(number)
     if isinstance(deployed, OrtModule):  # ort_fp32, ort_int8, static_int8: the graph measured in the trial
@@ -169,7 +170,6 @@ def _refuse_openvino_int8(model: nn.Module, number: int, fmt: str) -> None:
 
 def _export_torchscript(handle: StudyHandle, number: int, config: CompressionConfig, path: Path, x: torch.Tensor
                         ) -> dict[str, Any]:
-    from .compress.onnx_runtime import OrtModule
 
     model = handle.load_model(number)
     what = f"the deployed torch model (quant={config.quant})"
@@ -222,8 +222,6 @@ _EXPORTERS = {"onnx": _export_onnx, "torchscript": _export_torchscript, "safeten
 
 def library_versions() -> dict[str, str | None]:
     """Versions of the libraries an exported model depends on (None when not installed)."""
-    from . import __version__
-
     out: dict[str, str | None] = {"vitshrink": __version__}
     for name in ("torch", "timm", "optuna", "onnx", "onnxruntime", "safetensors", "numpy"):
         try:

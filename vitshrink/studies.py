@@ -29,7 +29,10 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from .compress import build
 from .data import DataBundle
+from .exporting import export_trial
+from .models import TeacherSpec, create_model
 from .objectives import get_objective
 from .search import DEFAULT_STORAGE, open_storage, pareto_trials
 from .search._artifacts import ArtifactError, LoadedTrial, artifact_dir_of, read_artifact, rebuild_trial
@@ -388,9 +391,6 @@ class StudyHandle:
 
         Equal to `load_model` for trials without quantization.
         """
-        from .compress import build
-        from .models import TeacherSpec, create_model
-
         state, config = self.float_weights(number)
         teacher = create_model(TeacherSpec.from_dict(self.study.user_attrs[TEACHER_ATTR]), load_weights=False)
         float_config = config.replace(quant="none", calib_size=0)
@@ -401,8 +401,6 @@ class StudyHandle:
 
         See `vitshrink.exporting.export_trial`.
         """
-        from .exporting import export_trial
-
         return export_trial(self, number, fmt, Path(path))
 
 

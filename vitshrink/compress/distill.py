@@ -35,6 +35,7 @@ from ..data import DataBundle, Split, cache_dir
 from ..digests import update_with_tensor
 from ..models import ModelError, TeacherSpec, TrainSettings, copy_model, create_model, param_count, train_classifier
 from ..spaces import CompressionConfig, ConfigError
+from ..techniques.student import student_problem
 from ..training import resolve_training
 from ._registry import BuildContext, register_handler
 from .recovery import OnlineTeacher, augment_kinds
@@ -263,25 +264,6 @@ def make_student(teacher: nn.Module, config: CompressionConfig) -> nn.Module:
         return cls(**kwargs).eval()
     except (AssertionError, TypeError, ValueError) as exc:
         raise ConfigError(f"cannot build the custom student {kwargs}: {exc}") from None
-
-
-def student_problem(student: nn.Module) -> str | None:
-    """Why an (untrained) student cannot go through the stages, or None: after distillation it is
-    described, pruned, made low-rank and token-reduced as a timm ViT, so it needs a patch embedding
-    and blocks of attention and MLP (a timm name of another family, e.g. a ResNet, has neither).
-
-    Example:
-        >>> student_problem(make_student(teacher, CompressionConfig(student="custom", student_depth=1,
-        ...     student_embed_dim=16, student_heads=2, student_epochs=1))) is None
-        True
-    """
-    blocks = getattr(student, "blocks", None)
-    block = blocks[0] if blocks is not None and len(blocks) else None
-    if (not hasattr(getattr(student, "patch_embed", None), "num_patches")
-            or not hasattr(getattr(block, "attn", None), "num_heads") or not hasattr(getattr(block, "mlp", None), "fc1")):
-        return (f"a student must be a timm VisionTransformer (patch_embed, blocks of attention and MLP), but "
-                f"{type(student).__name__} is not; choose a vit_* / deit_* name or student = 'custom'")
-    return None
 
 
 def select_blocks(teacher_depth: int, student_depth: int) -> list[int]:

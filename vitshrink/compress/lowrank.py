@@ -31,6 +31,7 @@ from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError
 from ..techniques import chosen_indices
+from ..techniques.nystrom import lowrank_problem
 from ._registry import BuildContext, register_handler
 
 # The iteration Z <- Z (13 I - AZ (15 I - AZ (7 I - AZ))) / 4 multiplies a small singular value's
@@ -225,32 +226,6 @@ def num_tokens(model: nn.Module) -> int:
     except AttributeError:
         raise ConfigError(f"{type(model).__name__} has no patch_embed.num_patches; a timm VisionTransformer "
                           "is needed to count its tokens") from None
-
-
-def lowrank_problem(model: nn.Module, mode: str) -> str | None:
-    """Why `model`'s modules cannot take low-rank `mode` ("nystrom" or "svd"), or None: both need a
-    timm ViT's blocks; Nystrom also a token count and timm-style attention (qkv, proj, heads).
-
-    Example:
-        >>> lowrank_problem(tiny_vit, "nystrom") is None
-        True
-    """
-    if mode == "none":
-        return None
-    blocks = getattr(model, "blocks", None)
-    if blocks is None or len(blocks) == 0:
-        return f"lowrank={mode!r} needs a timm VisionTransformer with blocks; got {type(model).__name__}"
-    if mode != "nystrom":
-        return None
-    if not hasattr(getattr(model, "patch_embed", None), "num_patches"):
-        return f"lowrank='nystrom' needs a model whose token count is known (patch_embed.num_patches); {type(model).__name__} has none"
-    for i, blk in enumerate(blocks):
-        attn = getattr(blk, "attn", None)
-        missing = [a for a in ("qkv", "proj", "num_heads", "head_dim") if not hasattr(attn, a)]
-        if missing and not isinstance(attn, NystromAttention):
-            return (f"lowrank='nystrom' converts timm-style attention, but block {i}'s {type(attn).__name__} has no "
-                    f"{', '.join(missing)}; search lowrank='svd' or 'none' for this model")
-    return None
 
 
 @register_handler("nystrom")

@@ -22,78 +22,19 @@ Example:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention, Mlp
+from timm.layers import Attention
 from torch import nn
 
 from ..models import copy_model
 from ..spaces import CompressionConfig, ConfigError
-from ..techniques import blocks as walk_blocks
+from ..techniques.prune import keep_count, prune_problem, vit_blocks
 from ._registry import BuildContext, register_handler
 
 # Calibration images for the data-driven scores, in batches: enough for a stable ranking, cheap on a CPU.
 CALIB_IMAGES = 128
 CALIB_BATCH = 32
-
-
-def keep_count(total: int, fraction: float) -> int:
-    """How many of `total` structures survive removing `fraction` of them (rounded half up, at least 1).
-
-    Example:
-        >>> keep_count(3, 0.5), keep_count(4, 0.5), keep_count(2, 0.9)
-        (1, 2, 1)
-    """
-    removed = math.floor(fraction * total + 0.5)  # half up: Python's round() is half-to-even
-    return max(1, total - removed)
-
-
-def _check_vit(model: nn.Module) -> list[nn.Module]:
-    blocks = [blk for _, blk in walk_blocks(model)]
-    if not blocks:
-        raise ConfigError(
-            f"structured pruning needs a timm VisionTransformer with .blocks; got {type(model).__name__}"
-        )
-    for i, blk in enumerate(blocks):
-        if not isinstance(getattr(blk, "attn", None), Attention) or not isinstance(getattr(blk, "mlp", None), Mlp):
-            raise ConfigError(
-                f"block {i} of {type(model).__name__} does not hold timm's Attention and Mlp; structured pruning "
-                "supports the vit_* / deit_* VisionTransformer family"
-            )
-        if not isinstance(blk.attn.qkv, nn.Linear) or not isinstance(blk.mlp.fc1, nn.Linear):
-            raise ConfigError(f"block {i} has non-Linear qkv/fc1 layers; prune before low-rank or quantization")
-    return list(blocks)
-
-
-def prune_problem(model: nn.Module, prune_heads: float, prune_mlp: float) -> str | None:
-    """Why `model`'s modules cannot have the `prune_heads` / `prune_mlp` fractions removed, or None.
-
-    Read from the modules alone (no weights, no data), so a trial is refused before it trains: the
-    blocks must hold timm's Attention and Mlp, and a head / unit can only be removed where no norm
-    mixes the heads (`scale_attn_norm`) or the hidden units (`scale_mlp_norm`).
-
-    Example:
-        >>> prune_problem(tiny_vit, 0.5, 0.0) is None
-        True
-    """
-    if prune_heads <= 0 and prune_mlp <= 0:
-        return None
-    try:
-        blocks = _check_vit(model)
-    except ConfigError as exc:
-        return str(exc)
-    for i, blk in enumerate(blocks):
-        heads = blk.attn.num_heads
-        if keep_count(heads, prune_heads) < heads and not isinstance(blk.attn.norm, nn.Identity):
-            return (f"prune_heads={prune_heads:g} removes heads but block {i}'s attention normalises over all heads "
-                    "(scale_attn_norm), which mixes them; keep prune_heads at 0 for this model")
-        hidden = blk.mlp.fc1.out_features
-        if keep_count(hidden, prune_mlp) < hidden and not isinstance(blk.mlp.norm, nn.Identity):
-            return (f"prune_mlp={prune_mlp:g} removes MLP units but block {i}'s MLP normalises its hidden layer "
-                    "(scale_mlp_norm); keep prune_mlp at 0 for this model")
-    return None
 
 
 def _head_rows(attn: Attention, heads: list[int]) -> torch.Tensor:
@@ -138,7 +79,7 @@ def prune_structure(model: nn.Module, heads_kept: list[list[int]], mlp_kept: lis
         (48, 2)
     """
     new = copy_model(model)
-    blocks = _check_vit(new)
+    blocks = vit_blocks(new)
     if len(heads_kept) != len(blocks) or len(mlp_kept) != len(blocks):
         raise ValueError(f"need one list of heads and of MLP units per block ({len(blocks)} blocks)")
     for i, blk in enumerate(blocks):
@@ -279,7 +220,7 @@ def importance_scores(model: nn.Module, score: str, ctx: BuildContext | None = N
         >>> heads.shape, units.shape
         (torch.Size([2]), torch.Size([64]))
     """
-    blocks = _check_vit(model)
+    blocks = vit_blocks(model)
     if score == "magnitude":
         return _magnitude_scores(blocks)
     if ctx is None:
@@ -312,7 +253,7 @@ def prune_vit(model: nn.Module, config: CompressionConfig, ctx: BuildContext | N
         >>> small.blocks[0].mlp.fc1.out_features
         32
     """
-    blocks = _check_vit(model)
+    blocks = vit_blocks(model)
     heads_kept = [list(range(b.attn.num_heads)) for b in blocks]
     mlp_kept = [list(range(b.mlp.fc1.out_features)) for b in blocks]
     if config.prune_heads > 0 or config.prune_mlp > 0:

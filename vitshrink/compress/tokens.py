@@ -33,6 +33,7 @@ from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError
 from ..techniques import chosen_indices
+from ..techniques.patch_drop import token_problem
 from ._registry import BuildContext, register_handler
 from .lowrank import NystromAttention, num_tokens
 
@@ -215,37 +216,6 @@ def token_plan(n: int, prefix: int, depth: int, r: int, drop: float, drop_at: se
         n -= merge_count(n, prefix, r)
         out.append(n)
     return out
-
-
-_BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
-_ATTENTION_PARTS = ("qkv", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop", "num_heads", "head_dim", "attn_dim",
-                    "scale")
-
-
-def token_problem(model: nn.Module, merge_r: int, drop: float) -> str | None:
-    """Why `model`'s modules cannot merge (`merge_r` > 0) or drop (`drop` > 0) tokens, or None.
-
-    Read from the modules alone, as `ToMeBlock` and `reduce_tokens` would find it: timm ViT blocks
-    whose attention exposes its keys, and a cls token when patches are dropped.
-
-    Example:
-        >>> token_problem(tiny_vit, 2, 0.0) is None
-        True
-    """
-    if merge_r <= 0 and drop <= 0:
-        return None
-    if drop > 0 and getattr(model, "cls_token", None) is None:
-        return ("token_drop ranks patches by the cls token's attention, but this model has no cls token; "
-                "use token_merge_r instead")
-    for i, blk in enumerate(getattr(model, "blocks", None) or []):
-        missing = [p for p in _BLOCK_PARTS if not hasattr(blk, p)]
-        attn = getattr(blk, "attn", None)
-        if not missing and not isinstance(attn, NystromAttention):
-            missing = [f"attn.{p}" for p in _ATTENTION_PARTS if not hasattr(attn, p)]
-        if missing:
-            return (f"token reduction needs timm ViT blocks, but block {i} ({type(blk).__name__}) has no "
-                    f"{', '.join(missing)}; keep token_merge_r and token_drop at 0 for this model")
-    return None
 
 
 @register_handler("tome", "patch_drop")

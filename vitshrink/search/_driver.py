@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import optuna
 
-from .. import __version__
+from .._version import __version__
 from ..digests import data_sha256
 from ..objectives import directions_of
 from ..preprocessing import describe_preprocessing

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from ..spaces._fit import block_demands, indices_problem, landmarks_problem
 from ._base import AT_LEAST_ZERO, Technique, register_technique, setting
 
@@ -33,9 +35,33 @@ def _demands(values_of):
     yield from block_demands("lowrank_blocks", values_of)
 
 
-def _model_problem(model, config):
-    from ..compress.lowrank import lowrank_problem
+def lowrank_problem(model: nn.Module, mode: str) -> str | None:
+    """Why `model`'s modules cannot take low-rank `mode` ("nystrom" or "svd"), or None: both need a
+    timm ViT's blocks; Nystrom also a token count and timm-style attention (qkv, proj, heads).
 
+    Example:
+        >>> lowrank_problem(tiny_vit, "nystrom") is None
+        True
+    """
+    if mode == "none":
+        return None
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or len(blocks) == 0:
+        return f"lowrank={mode!r} needs a timm VisionTransformer with blocks; got {type(model).__name__}"
+    if mode != "nystrom":
+        return None
+    if not hasattr(getattr(model, "patch_embed", None), "num_patches"):
+        return f"lowrank='nystrom' needs a model whose token count is known (patch_embed.num_patches); {type(model).__name__} has none"
+    for i, blk in enumerate(blocks):
+        attn = getattr(blk, "attn", None)
+        missing = [a for a in ("qkv", "proj", "num_heads", "head_dim") if not hasattr(attn, a)]
+        if missing and not hasattr(attn, "landmarks"):  # not already Nystrom attention
+            return (f"lowrank='nystrom' converts timm-style attention, but block {i}'s {type(attn).__name__} has no "
+                    f"{', '.join(missing)}; search lowrank='svd' or 'none' for this model")
+    return None
+
+
+def _model_problem(model, config):
     return lowrank_problem(model, "nystrom")
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from ..spaces._fit import block_demands, drop_problem, indices_problem
 from ._base import FRACTION, Technique, register_technique, setting
 
@@ -31,9 +33,38 @@ def _demands(values_of):
     yield drop_problem, (lambda s: s.cls_token)
 
 
-def _model_problem(model, config):
-    from ..compress.tokens import token_problem
+_BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+_ATTENTION_PARTS = ("qkv", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop", "num_heads", "head_dim", "attn_dim",
+                    "scale")
 
+
+def token_problem(model: nn.Module, merge_r: int, drop: float) -> str | None:
+    """Why `model`'s modules cannot merge (`merge_r` > 0) or drop (`drop` > 0) tokens, or None.
+
+    Read from the modules alone, as `ToMeBlock` and `reduce_tokens` would find it: timm ViT blocks
+    whose attention exposes its keys, and a cls token when patches are dropped.
+
+    Example:
+        >>> token_problem(tiny_vit, 2, 0.0) is None
+        True
+    """
+    if merge_r <= 0 and drop <= 0:
+        return None
+    if drop > 0 and getattr(model, "cls_token", None) is None:
+        return ("token_drop ranks patches by the cls token's attention, but this model has no cls token; "
+                "use token_merge_r instead")
+    for i, blk in enumerate(getattr(model, "blocks", None) or []):
+        missing = [p for p in _BLOCK_PARTS if not hasattr(blk, p)]
+        attn = getattr(blk, "attn", None)
+        if not missing and not hasattr(attn, "landmarks"):  # Nystrom attention exposes its keys its own way
+            missing = [f"attn.{p}" for p in _ATTENTION_PARTS if not hasattr(attn, p)]
+        if missing:
+            return (f"token reduction needs timm ViT blocks, but block {i} ({type(blk).__name__}) has no "
+                    f"{', '.join(missing)}; keep token_merge_r and token_drop at 0 for this model")
+    return None
+
+
+def _model_problem(model, config):
     return token_problem(model, 0, config.token_drop)
 
 

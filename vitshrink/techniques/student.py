@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from ..spaces._config import KD_AUGMENTS, STUDENT_INITS
 from ._base import ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, register_technique, setting
 
@@ -47,9 +49,25 @@ def _problem(s: StudentConfig) -> str | None:
     return None
 
 
-def _model_problem(model, config):
-    from ..compress.distill import student_problem
+def student_problem(student: nn.Module) -> str | None:
+    """Why an (untrained) student cannot go through the stages, or None: after distillation it is
+    described, pruned, made low-rank and token-reduced as a timm ViT, so it needs a patch embedding
+    and blocks of attention and MLP (a timm name of another family, e.g. a ResNet, has neither).
 
+    Example:
+        >>> student_problem(nn.Linear(4, 2))[:44]
+        'a student must be a timm VisionTransformer ('
+    """
+    blocks = getattr(student, "blocks", None)
+    block = blocks[0] if blocks is not None and len(blocks) else None
+    if (not hasattr(getattr(student, "patch_embed", None), "num_patches")
+            or not hasattr(getattr(block, "attn", None), "num_heads") or not hasattr(getattr(block, "mlp", None), "fc1")):
+        return (f"a student must be a timm VisionTransformer (patch_embed, blocks of attention and MLP), but "
+                f"{type(student).__name__} is not; choose a vit_* / deit_* name or student = 'custom'")
+    return None
+
+
+def _model_problem(model, config):
     return student_problem(model)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..spaces._fit import block_demands, indices_problem
 from ._base import Bounds, Technique, register_technique, setting
+from .nystrom import lowrank_problem
 
 
 @dataclass(frozen=True)
@@ -17,8 +18,6 @@ class SvdConfig:
 
 
 def _model_problem(model, config):
-    from ..compress.lowrank import lowrank_problem
-
     return lowrank_problem(model, "svd")
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..spaces._fit import merge_problem
 from ._base import AT_LEAST_ZERO, Technique, register_technique, setting
+from .patch_drop import token_problem
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,6 @@ def _demands(values_of):
 
 
 def _model_problem(model, config):
-    from ..compress.tokens import token_problem
-
     return token_problem(model, config.token_merge_r, 0.0)
 
 
