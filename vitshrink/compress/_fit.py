@@ -1,6 +1,6 @@
 """Whether a config can be applied to a teacher at all, decided from modules and numbers before anything
 trains: the model leaving the student stage (the teacher, or the student built on the meta device, which
-allocates nothing) against the config's numbers (`vitshrink.spaces.config_problem`) and each technique's
+allocates nothing) against the config's numbers (`vitshrink.techniques.config_problem`) and each technique's
 own precondition (each chosen technique's `model_problem`, `vitshrink.techniques`).
 
 `build` calls `check_fits` first, so an impossible config fails before a student is distilled; a search
@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..spaces import CompressionConfig, ConfigError, ModelShape, config_problem
-from ..techniques import chosen_techniques
+from ..spaces import CompressionConfig, ConfigError, ModelShape
+from ..techniques import chosen_techniques, config_problem
 from .distill import make_student
 from .lowrank import num_tokens
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ConfigError
 
@@ -119,10 +119,8 @@ class CompressionConfig:
             raise ConfigError(f"invalid compression config: lowrank={self.lowrank!r} is not one of "
                               f"{', '.join(LOWRANK_MODES)}")
         if all(getattr(self, f.name) == f.default for f in fields(self)):
-            return  # the identity breaks no rule (and is built while vitshrink.techniques is imported)
-        from ..techniques import config_settings_problem  # imported when used: the techniques import this module
-
-        problem = config_settings_problem(self)
+            return  # the identity breaks no rule (and is built while the rules are registered)
+        problem = next((p for rule in _RULES if (p := rule(self))), None)
         if problem:
             raise ConfigError(f"invalid compression config: {problem}")
 
@@ -161,7 +159,19 @@ class CompressionConfig:
         return " ".join(parts) or "teacher"
 
 
+# Rules every config is validated by, added by the modules that own them: vitshrink.techniques adds
+# each technique's (its choices, bounds, needs); importing vitshrink.spaces imports the techniques.
+# The techniques depend on this module, never the other way.
+_RULES: list[Callable[[CompressionConfig], str | None]] = []
+
+
+def register_config_rule(rule: Callable[[CompressionConfig], str | None]) -> Callable[[CompressionConfig], str | None]:
+    """Validate every non-identity `CompressionConfig` by `rule(config) -> why it is invalid, or None`."""
+    _RULES.append(rule)
+    return rule
+
+
 # field name -> "str" | "int" | "float" | "tuple[int, ...]" (annotations are strings here)
 _FIELD_KINDS = {f.name: f.type for f in fields(CompressionConfig)}
 
-__all__ = ["KD_AUGMENTS", "check_field_type", "CompressionConfig", "ConfigError", "QUANT_MODES", "LOWRANK_MODES", "PRUNE_SCORES"]
+__all__ = ["KD_AUGMENTS", "check_field_type", "register_config_rule", "CompressionConfig", "ConfigError", "QUANT_MODES", "LOWRANK_MODES", "PRUNE_SCORES"]

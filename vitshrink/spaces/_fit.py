@@ -2,15 +2,14 @@
 depth, landmarks within its tokens, merging at most half of its patches, a cls token for patch dropping.
 
 The stages after the student act on the student when there is one, so these rules are asked of the
-model that leaves the student stage. `config_problem` checks one config against one model (a trial);
+model that leaves the student stage. `vitshrink.techniques.config_problem` checks one config against
+one model (a trial), asking each chosen technique's `shape_problem`, which these rules serve;
 `SearchSpace.check_model` asks, for every value a space can sample, whether some model the space can
 produce honours it (the study), so a value that no model honours is refused before the study exists
 and a value that only some samples honour is pruned in the trial that samples it.
 
 Example:
-    >>> from vitshrink.spaces import CompressionConfig
-    >>> shape = ModelShape("a 1-block student", tokens=17, depth=1)
-    >>> config_problem(CompressionConfig(token_drop=0.5, token_drop_at=(2,)), shape)
+    >>> indices_problem("token_drop_at", (2,), ModelShape("a 1-block student", tokens=17, depth=1))
     'token_drop_at names block(s) [2] but a 1-block student has 1 blocks; use indices 0..0'
 """
 
@@ -84,13 +83,4 @@ def drop_problem(shape: ModelShape) -> str | None:
             "(class_token = false); search token_merge_r instead, or give the model a cls token")
 
 
-def config_problem(config: CompressionConfig, shape: ModelShape) -> str | None:
-    """Why `config` cannot be applied to the model of `shape` (the one leaving the student stage),
-    or None when it can: each chosen technique's own `shape_problem`."""
-    from ..techniques import chosen_techniques  # imported when used: the techniques import this module
-
-    checks = (t.shape_problem for t in chosen_techniques(config) if t.shape_problem is not None)
-    return next((p for check in checks if (p := check(config, shape))), None)
-
-
-__all__ = ["ModelShape", "block_demands", "config_problem", "drop_problem", "indices_problem", "landmarks_problem", "merge_problem"]
+__all__ = ["ModelShape", "block_demands", "drop_problem", "indices_problem", "landmarks_problem", "merge_problem"]

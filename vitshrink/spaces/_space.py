@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .. import techniques as _registry  # the techniques depend on _config and _fit only, never on this module
 from ._config import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, check_field_type
 from ._fit import ModelShape
 
@@ -25,18 +26,11 @@ _DEFAULTS = CompressionConfig().to_dict()
 _SELECTOR_CHOICES = {"quant": QUANT_MODES, "lowrank": LOWRANK_MODES}
 
 
-def _techniques():
-    # imported when first used: vitshrink.techniques imports this package's _config
-    from .. import techniques
-
-    return techniques
-
-
 def allowed_choices(name: str) -> tuple[Any, ...] | None:
     """The values field `name` may take (a selector's modes, a technique setting's choices), or None."""
     if name in _SELECTOR_CHOICES:
         return _SELECTOR_CHOICES[name]
-    for t in _techniques().techniques():
+    for t in _registry.techniques():
         setting = t.setting_of(name)
         if setting is not None and t.meta(setting)["choices"] is not None:
             return t.meta(setting)["choices"]
@@ -49,14 +43,14 @@ def always_choices(name: str) -> bool:
     if name in _SELECTOR_CHOICES:
         return True
     return any(t.setting_of(name) is not None and t.meta(t.setting_of(name))["as_list"]
-               for t in _techniques().techniques())
+               for t in _registry.techniques())
 
 
 def field_applies(name: str, values: dict[str, Any]) -> bool:
     """Whether field `name` is used under the settings `values`: a technique's setting exists only
     where the technique is chosen (dimensions are sampled in CompressionConfig's field order, after
     the settings that choose their technique)."""
-    return _techniques().field_applies(name, values)
+    return _registry.field_applies(name, values)
 
 
 @dataclass(frozen=True)
@@ -285,7 +279,7 @@ class SearchSpace:
     def _check_needed_settings(self) -> None:
         """Refuse a technique the space can choose but whose needed settings it neither searches nor
         fixes (patch dropping without the blocks to drop at): every trial choosing it would be invalid."""
-        T = _techniques()
+        T = _registry
         for t in T.techniques():
             for f in t.switch_fields:
                 for v in self.values_of(f):
@@ -317,7 +311,7 @@ class SearchSpace:
             on = probed.switch_on({**merged, **values})
             merged.update({k: v for k, v in on.items() if k in probed.switch_fields or k not in merged})
         merged.update(values)
-        for t in _techniques().chosen_techniques(merged):  # what the chosen techniques need to be valid
+        for t in _registry.chosen_techniques(merged):  # what the chosen techniques need to be valid
             for k, v in t.switch_on(merged).items():
                 merged.setdefault(k, v)
         for field_name in list(merged):  # as in `sample`: a setting of a technique not chosen keeps its default
@@ -331,7 +325,7 @@ class SearchSpace:
     def _technique_of(self, name: str, value: Any):
         """The technique a dimension's value is checked under: the one it chooses (quant="static_int8"),
         the one it switches on (prune_heads=0.5), or the one owning it (landmarks: nystrom)."""
-        T = _techniques()
+        T = _registry
         if (t := T.selected_by(name, value)) is not None:
             return t
         switched = [t for t in T.techniques() if name in t.switch_fields and not t.selector]
@@ -427,7 +421,7 @@ class SearchSpace:
         teacher = ModelShape(model, num_tokens, depth, prefix_tokens, cls_token)
         shapes = self._model_shapes(teacher, students or {})
         demands = []  # (rule on a shape, which shape comes closest to honouring it): each technique's own
-        for t in _techniques().techniques():
+        for t in _registry.techniques():
             if t.demands is not None and self.can_choose(t):
                 demands.extend(t.demands(self.values_of))
         for rule, closest in demands:

@@ -34,6 +34,7 @@ import logging
 import tomllib
 from typing import Any
 
+from .. import techniques as _registry
 from ._config import ConfigError
 from ._space import SearchSpace, always_choices
 
@@ -41,12 +42,6 @@ log = logging.getLogger("vitshrink.spaces._recipe")
 
 FORM_KEYS = ("techniques", "always")
 SELECTORS = ("student", "lowrank", "quant")  # CompressionConfig's order: a selector is sampled before its settings
-
-
-def _registry():
-    from .. import techniques  # imported when used: vitshrink.techniques imports this package's _config
-
-    return techniques
 
 
 def is_technique_form(space: dict[str, Any]) -> bool:
@@ -77,7 +72,7 @@ def flat_tables(space: dict[str, Any], fixed: dict[str, Any], source: str) -> tu
     tables = _technique_tables(space, names, source)
     flat = _selector_choices(space, names, tables, source)
     for name in names:
-        technique = _registry().get_technique(name)
+        technique = _registry.get_technique(name)
         for key, spec in tables.get(name, {}).items():
             field = technique.flat(key)
             if technique.selector and field == technique.selector[0]:
@@ -87,7 +82,7 @@ def flat_tables(space: dict[str, Any], fixed: dict[str, Any], source: str) -> tu
                                   f"that gives it as {flat[field]!r}; give it once, or the same in both")
             flat[field] = spec
     for name in names:
-        technique = _registry().get_technique(name)
+        technique = _registry.get_technique(name)
         if technique.switches and not any(f in flat for f in technique.switch_fields):
             raise ConfigError(f"{source}: {name} is in space.techniques but [space.{name}] searches none of "
                               f"{', '.join(technique.switches)}; give e.g. {technique.switches[0]} = "
@@ -99,7 +94,7 @@ def _technique_names(space: dict[str, Any], source: str) -> list[str]:
     names = space["techniques"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"{source}: space.techniques = {names!r} must be a list of technique names")
-    known = _registry().list_techniques()
+    known = _registry.list_techniques()
     for n in names:
         if n not in known:
             raise ConfigError(f"{source}: space.techniques names an unknown technique {n!r}{_hint(n, known)}")
@@ -110,7 +105,7 @@ def _technique_names(space: dict[str, Any], source: str) -> list[str]:
 
 def _technique_tables(space: dict[str, Any], names: list[str], source: str) -> dict[str, dict[str, Any]]:
     tables = {k: v for k, v in space.items() if k not in FORM_KEYS}
-    known = _registry().list_techniques()
+    known = _registry.list_techniques()
     for key, table in tables.items():
         if key not in known:
             flat = " (a flat-form setting: the two forms do not mix)" if not isinstance(table, dict) else ""
@@ -120,7 +115,7 @@ def _technique_tables(space: dict[str, Any], names: list[str], source: str) -> d
             raise ConfigError(f"{source}: space.{key} must be a table of {key}'s settings")
         if key not in names:
             raise ConfigError(f"{source}: [space.{key}] is given but {key} is not in space.techniques; add it there")
-        technique = _registry().get_technique(key)
+        technique = _registry.get_technique(key)
         for setting in table:
             if setting not in technique.fields:
                 raise ConfigError(f"{source}: unknown setting space.{key}.{setting}"
@@ -136,7 +131,7 @@ def _selector_choices(space: dict[str, Any], names: list[str], tables: dict[str,
                           "choices that never take 'none')")
     flat: dict[str, Any] = {}
     for group in SELECTORS:
-        chosen = [t for t in map(_registry().get_technique, names) if t.selector and t.selector[0] == group]
+        chosen = [t for t in map(_registry.get_technique, names) if t.selector and t.selector[0] == group]
         if not chosen:
             if group in always:
                 raise ConfigError(f"{source}: space.always names {group} but space.techniques has none of its "
@@ -144,7 +139,7 @@ def _selector_choices(space: dict[str, Any], names: list[str], tables: dict[str,
             continue
         values: list[Any] = []
         for t in chosen:
-            if t.selector[1] != _registry().ANY:
+            if t.selector[1] != _registry.ANY:
                 values.append(t.selector[1])
                 continue
             key = t.setting_of(group)
@@ -168,7 +163,7 @@ def technique_form_toml(space: SearchSpace) -> str:
         [space.nystrom]
         landmarks = [4, 16]
     """
-    T = _registry()
+    T = _registry
     given = {d.name: d for d in space.dimensions}
     fixed = dict(space.fixed)
     names: list[str] = []

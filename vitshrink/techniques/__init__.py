@@ -12,7 +12,7 @@ Example:
 """
 
 from ._base import (ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, FRACTION, STAGES, Bounds, CalibratedConfig, NoSettings,
-                    Technique, chosen_techniques, config_settings_problem, field_applies, get_technique,
+                    Technique, chosen_techniques, config_problem, config_settings_problem, field_applies, get_technique,
                     list_techniques, owners, register_technique, selected_by, setting, techniques, value_problem)
 from ._walk import at_blocks, block_index, blocks, chosen_indices
 
@@ -21,5 +21,5 @@ from . import student, prune, nystrom, svd, patch_drop, tome, finetune  # noqa: 
 from . import torch_quant, onnxruntime, ort_fused, openvino  # noqa: F401  isort: skip
 
 __all__ = ["ABOVE_ZERO", "ANY", "AT_LEAST_ZERO", "Bounds", "DISTILL_FIELDS", "FRACTION", "STAGES", "CalibratedConfig", "NoSettings", "Technique", "at_blocks", "block_index", "blocks",
-           "chosen_indices", "chosen_techniques", "config_settings_problem", "field_applies", "get_technique", "list_techniques", "owners",
+           "chosen_indices", "chosen_techniques", "config_problem", "config_settings_problem", "field_applies", "get_technique", "list_techniques", "owners",
            "register_technique", "selected_by", "setting", "techniques", "value_problem"]

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..spaces._config import CompressionConfig
+from ..spaces._config import CompressionConfig, register_config_rule
 
 # the identity value of every CompressionConfig field, as `to_dict` writes it (lists for tuples); read
 # from the dataclass, not from CompressionConfig(): building one validates it through this module
@@ -335,10 +335,27 @@ def config_settings_problem(config: CompressionConfig) -> str | None:
     return next((p for t in _TECHNIQUES.values() if (p := t.settings_problem(values))), None)
 
 
+register_config_rule(config_settings_problem)  # CompressionConfig.validate asks it
+
+
 def chosen_techniques(config: CompressionConfig | Mapping[str, Any]) -> list[Technique]:
     """The techniques `config` chooses, in the order `build` applies them."""
     values = config.to_dict() if isinstance(config, CompressionConfig) else config
     return [t for t in sorted(_TECHNIQUES.values(), key=lambda t: STAGES.index(t.stage)) if t.chosen(values)]
+
+
+def config_problem(config: CompressionConfig, shape: Any) -> str | None:
+    """Why `config` cannot be applied to the model of `shape` (a `vitshrink.spaces.ModelShape`: the
+    model leaving the student stage), or None when it can: each chosen technique's own `shape_problem`.
+
+    Example:
+        >>> from vitshrink.spaces import ModelShape
+        >>> shape = ModelShape("a 1-block student", tokens=17, depth=1)
+        >>> config_problem(CompressionConfig(token_drop=0.5, token_drop_at=(2,)), shape)
+        'token_drop_at names block(s) [2] but a 1-block student has 1 blocks; use indices 0..0'
+    """
+    checks = (t.shape_problem for t in chosen_techniques(config) if t.shape_problem is not None)
+    return next((p for check in checks if (p := check(config, shape))), None)
 
 
 
@@ -368,6 +385,7 @@ __all__ = [
     "NoSettings",
     "Technique",
     "chosen_techniques",
+    "config_problem",
     "config_settings_problem",
     "field_applies",
     "get_technique",
