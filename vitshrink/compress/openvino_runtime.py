@@ -37,7 +37,7 @@ from ..spaces import CompressionConfig, ConfigError
 from ._registry import BuildContext, register_handler
 from ._signal_stack import keeps_signal_stack
 from .onnx_runtime import onnx_bytes
-from .quantize import _agreement, deployed_size_bytes, register_quant_problem
+from .quantize import deploy, register_quant_problem
 
 OPENVINO_MODES = ("openvino_fp32", "openvino_int8")
 INSTALL = "pip install 'vitshrink[openvino]'"
@@ -191,14 +191,8 @@ def to_openvino(model: nn.Module, example: torch.Tensor, calibration: torch.Tens
 def openvino(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Run the model in OpenVINO (``openvino_fp32``), or NNCF int8 post-training quantization calibrated
     on `config.calib_size` seeded training images (``openvino_int8``); notes as the quantize stage does."""
-    example = ctx.example(4)
     calibration = ctx.calibration(config.calib_size) if config.quant == "openvino_int8" else None
-    deployed = to_openvino(model, example, calibration).eval()
-    ctx.note(quant=config.quant, runtime="openvino", kind=deployed.kind, calib_size=config.calib_size,
-             float_bytes=deployed_size_bytes(model), deployed_bytes=deployed_size_bytes(deployed),
-             cosine_vs_float=round(_agreement(model, deployed, example), 6))
-    return deployed
-
+    return deploy(model, to_openvino(model, ctx.example(4), calibration), config, ctx, runtime="openvino")
 
 __all__ = ["INSTALL", "OPENVINO_MODES", "OpenVinoModule", "ir_structure", "missing_extra", "openvino_problem",
            "to_openvino"]

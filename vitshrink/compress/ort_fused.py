@@ -37,7 +37,7 @@ from torch import nn
 from ..spaces import CompressionConfig
 from ._registry import BuildContext, register_handler
 from .onnx_runtime import OPSET, OnnxExportError, OrtModule, _check_export, _quiet_quantizer
-from .quantize import _agreement, deployed_size_bytes, register_quant_problem
+from .quantize import deploy, register_quant_problem
 
 MODES = ("ort_fused_fp32", "ort_fused_int8")
 _CONTRIB = "com.microsoft"
@@ -173,14 +173,8 @@ register_quant_problem(fused_problem)
 def ort_fused(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Run the model in ONNX Runtime with fused attention, fp32 or dynamic int8 (`config.quant`); notes
     as the quantize stage does, and the number of attention operators fused."""
-    example = ctx.example(4)
-    deployed = to_fused_ort(model, config.quant, example).eval()
-    ctx.note(quant=config.quant, runtime="onnxruntime", kind=deployed.kind, calib_size=0,
-             fused_attention=count_fused_attention(deployed.model_bytes),
-             float_bytes=deployed_size_bytes(model), deployed_bytes=deployed_size_bytes(deployed),
-             cosine_vs_float=round(_agreement(model, deployed, example), 6))
-    return deployed
-
+    deployed = to_fused_ort(model, config.quant, ctx.example(4))
+    return deploy(model, deployed, config, ctx, fused_attention=count_fused_attention(deployed.model_bytes))
 
 __all__ = ["MODES", "FusedAttention", "count_fused_attention", "fusable", "fused_onnx_bytes", "fused_problem",
            "quantize_fused_dynamic", "to_fused_ort", "with_fused_attention"]

@@ -1,4 +1,5 @@
-"""Quantization and deployment runtimes: the last stage of `build`, chosen by `config.quant`.
+"""Quantization and deployment runtimes: the last stage of `build`, chosen by `config.quant`; one
+handler per mode, registered for its technique (`deploy` notes what each did).
 
 Modes (all take any float `nn.Module` built from Linear/LayerNorm/conv/... and return a new one):
 
@@ -39,16 +40,15 @@ import torch
 from torch import nn
 
 from ..spaces import CompressionConfig
-from ._registry import BuildContext, register_handler
+from ..techniques import chosen_techniques, list_techniques
+from ._registry import BuildContext, handler_of, register_handler
 from .onnx_runtime import OrtModule, onnx_bytes, quantize_onnx_dynamic, quantize_onnx_static
 
-TORCH_MODES = ("dynamic_int8", "bf16")
-ORT_MODES = ("static_int8", "ort_fp32", "ort_int8")
 
 
 # Modes that only run on the CPU: ONNX Runtime models here are CPU sessions fed numpy arrays (a CUDA
 # tensor cannot be), and torch's dynamically quantized Linear has CPU kernels only (fbgemm / oneDNN).
-CPU_ONLY_MODES = ("dynamic_int8", *ORT_MODES)
+CPU_ONLY_MODES = ("dynamic_int8", "static_int8", "ort_fp32", "ort_int8")
 
 
 # Checks that runtimes registered elsewhere add (an optional package missing, a device they cannot use).
@@ -100,41 +100,6 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
         warnings.simplefilter("ignore")  # the torch.ao deprecation notice; see the module docstring for why
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear},
                                                       dtype=torch.qint8, inplace=False)
-
-
-def quantize_model(model: nn.Module, mode: str, example: torch.Tensor,
-                   calibration: torch.Tensor | None = None) -> nn.Module:
-    """Return a new model running `model` in quantization mode/runtime `mode`; `model` is left alone.
-
-    Args:
-        model: a float32 model taking an image batch.
-        mode: one of ``dynamic_int8``, ``static_int8``, ``bf16``, ``ort_fp32``, ``ort_int8``.
-        example: an image batch (for ONNX tracing and the final sanity check).
-        calibration: images for static quantization (``static_int8``; ``ort_int8`` if given).
-
-    Example:
-        >>> q = quantize_model(model, "ort_int8", x[:2])
-        >>> q(x).shape == model(x).shape
-        True
-    """
-    if mode == "none":
-        return copy.deepcopy(model)
-    if mode == "dynamic_int8":
-        return quantize_dynamic_int8(model)
-    if mode == "bf16":
-        return BFloat16Model(copy.deepcopy(model)).eval()
-    if mode not in ORT_MODES:
-        raise ValueError(f"unknown quantization mode {mode!r}; modes are none, {', '.join(TORCH_MODES + ORT_MODES)}")
-    graph = onnx_bytes(model, example)
-    if mode == "ort_fp32":
-        return OrtModule(graph, kind="fp32")
-    if mode == "static_int8" or (mode == "ort_int8" and calibration is not None and len(calibration)):
-        if calibration is None or not len(calibration):
-            raise ValueError("quant='static_int8' needs calibration images (calib_size >= 1)")
-        qdq = mode == "ort_int8"
-        return OrtModule(quantize_onnx_static(graph, calibration, qdq=qdq),
-                         kind="int8_static_qdq" if qdq else "int8_static")
-    return OrtModule(quantize_onnx_dynamic(graph), kind="int8_dynamic")
 
 
 def serialize_deployable(model: nn.Module) -> bytes:
@@ -202,31 +167,111 @@ def _agreement(reference: nn.Module, model: nn.Module, x: torch.Tensor) -> float
     return float(torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0))
 
 
-@register_handler("dynamic_int8", "bf16", "static_int8", "ort_fp32", "ort_int8")
-def quantize(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
-    """Quantize / move to a deployment runtime per `config.quant`, calibrating on `config.calib_size`
-    seeded training images; notes the runtime, deployed bytes before/after and cosine agreement."""
-    example = ctx.example(4)
-    calibration = ctx.calibration(config.calib_size) if config.calib_size else None
-    quantized = quantize_model(model, config.quant, example, calibration).eval()
-    ctx.note(
-        quant=config.quant,
-        runtime=runtime_of(quantized),
-        kind=getattr(quantized, "kind", config.quant),
-        calib_size=config.calib_size,
-        float_bytes=deployed_size_bytes(model),
-        deployed_bytes=deployed_size_bytes(quantized),
-        cosine_vs_float=round(_agreement(model, quantized, example), 6),
-    )
-    return quantized
+def quantize_model(model: nn.Module, mode: str, example: torch.Tensor,
+                   calibration: torch.Tensor | None = None) -> nn.Module:
+    """Return a new model running `model` in quantization mode/runtime `mode`; `model` is left alone.
+
+    The handler of technique `mode` (`vitshrink.compress.handler_of`) applied outside a build, to the
+    `example` images and, for a calibrated mode, the `calibration` images given here.
+
+    Args:
+        model: a float32 model taking an image batch.
+        mode: ``none`` or a quantization technique: ``dynamic_int8``, ``static_int8``, ``bf16``,
+            ``ort_fp32``, ``ort_int8``, ``ort_fused_fp32``, ``ort_fused_int8``, ``openvino_fp32``, ``openvino_int8``.
+        example: an image batch (for ONNX tracing and the final sanity check).
+        calibration: images for static quantization (``static_int8``, ``openvino_int8``; ``ort_int8`` if given).
+
+    Example:
+        >>> q = quantize_model(model, "ort_int8", x[:2])
+        >>> q(x).shape == model(x).shape
+        True
+    """
+    if mode == "none":
+        return copy.deepcopy(model)
+    technique = next((t for t in chosen_techniques({"quant": mode}) if t.stage == "quantize"), None)
+    if technique is None:
+        raise ValueError(f"unknown quantization mode {mode!r}; modes are none, {', '.join(list_techniques('quantize'))}")
+    takes = "calib_size" in technique.fields.values() or "calib_size" in technique.accepts
+    calibrated = bool(takes and calibration is not None and len(calibration))
+    if mode == "static_int8" and not calibrated:
+        raise ValueError("quant='static_int8' needs calibration images (calib_size >= 1)")
+    config = CompressionConfig(quant=mode, calib_size=len(calibration) if calibrated else 0)
+    return handler_of(mode)(model, config, _GivenImages(example, calibration))
+
+
+class _GivenImages:
+    """What a quantization handler reads of a `BuildContext` (example and calibration images), given
+    directly: `quantize_model` runs a handler outside a build."""
+
+    def __init__(self, example: torch.Tensor, calibration: torch.Tensor | None) -> None:
+        self._example, self._calibration = example, calibration
+
+    def example(self, batch: int = 1) -> torch.Tensor:
+        return self._example
+
+    def calibration(self, n: int) -> torch.Tensor:
+        return self._calibration[:n]
+
+    def note(self, **facts) -> None:
+        pass
+
+
+def deploy(model: nn.Module, deployed: nn.Module, config: CompressionConfig, ctx: BuildContext, **facts) -> nn.Module:
+    """`deployed` (the quantized or converted `model`) after noting what every quantization handler
+    notes: runtime, kind, calibration images, deployed bytes before / after and cosine agreement of
+    the logits with `model` (which raises `QuantizationError` when the deployed model is unusable);
+    `facts` add to or replace the first four."""
+    deployed = deployed.eval()
+    notes = {"quant": config.quant, "runtime": runtime_of(deployed), "kind": getattr(deployed, "kind", config.quant),
+             "calib_size": config.calib_size}
+    ctx.note(**(notes | facts), float_bytes=deployed_size_bytes(model), deployed_bytes=deployed_size_bytes(deployed),
+             cosine_vs_float=round(_agreement(model, deployed, ctx.example(4)), 6))
+    return deployed
+
+
+@register_handler("dynamic_int8")
+def torch_dynamic_int8(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
+    """torch eager, every Linear dynamically quantized to int8."""
+    return deploy(model, quantize_dynamic_int8(model), config, ctx)
+
+
+@register_handler("bf16")
+def torch_bf16(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
+    """torch eager with bfloat16 weights and activations."""
+    return deploy(model, BFloat16Model(copy.deepcopy(model)), config, ctx)
+
+
+@register_handler("ort_fp32")
+def ort_fp32(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
+    """The float model exported to ONNX and run by ONNX Runtime."""
+    return deploy(model, OrtModule(onnx_bytes(model, ctx.example(4)), kind="fp32"), config, ctx)
+
+
+@register_handler("ort_int8")
+def ort_int8(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
+    """ONNX Runtime dynamic int8 of the exported graph; with `calib_size`, static int8 in the QDQ format."""
+    graph = onnx_bytes(model, ctx.example(4))
+    if config.calib_size:
+        deployed = OrtModule(quantize_onnx_static(graph, ctx.calibration(config.calib_size), qdq=True),
+                             kind="int8_static_qdq")
+    else:
+        deployed = OrtModule(quantize_onnx_dynamic(graph), kind="int8_dynamic")
+    return deploy(model, deployed, config, ctx)
+
+
+@register_handler("static_int8")
+def ort_static_int8(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
+    """ONNX Runtime static int8 (fused QLinear operators) calibrated on `calib_size` training images."""
+    graph = onnx_bytes(model, ctx.example(4))
+    return deploy(model, OrtModule(quantize_onnx_static(graph, ctx.calibration(config.calib_size)), kind="int8_static"),
+                  config, ctx)
 
 
 __all__ = [
     "BFloat16Model",
     "CPU_ONLY_MODES",
-    "ORT_MODES",
     "QuantizationError",
-    "TORCH_MODES",
+    "deploy",
     "deployed_size_bytes",
     "is_torch_quantized",
     "quantize_dynamic_int8",
