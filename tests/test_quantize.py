@@ -173,3 +173,14 @@ def test_export_onnx_refuses_a_torch_quantized_model(tiny_vit, tmp_path) -> None
     with pytest.raises(OnnxExportError, match="float32"):
         export_onnx(quantize_model(tiny_vit, "dynamic_int8", torch.randn(1, 1, 16, 16)), torch.randn(1, 1, 16, 16),
                     tmp_path / "q.onnx")
+
+
+def test_quantize_model_runs_any_quantization_techniques_handler_and_refuses_an_unknown_mode(tiny_vit, tiny_data) -> None:
+    x = tiny_data.val.x[:4]
+    fused = quantize_model(tiny_vit, "ort_fused_fp32", x)  # a runtime registered in its own module
+    with torch.no_grad():
+        assert isinstance(fused, OrtModule) and (fused(x) - tiny_vit(x)).abs().max().item() < 1e-4
+    with pytest.raises(ValueError, match="unknown quantization mode 'int4'; modes are none, dynamic_int8, bf16, "):
+        quantize_model(tiny_vit, "int4", x)
+    with pytest.raises(ValueError, match=r"quant='static_int8' needs calibration images \(calib_size >= 1\)"):
+        quantize_model(tiny_vit, "static_int8", x)
