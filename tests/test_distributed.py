@@ -31,10 +31,13 @@ TASK_ATTR = {"ray": "tune_trial", "tune": "tune_trial"}  # what ties a trial to 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
 
-def _recipe(name: str, trials: int, device: str = "cpu:1", kd_epochs: int = 1) -> Recipe:
+def _recipe(name: str, trials: int, device: str = "cpu:1", kd_epochs: int = 1, always_prune: bool = False) -> Recipe:
     # every trial trains to the end (no screening or rungs: their verdicts follow noisy timings)
-    return Recipe.from_toml_text(recipe_text(name, trials, device, kd_epochs=kd_epochs)).with_overrides(
-        screening=False, rungs=False)
+    text = recipe_text(name, trials, device, kd_epochs=kd_epochs)
+    if always_prune:  # every sampled trial removes one of the 2 heads: a structure the teacher's measurement is not
+        text = text.replace("heads = [0.0, 0.5]", "heads = [0.25, 0.5]")
+        assert "heads = [0.25, 0.5]" in text
+    return Recipe.from_toml_text(text).with_overrides(screening=False, rungs=False)
 
 
 def _start_driver(recipe: Recipe, storage: str, tmp_path: Path, grace: int = 30, executor: str = "ray",
@@ -63,7 +66,7 @@ def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(tmp_path) 
     name = f"{executor}-{uuid.uuid4().hex[:8]}"
     recorded = tmp_path / "callback.jsonl"
     try:
-        done = _finish(_start_driver(_recipe(name, trials=4, device=f"ray:{RESOURCE}"), POSTGRES, tmp_path,
+        done = _finish(_start_driver(_recipe(name, trials=4, device=f"ray:{RESOURCE}", always_prune=True), POSTGRES, tmp_path,
                                      executor=executor, extra=("--callback", str(recorded))))
         trials = optuna.load_study(study_name=name, storage=open_storage(POSTGRES)).trials
         # exactly the budget: no trial asked beyond it, none counted twice
@@ -74,7 +77,8 @@ def test_two_workers_fill_the_budget_once_and_time_on_the_target_node(tmp_path) 
         assert len({t.user_attrs["driver"] for t in trials}) == 1
         # the first two tasks ran side by side, in two worker processes
         assert len({t.user_attrs["worker"] for t in trials}) >= 2
-        # measured (not cached) latencies come from one-at-a-time runs on the target node
+        # measured (not cached) latencies come from one-at-a-time runs on the target node; the sampled trials
+        # all prune, so at least one structure is new here (the teacher's was measured by the driver)
         spans = sorted((t.user_attrs["latency"]["started_at"], t.user_attrs["latency"]["finished_at"])
                        for t in trials if not t.user_attrs["latency"]["cached"])
         assert spans
