@@ -75,17 +75,17 @@ def build(
                        progress=progress, train=train, kd_limit=kd_limit, on_epoch=on_epoch,
                        train_device=train_device, train_precision=train_precision)
     model = copy_model(teacher).eval()
-    float_model = model
-    plan = planned_handlers(config)
-    quantizing = [i for i, (_, chosen) in enumerate(plan) if chosen[0].stage == "quantize"]
-    for i, (handler, chosen) in enumerate(plan + [(None, [])]):
-        if i == (quantizing[0] if quantizing else len(plan)):  # the float model: what is saved, and re-loaded
-            if float_state is not None:
-                model.load_state_dict(float_state)
-            float_model = model
-        if handler is None:
-            break
+    float_model: nn.Module | None = None  # the model before quantization: what is saved, and re-loaded
+
+    def at_float_point(m: nn.Module) -> nn.Module:
+        if float_state is not None:
+            m.load_state_dict(float_state)
+        return m
+
+    for handler, chosen in planned_handlers(config):
         stage = chosen[0].stage
+        if stage == "quantize" and float_model is None:
+            model = float_model = at_float_point(model)
         if stage == "finetune" and not train:
             continue
         before = {"params": param_count(model), "macs": _safe_macs(count_macs, model, ctx)}
@@ -105,6 +105,8 @@ def build(
         record.update(ctx.notes)
         ctx.records.append(record)
         log.debug("stage %s/%s: %s", stage, record["transform"], record)
+    if float_model is None:  # nothing quantized: the float model is the result
+        model = float_model = at_float_point(model)
     return BuildResult(model=model, float_model=float_model, records=ctx.records)
 
 
