@@ -1,20 +1,17 @@
 """Ship a trial's model: ONNX, TorchScript or safetensors + JSON config, each with a model card.
 
-What each format holds, by the trial's quantization mode:
+What each format holds, by how the trial is deployed:
 
 - ``onnx``: the deployed model as an ONNX graph (dynamic batch, input ``images``, output
-  ``logits``). Trials that run in ONNX Runtime (``ort_fp32``, ``ort_int8``, ``static_int8``)
-  already hold their graph: it is written exactly as it was measured. Torch ``dynamic_int8``
-  trials: the float model is exported and quantized with ONNX Runtime's dynamic quantization
-  (int8 MatMul/Gemm weights), i.e. ORT's quantization of the same float weights, not a bit-exact
-  copy of torch's int8 kernels (the card records how well the two agree). ``bf16`` trials are
-  exported in float32 (ONNX Runtime's CPU kernels have no bf16 matmul).
-- ``torchscript``: ``torch.jit.trace`` of the deployed torch model (dynamic int8 Linear layers
-  and the bf16 wrapper trace as they are). ``ort_fp32`` trials trace the float model (the same
-  arithmetic); ONNX Runtime int8 graphs have no torch form and are refused (export them as onnx).
-- OpenVINO trials: ``openvino_fp32`` exports the float model (onnx: the graph OpenVINO read;
-  torchscript: its trace); ``openvino_int8`` (NNCF) is refused in both, with the one call that
-  writes its OpenVINO IR instead (`OpenVinoModule.save_ir`).
+  ``logits``). A trial that ran an ONNX graph (the ONNX Runtime modes) holds it: it is written
+  exactly as it was measured. Otherwise the float model is exported, then converted as its runtime
+  registered (`vitshrink.compress.register_export`): torch's dynamic int8 becomes ONNX Runtime's
+  dynamic quantization of the same float weights (not a bit-exact copy of torch's int8 kernels:
+  the card records how well the two agree); bf16 is exported in float32.
+- ``torchscript``: ``torch.jit.trace`` of the deployed torch model, or of the float model where
+  the runtime ran the same float graph elsewhere (ONNX Runtime fp32, OpenVINO fp32).
+- A runtime's int8 graph with no file of a format (ONNX Runtime int8 in TorchScript, OpenVINO's
+  NNCF int8 in both) is refused with what to do instead.
 - ``safetensors``: the float weights exactly as stored in the trial's artifact, with the config in
   the file's metadata and in ``<name>.config.json`` (rebuild with `vitshrink.compress.build`).
 
@@ -47,9 +44,11 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .compress.onnx_runtime import OrtModule, onnx_bytes, quantize_onnx_dynamic
+from .compress import Export, export_of
+from .compress.onnx_runtime import onnx_bytes
 from .preprocessing import describe_preprocessing
 from .spaces import CompressionConfig
+from .techniques import deployment_of
 from .search._schema import CONFIG_ATTR, DATA_ATTR, PREPROCESSING_ATTR, TEACHER_ATTR, TRAINING_ATTR
 
 if TYPE_CHECKING:
@@ -133,60 +132,52 @@ def _write_onnx(path: Path, blob: bytes, handle: StudyHandle) -> None:
     path.write_bytes(model.SerializeToString())
 
 
+def _refuse(config: CompressionConfig, number: int, fmt: str) -> Export:
+    """How `config`'s deployment is exported; ExportError where it has no file of format `fmt`."""
+    export = export_of(deployment_of(config))
+    if fmt in export.refuse:
+        raise ExportError(f"trial {number} {export.refuse[fmt].replace('load_model(N)', f'load_model({number})')}")
+    return export
+
+
 def _export_onnx(handle: StudyHandle, number: int, config: CompressionConfig, path: Path, x: torch.Tensor
                  ) -> dict[str, Any]:
 
+    export = _refuse(config, number, "onnx")
     deployed = handle.load_model(number)
-    if isinstance(deployed, OrtModule):  # ort_fp32, ort_int8, static_int8: the graph measured in the trial
-        _write_onnx(path, deployed.model_bytes, handle)
+    graph = getattr(deployed, "model_bytes", None)
+    if isinstance(graph, (bytes, bytearray)):  # a runtime that runs an ONNX graph: the graph measured in the trial
+        _write_onnx(path, bytes(graph), handle)
         check = agreement(run_onnx(path, x), _logits(deployed, x))
         _check_float(check, "ONNX graph")  # the same graph in the same runtime: equal up to thread scheduling
-        return {"exported_model": f"the ONNX Runtime graph measured in the trial (quant={config.quant}, "
+        return {"exported_model": f"the ONNX Runtime graph measured in the trial ({deployment_of(config)}, "
                                   f"{deployed.kind})", "checked_against": "the trial's deployed model", "check": check}
-    _refuse_openvino_int8(deployed, number, "onnx")
     float_model = handle.load_float_model(number)
     blob = onnx_bytes(float_model, x[:1])
-    if config.quant == "dynamic_int8":
-        _write_onnx(path, quantize_onnx_dynamic(blob), handle)
-        return {"exported_model": "ONNX Runtime dynamic int8 quantization (int8 MatMul/Gemm weights) of the trial's "
-                                  "float weights; the trial measured torch's dynamic int8 of the same weights",
-                "checked_against": "the torch dynamic_int8 model", "check": agreement(run_onnx(path, x),
-                                                                                       _logits(deployed, x))}
-    _write_onnx(path, blob, handle)
+    _write_onnx(path, export.onnx(blob) if export.onnx else blob, handle)
+    if export.checked_against == "deployed":  # a conversion of the deployed model's arithmetic
+        return {"exported_model": export.onnx_what, "checked_against": f"the torch {deployment_of(config)} model",
+                "check": agreement(run_onnx(path, x), _logits(deployed, x))}
     check = agreement(run_onnx(path, x), _logits(float_model, x))
     _check_float(check, "ONNX graph")
-    what = {"bf16": "the float32 model (the trial ran bf16 weights; ONNX Runtime's CPU has no bf16 matmul)",
-            "openvino_fp32": "the float32 ONNX graph the trial ran in OpenVINO"}.get(config.quant, "the float32 model")
-    return {"exported_model": what, "checked_against": "the float torch model", "check": check}
-
-
-def _refuse_openvino_int8(model: nn.Module, number: int, fmt: str) -> None:
-    """An NNCF int8 OpenVINO model exists only as OpenVINO IR: say how to write that instead."""
-    if getattr(model, "kind", None) == "int8" and type(model).__name__ == "OpenVinoModule":
-        raise ExportError(f"trial {number} is quantized by OpenVINO (NNCF int8) and has no {fmt} form; write its "
-                          f"OpenVINO IR with open_study(...).load_model({number}).save_ir('model.xml'), or export "
-                          "--format safetensors for its float weights")
+    return {"exported_model": export.onnx_what, "checked_against": "the float torch model", "check": check}
 
 
 def _export_torchscript(handle: StudyHandle, number: int, config: CompressionConfig, path: Path, x: torch.Tensor
                         ) -> dict[str, Any]:
 
-    model = handle.load_model(number)
-    what = f"the deployed torch model (quant={config.quant})"
-    _refuse_openvino_int8(model, number, "torchscript")
-    if config.quant == "openvino_fp32":
-        model, what = handle.load_float_model(number), "the float32 model (the trial ran the same graph in OpenVINO)"
-    if isinstance(model, OrtModule):
-        if model.kind != "fp32":
-            raise ExportError(f"trial {number} is quantized by ONNX Runtime (quant={config.quant}) and has no "
-                              "TorchScript form; export it with --format onnx")
-        model, what = handle.load_float_model(number), "the float32 model (the trial ran the same graph in ONNX Runtime)"
+    export = _refuse(config, number, "torchscript")
+    runtime = deployment_of(config)
+    if export.torchscript:
+        model, what = handle.load_float_model(number), export.torchscript
+    else:
+        model, what = handle.load_model(number), f"the deployed torch model ({runtime})"
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model.eval(), (x[:2],), check_trace=False)
     except Exception as exc:  # noqa: BLE001 - tracing errors come in many types; one message for all
-        raise ExportError(f"trial {number} (quant={config.quant}) cannot be traced to TorchScript "
+        raise ExportError(f"trial {number} ({runtime}) cannot be traced to TorchScript "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); export it with --format onnx") \
             from None
     torch.jit.save(traced, str(path))

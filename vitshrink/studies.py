@@ -47,6 +47,7 @@ from .search._schema import (ACCURACY_DROP_ATTR, ARTIFACT_ATTR, CONFIG_ATTR, FAI
 from .search._storage import artifact_store, mask_url, study_names
 from .search._trial import LOGITS_KEY, load_data
 from .spaces import CompressionConfig, Recipe
+from .techniques import without_stage
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +394,7 @@ class StudyHandle:
         """
         state, config = self.float_weights(number)
         teacher = create_model(TeacherSpec.from_dict(self.study.user_attrs[TEACHER_ATTR]), load_weights=False)
-        float_config = config.replace(quant="none", calib_size=0)
+        float_config = without_stage(config, "quantize")
         return build(teacher, float_config, self.data, seed=self.recipe.seed, train=False, float_state=state).model
 
     def export(self, number: int, fmt: str, path: str | Path) -> Path:

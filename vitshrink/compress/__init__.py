@@ -4,7 +4,8 @@ applies and called by `build` in the order student -> prune -> low-rank -> token
 
 from ._build import BuildResult, build, seed_everything
 from ..techniques import STAGES
-from ._registry import BuildContext, Handler, handled_techniques, handler_of, planned_handlers, register_handler
+from ._registry import (BuildContext, Export, Handler, export_of, handled_techniques, handler_of, planned_handlers,
+                        register_export, register_handler)
 
 # Importing a technique's module registers its handlers.
 from . import distill, lowrank, openvino_runtime, ort_fused, prune, quantize, svd, tokens  # noqa: E402,F401  isort: skip
@@ -13,6 +14,9 @@ from ._fit import check_fits, impossible_reason  # noqa: E402  isort: skip
 __all__ = [
     "STAGES",
     "BuildContext",
+    "Export",
+    "export_of",
+    "register_export",
     "BuildResult",
     "build",
     "check_fits",

@@ -13,12 +13,11 @@ Example:
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError, ModelShape
 from ..techniques import chosen_techniques, config_problem
-from .distill import make_student
+from .distill import stage_model
 from .lowrank import num_tokens
 
 
@@ -30,18 +29,6 @@ def model_shape(model: nn.Module, name: str) -> ModelShape:
     """
     return ModelShape(name, num_tokens(model), len(getattr(model, "blocks", ())),
                       int(getattr(model, "num_prefix_tokens", 0)), getattr(model, "cls_token", None) is not None)
-
-
-def stage_model(teacher: nn.Module, config: CompressionConfig) -> tuple[nn.Module, str]:
-    """The model the stages after the student act on, and its name for messages: the teacher, or the
-    untrained student of `config` with its tensors on the meta device (structure only, no memory)."""
-    if config.student == "none":
-        return teacher, "the teacher"
-    with torch.device("meta"):
-        student = make_student(teacher, config)
-    depth = len(getattr(student, "blocks", ()))
-    name = f"the {depth}-block custom student" if config.student == "custom" else f"the student {config.student}"
-    return student, name
 
 
 def impossible_reason(teacher: nn.Module, config: CompressionConfig) -> str | None:

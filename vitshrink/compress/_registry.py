@@ -125,6 +125,42 @@ def handled_techniques() -> list[str]:
     return [name for name in list_techniques() if name in _HANDLERS]
 
 
+@dataclass(frozen=True)
+class Export:
+    """How `vitshrink.exporting` writes a trial deployed by one technique (a runtime), registered with
+    its handler. A deployed module that holds its ONNX graph (`model_bytes`) is written as it is;
+    otherwise the float model is exported to ONNX, then `onnx` converts it.
+
+    Attributes:
+        onnx: The float ONNX graph's bytes -> the file's (None: the float graph as it is).
+        onnx_what: What the ONNX file holds, for the model card.
+        checked_against: "deployed": the file is compared with the trial's deployed model (a
+            conversion that approximates it); "float": with the float torch model (exact up to rounding).
+        torchscript: None: trace the deployed model; else trace the float model, described so.
+        refuse: Format -> why this deployment has no file of that format and what to do instead.
+    """
+
+    onnx: Callable[[bytes], bytes] | None = None
+    onnx_what: str = "the float32 model"
+    checked_against: str = "float"
+    torchscript: str | None = None
+    refuse: dict[str, str] = field(default_factory=dict)
+
+
+_EXPORTS: dict[str, Export] = {}
+
+
+def register_export(name: str, export: Export) -> None:
+    """How the trials technique `name` deploys are exported (see `Export`)."""
+    get_technique(name)
+    _EXPORTS[name] = export
+
+
+def export_of(name: str) -> Export:
+    """How a trial deployed by technique `name` ("none": a torch float model) is exported."""
+    return _EXPORTS.get(name, Export())
+
+
 def planned_handlers(config: CompressionConfig) -> list[tuple[Handler, list[Technique]]]:
     """The handlers `build` applies for `config`, in order, each with the chosen techniques it applies.
 

@@ -235,6 +235,18 @@ def _custom_kwargs(teacher: nn.Module, config: CompressionConfig) -> dict[str, A
     }
 
 
+def stage_model(teacher: nn.Module, config: CompressionConfig) -> tuple[nn.Module, str]:
+    """The model the stages after the student act on, and its name for messages: the teacher, or the
+    untrained student of `config` with its tensors on the meta device (structure only, no memory)."""
+    if config.student == "none":
+        return teacher, "the teacher"
+    with torch.device("meta"):
+        student = make_student(teacher, config)
+    depth = len(getattr(student, "blocks", ()))
+    name = f"the {depth}-block custom student" if config.student == "custom" else f"the student {config.student}"
+    return student, name
+
+
 def make_student(teacher: nn.Module, config: CompressionConfig) -> nn.Module:
     """The untrained student of `config`, with the teacher's input size, patches, channels and classes.
 

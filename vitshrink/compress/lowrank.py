@@ -114,6 +114,8 @@ class NystromAttention(nn.Module):
         torch.Size([2, 17, 32])
     """
 
+    structural_attributes = ('landmarks', 'conv_kernel', 'pinv_iters')  # what the structural signature reads besides shapes
+
     def __init__(self, dim: int, num_heads: int = 8, head_dim: int | None = None, landmarks: int = 8,
                  conv_kernel: int = 0, pinv_iters: int = 6, qkv_bias: bool = True) -> None:
         super().__init__()

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError
-from ._registry import BuildContext, register_handler
+from ._registry import BuildContext, Export, register_export, register_handler
 from ._signal_stack import keeps_signal_stack
 from .onnx_runtime import onnx_bytes
 from .quantize import deploy, register_quant_problem
@@ -80,6 +80,8 @@ class OpenVinoModule(nn.Module):
         weights: the IR's weights (the ``.bin`` file).
         kind: "fp32" or "int8", kept for reports.
     """
+
+    structural_attributes = ('runtime',)  # the runtime, its version and the graph's digest: read by the structural signature
 
     def __init__(self, xml: bytes, weights: bytes, kind: str = "fp32") -> None:
         super().__init__()
@@ -185,6 +187,13 @@ def to_openvino(model: nn.Module, example: torch.Tensor, calibration: torch.Tens
         quantized = nncf.quantize(ov_model, nncf.Dataset(batches), subset_size=len(calibration),
                                   model_type=nncf.ModelType.TRANSFORMER)
     return OpenVinoModule(*_ir_bytes(quantized), kind="int8")
+
+
+register_export("openvino_fp32", Export(onnx_what="the float32 ONNX graph the trial ran in OpenVINO",
+                                        torchscript="the float32 model (the trial ran the same graph in OpenVINO)"))
+_NO_FILE = ("is quantized by OpenVINO (NNCF int8) and has no {fmt} form; write its OpenVINO IR with "
+            "open_study(...).load_model(N).save_ir('model.xml'), or export --format safetensors for its float weights")
+register_export("openvino_int8", Export(refuse={fmt: _NO_FILE.format(fmt=fmt) for fmt in ("onnx", "torchscript")}))
 
 
 @register_handler("openvino_fp32", "openvino_int8")

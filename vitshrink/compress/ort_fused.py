@@ -35,9 +35,9 @@ from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 from ..spaces import CompressionConfig
-from ._registry import BuildContext, register_handler
+from ._registry import BuildContext, Export, register_export, register_handler
 from .onnx_runtime import OPSET, OnnxExportError, OrtModule, _check_export, _quiet_quantizer
-from .quantize import deploy, register_quant_problem
+from .quantize import _ORT_FLOAT, ORT_INT8_EXPORT, deploy, register_quant_problem
 
 MODES = ("ort_fused_fp32", "ort_fused_int8")
 _CONTRIB = "com.microsoft"
@@ -167,6 +167,10 @@ def fused_problem(mode: str, target_kind: str) -> str | None:
 
 
 register_quant_problem(fused_problem)
+
+
+register_export("ort_fused_fp32", Export(torchscript=_ORT_FLOAT))
+register_export("ort_fused_int8", ORT_INT8_EXPORT)
 
 
 @register_handler("ort_fused_fp32", "ort_fused_int8")

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..spaces import CompressionConfig
 from ..techniques import chosen_techniques, list_techniques
-from ._registry import BuildContext, handler_of, register_handler
+from ._registry import BuildContext, Export, handler_of, register_export, register_handler
 from .onnx_runtime import OrtModule, onnx_bytes, quantize_onnx_dynamic, quantize_onnx_static
 
 
@@ -227,6 +227,20 @@ def deploy(model: nn.Module, deployed: nn.Module, config: CompressionConfig, ctx
     ctx.note(**(notes | facts), float_bytes=deployed_size_bytes(model), deployed_bytes=deployed_size_bytes(deployed),
              cosine_vs_float=round(_agreement(model, deployed, ctx.example(4)), 6))
     return deployed
+
+
+# How each mode's trials are exported (`vitshrink.exporting`); ORT's graphs are written as measured.
+_ORT_FLOAT = "the float32 model (the trial ran the same graph in ONNX Runtime)"
+ORT_INT8_EXPORT = Export(refuse={"torchscript": "is quantized by ONNX Runtime and has no TorchScript form; export it with --format onnx"})
+register_export("dynamic_int8", Export(
+    onnx=quantize_onnx_dynamic, checked_against="deployed",
+    onnx_what="ONNX Runtime dynamic int8 quantization (int8 MatMul/Gemm weights) of the trial's float weights; the "
+              "trial measured torch's dynamic int8 of the same weights"))
+register_export("bf16", Export(
+    onnx_what="the float32 model (the trial ran bf16 weights; ONNX Runtime's CPU has no bf16 matmul)"))
+register_export("ort_fp32", Export(torchscript=_ORT_FLOAT))
+register_export("ort_int8", ORT_INT8_EXPORT)
+register_export("static_int8", ORT_INT8_EXPORT)
 
 
 @register_handler("dynamic_int8")

@@ -152,6 +152,8 @@ class ToMeBlock(nn.Module):
         torch.Size([2, 13, 32])
     """
 
+    structural_attributes = ('r', 'drop', 'prefix')  # what the structural signature reads besides shapes
+
     def __init__(self, block: nn.Module, r: int, drop: float, prefix: int) -> None:
         super().__init__()
         for name in ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2"):

@@ -13,12 +13,13 @@ from torch import nn
 from ._protocol import LatencyProtocol
 from ._target import Target
 
-# Module attributes that change run time without changing a tensor shape (heads, landmarks, merged
-# tokens, kernels, runtime modes). Weight-dependent values (kept indices, quantization scales) are
-# deliberately absent: two models that differ only there must share a signature.
+# Module attributes that change run time without changing a tensor shape (heads, merged tokens,
+# kernels, runtime modes), on torch's and timm's modules. A module class of a technique adds its own
+# by a class attribute `structural_attributes` (Nystrom attention: its landmarks). Weight-dependent
+# values (kept indices, quantization scales) are deliberately absent: two models that differ only
+# there must share a signature.
 STRUCTURAL_ATTRIBUTES = (
-    "num_heads", "head_dim", "attn_dim", "landmarks", "num_landmarks", "r", "keep", "keep_ratio",
-    "drop", "drop_at", "conv_kernel", "pinv_iters", "prefix", "rank", "mode", "quant_mode", "runtime", "fused_attn",
+    "num_heads", "head_dim", "attn_dim", "r", "drop", "rank", "mode", "quant_mode", "fused_attn",
     "num_prefix_tokens", "in_features", "out_features", "kernel_size", "stride", "groups", "kind",
 )
 
@@ -38,7 +39,8 @@ def _structure_rows(model: nn.Module) -> Iterator[list[Any]]:
         return [name, type(t).__name__]
 
     for path, module in model.named_modules():
-        attrs = {a: getattr(module, a) for a in STRUCTURAL_ATTRIBUTES if simple(getattr(module, a, object()))}
+        names = (*STRUCTURAL_ATTRIBUTES, *getattr(type(module), "structural_attributes", ()))
+        attrs = {a: getattr(module, a) for a in names if simple(getattr(module, a, object()))}
         attrs = {a: list(v) if isinstance(v, tuple) else v for a, v in attrs.items()}
         yield [path, type(module).__module__ + "." + type(module).__qualname__, attrs]
         graph = getattr(module, "model_bytes", None)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from ..objectives import LatencyResult, measure_latency
+from ..techniques import deployment_of
 from ._schema import (FINGERPRINT_ATTR, LATENCY_ATTR, LATENCY_IQR_ATTR, LATENCY_NOISY_ATTR, LATENCY_REFERENCE_ATTR,
                       LATENCY_SPREAD_ATTR, objective_ms)  # noqa: F401 - objective_ms re-exported
 
@@ -59,6 +60,12 @@ def record_latency_reference(study: optuna.Study, ctx: SearchContext) -> dict[st
         fingerprint["target"] |= {"latency_objective": info["objective"], "reference_ms": info.get("reference_ms")}
         study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
     return info
+
+
+def latency_extra(config: Any) -> dict[str, str]:
+    """What a latency measurement's cache key adds to the model's structure: the runtime `config`
+    deploys in (keyed "quant", as every stored cache entry is)."""
+    return {"quant": deployment_of(config)}
 
 
 def latency_baseline(study: optuna.Study) -> float | None:

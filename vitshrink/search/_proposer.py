@@ -49,6 +49,7 @@ from scipy.optimize import nnls
 from ..compress._fit import stage_model
 from ..objectives import objectives_for
 from ..spaces import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, Recipe
+from ..techniques import without_stage
 from ._latency import latency_baseline
 from ._pareto import default_reference, is_feasible, normalized_values, pareto_front
 from ._rungs import rung_subset, subset_accuracy
@@ -495,7 +496,7 @@ class VitshrinkSampler(BaseSampler):
             if config.student != "none" and config.student_init == "random":
                 self._zero_shot[key] = 1.0 / ctx.data.num_classes
             else:
-                model = untrained_structure(ctx.teacher, config.replace(quant="none", calib_size=0), ctx.data,
+                model = untrained_structure(ctx.teacher, without_stage(config, "quantize"), ctx.data,
                                             self.recipe.seed, ctx.teacher_logits)
                 self._zero_shot[key] = subset_accuracy(model, rung_subset(ctx.data.val, self.recipe.seed,
                                                                           ZERO_SHOT_IMAGES))

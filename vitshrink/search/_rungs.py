@@ -31,6 +31,7 @@ from torch import nn
 from ..data import Split
 from ..objectives import objectives_for
 from ..spaces import DEFAULT_OBJECTIVES, CompressionConfig, Recipe
+from ..techniques import training_epochs
 from ._schema import PRUNED_REASON_ATTR, RUNG_PREFIX, STOPPED_AT_ATTR, STOPPED_ATTR
 from ._screening import Structure, peer_costs
 
@@ -137,12 +138,9 @@ def rung_rank(key: str, accuracy: float, structure: Structure, peers: list[Froze
 
 
 def last_training_rung(config: CompressionConfig) -> tuple[str, int] | None:
-    """(stage, epochs) of the last training stage `config` runs (build order: student, then finetune)."""
-    if config.kd_epochs > 0:
-        return "finetune", config.kd_epochs
-    if config.student != "none":
-        return "student", config.student_epochs
-    return None
+    """(stage, epochs) of the last training stage `config` runs, in build order (each technique says
+    which of its settings it trains by: `Technique.trains`)."""
+    return training_epochs(config)
 
 
 class RungMonitor:

@@ -39,7 +39,8 @@ from ..data import DataBundle
 from ..objectives import (Candidate, LatencyResult, Objective, measure_latency_cached, objective_values,
                           objectives_for, size_bytes)
 from ..spaces import DEFAULT_OBJECTIVES, CompressionConfig, Recipe
-from ._latency import latency_attrs, latency_baseline
+from ..techniques import deployment_of, without_stage
+from ._latency import latency_attrs, latency_baseline, latency_extra
 from ._pareto import is_feasible
 from ._schema import (LATENCY_IQR_ATTR, MACS_ATTR, PEAK_MEMORY_ATTR, PRUNED_REASON_ATTR, SCREENED_ATTR, SECONDS_ATTR,
                       SIZE_ATTR, metric, set_user_attrs)
@@ -98,7 +99,7 @@ def measure_structure(config: CompressionConfig, recipe: Recipe, ctx: SearchCont
     units (`search/_latency.py`)."""
     model = untrained_structure(ctx.teacher, config, ctx.data, recipe.seed, ctx.teacher_logits)
     lat, cached = measure_latency_cached(model, ctx.example_shape, ctx.target, ctx.protocol,
-                                         extra={"quant": config.quant})
+                                         extra=latency_extra(config))
     structure = Structure(lat, cached, int(size_bytes(model)), ORT_SIZE_TOLERANCE if runs_onnx(model) else 0.0,
                           baseline_ms)
     others = [o.name for o in objectives_for(recipe.objectives)
@@ -106,8 +107,8 @@ def measure_structure(config: CompressionConfig, recipe: Recipe, ctx: SearchCont
     if not others:
         return structure
     float_model = model  # MACs are counted on the float structure: quantized models are not traceable
-    if "macs" in others and config.quant != "none":
-        float_model = untrained_structure(ctx.teacher, config.replace(quant="none", calib_size=0), ctx.data,
+    if "macs" in others and deployment_of(config) != "none":
+        float_model = untrained_structure(ctx.teacher, without_stage(config, "quantize"), ctx.data,
                                           recipe.seed, ctx.teacher_logits)
     candidate = Candidate(model, float_model, val_images(ctx), lat, structure.latency_ms, structure.size_bytes,
                           recipe.throughput_batch)
@@ -145,8 +146,8 @@ def untrained_structure(teacher: nn.Module, config: CompressionConfig, data: Dat
     """The deployed model of `config` without training: the same structural signature and size as
     the trained one (a test checks every technique)."""
     common = dict(seed=seed, teacher_logits=teacher_logits, train=False)
-    result = build(teacher, config.replace(quant="none", calib_size=0), data, **common)
-    if config.quant == "none":
+    result = build(teacher, without_stage(config, "quantize"), data, **common)
+    if deployment_of(config) == "none":
         return result.model
     # quantize generic weights, not a fresh student's: ONNX export shares equal initializers (the
     # all-zero biases of an untrained model), which would make the untrained artifact smaller

@@ -33,7 +33,8 @@ from ..objectives import (Candidate, LatencyProtocol, Target, accuracy, directio
                           objective_values, size_bytes)
 from ..spaces import DEFAULT_OBJECTIVES, CompressionConfig, ConfigError, Recipe
 from ..training import TrainingDevice, resolve_training
-from ._latency import latency_attrs, latency_baseline
+from ..techniques import techniques
+from ._latency import latency_attrs, latency_baseline, latency_extra
 from ._schema import (ACCURACY_DROP_ATTR, ARTIFACT_ATTR, CONFIG_ATTR, CONFIG_OVERRIDE_ATTR, FAIL_REASON_ATTR,
                       FINISHED_AT_ATTR, LABEL_ATTR, LATENCY_ATTR, LATENCY_SPREAD_ATTR, MACS_ATTR, METRICS_ATTR,
                       PARAMS_ATTR, PROPOSAL_ATTR, PRUNED_REASON_ATTR, RECORDS_ATTR, RETRY_OF_ATTR, ROLE_ATTR, SECONDS_ATTR, WORKER_ATTR,
@@ -191,8 +192,8 @@ def check_space_fits_teacher(recipe: Recipe) -> None:
     from ..compress.quantize import quant_problem
 
     kind = Target.parse(recipe.device).kind
-    for mode in space.values_of("quant"):
-        if problem := quant_problem(mode, kind):
+    for t in techniques():
+        if t.stage == "quantize" and space.can_choose(t) and (problem := quant_problem(t.name, kind)):
             raise ConfigError(f"impossible combination: {problem}")
 
 
@@ -243,29 +244,22 @@ def _student_stage_models(recipe: Recipe, teacher: nn.Module) -> tuple[list[nn.M
     """The models leaving the student stage that the space can produce (the teacher, the deepest custom
     student, each timm-named student: students on the meta device), and the named students' shapes."""
     from ..compress._fit import model_shape, stage_model
-    from ..compress.distill import student_problem
 
     space = recipe.space
-    models: list[nn.Module] = []
+    stage = [t for t in techniques() if t.stage_configs is not None]
+    # the teacher leaves the student stage where the space can choose none of its techniques
+    models: list[nn.Module] = [teacher] if not stage or any(
+        not any(t.chosen({f: v}) for t in stage) for f in stage[0].switch_fields for v in space.values_of(f)) else []
     named: dict[str, Any] = {}
-    for student in space.values_of("student"):
-        if student == "none":
-            models.append(teacher)
-            continue
-        shape: dict[str, Any] = {}
-        if student == "custom":
-            pairs = [(e, h) for e in space.values_of("student_embed_dim") for h in space.values_of("student_heads")
-                     if h and e % h == 0]
-            embed, heads = next(iter(pairs), (0, 0))  # (0, 0): the config refuses itself, naming the fields
-            shape = dict(student_depth=int(max(space.values_of("student_depth"))), student_embed_dim=embed,
-                         student_heads=heads, student_mlp_ratio=max(space.values_of("student_mlp_ratio")))
-        config = CompressionConfig(student=student, student_epochs=1, **shape)
-        model, name = stage_model(teacher, config)  # ConfigError: a timm name not buildable for this input
-        if student != "custom":
-            if problem := student_problem(model):
-                raise ConfigError(f"impossible combination: student={student!r}: {problem}")
-            named[student] = model_shape(model, name)
-        models.append(model)
+    for t in stage:
+        for key, flat in t.stage_configs(space.values_of):
+            config = CompressionConfig(**flat)
+            model, name = stage_model(teacher, config)  # ConfigError: a timm name not buildable for this input
+            if key is not None:
+                if t.model_problem is not None and (problem := t.model_problem(model, config)):
+                    raise ConfigError(f"impossible combination: {t.switch_fields[0]}={key!r}: {problem}")
+                named[key] = model_shape(model, name)
+            models.append(model)
     return models, named
 
 
@@ -274,8 +268,6 @@ def _technique_problems(space) -> list[Callable[[nn.Module], str | None]]:
     strongest setting too): each technique's own `model_problem`, asked of the models leaving the
     student stage (the student technique's precondition is asked of the teacher, elsewhere)."""
     from types import SimpleNamespace
-
-    from ..techniques import techniques
 
     defaults = CompressionConfig().to_dict()
     checks: list[Callable[[nn.Module], str | None]] = []
@@ -334,7 +326,7 @@ def run_trial(trial: optuna.Trial, recipe: Recipe, artifact_dir: str | Path, ctx
         t1 = time.perf_counter()
         acc_result = accuracy(result.model, ctx.data.val)
         lat, cached = measure_latency_cached(result.model, ctx.example_shape, ctx.target, ctx.protocol,
-                                             extra={"quant": config.quant})
+                                             extra=latency_extra(config))
         size = int(size_bytes(result.model))
         latency = latency_attrs(lat, cached, latency_baseline(trial.study))
         macs = next((r["macs_after"] for r in reversed(result.records) if r.get("macs_after")), None)

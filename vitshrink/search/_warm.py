@@ -12,31 +12,15 @@ from __future__ import annotations
 import optuna
 
 from ..spaces import CompressionConfig, Recipe, SearchSpace
+from ..techniques import techniques
 from ._schema import CONFIG_OVERRIDE_ATTR, ROLE_ATTR
 
 
 def reference_configs(space: SearchSpace) -> list[CompressionConfig]:
-    """The reference study's hand-picked set: dynamic int8; KD into a small student; 30 % and 50 %
-    pruning; Nystrom with two landmark counts; student + dynamic int8."""
-    fixed = dict(space.fixed)
-    student_epochs = int(fixed.get("student_epochs", 10))
-    kd = int(fixed.get("kd_epochs", 0))
-    lm = space.dimension("landmarks")
-    lo, hi = (int(lm.low), int(lm.high)) if lm and lm.choices is None else (4, 8)
-    # a recipe's fixed recovery settings shape every reference config that distils
-    recovery = {k: fixed[k] for k in ("kd_augment", "kd_feature_weight") if k in fixed}
-    student = dict(student="custom", student_depth=2, student_embed_dim=32, student_heads=2,
-                   student_epochs=student_epochs, **recovery)
-    tuned = recovery if kd else {}
-    return [
-        CompressionConfig(quant="dynamic_int8"),
-        CompressionConfig(**student),
-        CompressionConfig(prune_heads=0.3, prune_mlp=0.3, kd_epochs=kd, **tuned),
-        CompressionConfig(prune_heads=0.5, prune_mlp=0.5, kd_epochs=kd, **tuned),
-        CompressionConfig(lowrank="nystrom", landmarks=lo, kd_epochs=kd, **tuned),
-        CompressionConfig(lowrank="nystrom", landmarks=hi, kd_epochs=kd, **tuned),
-        CompressionConfig(**student, quant="dynamic_int8"),
-    ]
+    """The reference study's hand-picked set: each technique's reference configs (`Technique.references`),
+    in the order `build` applies them: a small student; 30 % and 50 % pruning; Nystrom with two
+    landmark counts; dynamic int8 of the teacher and of the student."""
+    return [CompressionConfig(**flat) for t in techniques() if t.references for flat in t.references(space)]
 
 
 def warm_start_configs(recipe: Recipe) -> list[tuple[str, CompressionConfig]]:

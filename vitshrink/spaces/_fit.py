@@ -59,28 +59,4 @@ def block_demands(setting: str, values_of):
         yield (lambda s, v=value: indices_problem(setting, v or (), s)), (lambda s: s.depth)
 
 
-def landmarks_problem(landmarks: int, shape: ModelShape) -> str | None:
-    if landmarks <= shape.tokens:
-        return None
-    return (f"landmarks reaches {landmarks} but {shape.name} has {shape.tokens} tokens ({shape.patches} patches + "
-            f"{shape.prefix} prefix); Nystrom needs landmarks <= tokens, so keep landmarks <= {shape.tokens}")
-
-
-def merge_problem(r: int, shape: ModelShape) -> str | None:
-    # ToMe merges at most half the patches of a block and clamps later blocks the same way, so a
-    # whole stack never merges below one patch token: only the first block's bound can be exceeded.
-    most = shape.patches // 2
-    if r <= most:
-        return None
-    return (f"token_merge_r reaches {r} but {shape.name} has {shape.patches} patch tokens, and a block can merge "
-            f"at most half of them ({most}); keep token_merge_r <= {most}")
-
-
-def drop_problem(shape: ModelShape) -> str | None:
-    if shape.cls_token:
-        return None
-    return (f"token_drop ranks patches by the cls token's attention but {shape.name} has no cls token "
-            "(class_token = false); search token_merge_r instead, or give the model a cls token")
-
-
-__all__ = ["ModelShape", "block_demands", "drop_problem", "indices_problem", "landmarks_problem", "merge_problem"]
+__all__ = ["ModelShape", "block_demands", "indices_problem"]

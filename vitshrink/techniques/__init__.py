@@ -13,7 +13,8 @@ Example:
 
 from ._base import (ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, FRACTION, STAGES, Bounds, CalibratedConfig, NoSettings,
                     Technique, chosen_techniques, config_problem, config_settings_problem, field_applies, get_technique,
-                    list_techniques, owners, register_technique, selected_by, setting, techniques, value_problem)
+                    list_techniques, owners, register_technique, selected_by, setting, techniques, training_epochs,
+                    value_problem, without_stage, deployment_of)
 from ._walk import at_blocks, block_index, blocks, chosen_indices
 
 # Importing a technique's module registers it; the order is the order of `build`'s stages.
@@ -22,4 +23,5 @@ from . import torch_quant, onnxruntime, ort_fused, openvino  # noqa: F401  isort
 
 __all__ = ["ABOVE_ZERO", "ANY", "AT_LEAST_ZERO", "Bounds", "DISTILL_FIELDS", "FRACTION", "STAGES", "CalibratedConfig", "NoSettings", "Technique", "at_blocks", "block_index", "blocks",
            "chosen_indices", "chosen_techniques", "config_problem", "config_settings_problem", "field_applies", "get_technique", "list_techniques", "owners",
-           "register_technique", "selected_by", "setting", "techniques", "value_problem"]
+           "register_technique", "selected_by", "setting", "techniques", "training_epochs", "value_problem",
+           "without_stage", "deployment_of"]

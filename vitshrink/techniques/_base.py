@@ -128,6 +128,13 @@ class Technique:
             models it produces: `rule(shape)` says why a model cannot take the most demanding value
             the space can sample (`values_of(flat_field)` lists them), `closest(shape)` ranks the
             models for the message (the deepest for a block index). See `SearchSpace.check_model`.
+        trains: Its setting holding the epochs it trains (a student, the KD fine-tune): a search
+            stops a trial behind at rungs of its last training stage (`training_epochs`).
+        references: (space) -> flat settings of its configs in the hand-picked reference set that
+            ``seed_with = "reference"`` opens a study with (`space.fixed`, `space.dimension` shape them).
+        stage_configs: (values_of) -> (name, flat settings) of the models leaving its stage that a space
+            of those values can build, for a student stage: the largest custom student (name None) and
+            each named architecture (name: its selector value). The search checks them before a study.
     """
 
     name: str
@@ -144,6 +151,9 @@ class Technique:
     problem: Callable[[Any], str | None] | None = None
     accepts: tuple[str, ...] = ()
     demands: Callable[[Callable[[str], list[Any]]], Iterable[tuple[Callable[[Any], str | None], Callable[[Any], Any]]]] | None = None
+    trains: str | None = None
+    references: Callable[[Any], list[Mapping[str, Any]]] | None = None
+    stage_configs: Callable[[Callable[[str], list[Any]]], Iterable[tuple[str | None, Mapping[str, Any]]]] | None = None
 
     def __post_init__(self) -> None:
         own = {f.name for f in dataclasses.fields(self.config)}
@@ -156,6 +166,8 @@ class Technique:
             raise ValueError(f"technique {self.name!r}: unknown stage {self.stage!r}; stages are {STAGES}")
         if (self.selector is None) == (not self.switches):
             raise ValueError(f"technique {self.name!r} needs a selector or switches, not both")
+        if self.trains is not None and self.trains not in self.fields:
+            raise ValueError(f"technique {self.name!r} trains by {self.trains!r}, which is not one of its settings")
 
     # --- what it owns -------------------------------------------------------------------------
     def flat(self, name: str) -> str:
@@ -255,6 +267,9 @@ def register_technique(technique: Technique) -> Technique:
     if technique.name in _TECHNIQUES:
         raise ValueError(f"technique {technique.name!r} registered twice")
     _TECHNIQUES[technique.name] = technique
+    ordered = sorted(_TECHNIQUES.values(), key=lambda t: STAGES.index(t.stage))  # stable: registration order within a stage
+    _TECHNIQUES.clear()
+    _TECHNIQUES.update((t.name, t) for t in ordered)
     for name, flat in technique.fields.items():
         _RULES.setdefault(flat, []).append(technique.meta(name))
     return technique
@@ -344,6 +359,44 @@ def chosen_techniques(config: CompressionConfig | Mapping[str, Any]) -> list[Tec
     return [t for t in sorted(_TECHNIQUES.values(), key=lambda t: STAGES.index(t.stage)) if t.chosen(values)]
 
 
+def training_epochs(config: CompressionConfig) -> tuple[str, int] | None:
+    """(stage, epochs) of the last stage of `config` that trains (`Technique.trains`), or None.
+
+    Example:
+        >>> training_epochs(CompressionConfig(prune_heads=0.5, kd_epochs=3))
+        ('finetune', 3)
+    """
+    for t in reversed(chosen_techniques(config)):
+        epochs = getattr(t.settings(config), t.trains) if t.trains else 0
+        if epochs > 0:
+            return t.stage, int(epochs)
+    return None
+
+
+def without_stage(config: CompressionConfig, stage: str) -> CompressionConfig:
+    """`config` with the techniques of `stage` left out: their settings, and what chooses them, at
+    their identity values (the float model of a quantized config: ``without_stage(c, "quantize")``).
+
+    Example:
+        >>> without_stage(CompressionConfig(prune_heads=0.5, quant="static_int8", calib_size=8), "quantize").summary()
+        'prune_heads=0.5'
+    """
+    mine = [t for t in _TECHNIQUES.values() if t.stage == stage]
+    theirs = {f for t in _TECHNIQUES.values() if t.stage != stage for f in t.fields.values()}
+    reset = {f for t in mine for f in (*t.fields.values(), *t.switch_fields) if f not in theirs}
+    return config.replace(**{f: _DEFAULTS[f] if not isinstance(_DEFAULTS[f], list) else () for f in reset})
+
+
+def deployment_of(config: CompressionConfig) -> str:
+    """The name of the quantize-stage technique (the runtime) `config` chooses, or "none".
+
+    Example:
+        >>> deployment_of(CompressionConfig(quant="ort_int8")), deployment_of(CompressionConfig())
+        ('ort_int8', 'none')
+    """
+    return next((t.name for t in chosen_techniques(config) if t.stage == "quantize"), "none")
+
+
 def config_problem(config: CompressionConfig, shape: Any) -> str | None:
     """Why `config` cannot be applied to the model of `shape` (a `vitshrink.spaces.ModelShape`: the
     model leaving the student stage), or None when it can: each chosen technique's own `shape_problem`.
@@ -387,6 +440,7 @@ __all__ = [
     "chosen_techniques",
     "config_problem",
     "config_settings_problem",
+    "deployment_of",
     "field_applies",
     "get_technique",
     "list_techniques",
@@ -395,5 +449,7 @@ __all__ = [
     "selected_by",
     "setting",
     "techniques",
+    "training_epochs",
     "value_problem",
+    "without_stage",
 ]

@@ -5,6 +5,7 @@ epochs is above zero; the handler is `vitshrink.compress.distill.finetune`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..spaces._config import KD_AUGMENTS
 from ._base import ABOVE_ZERO, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, register_technique, setting
@@ -19,7 +20,21 @@ class FinetuneConfig:
     feature_weight: float = setting(0.0, bounds=AT_LEAST_ZERO, unused=True)  # weight of the cosine loss on block features; 0: off
 
 
+def distill_extras(space: Any) -> dict[str, Any]:
+    """The space's fixed stronger-recovery settings (augmentation, feature loss), which every
+    reference config that distils takes."""
+    fixed = dict(space.fixed)
+    return {k: fixed[k] for k in ("kd_augment", "kd_feature_weight") if k in fixed}
+
+
+def recovery(space: Any) -> dict[str, Any]:
+    """The KD fine-tune a structural reference config (pruning, low-rank) recovers with: the space's
+    fixed epochs (none fixed: no fine-tune) and its fixed recovery settings."""
+    kd = int(dict(space.fixed).get("kd_epochs", 0))
+    return {"kd_epochs": kd, **distill_extras(space)} if kd else {"kd_epochs": 0}
+
+
 TECHNIQUE = register_technique(Technique(
     name="finetune", stage="finetune", config=FinetuneConfig, fields={"epochs": "kd_epochs", **DISTILL_FIELDS},
-    switches=("epochs",), on={"kd_epochs": 1}, identity=({"kd_epochs": 0}, 0.0),
+    switches=("epochs",), on={"kd_epochs": 1}, identity=({"kd_epochs": 0}, 0.0), trains="epochs",
 ))

@@ -11,11 +11,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-from ..spaces._fit import block_demands, indices_problem, landmarks_problem
+from ..spaces._fit import block_demands, indices_problem
 from ._base import AT_LEAST_ZERO, Technique, register_technique, setting
+from .finetune import recovery
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,13 @@ class NystromConfig:
     landmarks: int = setting(0, bounds=AT_LEAST_ZERO, needs=1, unused=True)  # landmark tokens per head; at most the tokens a block sees
     blocks: tuple[int, ...] = setting(())  # the blocks converted; empty: every block
     conv: int = setting(0, bounds=AT_LEAST_ZERO)  # kernel of the depthwise-conv skip on the values; 0: off
+
+
+def landmarks_problem(landmarks: int, shape: Any) -> str | None:
+    if landmarks <= shape.tokens:
+        return None
+    return (f"landmarks reaches {landmarks} but {shape.name} has {shape.tokens} tokens ({shape.patches} patches + "
+            f"{shape.prefix} prefix); Nystrom needs landmarks <= tokens, so keep landmarks <= {shape.tokens}")
 
 
 def _shape_problem(config, shape):
@@ -65,6 +74,14 @@ def _model_problem(model, config):
     return lowrank_problem(model, "nystrom")
 
 
+def _references(space):
+    """Two landmark counts, the ends of the space's range (4 and 8 where it has none), with the
+    space's fixed fine-tune."""
+    lm = space.dimension("landmarks")
+    lo, hi = (int(lm.low), int(lm.high)) if lm and lm.choices is None else (4, 8)
+    return [{"lowrank": "nystrom", "landmarks": m, **recovery(space)} for m in (lo, hi)]
+
+
 def _identity(model):
     """m = n: as many landmarks as the blocks see tokens (exact up to the iterative pseudo-inverse)."""
     tokens = model.patch_embed.num_patches + getattr(model, "num_prefix_tokens", 1)
@@ -76,5 +93,5 @@ TECHNIQUE = register_technique(Technique(
     fields={"landmarks": "landmarks", "blocks": "lowrank_blocks", "conv": "nystrom_conv"},
     selector=("lowrank", "nystrom"), on={"lowrank": "nystrom", "landmarks": 8},
     example={"lowrank": "nystrom", "landmarks": 4}, identity=_identity,
-    shape_problem=_shape_problem, model_problem=_model_problem, demands=_demands,
+    shape_problem=_shape_problem, model_problem=_model_problem, demands=_demands, references=_references,
 ))

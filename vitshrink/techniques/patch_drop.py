@@ -5,10 +5,11 @@ is dropped. On when fraction is above zero; the handler (shared with ToMe) is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-from ..spaces._fit import block_demands, drop_problem, indices_problem
+from ..spaces._fit import block_demands, indices_problem
 from ._base import FRACTION, Technique, register_technique, setting
 
 
@@ -22,6 +23,13 @@ def _problem(settings: PatchDropConfig) -> str | None:
     if not settings.at:
         return "token_drop > 0 needs token_drop_at: the block indices where patches are dropped"
     return None
+
+
+def drop_problem(shape: Any) -> str | None:
+    if shape.cls_token:
+        return None
+    return (f"token_drop ranks patches by the cls token's attention but {shape.name} has no cls token "
+            "(class_token = false); search token_merge_r instead, or give the model a cls token")
 
 
 def _shape_problem(config, shape):

@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from ..spaces._config import PRUNE_SCORES
 from ._base import FRACTION, Technique, register_technique, setting
 from ._walk import blocks as walk_blocks
+from .finetune import recovery
 
 
 @dataclass(frozen=True)
@@ -90,4 +91,6 @@ TECHNIQUE = register_technique(Technique(
     fields={"heads": "prune_heads", "mlp": "prune_mlp", "score": "prune_score"},
     switches=("heads", "mlp"), on={"prune_heads": 0.1}, model_problem=_model_problem,
     example={"prune_heads": 0.5, "prune_mlp": 0.5}, identity=({"prune_heads": 0.0, "prune_mlp": 0.0}, 0.0),
+    # in the reference set: 30 % and 50 % of heads and MLP units, with the space's fixed fine-tune
+    references=lambda space: [{"prune_heads": f, "prune_mlp": f, **recovery(space)} for f in (0.3, 0.5)],
 ))

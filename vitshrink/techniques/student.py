@@ -4,7 +4,7 @@ heads below, or a timm model name) trained by knowledge distillation for `epochs
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ from torch import nn
 
 from ..spaces._config import KD_AUGMENTS, STUDENT_INITS
 from ._base import ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, register_technique, setting
+from .finetune import distill_extras
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,35 @@ def _model_problem(model, config):
     return student_problem(model)
 
 
+def reference_student(space: Any) -> dict[str, Any]:
+    """The reference set's student: 2 blocks, 32 wide, 2 heads, trained for the space's fixed epochs
+    (10 where none are fixed) with its fixed recovery settings."""
+    epochs = int(dict(space.fixed).get("student_epochs", 10))
+    return dict(student="custom", student_depth=2, student_embed_dim=32, student_heads=2, student_epochs=epochs,
+                **distill_extras(space))
+
+
+def _stage_configs(values_of) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """The students a space can sample that the stages after it must fit: the deepest custom one (with
+    a width its head counts divide), and each timm-named one (named by its model)."""
+    for model in values_of("student"):
+        if model == "none":
+            continue
+        shape: dict[str, Any] = {}
+        if model == "custom":
+            pairs = [(e, h) for e in values_of("student_embed_dim") for h in values_of("student_heads") if h and e % h == 0]
+            embed, heads = next(iter(pairs), (0, 0))  # (0, 0): the config refuses itself, naming the fields
+            shape = dict(student_depth=int(max(values_of("student_depth"))), student_embed_dim=embed,
+                         student_heads=heads, student_mlp_ratio=max(values_of("student_mlp_ratio")))
+        yield (None if model == "custom" else model), {"student": model, "student_epochs": 1, **shape}
+
+
 TECHNIQUE = register_technique(Technique(
     name="student", stage="student", config=StudentConfig,
     fields={"model": "student", "depth": "student_depth", "embed_dim": "student_embed_dim",
             "heads": "student_heads", "mlp_ratio": "student_mlp_ratio", "epochs": "student_epochs",
             "init": "student_init", **DISTILL_FIELDS},
-    selector=("student", ANY), on=_on, model_problem=_model_problem, problem=_problem,
+    selector=("student", ANY), on=_on, model_problem=_model_problem, problem=_problem, trains="epochs",
+    references=lambda space: [reference_student(space)], stage_configs=_stage_configs,
     example={"student": "custom", "student_depth": 1, "student_embed_dim": 32, "student_heads": 2, "student_epochs": 1},
 ))

@@ -4,8 +4,8 @@ when r is above zero; the handler (shared with patch dropping) is `vitshrink.com
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ..spaces._fit import merge_problem
 from ._base import AT_LEAST_ZERO, Technique, register_technique, setting
 from .patch_drop import token_problem
 
@@ -13,6 +13,16 @@ from .patch_drop import token_problem
 @dataclass(frozen=True)
 class TomeConfig:
     r: int = setting(0, bounds=AT_LEAST_ZERO)  # tokens merged per block; at most half the patches
+
+
+def merge_problem(r: int, shape: Any) -> str | None:
+    # ToMe merges at most half the patches of a block and clamps later blocks the same way, so a
+    # whole stack never merges below one patch token: only the first block's bound can be exceeded.
+    most = shape.patches // 2
+    if r <= most:
+        return None
+    return (f"token_merge_r reaches {r} but {shape.name} has {shape.patches} patch tokens, and a block can merge "
+            f"at most half of them ({most}); keep token_merge_r <= {most}")
 
 
 def _demands(values_of):

@@ -4,9 +4,14 @@ Chosen by ``quant = "dynamic_int8"`` / ``"bf16"``; the handler is `vitshrink.com
 from __future__ import annotations
 
 from ._base import NoSettings, Technique, register_technique
+from .student import reference_student
+
+# in the reference set: the teacher and the reference student, each in dynamic int8
+_REFERENCES = lambda space: [{"quant": "dynamic_int8"}, {**reference_student(space), "quant": "dynamic_int8"}]  # noqa: E731
 
 DYNAMIC_INT8, BF16 = (
     register_technique(Technique(name=mode, stage="quantize", config=NoSettings, fields={},
-                                 selector=("quant", mode), on={"quant": mode}))
+                                 selector=("quant", mode), on={"quant": mode},
+                                 references=_REFERENCES if mode == "dynamic_int8" else None))
     for mode in ("dynamic_int8", "bf16")
 )
