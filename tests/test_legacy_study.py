@@ -13,7 +13,7 @@ import torch
 
 from vitshrink.search import open_storage, run_search
 from vitshrink.search._storage import ARTIFACT_DIR_ATTR
-from vitshrink.spaces import Recipe
+from vitshrink.spaces import CompressionConfig, Recipe
 from vitshrink.studies import open_study
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -38,7 +38,10 @@ def test_stored_trials_keep_their_params_and_rebuild_with_the_measured_outputs(s
     val = handle.data.val.x
     for t in done:
         loaded = handle.load_trial(t.number)
-        assert loaded.config.to_dict() == t.user_attrs["config"]  # the stored JSON reads unchanged
+        # the stored flat JSON reads into the candidate it means, and back to the same flat settings
+        assert "techniques" not in t.user_attrs["config"]
+        assert loaded.config == CompressionConfig.from_dict(t.user_attrs["config"])
+        assert loaded.config.flat.to_dict() == t.user_attrs["config"]
         # today's space maps the stored params to the stored config (parameter names unchanged)
         assert recipe.space.sample(optuna.trial.FixedTrial(t.params)) == loaded.config
         with torch.no_grad():  # in the trial's batches of 256: dynamic int8 scales depend on the batch

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from vitshrink.compress import build
 from vitshrink.models import TINY_VIT_KWARGS, TeacherSpec, create_model, param_count
 from vitshrink.search._storage import mask_url
-from vitshrink.spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
+from vitshrink.spaces import CompressionConfig, ConfigError, FlatConfig, Recipe, SearchSpace
 
 torch.set_num_threads(2)
 
 # --- recipes: refused with ConfigError, or round-trip through Recipe.to_dict ----------------------------------------
 
-_FIELDS = list(CompressionConfig().to_dict())
+_FIELDS = list(FlatConfig().to_dict())
 _names = st.one_of(st.sampled_from(_FIELDS), st.sampled_from([f[:-1] for f in _FIELDS]), st.text(max_size=6))
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 70), st.floats(-1.0, 2.0, allow_nan=False),
                      st.sampled_from(["none", "nystrom", "svd", "dynamic_int8", "custom", "magnitude", "x"]))
@@ -149,8 +149,8 @@ def test_transforms_keep_shape_finiteness_and_parameter_budget(vit, tiny_data, c
     # the teacher is never modified
     assert all(torch.equal(before[k], v) for k, v in vit.state_dict().items())
     # what the space check allows, build accepts: this config passes check_model for the tiny ViT
-    SearchSpace.from_dict({}, {k: v for k, v in config.to_dict().items()
-                               if v != CompressionConfig().to_dict()[k]}).check_model(TOKENS, DEPTH)
+    SearchSpace.from_dict({}, {k: v for k, v in config.flat.to_dict().items()
+                               if v != FlatConfig().to_dict()[k]}).check_model(TOKENS, DEPTH)
 
 
 # --- passwords ---------------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def test_a_techniques_settings_are_sampled_only_where_it_is_chosen(name):
     technique = get_technique(name)
     seen = {True: 0, False: 0}
     for params, config in _sampled(_space(name)):
-        chosen = technique.chosen(config.to_dict())
+        chosen = technique.chosen(config.flat.to_dict())
         seen[chosen] += 1
         own = {f for f in technique.conditional_fields if f in params}
         assert bool(own) == chosen, (params, config)
@@ -97,7 +97,7 @@ def test_each_declared_rule_is_enforced_by_the_config(technique, name, meta):
     flat = technique.flat(name)
     chosen = CompressionConfig.from_dict({**technique.switch_on({}), **({"student": "custom"}
                                           if technique.name == "student" else {})})
-    assert technique.chosen(chosen.to_dict())
+    assert technique.chosen(chosen.flat.to_dict())
     kind = type(getattr(CompressionConfig(), flat))
     if (b := meta["bounds"]) is not None:  # each end of the interval, or a step past it where it is closed
         for edge, is_open, step in ((b.low, b.low_open, -1), (b.high, b.high_open, 1)):

@@ -498,9 +498,8 @@ def _show_table(info: dict[str, Any]) -> None:
     if info["config"]:
         from .spaces import CompressionConfig
 
-        default = CompressionConfig().to_dict()
-        changed = {k: v for k, v in info["config"].items() if v != default.get(k)}
-        out.print("config: " + (json.dumps(changed) if changed else "teacher (all identity settings)"))
+        cfg = CompressionConfig.from_dict(info["config"])
+        out.print("config: " + (cfg.summary() if not cfg.is_identity else "teacher (all identity settings)"))
     if info["records"]:
         out.print("build stages:")
         for r in info["records"]:

@@ -46,14 +46,14 @@ from .search._schema import (ACCURACY_DROP_ATTR, ARTIFACT_ATTR, CONFIG_ATTR, FAI
                              key_of_test_accuracy, metrics_of, objective_names, reason_of, role_of)
 from .search._storage import artifact_store, mask_url, study_names
 from .search._trial import LOGITS_KEY, load_data
-from .spaces import CompressionConfig, Recipe
+from .spaces import CompressionConfig, FlatConfig, Recipe
 from .techniques import without_stage
 
 log = logging.getLogger(__name__)
 
 TEST_ACCURACY_ATTR = TEST_ACCURACY_PREFIX  # the name this module exported before search/_schema.py
 
-# The columns of `StudyHandle.pareto()` and `.trials()`, then one `config.<field>` per CompressionConfig field.
+# The columns of `StudyHandle.pareto()` and `.trials()`, then one `config.<field>` per setting, in the flat form.
 # A study's objectives not among them (peak_memory_bytes, throughput) follow size_bytes.
 COLUMNS = ["trial", "state", "accuracy", "test_accuracy", "latency_ms", "latency_iqr_ms", "latency_cv",
            "size_bytes", "params", "macs", "accuracy_drop", "feasible", "role", "label", "fail_reason"]
@@ -62,7 +62,7 @@ METRICS = ("accuracy", "latency_ms", "size_bytes", "macs")
 # the hypervolume's space: each objective's normalised column in `StudyHandle.normalized_front`
 NORMALIZED_COLUMNS = {"accuracy": "error", "latency_ms": "latency_rel", "size_bytes": "size_rel",
                       "peak_memory_bytes": "memory_rel", "throughput": "time_per_image_rel", "macs": "macs_rel"}
-CONFIG_COLUMNS = [f"config.{f.name}" for f in fields(CompressionConfig)]
+CONFIG_COLUMNS = [f"config.{f.name}" for f in fields(FlatConfig)]
 
 
 class StudyNotFound(LookupError):
@@ -141,7 +141,8 @@ def _trial_row(t: FrozenTrial, study_attrs: dict[str, Any], names: tuple[str, ..
         "fail_reason": (t.user_attrs.get(FAIL_REASON_ATTR) if t.state == TrialState.FAIL
                         else t.user_attrs.get(PRUNED_REASON_ATTR) if t.state == TrialState.PRUNED else None),
     }
-    for k, v in (t.user_attrs.get(CONFIG_ATTR) or {}).items():
+    stored = t.user_attrs.get(CONFIG_ATTR)
+    for k, v in (CompressionConfig.from_dict(stored).flat.to_dict() if stored else {}).items():
         row[f"config.{k}"] = tuple(v) if isinstance(v, list) else v
     return row
 

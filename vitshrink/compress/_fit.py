@@ -39,7 +39,8 @@ def impossible_reason(teacher: nn.Module, config: CompressionConfig) -> str | No
         return str(exc)
     chosen = chosen_techniques(config)
     student = [t for t in chosen if t.stage == "student"]
-    if (problem := next((p for t in student if t.model_problem and (p := t.model_problem(model, config))), None)):
+    if (problem := next((p for t in student if t.model_problem and (p := t.model_problem(model, t.settings(config)))),
+                        None)):
         return problem
     try:
         shape = model_shape(model, name)
@@ -47,8 +48,8 @@ def impossible_reason(teacher: nn.Module, config: CompressionConfig) -> str | No
         shape = None  # not a ViT: the technique checks below say which stage cannot take it
     if shape is not None and (problem := config_problem(config, shape)):
         return problem
-    checks = (t.model_problem for t in chosen if t.stage != "student" and t.model_problem is not None)
-    return next((p for check in checks if (p := check(model, config))), None)
+    return next((p for t in chosen if t.stage != "student" and t.model_problem is not None
+                 and (p := t.model_problem(model, t.settings(config)))), None)
 
 
 def check_fits(teacher: nn.Module, config: CompressionConfig) -> None:

@@ -1,5 +1,6 @@
-"""Handlers: the function that applies a technique, registered for the technique's name (as torchao
-registers a handler for a config type); `build` applies the chosen techniques' handlers in stage order.
+"""Handlers: the function that applies a technique, registered for the technique's config type (as
+torchao's `register_quantize_module_handler`), or its name; `build` applies the handlers of a
+candidate's configs in stage order.
 A technique's stage, example and identity live in its record (`vitshrink.techniques`), not here."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from torch import nn
 from ..data import DataBundle
 from ..models import TrainSettings
 from ..spaces import CompressionConfig
-from ..techniques import Technique, chosen_techniques, get_technique, list_techniques
+from ..techniques import Technique, get_technique, list_techniques, techniques
 from ..training import TrainingDevice, resolve_training
 
 
@@ -84,45 +85,59 @@ class Handler(Protocol):
     def __call__(self, model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module: ...
 
 
-_HANDLERS: dict[str, Handler] = {}  # technique name -> the function that applies it
+_HANDLERS: dict[type, Handler] = {}  # a technique's config type -> the function that applies it
 
 
-def register_handler(*names: str) -> Callable[[Handler], Handler]:
-    """Register `fn(model, config, ctx) -> new model` as the handler of the techniques `names` (one
-    function may apply several: ToMe and patch dropping share the token-reduction pass). `build`
-    calls it once per config that chooses any of them, at their stage; it must return a new model and
-    leave its input alone, and be exact at each technique's identity setting (the contract test).
+def register_handler(*targets: str | type) -> Callable[[Handler], Handler]:
+    """Register `fn(model, config, ctx) -> new model` as the handler of the techniques whose config
+    types (or names) are `targets` (one function may apply several: ToMe and patch dropping share the
+    token-reduction pass). `build` calls it once per candidate holding any of their configs, at their
+    stage, with the whole candidate (`config[name]` is a technique's own config); it must return a new
+    model and leave its input alone, and be exact at each technique's identity setting (the contract test).
 
     Example:
-        >>> handler_of("prune").__name__
-        'prune_vit'
+        >>> from vitshrink.techniques.prune import PruneConfig
+        >>> handler_of(PruneConfig).__name__, handler_of("prune").__name__
+        ('prune_vit', 'prune_vit')
     """
-    techniques = [get_technique(n) for n in names]  # an unknown name is refused with the registered ones
+    techniques = [_technique_of(t) for t in targets]  # an unknown name or type is refused with the registered ones
+    names = [t.name for t in techniques]
     if len({t.stage for t in techniques}) > 1:
         raise ValueError(f"one handler for techniques of different stages: {names}")
 
     def deco(fn: Handler) -> Handler:
-        for name in names:
-            if name in _HANDLERS:
-                raise ValueError(f"technique {name!r} has a handler already ({_HANDLERS[name].__name__})")
-            _HANDLERS[name] = fn
+        for technique in techniques:
+            if technique.config in _HANDLERS:
+                raise ValueError(f"technique {technique.name!r} has a handler already "
+                                 f"({_HANDLERS[technique.config].__name__})")
+            _HANDLERS[technique.config] = fn
         return fn
 
     return deco
 
 
-def handler_of(name: str) -> Handler:
-    """The handler registered for technique `name`."""
+def _technique_of(target: str | type) -> Technique:
+    if isinstance(target, str):
+        return get_technique(target)
+    found = next((t for t in techniques() if t.config is target), None)
+    if found is None:
+        raise KeyError(f"{getattr(target, '__name__', target)!r} is the config type of no registered technique")
+    return found
+
+
+def handler_of(target: str | type) -> Handler:
+    """The handler registered for a technique's config type, or its name."""
+    technique = _technique_of(target)
     try:
-        return _HANDLERS[name]
+        return _HANDLERS[technique.config]
     except KeyError:
-        get_technique(name)  # an unknown technique: its own message
-        raise KeyError(f"technique {name!r} has no handler; register one with @register_handler({name!r})") from None
+        raise KeyError(f"technique {technique.name!r} has no handler; register one with "
+                       f"@register_handler({technique.config.__name__})") from None
 
 
 def handled_techniques() -> list[str]:
     """The techniques with a handler, in the order `build` applies them."""
-    return [name for name in list_techniques() if name in _HANDLERS]
+    return [name for name in list_techniques() if get_technique(name).config in _HANDLERS]
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,6 @@ def planned_handlers(config: CompressionConfig) -> list[tuple[Handler, list[Tech
         [('prune_vit', ['prune']), ('reduce_tokens', ['patch_drop', 'tome'])]
     """
     plan: dict[Handler, list[Technique]] = {}
-    for technique in chosen_techniques(config):
-        plan.setdefault(handler_of(technique.name), []).append(technique)
+    for name, own in config.parts:
+        plan.setdefault(handler_of(type(own)), []).append(get_technique(name))
     return list(plan.items())

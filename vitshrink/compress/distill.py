@@ -37,6 +37,8 @@ from ..models import ModelError, TeacherSpec, TrainSettings, copy_model, create_
 from ..spaces import CompressionConfig, ConfigError
 from ..techniques.student import student_problem
 from ..training import resolve_training
+from ..techniques.student import StudentConfig
+from ..techniques.finetune import DistillConfig, FinetuneConfig
 from ._registry import BuildContext, register_handler
 from .recovery import OnlineTeacher, augment_kinds
 
@@ -216,15 +218,15 @@ def _vit_geometry(teacher: nn.Module) -> dict[str, Any]:
     }
 
 
-def _custom_kwargs(teacher: nn.Module, config: CompressionConfig) -> dict[str, Any]:
+def _custom_kwargs(teacher: nn.Module, s: StudentConfig) -> dict[str, Any]:
     use_fc_norm = not isinstance(getattr(teacher, "fc_norm", nn.Identity()), nn.Identity)
     has_norm = not isinstance(getattr(teacher, "norm", nn.Identity()), nn.Identity)
     return {
         **_vit_geometry(teacher),
-        "embed_dim": config.student_embed_dim,
-        "depth": config.student_depth,
-        "num_heads": config.student_heads,
-        "mlp_ratio": config.student_mlp_ratio,
+        "embed_dim": s.embed_dim,
+        "depth": s.depth,
+        "num_heads": s.heads,
+        "mlp_ratio": s.mlp_ratio,
         "class_token": getattr(teacher, "cls_token", None) is not None,
         "reg_tokens": int(getattr(teacher, "num_reg_tokens", 0)),
         "no_embed_class": bool(getattr(teacher, "no_embed_class", False)),
@@ -238,12 +240,13 @@ def _custom_kwargs(teacher: nn.Module, config: CompressionConfig) -> dict[str, A
 def stage_model(teacher: nn.Module, config: CompressionConfig) -> tuple[nn.Module, str]:
     """The model the stages after the student act on, and its name for messages: the teacher, or the
     untrained student of `config` with its tensors on the meta device (structure only, no memory)."""
-    if config.student == "none":
+    s = config.get("student")
+    if s is None:
         return teacher, "the teacher"
     with torch.device("meta"):
         student = make_student(teacher, config)
     depth = len(getattr(student, "blocks", ()))
-    name = f"the {depth}-block custom student" if config.student == "custom" else f"the student {config.student}"
+    name = f"the {depth}-block custom student" if s.model == "custom" else f"the student {s.model}"
     return student, name
 
 
@@ -262,14 +265,15 @@ def make_student(teacher: nn.Module, config: CompressionConfig) -> nn.Module:
     from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer
 
-    if config.student == "none":
-        raise ConfigError("student='none' asks for no student; set student='custom' or a timm model name")
-    if config.student != "custom":
+    s = config.get("student")
+    if s is None:
+        raise ConfigError("this config chooses no student; give it a StudentConfig (model 'custom' or a timm model name)")
+    if s.model != "custom":
         try:
-            return create_model(TeacherSpec(config.student, _vit_geometry(teacher))).eval()
+            return create_model(TeacherSpec(s.model, _vit_geometry(teacher))).eval()
         except ModelError as exc:
-            raise ConfigError(f"student={config.student!r}: {exc}") from None
-    kwargs = _custom_kwargs(teacher, config)
+            raise ConfigError(f"student={s.model!r}: {exc}") from None
+    kwargs = _custom_kwargs(teacher, s)
     # a DeiT-distilled teacher gets a distilled student, so the token layout and the heads match
     cls = VisionTransformerDistilled if hasattr(teacher, "dist_token") else VisionTransformer
     try:
@@ -448,8 +452,8 @@ def _distill_online(model: nn.Module, data: DataBundle, settings: TrainSettings,
     return last[0]
 
 
-def _recovery_on(config: CompressionConfig) -> bool:
-    return config.kd_augment != "none" or config.kd_feature_weight > 0
+def _recovery_on(d: DistillConfig) -> bool:
+    return d.augment != "none" or d.feature_weight > 0
 
 
 def _context_logits(ctx: BuildContext) -> torch.Tensor:
@@ -470,15 +474,15 @@ def _kd_inputs(ctx: BuildContext, online: bool = False) -> tuple[DataBundle, tor
     return dataclasses.replace(ctx.data, train=ctx.data.train.subset(idx)), None if logits is None else logits[idx]
 
 
-def _recovery_kwargs(config: CompressionConfig, ctx: BuildContext) -> dict[str, Any]:
-    return {"teacher": ctx.teacher, "augment": config.kd_augment, "feature_weight": config.kd_feature_weight}
+def _recovery_kwargs(d: DistillConfig, ctx: BuildContext) -> dict[str, Any]:
+    return {"teacher": ctx.teacher, "augment": d.augment, "feature_weight": d.feature_weight}
 
 
-def _recovery_note(config: CompressionConfig) -> dict[str, Any]:
+def _recovery_note(d: DistillConfig) -> dict[str, Any]:
     """The recovery settings for the build notes, only when on (notes of default builds stay as they were)."""
-    if not _recovery_on(config):
+    if not _recovery_on(d):
         return {}
-    return {"kd_augment": config.kd_augment, "kd_feature_weight": config.kd_feature_weight, "kd_teacher": "online"}
+    return {"kd_augment": d.augment, "kd_feature_weight": d.feature_weight, "kd_teacher": "online"}
 
 
 def _stage_progress(ctx: BuildContext, stage: str, model: nn.Module) -> Callable[[int, int, float], None] | None:
@@ -494,33 +498,34 @@ def _stage_progress(ctx: BuildContext, stage: str, model: nn.Module) -> Callable
     return report
 
 
-@register_handler("student")
+@register_handler(StudentConfig)
 def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Replace the teacher by a smaller ViT trained by knowledge distillation for `student_epochs`
     (untrained when ``ctx.train`` is False: the caller loads the saved weights)."""
-    if config.student == "none":
+    s, d = config.get("student"), config.distill
+    if s is None:
         return copy_model(model)
     torch.manual_seed(ctx.seed)  # the same config and seed give the same initial student
     new = make_student(model, config)
-    selection = init_from_teacher(new, model) if config.student_init == "teacher" else None
+    selection = init_from_teacher(new, model) if s.init == "teacher" else None
     # a student that starts from the teacher's weights fine-tunes at the recovery learning rate
     base = FINETUNE_SETTINGS if selection else STUDENT_SETTINGS
     final_loss, kd_images = None, 0
     if ctx.train:
-        settings = ctx.train_settings(base, epochs=config.student_epochs)
-        kd_data, kd_logits = _kd_inputs(ctx, _recovery_on(config))
+        settings = ctx.train_settings(base, epochs=s.epochs)
+        kd_data, kd_logits = _kd_inputs(ctx, _recovery_on(d))
         kd_images = len(kd_data.train)
-        final_loss = distill_train(new, kd_data, kd_logits, settings, config.kd_temperature,
-                                   config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "student", new),
-                                   **_recovery_kwargs(config, ctx))
+        final_loss = distill_train(new, kd_data, kd_logits, settings, d.temperature,
+                                   d.alpha, seed=ctx.seed, progress=_stage_progress(ctx, "student", new),
+                                   **_recovery_kwargs(d, ctx))
     ctx.note(
         student_params=param_count(new),
         student_arch=student_arch(new),
-        kd_epochs=config.student_epochs if ctx.train else 0,
+        kd_epochs=s.epochs if ctx.train else 0,
         kd_images=kd_images,
         final_loss=None if final_loss is None else round(final_loss, 5),
         lr=base.lr,
-        **_recovery_note(config),
+        **_recovery_note(d),
         **({"trained_on": dataclasses.asdict(ctx.training())} if ctx.train else {}),
         init="random" if selection is None else {"teacher_blocks": selection["blocks"], "tensors_copied": selection["copied"],
                                                  "tensors_kept": len(selection["kept"])},
@@ -528,20 +533,21 @@ def student(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
     return new.eval()
 
 
-@register_handler("finetune")
+@register_handler(FinetuneConfig)
 def finetune(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Recover accuracy lost to pruning, low-rank or token reduction with `kd_epochs` epochs of
     knowledge distillation from the teacher, at the lower fine-tuning learning rate (5e-4)."""
     new = copy_model(model)
-    if config.kd_epochs == 0 or not ctx.train:
+    epochs, d = (config.get("finetune") or FinetuneConfig()).epochs, config.distill
+    if epochs == 0 or not ctx.train:
         return new.eval()  # identity setting, or a rebuild whose weights are loaded afterwards
-    settings = ctx.train_settings(FINETUNE_SETTINGS, epochs=config.kd_epochs)
-    kd_data, kd_logits = _kd_inputs(ctx, _recovery_on(config))
-    final_loss = distill_train(new, kd_data, kd_logits, settings, config.kd_temperature,
-                               config.kd_alpha, seed=ctx.seed, progress=_stage_progress(ctx, "finetune", new),
-                               **_recovery_kwargs(config, ctx))
-    ctx.note(kd_epochs=config.kd_epochs, kd_images=len(kd_data.train), lr=settings.lr, final_loss=round(final_loss, 5),
-             kd_temperature=config.kd_temperature, kd_alpha=config.kd_alpha, **_recovery_note(config),
+    settings = ctx.train_settings(FINETUNE_SETTINGS, epochs=epochs)
+    kd_data, kd_logits = _kd_inputs(ctx, _recovery_on(d))
+    final_loss = distill_train(new, kd_data, kd_logits, settings, d.temperature,
+                               d.alpha, seed=ctx.seed, progress=_stage_progress(ctx, "finetune", new),
+                               **_recovery_kwargs(d, ctx))
+    ctx.note(kd_epochs=epochs, kd_images=len(kd_data.train), lr=settings.lr, final_loss=round(final_loss, 5),
+             kd_temperature=d.temperature, kd_alpha=d.alpha, **_recovery_note(d),
              trained_on=dataclasses.asdict(ctx.training()))
     return new.eval()
 

@@ -32,6 +32,7 @@ from torch import nn
 from ..spaces import CompressionConfig, ConfigError
 from ..techniques import chosen_indices
 from ..techniques.nystrom import lowrank_problem
+from ..techniques.nystrom import NystromConfig
 from ._registry import BuildContext, register_handler
 
 # The iteration Z <- Z (13 I - AZ (15 I - AZ (7 I - AZ))) / 4 multiplies a small singular value's
@@ -230,24 +231,25 @@ def num_tokens(model: nn.Module) -> int:
                           "is needed to count its tokens") from None
 
 
-@register_handler("nystrom")
+@register_handler(NystromConfig)
 def nystrom(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
-    """Replace `blocks[i].attn` by Nystrom attention with `config.landmarks` landmarks, in every
-    block or in `config.lowrank_blocks`, reusing the trained projections.
+    """Replace `blocks[i].attn` by Nystrom attention with the candidate's `NystromConfig.landmarks`
+    landmarks, in every block or in its `blocks`, reusing the trained projections.
 
     Example:
         >>> new = nystrom(vit, CompressionConfig(lowrank="nystrom", landmarks=8), ctx)
     """
     new = copy.deepcopy(model)
-    if config.lowrank != "nystrom":
+    s = config.get("nystrom")
+    if s is None:
         return new
     n = num_tokens(new)
-    if config.landmarks > n:
-        raise ConfigError(f"landmarks={config.landmarks} exceeds the {n} tokens of this model; use at most {n}")
-    blocks = chosen_indices(new, config.lowrank_blocks, "lowrank_blocks")
+    if s.landmarks > n:
+        raise ConfigError(f"landmarks={s.landmarks} exceeds the {n} tokens of this model; use at most {n}")
+    blocks = chosen_indices(new, s.blocks, "lowrank_blocks")
     for i in blocks:
-        new.blocks[i].attn = NystromAttention.from_attention(new.blocks[i].attn, config.landmarks, config.nystrom_conv)
-    ctx.note(landmarks=config.landmarks, blocks=blocks, tokens=n, nystrom_conv=config.nystrom_conv)
+        new.blocks[i].attn = NystromAttention.from_attention(new.blocks[i].attn, s.landmarks, s.conv)
+    ctx.note(landmarks=s.landmarks, blocks=blocks, tokens=n, nystrom_conv=s.conv)
     return new
 
 

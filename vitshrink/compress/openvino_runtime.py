@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError
+from ..techniques.openvino import OpenvinoFp32Config, OpenvinoInt8Config
 from ._registry import BuildContext, Export, register_export, register_handler
 from ._signal_stack import keeps_signal_stack
 from .onnx_runtime import onnx_bytes
@@ -196,11 +197,12 @@ _NO_FILE = ("is quantized by OpenVINO (NNCF int8) and has no {fmt} form; write i
 register_export("openvino_int8", Export(refuse={fmt: _NO_FILE.format(fmt=fmt) for fmt in ("onnx", "torchscript")}))
 
 
-@register_handler("openvino_fp32", "openvino_int8")
+@register_handler(OpenvinoFp32Config, OpenvinoInt8Config)
 def openvino(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Run the model in OpenVINO (``openvino_fp32``), or NNCF int8 post-training quantization calibrated
     on `config.calib_size` seeded training images (``openvino_int8``); notes as the quantize stage does."""
-    calibration = ctx.calibration(config.calib_size) if config.quant == "openvino_int8" else None
+    int8 = config.get("openvino_int8")
+    calibration = ctx.calibration(int8.calib_size) if int8 is not None else None
     return deploy(model, to_openvino(model, ctx.example(4), calibration), config, ctx, runtime="openvino")
 
 __all__ = ["INSTALL", "OPENVINO_MODES", "OpenVinoModule", "ir_structure", "missing_extra", "openvino_problem",

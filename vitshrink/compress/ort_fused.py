@@ -35,6 +35,8 @@ from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 from ..spaces import CompressionConfig
+from ..techniques import deployment_of
+from ..techniques.ort_fused import OrtFusedFp32Config, OrtFusedInt8Config
 from ._registry import BuildContext, Export, register_export, register_handler
 from .onnx_runtime import OPSET, OnnxExportError, OrtModule, _check_export, _quiet_quantizer
 from .quantize import _ORT_FLOAT, ORT_INT8_EXPORT, deploy, register_quant_problem
@@ -173,11 +175,11 @@ register_export("ort_fused_fp32", Export(torchscript=_ORT_FLOAT))
 register_export("ort_fused_int8", ORT_INT8_EXPORT)
 
 
-@register_handler("ort_fused_fp32", "ort_fused_int8")
+@register_handler(OrtFusedFp32Config, OrtFusedInt8Config)
 def ort_fused(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """Run the model in ONNX Runtime with fused attention, fp32 or dynamic int8 (`config.quant`); notes
     as the quantize stage does, and the number of attention operators fused."""
-    deployed = to_fused_ort(model, config.quant, ctx.example(4))
+    deployed = to_fused_ort(model, deployment_of(config), ctx.example(4))
     return deploy(model, deployed, config, ctx, fused_attention=count_fused_attention(deployed.model_bytes))
 
 __all__ = ["MODES", "FusedAttention", "count_fused_attention", "fusable", "fused_onnx_bytes", "fused_problem",

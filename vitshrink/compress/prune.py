@@ -30,6 +30,7 @@ from torch import nn
 from ..models import copy_model
 from ..spaces import CompressionConfig, ConfigError
 from ..techniques.prune import keep_count, prune_problem, vit_blocks
+from ..techniques.prune import PruneConfig
 from ._registry import BuildContext, register_handler
 
 # Calibration images for the data-driven scores, in batches: enough for a stable ranking, cheap on a CPU.
@@ -240,7 +241,7 @@ def _top(scores: torch.Tensor, keep: int) -> list[int]:
     return sorted(int(i) for i in order)
 
 
-@register_handler("prune")
+@register_handler(PruneConfig)
 def prune_vit(model: nn.Module, config: CompressionConfig, ctx: BuildContext | None) -> nn.Module:
     """Remove the `prune_heads` fraction of attention heads and `prune_mlp` fraction of MLP hidden units
     with the lowest `prune_score` in every block (at least one of each is kept).
@@ -256,16 +257,17 @@ def prune_vit(model: nn.Module, config: CompressionConfig, ctx: BuildContext | N
     blocks = vit_blocks(model)
     heads_kept = [list(range(b.attn.num_heads)) for b in blocks]
     mlp_kept = [list(range(b.mlp.fc1.out_features)) for b in blocks]
-    if config.prune_heads > 0 or config.prune_mlp > 0:
-        scores = importance_scores(model, config.prune_score, ctx)
+    s = config.get("prune") or PruneConfig()
+    if s.heads > 0 or s.mlp > 0:
+        scores = importance_scores(model, s.score, ctx)
         for i, blk in enumerate(blocks):
-            if config.prune_heads > 0:
-                heads_kept[i] = _top(scores[i][0], keep_count(blk.attn.num_heads, config.prune_heads))
-            if config.prune_mlp > 0:
-                mlp_kept[i] = _top(scores[i][1], keep_count(blk.mlp.fc1.out_features, config.prune_mlp))
+            if s.heads > 0:
+                heads_kept[i] = _top(scores[i][0], keep_count(blk.attn.num_heads, s.heads))
+            if s.mlp > 0:
+                mlp_kept[i] = _top(scores[i][1], keep_count(blk.mlp.fc1.out_features, s.mlp))
     new = prune_structure(model, heads_kept, mlp_kept)
     if ctx is not None:
-        ctx.note(heads_kept=heads_kept, mlp_hidden=[len(u) for u in mlp_kept], prune_score=config.prune_score)
+        ctx.note(heads_kept=heads_kept, mlp_hidden=[len(u) for u in mlp_kept], prune_score=s.score)
     return new
 
 

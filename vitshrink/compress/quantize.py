@@ -40,7 +40,9 @@ import torch
 from torch import nn
 
 from ..spaces import CompressionConfig
-from ..techniques import chosen_techniques, list_techniques
+from ..techniques import chosen_techniques, deployment_of, list_techniques
+from ..techniques.torch_quant import Bf16Config, DynamicInt8Config
+from ..techniques.onnxruntime import OrtFp32Config, OrtInt8Config, StaticInt8Config
 from ._registry import BuildContext, Export, handler_of, register_export, register_handler
 from .onnx_runtime import OrtModule, onnx_bytes, quantize_onnx_dynamic, quantize_onnx_static
 
@@ -222,8 +224,9 @@ def deploy(model: nn.Module, deployed: nn.Module, config: CompressionConfig, ctx
     the logits with `model` (which raises `QuantizationError` when the deployed model is unusable);
     `facts` add to or replace the first four."""
     deployed = deployed.eval()
-    notes = {"quant": config.quant, "runtime": runtime_of(deployed), "kind": getattr(deployed, "kind", config.quant),
-             "calib_size": config.calib_size}
+    mode = deployment_of(config)
+    notes = {"quant": mode, "runtime": runtime_of(deployed), "kind": getattr(deployed, "kind", mode),
+             "calib_size": getattr(config.get(mode), "calib_size", 0)}
     ctx.note(**(notes | facts), float_bytes=deployed_size_bytes(model), deployed_bytes=deployed_size_bytes(deployed),
              cosine_vs_float=round(_agreement(model, deployed, ctx.example(4)), 6))
     return deployed
@@ -243,41 +246,42 @@ register_export("ort_int8", ORT_INT8_EXPORT)
 register_export("static_int8", ORT_INT8_EXPORT)
 
 
-@register_handler("dynamic_int8")
+@register_handler(DynamicInt8Config)
 def torch_dynamic_int8(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """torch eager, every Linear dynamically quantized to int8."""
     return deploy(model, quantize_dynamic_int8(model), config, ctx)
 
 
-@register_handler("bf16")
+@register_handler(Bf16Config)
 def torch_bf16(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """torch eager with bfloat16 weights and activations."""
     return deploy(model, BFloat16Model(copy.deepcopy(model)), config, ctx)
 
 
-@register_handler("ort_fp32")
+@register_handler(OrtFp32Config)
 def ort_fp32(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """The float model exported to ONNX and run by ONNX Runtime."""
     return deploy(model, OrtModule(onnx_bytes(model, ctx.example(4)), kind="fp32"), config, ctx)
 
 
-@register_handler("ort_int8")
+@register_handler(OrtInt8Config)
 def ort_int8(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """ONNX Runtime dynamic int8 of the exported graph; with `calib_size`, static int8 in the QDQ format."""
     graph = onnx_bytes(model, ctx.example(4))
-    if config.calib_size:
-        deployed = OrtModule(quantize_onnx_static(graph, ctx.calibration(config.calib_size), qdq=True),
+    if calib_size := config["ort_int8"].calib_size:
+        deployed = OrtModule(quantize_onnx_static(graph, ctx.calibration(calib_size), qdq=True),
                              kind="int8_static_qdq")
     else:
         deployed = OrtModule(quantize_onnx_dynamic(graph), kind="int8_dynamic")
     return deploy(model, deployed, config, ctx)
 
 
-@register_handler("static_int8")
+@register_handler(StaticInt8Config)
 def ort_static_int8(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
     """ONNX Runtime static int8 (fused QLinear operators) calibrated on `calib_size` training images."""
     graph = onnx_bytes(model, ctx.example(4))
-    return deploy(model, OrtModule(quantize_onnx_static(graph, ctx.calibration(config.calib_size)), kind="int8_static"),
+    return deploy(model, OrtModule(quantize_onnx_static(graph, ctx.calibration(config["static_int8"].calib_size)),
+                                   kind="int8_static"),
                   config, ctx)
 
 

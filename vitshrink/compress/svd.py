@@ -24,6 +24,7 @@ from torch import nn
 from ..models import copy_model
 from ..spaces import CompressionConfig, ConfigError
 from ..techniques import blocks as walk_blocks, chosen_indices
+from ..techniques.svd import SvdConfig
 from ._registry import BuildContext, register_handler
 
 # The Linear layers of a timm ViT block that are factorised, as paths inside the block.
@@ -102,7 +103,7 @@ def _blocks_to_factorise(model: nn.Module, wanted: tuple[int, ...]) -> list[int]
     return chosen_indices(model, wanted, "lowrank_blocks")
 
 
-@register_handler("svd")
+@register_handler(SvdConfig)
 def svd_factorise(model: nn.Module, config: CompressionConfig, ctx: BuildContext | None) -> nn.Module:
     """Replace qkv, proj, fc1 and fc2 of the chosen blocks (`lowrank_blocks`, empty: all) by their
     truncated SVD at rank ``max(1, ceil(svd_rank * min(out, in)))`` wherever that saves weights.
@@ -116,10 +117,11 @@ def svd_factorise(model: nn.Module, config: CompressionConfig, ctx: BuildContext
         8
     """
     new = copy_model(model)
+    s = config.get("svd") or SvdConfig()
     ranks: dict[str, int] = {}
     energy: dict[str, float] = {}
     dense: list[str] = []
-    for b in _blocks_to_factorise(new, config.lowrank_blocks):
+    for b in _blocks_to_factorise(new, s.blocks):
         block = new.blocks[b]
         for path in BLOCK_LINEARS:
             parent_path, _, attr = path.rpartition(".")
@@ -130,7 +132,7 @@ def svd_factorise(model: nn.Module, config: CompressionConfig, ctx: BuildContext
                 dense.append(name)  # absent or already replaced (e.g. by Nystrom); nothing to factorise
                 continue
             out_f, in_f = layer.weight.shape
-            rank = svd_rank_for(config.svd_rank, out_f, in_f)
+            rank = svd_rank_for(s.rank, out_f, in_f)
             if not saves_params(rank, out_f, in_f):
                 dense.append(name)
                 continue

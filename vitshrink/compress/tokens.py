@@ -34,6 +34,8 @@ from torch import nn
 from ..spaces import CompressionConfig, ConfigError
 from ..techniques import chosen_indices
 from ..techniques.patch_drop import token_problem
+from ..techniques.tome import TomeConfig
+from ..techniques.patch_drop import PatchDropConfig
 from ._registry import BuildContext, register_handler
 from .lowrank import NystromAttention, num_tokens
 
@@ -220,10 +222,10 @@ def token_plan(n: int, prefix: int, depth: int, r: int, drop: float, drop_at: se
     return out
 
 
-@register_handler("tome", "patch_drop")
+@register_handler(TomeConfig, PatchDropConfig)
 def reduce_tokens(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> nn.Module:
-    """ToMe-merge `config.token_merge_r` tokens in every block and drop the `config.token_drop`
-    fraction of patches at the blocks `config.token_drop_at`; notes the tokens per block.
+    """ToMe-merge the candidate's `TomeConfig.r` tokens in every block and drop its
+    `PatchDropConfig.fraction` of patches at the blocks `at`; notes the tokens per block.
 
     Example:
         >>> new = reduce_tokens(vit, CompressionConfig(token_merge_r=2), ctx)
@@ -232,8 +234,9 @@ def reduce_tokens(model: nn.Module, config: CompressionConfig, ctx: BuildContext
     n = num_tokens(new)
     prefix = int(getattr(new, "num_prefix_tokens", 0))
     depth = len(new.blocks)
-    r, drop = config.token_merge_r, config.token_drop
-    drop_at = set(chosen_indices(new, config.token_drop_at, "token_drop_at")) if drop > 0 else set()
+    tome, patch_drop = config.get("tome") or TomeConfig(), config.get("patch_drop") or PatchDropConfig()
+    r, drop = tome.r, patch_drop.fraction
+    drop_at = set(chosen_indices(new, patch_drop.at, "token_drop_at")) if drop > 0 else set()
     if drop > 0 and getattr(new, "cls_token", None) is None:
         raise ConfigError("token_drop ranks patches by the cls token's attention, but this model has no cls token; "
                           "use token_merge_r instead")

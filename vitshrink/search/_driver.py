@@ -21,7 +21,7 @@ from ..objectives import directions_of
 from ..preprocessing import describe_preprocessing
 from ..spaces import ConfigError, Recipe
 from ._budget import count_states, max_pruned  # noqa: F401 - re-exported
-from ._executor import OnTrial, SearchJob, make_executor, taken_trials
+from ._executor import OnTrial, SearchJob, make_executor
 from ._fingerprint import changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
 from ._latency import latency_warnings, record_latency_reference
 from ._pareto import pareto_trials
@@ -55,6 +55,20 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
     anything runs; `new_study` starts a new study under a free name instead.
 
     `grace_period`: seconds without a heartbeat after which a RUNNING trial counts as stale."""
+    return _open_study(recipe, storage_url, study_name, new_study, artifact_dir, n_existing_seed, grace_period,
+                       fingerprint)[0]
+
+
+def _open_study(recipe: Recipe, storage_url: str | None, study_name: str | None, new_study: bool,
+                artifact_dir: str | Path | None, n_existing_seed: bool, grace_period: int,
+                fingerprint: dict[str, Any] | None) -> tuple[optuna.Study, set[int]]:
+    """`open_or_create_study`, and the trials taken when it read the study to seed its sampler.
+
+    The seed (the recipe's, plus the trials stored) and that set come from one read: a trial another
+    driver sampled after it is not in the set, so `local_executor._other_driver_active` sees that
+    driver and reseeds. (Read twice, with the study's creation between, a driver of the same seed
+    that sampled in between was in neither: both drew the same configuration, seen once in the
+    three-driver budget test.)"""
     fingerprint = fingerprint or recipe_fingerprint(recipe)
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval_for(grace_period),
                            grace_period=grace_period)
@@ -77,7 +91,9 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
                                   "resume with the stored settings, or pass --new-study to start a new study "
                                   f"(it will be named {_free_name(storage, name)!r})")
             fingerprint = merged(old, fingerprint)
-    n_trials = len(optuna.load_study(study_name=name, storage=storage).trials) if existing else 0
+    opened = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False) if existing else []
+    taken = {t.number for t in opened if t.state != optuna.trial.TrialState.WAITING}
+    n_trials = len(opened)
     sampler = make_sampler(recipe.sampler, seed=recipe.seed + n_trials if n_existing_seed else recipe.seed,
                            warm_starts=len(warm_start_configs(recipe)), recipe=recipe)
     study = optuna.create_study(study_name=name, storage=storage, directions=directions_of(recipe.objectives),
@@ -90,7 +106,7 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
         study.set_user_attr(ARTIFACT_DIR_ATTR, str(Path(artifact_dir or default_artifact_dir(storage_url)).resolve()))
     if study.user_attrs.get(FINGERPRINT_ATTR) != fingerprint:  # new, or an older study's, now recorded
         study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
-    return study
+    return study, taken
 
 
 CREATION_WAIT_S = 10.0
@@ -169,11 +185,10 @@ def prepare_search(
     training_device_of(recipe)  # so is a GPU asked for and absent, before the data is read
     data = load_data(recipe)  # cheap next to the teacher: its digest is checked before any training
     fingerprint["data"]["sha256"] = data_sha256(data)
-    study = open_or_create_study(recipe, storage, study_name, new_study, artifact_dir, grace_period=grace_period,
-                                 fingerprint=fingerprint)
-    # trials taken when this driver opened the study (and fixed its sampler's seed): any other trial it
-    # does not take itself is another driver's, sampling from the same seed unless one reseeds
-    taken_at_open = taken_trials(study)
+    # with the trials taken when this driver read the study to fix its sampler's seed: any other trial
+    # it does not take itself is another driver's, sampling from the same seed unless one reseeds
+    study, taken_at_open = _open_study(recipe, storage, study_name, new_study, artifact_dir, True, grace_period,
+                                       fingerprint)
     ctx = make_context(recipe, progress=on_teacher_epoch, data=data)
     if hasattr(study.sampler, "attach"):  # the vitshrink sampler measures structures with this context
         study.sampler.attach(ctx)

@@ -215,7 +215,7 @@ def _key(config: CompressionConfig) -> str:
 def _effective(config: CompressionConfig, est: dict[str, float]) -> str:
     """What makes two candidates the same model: the config with its pruning fractions replaced by
     what they keep (4 heads less 0.05 or 0.1 of them is 4 heads either way)."""
-    d = config.to_dict()
+    d = config.flat.to_dict()
     d.update(prune_heads=est["heads"], prune_mlp=est["mlp"])
     return json.dumps(d, sort_keys=True)
 

@@ -256,7 +256,7 @@ def _student_stage_models(recipe: Recipe, teacher: nn.Module) -> tuple[list[nn.M
             config = CompressionConfig(**flat)
             model, name = stage_model(teacher, config)  # ConfigError: a timm name not buildable for this input
             if key is not None:
-                if t.model_problem is not None and (problem := t.model_problem(model, config)):
+                if t.model_problem is not None and (problem := t.model_problem(model, t.settings(config))):
                     raise ConfigError(f"impossible combination: {t.switch_fields[0]}={key!r}: {problem}")
                 named[key] = model_shape(model, name)
             models.append(model)
@@ -267,9 +267,6 @@ def _technique_problems(space) -> list[Callable[[nn.Module], str | None]]:
     """One check per technique the space can switch on and per value that switches it on (so its
     strongest setting too): each technique's own `model_problem`, asked of the models leaving the
     student stage (the student technique's precondition is asked of the teacher, elsewhere)."""
-    from types import SimpleNamespace
-
-    defaults = CompressionConfig().to_dict()
     checks: list[Callable[[nn.Module], str | None]] = []
     for t in techniques():
         if t.model_problem is None or t.stage == "student":
@@ -277,8 +274,8 @@ def _technique_problems(space) -> list[Callable[[nn.Module], str | None]]:
         for f in t.switch_fields:
             for v in space.values_of(f):
                 if t.chosen({f: v}):
-                    config = SimpleNamespace(**{**defaults, **t.switch_on({f: v}), f: v})  # only its own fields read
-                    checks.append(lambda m, t=t, config=config: t.model_problem(m, config))
+                    own = t.settings({**t.switch_on({f: v}), f: v})
+                    checks.append(lambda m, t=t, own=own: t.model_problem(m, own))
     return checks
 
 

@@ -1,11 +1,12 @@
 """The search space as data: `CompressionConfig`, `SearchSpace` and recipes."""
 
-from ._config import LOWRANK_MODES, PRUNE_SCORES, QUANT_MODES, STUDENT_INITS, CompressionConfig, ConfigError
+from ._legacy import LOWRANK_MODES, PRUNE_SCORES, QUANT_MODES, STUDENT_INITS, FlatConfig
+from ._config import CompressionConfig, ConfigError, from_flat
 from ._fit import ModelShape
 from ._recipe import DEFAULT_OBJECTIVES, SAMPLERS, Recipe, builtin_recipes, parse_duration, recipes_dir, resolve_recipe
 from ._space import Dimension, SearchSpace
 
 __all__ = [
-    "CompressionConfig", "ConfigError", "DEFAULT_OBJECTIVES", "Dimension", "LOWRANK_MODES", "ModelShape", "PRUNE_SCORES", "QUANT_MODES",
+    "CompressionConfig", "ConfigError", "FlatConfig", "from_flat", "DEFAULT_OBJECTIVES", "Dimension", "LOWRANK_MODES", "ModelShape", "PRUNE_SCORES", "QUANT_MODES",
     "STUDENT_INITS", "Recipe", "SAMPLERS", "SearchSpace", "builtin_recipes", "parse_duration", "recipes_dir", "resolve_recipe",
 ]

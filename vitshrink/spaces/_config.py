@@ -1,177 +1,207 @@
-"""`CompressionConfig`: one candidate of the search, as frozen, JSON-able data."""
+"""`CompressionConfig`: one candidate of the search, the chosen techniques' own frozen configs in the
+order `build` applies them, and the distillation settings the techniques that distil share.
+
+It round-trips through JSON as typed, versioned records (`vitshrink.techniques.config_to_dict`)::
+
+    {"techniques": {"prune": {"_type": "PruneConfig", "_version": 1, "_data": {"heads": 0.5, ...}},
+                    "ort_int8": {"_type": "OrtInt8Config", "_version": 1, "_data": {"calib_size": 0}}}}
+
+The flat form (`FlatConfig`: one field per setting, what studies stored before, and what the flat
+search space and its Optuna parameters still map to) is read here, one way: `from_flat`. Flat
+keyword arguments, ``CompressionConfig(prune_heads=0.5)``, are read the same way.
+
+Example:
+    >>> from vitshrink.techniques.prune import PruneConfig
+    >>> cfg = CompressionConfig({"prune": PruneConfig(heads=0.5), "dynamic_int8": {}})
+    >>> cfg.names, cfg["prune"].heads
+    (('prune', 'dynamic_int8'), 0.5)
+    >>> CompressionConfig.from_json(cfg.to_json()) == cfg == CompressionConfig(prune_heads=0.5, quant="dynamic_int8")
+    True
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
-from dataclasses import dataclass, fields
-from typing import Any, Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from .. import techniques as _registry
 from ..errors import ConfigError
+from ._legacy import FlatConfig
 
-QUANT_MODES = ("none", "dynamic_int8", "static_int8", "bf16", "ort_fp32", "ort_int8", "ort_fused_fp32", "ort_fused_int8",
-               "openvino_fp32", "openvino_int8")
-LOWRANK_MODES = ("none", "nystrom", "svd")
-PRUNE_SCORES = ("magnitude", "taylor", "activation")
-STUDENT_INITS = ("random", "teacher")
-# augmentation of the KD batches (the teacher then runs on each augmented batch: no cached logits)
-KD_AUGMENTS = ("none", "flip", "shift", "flip+shift")
+_DISTILL = _registry.DistillConfig()
 
 
-def check_field_type(name: str, value: Any) -> None:
-    """Refuse a value of the wrong type for CompressionConfig field `name` (ints are fine where a
-    number is wanted; bools and NaN are not).
-
-    Example:
-        >>> check_field_type("prune_heads", "half")
-        Traceback (most recent call last):
-        ...
-        vitshrink.errors.ConfigError: invalid compression config: prune_heads='half' must be a number
-    """
-    kind = _FIELD_KINDS[name]
-    v = value
-    if kind == "str":
-        ok = isinstance(v, str)
-    elif kind == "int":
-        ok = isinstance(v, int) and not isinstance(v, bool)
-    elif kind == "float":
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # v == v: not NaN
-    else:  # tuple[int, ...]: block indices
-        ok = isinstance(v, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
-    if not ok:
-        want = {"str": "a string", "int": "an integer", "float": "a number"}.get(kind, "a list of block indices")
-        raise ConfigError(f"invalid compression config: {name}={value!r} must be {want}")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class CompressionConfig:
-    """What to do to the teacher, applied in the fixed order
-    student/distill -> prune -> low-rank -> tokens -> KD fine-tune -> quantize.
+    """What to do to the teacher: the chosen techniques' configs, applied in the stage order
+    student -> prune -> low-rank -> tokens -> KD fine-tune -> quantize.
 
-    Every field's default is the identity setting, so ``CompressionConfig()`` is the
-    teacher itself.
+    ``CompressionConfig()`` is the teacher itself. A technique whose config does not choose it (a
+    pruning of 0 heads and 0 units, a student of model "none") is left out.
 
-    Example:
-        >>> cfg = CompressionConfig(prune_heads=0.5, quant="dynamic_int8")
-        >>> CompressionConfig.from_json(cfg.to_json()) == cfg
-        True
+    Args:
+        techniques: Technique name -> its config (`vitshrink.techniques.get_technique(name).config`),
+            a record `config_to_dict` wrote, or a dict of its settings.
+        distill: The distillation settings (`DistillConfig`, or a dict of them) of the techniques that
+            distil (a student, the KD fine-tune).
+        **flat: The flat form instead (`FlatConfig`'s fields), read by `from_flat`.
+
+    Raises:
+        ConfigError: an unknown technique, a config of another technique's type, two techniques of
+            one choice (two runtimes), a setting a chosen technique needs, or settings that do not fit.
     """
 
-    # student: "none" (compress the teacher), "custom" (the student_* fields) or a timm name
-    student: str = "none"
-    student_depth: int = 0
-    student_embed_dim: int = 0
-    student_heads: int = 0
-    student_mlp_ratio: float = 4.0
-    student_epochs: int = 0
-    # "random": timm's initialisation; "teacher": weight selection from the teacher (evenly spaced
-    # blocks, the leading channels of every tensor; Xu et al., ICLR 2024), then distillation
-    student_init: str = "random"
-    # structured pruning: fraction of attention heads / MLP hidden units removed per block
-    prune_heads: float = 0.0
-    prune_mlp: float = 0.0
-    prune_score: str = "magnitude"
-    # low-rank: Nystrom attention with `landmarks`, or truncated SVD of Linear layers at `svd_rank`
-    lowrank: str = "none"
-    landmarks: int = 0
-    lowrank_blocks: tuple[int, ...] = ()  # empty: every block
-    nystrom_conv: int = 0  # kernel of the depthwise-conv skip on values; 0: off
-    svd_rank: float = 1.0
-    # token reduction: ToMe merging of r tokens per block, and/or dropping patches
-    token_merge_r: int = 0
-    token_drop: float = 0.0  # fraction of patch tokens dropped at each depth in token_drop_at
-    token_drop_at: tuple[int, ...] = ()
-    # knowledge-distillation recovery fine-tune (and student training) hyper-parameters
-    kd_epochs: int = 0
-    kd_temperature: float = 4.0
-    kd_alpha: float = 0.7
-    # stronger recovery (off by default; compress/recovery.py): augment the KD batches, the teacher's
-    # logits taken on each augmented batch; and match the teacher's block outputs (token features)
-    # with a cosine loss of this weight, added to the KD loss
-    kd_augment: str = "none"
-    kd_feature_weight: float = 0.0
-    # deployment: quantization mode / runtime
-    quant: str = "none"
-    calib_size: int = 0
+    parts: tuple[tuple[str, Any], ...]
+    distill: Any
 
-    def __post_init__(self) -> None:
-        self._check_types()
-        # tuples may arrive as lists from JSON/TOML
-        for name in ("lowrank_blocks", "token_drop_at"):
-            value = getattr(self, name)
-            if not isinstance(value, tuple):
-                object.__setattr__(self, name, tuple(value))
-        self.validate()
+    def __init__(self, techniques: Mapping[str, Any] | None = None, /, *, distill: Any = None, **flat: Any) -> None:
+        if flat:
+            if techniques is not None or distill is not None:
+                raise ConfigError("give a compression config as technique configs, CompressionConfig({'prune': "
+                                  "PruneConfig(heads=0.5)}), or in the flat form, CompressionConfig(prune_heads=0.5); "
+                                  "not both")
+            other = from_flat(FlatConfig(**flat))
+            parts, distill = other.parts, other.distill
+        else:
+            parts, distill = _compose(techniques or {}, distill)
+        object.__setattr__(self, "parts", parts)
+        object.__setattr__(self, "distill", distill)
 
-    def _check_types(self) -> None:
-        """Each field holds its declared type (ints are fine where a number is wanted, bools are not)."""
-        for f in fields(self):
-            check_field_type(f.name, getattr(self, f.name))
+    # --- what it holds -------------------------------------------------------------------------
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The chosen techniques, in build order."""
+        return tuple(name for name, _ in self.parts)
 
-    def validate(self) -> None:
-        """Checks that do not need the model (model-dependent ones live in `check_against`): the
-        quant and lowrank modes here, and each technique's own rules on its settings (choices, bounds,
-        what it needs where chosen, settings left unused), which its module in `vitshrink.techniques`
-        declares."""
-        if self.quant not in QUANT_MODES:
-            raise ConfigError(f"invalid compression config: quant={self.quant!r} is not one of {', '.join(QUANT_MODES)}")
-        if self.lowrank not in LOWRANK_MODES:
-            raise ConfigError(f"invalid compression config: lowrank={self.lowrank!r} is not one of "
-                              f"{', '.join(LOWRANK_MODES)}")
-        if all(getattr(self, f.name) == f.default for f in fields(self)):
-            return  # the identity breaks no rule (and is built while the rules are registered)
-        problem = next((p for rule in _RULES if (p := rule(self))), None)
-        if problem:
-            raise ConfigError(f"invalid compression config: {problem}")
+    def __getitem__(self, name: str) -> Any:
+        for n, config in self.parts:
+            if n == name:
+                return config
+        _registry.get_technique(name)  # an unknown name: its own message
+        raise KeyError(f"this config does not choose {name!r}; it chooses {', '.join(self.names) or 'nothing (the teacher)'}")
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Technique `name`'s config, or `default` where this candidate does not choose it."""
+        return next((config for n, config in self.parts if n == name), default)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
 
     @property
     def is_identity(self) -> bool:
-        return self == CompressionConfig()
+        return not self.parts and self.distill == _DISTILL
 
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{n!r}: {c!r}" for n, c in self.parts)
+        distill = "" if self.distill == _DISTILL else f", distill={self.distill!r}"
+        return f"CompressionConfig({{{parts}}}{distill})"
+
+    # --- records -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+        """The typed record every trial stores (`from_dict` reads it back, and the flat form)."""
+        out: dict[str, Any] = {"techniques": {n: _registry.config_to_dict(c) for n, c in self.parts}}
+        if self.distill != _DISTILL:
+            out["distill"] = _registry.config_to_dict(self.distill)
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: Mapping[str, Any]) -> CompressionConfig:
+        """A candidate from its record, or from the flat form (`FlatConfig.to_dict`, as earlier
+        versions stored it)."""
+        if "techniques" not in data:
+            return from_flat(FlatConfig.from_dict(dict(data)))
+        unknown = sorted(set(data) - {"techniques", "distill"})
         if unknown:
-            raise ConfigError(
-                f"unknown compression setting(s) {', '.join(unknown)}; known settings are {', '.join(sorted(known))}"
-            )
-        return cls(**data)
+            raise ConfigError(f"unknown compression config key(s) {', '.join(unknown)}; a config holds techniques "
+                              "and distill")
+        return cls(dict(data["techniques"]), distill=data.get("distill"))
 
     @classmethod
     def from_json(cls, text: str) -> CompressionConfig:
         return cls.from_dict(json.loads(text))
 
+    # --- the flat form -------------------------------------------------------------------------
+    @functools.cached_property
+    def flat(self) -> FlatConfig:
+        """This candidate in the flat form (for the flat search space, and summaries)."""
+        values: dict[str, Any] = {}
+        for name, config in self.parts:
+            values.update(_registry.get_technique(name).flat_settings(config))
+        values.update({f: getattr(self.distill, k) for k, f in _registry.DISTILL_FIELDS.items()})
+        return FlatConfig(**values)
+
+    def __getattr__(self, name: str) -> Any:
+        # the flat view, for readers not yet reading their technique's own config
+        if name in _registry.FLAT_FIELDS:
+            return getattr(self.flat, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def replace(self, **changes: Any) -> CompressionConfig:
-        return dataclasses.replace(self, **changes)
+        """This candidate with flat settings `changes` (``replace(quant="none")``)."""
+        return from_flat(self.flat.replace(**changes))
 
     def summary(self) -> str:
         """A short human label, e.g. ``prune_heads=0.5 quant=dynamic_int8``; ``teacher`` for the identity."""
-        default = CompressionConfig()
-        parts = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                 for k, v in self.to_dict().items() if v != default.to_dict()[k]]
-        return " ".join(parts) or "teacher"
+        return self.flat.summary()
 
 
-# Rules every config is validated by, added by the modules that own them: vitshrink.techniques adds
-# each technique's (its choices, bounds, needs); importing vitshrink.spaces imports the techniques.
-# The techniques depend on this module, never the other way.
-_RULES: list[Callable[[CompressionConfig], str | None]] = []
+def from_flat(flat: FlatConfig) -> CompressionConfig:
+    """The candidate a flat config means: each technique it chooses with its settings, and its
+    distillation settings. (The flat rules, `FlatConfig.validate`, have checked it.)
+
+    Example:
+        >>> from_flat(FlatConfig(lowrank="nystrom", landmarks=4)).names
+        ('nystrom',)
+    """
+    parts = {t.name: t.settings(flat) for t in _registry.chosen_techniques(flat)}
+    distill = _registry.DistillConfig(**{k: getattr(flat, f) for k, f in _registry.DISTILL_FIELDS.items()})
+    return CompressionConfig(parts, distill=distill)
 
 
-def register_config_rule(rule: Callable[[CompressionConfig], str | None]) -> Callable[[CompressionConfig], str | None]:
-    """Validate every non-identity `CompressionConfig` by `rule(config) -> why it is invalid, or None`."""
-    _RULES.append(rule)
-    return rule
+def _part(name: str, value: Any) -> Any:
+    technique = _registry.get_technique(name)  # KeyError: the registered ones
+    if isinstance(value, Mapping):
+        value = _registry.config_from_dict(value) if "_type" in value else technique.config(**value)
+    if type(value) is not technique.config:
+        raise ConfigError(f"technique {name!r} takes a {technique.config.__name__}, not {type(value).__name__}")
+    return value
 
 
-# field name -> "str" | "int" | "float" | "tuple[int, ...]" (annotations are strings here)
-_FIELD_KINDS = {f.name: f.type for f in fields(CompressionConfig)}
+def _compose(techniques: Mapping[str, Any], distill: Any) -> tuple[tuple[tuple[str, Any], ...], Any]:
+    """The parts, in build order, and the distillation settings; ConfigError where they do not fit."""
+    try:
+        parts = {name: _part(name, value) for name, value in techniques.items()}
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0])) from None
+    if distill is None:
+        distill = _DISTILL
+    elif isinstance(distill, Mapping):
+        distill = _registry.config_from_dict(distill) if "_type" in distill else _registry.DistillConfig(**distill)
+    if not isinstance(distill, _registry.DistillConfig):
+        raise ConfigError(f"distill takes a DistillConfig, not {type(distill).__name__}")
+    order = _registry.list_techniques()
+    chosen = [(n, parts[n]) for n in order if n in parts and _registry.get_technique(n).is_chosen_by(parts[n])]
+    groups: dict[str, str] = {}
+    for name, config in chosen:
+        technique = _registry.get_technique(name)
+        if technique.selector:  # one technique per choice: one runtime, one low-rank method, one student
+            if (other := groups.setdefault(technique.selector[0], name)) != name:
+                raise ConfigError(f"invalid compression config: {other} and {name} are both a {technique.selector[0]} "
+                                  "choice; a candidate takes one of them")
+        if problem := technique.needs_problem(config):
+            raise ConfigError(f"invalid compression config: {problem}")
+    if not any(_registry.get_technique(n).shared for n, _ in chosen):
+        for k in ("augment", "feature_weight"):  # what only distillation reads (temperature and alpha are kept)
+            if getattr(distill, k) != getattr(_DISTILL, k):
+                raise ConfigError(f"invalid compression config: distill {k}={getattr(distill, k)!r} is only used by a "
+                                  "technique that distils (student, finetune); add one, or leave it out")
+    return tuple(chosen), distill
 
-__all__ = ["KD_AUGMENTS", "check_field_type", "register_config_rule", "CompressionConfig", "ConfigError", "QUANT_MODES", "LOWRANK_MODES", "PRUNE_SCORES"]
+
+__all__ = ["CompressionConfig", "ConfigError", "FlatConfig", "from_flat"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from ._config import CompressionConfig
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from .. import data_shape  # attributes read at call time: data_shape imports th
 from ..objectives._registry import DEFAULT_OBJECTIVES, check_objective_names
 from .. import techniques as _registry  # the techniques depend on _config and _fit only, never on this module
 from ._config import CompressionConfig, ConfigError
+from ._legacy import FlatConfig
 from ._space import SearchSpace
 from ._space_form import read_space, warn_if_flat
 
@@ -373,7 +374,7 @@ def _check_fixed_settings(r: Recipe, source: str) -> None:
     """Refuse a setting the space fixes away from its default for a technique the space never
     chooses: `landmarks = 8` with no Nystrom among the lowrank values would be stored and do nothing.
     A recipe stored on a study is not asked: the study keeps what it was created with."""
-    defaults = CompressionConfig().to_dict()
+    defaults = FlatConfig().to_dict()
     for name, value in r.space.fixed:
         users = _registry.owners(name)  # the techniques whose setting it is (none: a selector or a switch)
         if not users or (list(value) if isinstance(value, tuple) else value) == defaults[name]:

@@ -17,11 +17,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .. import techniques as _registry  # the techniques depend on _config and _fit only, never on this module
-from ._config import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, check_field_type
+from ._config import CompressionConfig, ConfigError
+from ._legacy import LOWRANK_MODES, QUANT_MODES, FlatConfig, check_field_type
 from ._fit import ModelShape
 
-_FIELD_TYPES = {f.name: f.type for f in fields(CompressionConfig)}
-_DEFAULTS = CompressionConfig().to_dict()
+_FIELD_TYPES = {f.name: f.type for f in fields(FlatConfig)}
+_DEFAULTS = FlatConfig().to_dict()
 # the settings that choose a technique by their value, and the values they take
 _SELECTOR_CHOICES = {"quant": QUANT_MODES, "lowrank": LOWRANK_MODES}
 
@@ -350,7 +351,7 @@ class SearchSpace:
         """Optuna params that make `sample` return `config` (for enqueueing). A value outside the
         space raises ConfigError, or with `strict=False` is left out (the warm start then carries
         its config separately and the sampler learns from the params it can represent)."""
-        values = config.to_dict()
+        values = config.flat.to_dict()
         params: dict[str, Any] = {}
         seen: dict[str, Any] = dict(self.fixed)
         for d in self.dimensions:

@@ -11,17 +11,22 @@ Example:
     ['nystrom', 'svd']
 """
 
-from ._base import (ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, FRACTION, STAGES, Bounds, CalibratedConfig, NoSettings,
-                    Technique, chosen_techniques, config_problem, config_settings_problem, field_applies, get_technique,
-                    list_techniques, owners, register_technique, selected_by, setting, techniques, training_epochs,
-                    value_problem, without_stage, deployment_of)
+from ._base import (ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, FLAT_FIELDS, FRACTION, STAGES, Bounds, FlatConfig,
+                    Technique, TechniqueConfig, calibration_images, chosen_techniques, config_from_dict, config_problem,
+                    config_settings_problem, config_to_dict, deployment_of, field_applies, get_technique,
+                    list_techniques, owners, register_config_type, register_technique, selected_by, setting, techniques,
+                    training_epochs, value_problem, without_stage)
 from ._walk import at_blocks, block_index, blocks, chosen_indices
 
 # Importing a technique's module registers it; the order is the order of `build`'s stages.
 from . import student, prune, nystrom, svd, patch_drop, tome, finetune  # noqa: F401  isort: skip
 from . import torch_quant, onnxruntime, ort_fused, openvino  # noqa: F401  isort: skip
 
-__all__ = ["ABOVE_ZERO", "ANY", "AT_LEAST_ZERO", "Bounds", "DISTILL_FIELDS", "FRACTION", "STAGES", "CalibratedConfig", "NoSettings", "Technique", "at_blocks", "block_index", "blocks",
-           "chosen_indices", "chosen_techniques", "config_problem", "config_settings_problem", "field_applies", "get_technique", "list_techniques", "owners",
-           "register_technique", "selected_by", "setting", "techniques", "training_epochs", "value_problem",
-           "without_stage", "deployment_of"]
+from .finetune import DistillConfig  # noqa: E402  the candidate's shared distillation settings
+
+__all__ = ["ABOVE_ZERO", "ANY", "AT_LEAST_ZERO", "Bounds", "DISTILL_FIELDS", "DistillConfig", "FLAT_FIELDS", "FRACTION",
+           "FlatConfig", "STAGES", "Technique", "TechniqueConfig", "at_blocks", "block_index", "blocks",
+           "calibration_images", "chosen_indices", "chosen_techniques", "config_from_dict", "config_problem",
+           "config_settings_problem", "config_to_dict", "deployment_of", "field_applies", "get_technique",
+           "list_techniques", "owners", "register_config_type", "register_technique", "selected_by", "setting",
+           "techniques", "training_epochs", "value_problem", "without_stage"]

@@ -7,8 +7,11 @@ against the model, its stage, an active example and its identity setting. Its ha
 that applies it, is registered for it by name in `vitshrink.compress` (`register_handler`).
 Its settings exist only where it is chosen: that is the whole of a search space's conditions.
 
-Each setting is stored under a field of the flat `CompressionConfig` (the JSON every trial keeps,
-and the Optuna parameter name), given by `fields`.
+A candidate (`vitshrink.spaces.CompressionConfig`) is the chosen techniques' own configs, each a
+`TechniqueConfig` that checks its values and round-trips as a typed, versioned record
+(`config_to_dict` / `config_from_dict`, as torchao's). The flat form (`FlatConfig`: every setting a
+field, which studies stored before, and which the flat search space and its Optuna parameters still
+use) names each setting by `fields`.
 
 Example:
     >>> from vitshrink.techniques import get_technique
@@ -23,14 +26,16 @@ import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from ..spaces._config import CompressionConfig, register_config_rule
+from ..errors import ConfigError
+from ..spaces._legacy import FlatConfig, register_config_rule
 
-# the identity value of every CompressionConfig field, as `to_dict` writes it (lists for tuples); read
-# from the dataclass, not from CompressionConfig(): building one validates it through this module
+# the identity value of every FlatConfig field, as `to_dict` writes it (lists for tuples); read
+# from the dataclass, not from FlatConfig(): building one validates it through this module
 _DEFAULTS = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
-             for f in dataclasses.fields(CompressionConfig)}
+             for f in dataclasses.fields(FlatConfig)}
+FLAT_FIELDS = tuple(_DEFAULTS)
 # The stages of `build`, in the documented order of application; each technique declares its own.
 STAGES = ("student", "prune", "lowrank", "tokens", "finetune", "quantize")
 # the distillation settings a student's training and the KD fine-tune share (each stored once)
@@ -83,7 +88,7 @@ def setting(default: Any, *, choices: tuple[Any, ...] | None = None, as_list: bo
     """A field of a technique's config dataclass, with the rules its values follow.
 
     Args:
-        default: The identity value (CompressionConfig's default for the field it is stored in).
+        default: The identity value (FlatConfig's default for the field it is stored in).
         choices: The values it may take (a recipe or config naming another is refused).
         as_list: A two-number list in a recipe is a set of choices, never a range.
         only: The selector value this setting needs besides the technique (a custom student's width).
@@ -98,6 +103,100 @@ def setting(default: Any, *, choices: tuple[Any, ...] | None = None, as_list: bo
     return field(default=default, metadata=meta)
 
 
+class TechniqueConfig:
+    """The base of every technique's frozen config dataclass (and of the shared `DistillConfig`).
+
+    Building one checks each value's type, its choices and its bounds (a setting's rules, `setting`)
+    and turns lists (from JSON or TOML) into tuples; what a technique needs where it is chosen, and
+    its own cross-setting `problem`, are asked by the candidate that holds it. `config_to_dict` writes
+    it as a typed, versioned record; bump `VERSION` when a setting's meaning changes.
+
+    Example:
+        >>> from vitshrink.techniques.prune import PruneConfig
+        >>> PruneConfig(heads=1.0)
+        Traceback (most recent call last):
+        ...
+        vitshrink.errors.ConfigError: invalid PruneConfig: heads=1.0 must be in [0, 1): 1.0 would remove everything
+    """
+
+    VERSION: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(f.default, tuple) and isinstance(value, list):
+                value = tuple(value)
+                object.__setattr__(self, f.name, value)
+            if problem := _setting_problem(f, value):
+                raise ConfigError(f"invalid {type(self).__name__}: {problem}")
+
+
+def _setting_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """Why `value` cannot be setting `f` (its type by its default's, its choices, its bounds), or None."""
+    default, name = f.default, f.name
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and value == value  # not NaN
+    elif isinstance(default, int):
+        ok = isinstance(value, int)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:  # a tuple of block indices
+        ok = isinstance(value, tuple) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    if not ok:
+        want = {float: "a number", int: "an integer", str: "a string"}.get(type(default), "a list of block indices")
+        return f"{name}={value!r} must be {want}"
+    meta = f.metadata
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        return f"{name}={value!r} is not one of {', '.join(map(str, meta['choices']))}"
+    if meta.get("bounds") is not None:
+        return meta["bounds"].problem(name, value)
+    return None
+
+
+_CONFIG_TYPES: dict[str, type] = {}  # class name -> config class, for reading records
+
+
+def register_config_type(cls: type) -> type:
+    """Make records of config class `cls` readable by `config_from_dict` (a technique's is registered with it)."""
+    known = _CONFIG_TYPES.setdefault(cls.__name__, cls)
+    if known is not cls:
+        raise ValueError(f"two config classes named {cls.__name__}")
+    return cls
+
+
+def config_to_dict(config: TechniqueConfig) -> dict[str, Any]:
+    """`config` as a typed, versioned JSON-able record (torchao's `config_to_dict` form).
+
+    Example:
+        >>> from vitshrink.techniques.prune import PruneConfig
+        >>> config_to_dict(PruneConfig(heads=0.5))
+        {'_type': 'PruneConfig', '_version': 1, '_data': {'heads': 0.5, 'mlp': 0.0, 'score': 'magnitude'}}
+    """
+    data = {f.name: list(v) if isinstance(v := getattr(config, f.name), tuple) else v
+            for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    return {"_type": type(config).__name__, "_version": type(config).VERSION, "_data": data}
+
+
+def config_from_dict(record: Mapping[str, Any]) -> TechniqueConfig:
+    """The config a `config_to_dict` record holds; ConfigError naming what is wrong with it."""
+    if not isinstance(record, Mapping) or "_type" not in record:
+        raise ConfigError(f"invalid technique config record {record!r}: it needs _type, _version and _data")
+    cls = _CONFIG_TYPES.get(record["_type"])
+    if cls is None:
+        raise ConfigError(f"unknown technique config type {record['_type']!r}; known: {', '.join(sorted(_CONFIG_TYPES))}")
+    version = record.get("_version", 1)
+    if not isinstance(version, int) or version > cls.VERSION:
+        raise ConfigError(f"{record['_type']} record of version {version!r} was written by a newer vitshrink (this one "
+                          f"reads up to version {cls.VERSION}); upgrade vitshrink to read it")
+    data = dict(record.get("_data", {}))
+    known = {f.name for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(data) - known):
+        raise ConfigError(f"unknown {record['_type']} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**data)
+
+
 @dataclass(frozen=True)
 class Technique:
     """One technique: its settings, how it is chosen, its stage, its checks, an active example and its
@@ -107,8 +206,8 @@ class Technique:
         name: How recipes, the registry and messages name it ("nystrom", "prune", "static_int8").
         stage: Where `build` applies its handler (student, prune, lowrank, tokens, finetune, quantize).
         config: Its frozen config dataclass; each field is a setting with its identity default.
-        fields: Setting name -> the CompressionConfig field it is stored in (and the Optuna parameter).
-        selector: (CompressionConfig field, value) that chooses it, e.g. ("lowrank", "nystrom"); value
+        fields: Setting name -> the FlatConfig field it is stored in (and the Optuna parameter).
+        selector: (FlatConfig field, value) that chooses it, e.g. ("lowrank", "nystrom"); value
             `ANY`: any value but "none". None: chosen when one of `switches` is above zero.
         switches: Settings whose value above zero switches it on (prune: heads, mlp); searched always.
         on: Flat settings that switch it on with valid values, given the settings so far (a space's
@@ -118,12 +217,16 @@ class Technique:
         identity: The flat settings at which its handler is exact, and the tolerance of that: a pair,
             or a function of the model returning one (Nystrom's m = n landmarks); None: it has none (a
             student is never the teacher, int8 is never float).
-        shape_problem: (config, ModelShape) -> why the model's numbers cannot take it, or None.
-        model_problem: (model, config) -> why the model's modules cannot take it, or None.
+        shape_problem: (its own config, ModelShape) -> why the model's numbers cannot take it, or None.
+        model_problem: (model, its own config) -> why the model's modules cannot take it, or None.
         problem: (its own settings) -> why they do not fit together, or None; asked where it is chosen
             (a custom student's width that its head count does not divide).
-        accepts: CompressionConfig fields it reads without searching them (ort_int8 takes a
-            hand-written calib_size), so that a value there is not refused as unused.
+        accepts: Settings of its config that are not search dimensions (ort_int8 takes a hand-written
+            calib_size), stored in the FlatConfig field of the same name, so that a value there is
+            not refused as unused.
+        shared: The config class of settings it shares with other techniques, held once by the
+            candidate (`DistillConfig`: a student's training and the KD fine-tune); `fields` names them
+            too, so its recipe table may set them.
         demands: (values_of) -> the (rule, closest) pairs a search space that can choose it asks of the
             models it produces: `rule(shape)` says why a model cannot take the most demanding value
             the space can sample (`values_of(flat_field)` lists them), `closest(shape)` ranks the
@@ -146,22 +249,26 @@ class Technique:
     on: Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]] = field(default_factory=dict)
     example: Mapping[str, Any] | None = None
     identity: tuple[Mapping[str, Any], float] | Callable[[Any], tuple[Mapping[str, Any], float]] | None = None
-    shape_problem: Callable[[CompressionConfig, Any], str | None] | None = None
-    model_problem: Callable[[Any, CompressionConfig], str | None] | None = None
+    shape_problem: Callable[[Any, Any], str | None] | None = None
+    model_problem: Callable[[Any, Any], str | None] | None = None
     problem: Callable[[Any], str | None] | None = None
     accepts: tuple[str, ...] = ()
     demands: Callable[[Callable[[str], list[Any]]], Iterable[tuple[Callable[[Any], str | None], Callable[[Any], Any]]]] | None = None
     trains: str | None = None
     references: Callable[[Any], list[Mapping[str, Any]]] | None = None
     stage_configs: Callable[[Callable[[str], list[Any]]], Iterable[tuple[str | None, Mapping[str, Any]]]] | None = None
+    shared: type | None = None
 
     def __post_init__(self) -> None:
-        own = {f.name for f in dataclasses.fields(self.config)}
-        if own != set(self.fields):
-            raise ValueError(f"technique {self.name!r}: config fields {sorted(own)} and fields {sorted(self.fields)} differ")
+        own = {f.name for f in dataclasses.fields(self.config)} - set(self.accepts)
+        shared = {f.name for f in dataclasses.fields(self.shared)} if self.shared else set()
+        if own | shared != set(self.fields):
+            raise ValueError(f"technique {self.name!r}: config fields {sorted(own | shared)} and fields {sorted(self.fields)} differ")
+        if not issubclass(self.config, TechniqueConfig):
+            raise ValueError(f"technique {self.name!r}: its config {self.config.__name__} must derive from TechniqueConfig")
         unknown = set(self.fields.values()) - set(_DEFAULTS)
         if unknown:
-            raise ValueError(f"technique {self.name!r} stores settings in unknown CompressionConfig fields {sorted(unknown)}")
+            raise ValueError(f"technique {self.name!r} stores settings in unknown FlatConfig fields {sorted(unknown)}")
         if self.stage not in STAGES:
             raise ValueError(f"technique {self.name!r}: unknown stage {self.stage!r}; stages are {STAGES}")
         if (self.selector is None) == (not self.switches):
@@ -171,11 +278,11 @@ class Technique:
 
     # --- what it owns -------------------------------------------------------------------------
     def flat(self, name: str) -> str:
-        """The CompressionConfig field of setting `name`."""
-        return self.fields[name]
+        """The FlatConfig field of setting `name` (a search dimension, or an accepted setting of its config)."""
+        return self.fields[name] if name in self.fields else self.stored[name]
 
     def setting_of(self, flat_field: str) -> str | None:
-        """The setting stored in CompressionConfig field `flat_field`, or None."""
+        """The setting stored in FlatConfig field `flat_field`, or None."""
         return next((k for k, v in self.fields.items() if v == flat_field), None)
 
     def how_chosen(self) -> str:
@@ -191,21 +298,28 @@ class Technique:
         if not self.chosen(values):
             return None
         for f in dataclasses.fields(self.config):
-            need, flat = f.metadata.get("needs"), self.fields[f.name]
+            need, flat = f.metadata.get("needs"), self.stored[f.name]
             if need is not None and values[flat] < need:
                 note = f" {f.metadata['needs_note']}" if f.metadata["needs_note"] else ""
                 chooser = f"{self.selector[0]}={values[self.selector[0]]!r}" if self.selector else self.how_chosen()
                 return f"{chooser} needs {flat} >= {need}{note}"
         if self.problem is None:
             return None
-        return self.problem(self.config(**{k: values[f] for k, f in self.fields.items()}))
+        return self.problem(self.config(**{k: values[f] for k, f in self.stored.items()}))
 
     def meta(self, name: str) -> Mapping[str, Any]:
         return self._metas[name]
 
     @functools.cached_property
     def _metas(self) -> dict[str, Mapping[str, Any]]:
-        return {f.name: f.metadata for f in dataclasses.fields(self.config)}
+        shared = dataclasses.fields(self.shared) if self.shared else ()
+        return {f.name: f.metadata for f in (*dataclasses.fields(self.config), *shared)}
+
+    @functools.cached_property
+    def stored(self) -> dict[str, str]:
+        """Its own config's settings -> the FlatConfig fields that hold them (not the shared ones)."""
+        own = {f.name for f in dataclasses.fields(self.config)}
+        return {**{k: f for k, f in self.fields.items() if k in own}, **{a: a for a in self.accepts}}
 
     @functools.cached_property  # asked for every field of every config: computed once
     def switch_fields(self) -> tuple[str, ...]:
@@ -247,25 +361,58 @@ class Technique:
         pair = self.identity(model) if callable(self.identity) else self.identity
         return None if pair is None else (dict(pair[0]), float(pair[1]))
 
-    def settings(self, config: CompressionConfig) -> Any:
-        """Its own frozen config, read from a flat `CompressionConfig`.
+    def settings(self, config: Any) -> Any:
+        """Its own frozen config in candidate `config` (its identity config where not chosen), or read
+        from a `FlatConfig` or flat settings.
 
         Example:
-            >>> from vitshrink.techniques import get_technique
+            >>> from vitshrink.spaces import CompressionConfig
             >>> get_technique("prune").settings(CompressionConfig(prune_heads=0.5))
             PruneConfig(heads=0.5, mlp=0.0, score='magnitude')
         """
-        return self.config(**{k: getattr(config, f) for k, f in self.fields.items()})
+        if hasattr(config, "parts"):
+            return config.get(self.name) or self.config()
+        values = config if isinstance(config, Mapping) else config.to_dict()
+        return self.config(**{k: values.get(f, _DEFAULTS[f]) for k, f in self.stored.items()})
+
+    def is_chosen_by(self, settings: Any) -> bool:
+        """Whether its own config `settings` chooses it (a student's model other than "none"; a
+        pruning fraction above zero), i.e. whether a candidate holding it applies it."""
+        if self.selector:
+            if self.selector[1] != ANY:
+                return True
+            return getattr(settings, self.setting_of(self.selector[0]) or "", "none") != "none"
+        return any(getattr(settings, s) > 0 for s in self.switches)
+
+    def flat_settings(self, settings: Any) -> dict[str, Any]:
+        """Its own config `settings` as FlatConfig fields (its selector's value included)."""
+        flat = {f: getattr(settings, k) for k, f in self.stored.items()}
+        if self.selector and self.selector[1] != ANY:
+            flat[self.selector[0]] = self.selector[1]
+        return flat
+
+    def needs_problem(self, settings: Any) -> str | None:
+        """Where it is chosen: a setting below its `needs`, or its own `problem`; None when it fits."""
+        for f in dataclasses.fields(self.config):
+            need = f.metadata.get("needs")
+            if need is not None and getattr(settings, f.name) < need:
+                note = f" {f.metadata['needs_note']}" if f.metadata["needs_note"] else ""
+                return f"{self.name} needs {f.name} >= {need}{note}"
+        return self.problem(settings) if self.problem is not None else None
 
 
 _TECHNIQUES: dict[str, Technique] = {}
-_RULES: dict[str, list[Mapping[str, Any]]] = {}  # CompressionConfig field -> the settings stored there (their metadata)
+_RULES: dict[str, list[Mapping[str, Any]]] = {}  # FlatConfig field -> the settings stored there (their metadata)
 
 
 def register_technique(technique: Technique) -> Technique:
     """Add `technique` to the registry under its name (as timm's `register_model`); returns it."""
     if technique.name in _TECHNIQUES:
         raise ValueError(f"technique {technique.name!r} registered twice")
+    if other := next((t for t in _TECHNIQUES.values() if t.config is technique.config), None):
+        raise ValueError(f"techniques {other.name!r} and {technique.name!r} share the config class "
+                         f"{technique.config.__name__}; each technique has its own (its handler is found by it)")
+    register_config_type(technique.config)
     _TECHNIQUES[technique.name] = technique
     ordered = sorted(_TECHNIQUES.values(), key=lambda t: STAGES.index(t.stage))  # stable: registration order within a stage
     _TECHNIQUES.clear()
@@ -312,7 +459,7 @@ def field_applies(flat_field: str, values: Mapping[str, Any]) -> bool:
 
 
 def value_problem(flat_field: str, value: Any) -> str | None:
-    """Why `value` cannot be CompressionConfig field `flat_field`, by the rules of the technique
+    """Why `value` cannot be FlatConfig field `flat_field`, by the rules of the technique
     settings stored there (choices, bounds), or None."""
     for meta in _RULES.get(flat_field, ()):
         if meta["choices"] is not None and value not in meta["choices"]:
@@ -322,13 +469,13 @@ def value_problem(flat_field: str, value: Any) -> str | None:
     return None
 
 
-def config_settings_problem(config: CompressionConfig) -> str | None:
+def config_settings_problem(config: FlatConfig) -> str | None:
     """Why the settings of `config` break a technique's rules, or None: each value's choices and
     bounds, a setting marked `unused` set where none of its techniques is chosen, and each chosen
-    technique's needs and own `problem`. `CompressionConfig.validate` asks this.
+    technique's needs and own `problem`. `FlatConfig.validate` asks this.
 
     Example:
-        >>> CompressionConfig(landmarks=8)  # its validate asks this
+        >>> FlatConfig(landmarks=8)  # its validate asks this
         Traceback (most recent call last):
         ...
         vitshrink.errors.ConfigError: invalid compression config: landmarks=8 is only used with lowrank='nystrom'; set lowrank='nystrom', or leave landmarks at 0
@@ -350,19 +497,23 @@ def config_settings_problem(config: CompressionConfig) -> str | None:
     return next((p for t in _TECHNIQUES.values() if (p := t.settings_problem(values))), None)
 
 
-register_config_rule(config_settings_problem)  # CompressionConfig.validate asks it
+register_config_rule(config_settings_problem)  # FlatConfig.validate asks it
 
 
-def chosen_techniques(config: CompressionConfig | Mapping[str, Any]) -> list[Technique]:
-    """The techniques `config` chooses, in the order `build` applies them."""
-    values = config.to_dict() if isinstance(config, CompressionConfig) else config
+def chosen_techniques(config: Any) -> list[Technique]:
+    """The techniques `config` chooses (a candidate: those it holds; a FlatConfig or flat settings:
+    those they choose), in the order `build` applies them."""
+    if hasattr(config, "parts"):
+        return [_TECHNIQUES[name] for name, _ in config.parts]
+    values = config.to_dict() if isinstance(config, FlatConfig) else config
     return [t for t in sorted(_TECHNIQUES.values(), key=lambda t: STAGES.index(t.stage)) if t.chosen(values)]
 
 
-def training_epochs(config: CompressionConfig) -> tuple[str, int] | None:
+def training_epochs(config: Any) -> tuple[str, int] | None:
     """(stage, epochs) of the last stage of `config` that trains (`Technique.trains`), or None.
 
     Example:
+        >>> from vitshrink.spaces import CompressionConfig
         >>> training_epochs(CompressionConfig(prune_heads=0.5, kd_epochs=3))
         ('finetune', 3)
     """
@@ -373,57 +524,49 @@ def training_epochs(config: CompressionConfig) -> tuple[str, int] | None:
     return None
 
 
-def without_stage(config: CompressionConfig, stage: str) -> CompressionConfig:
-    """`config` with the techniques of `stage` left out: their settings, and what chooses them, at
-    their identity values (the float model of a quantized config: ``without_stage(c, "quantize")``).
+def without_stage(config: Any, stage: str) -> Any:
+    """Candidate `config` without its techniques of `stage` (the float model of a quantized
+    candidate: ``without_stage(c, "quantize")``).
 
     Example:
-        >>> without_stage(CompressionConfig(prune_heads=0.5, quant="static_int8", calib_size=8), "quantize").summary()
-        'prune_heads=0.5'
+        >>> from vitshrink.spaces import CompressionConfig
+        >>> without_stage(CompressionConfig(prune_heads=0.5, quant="static_int8", calib_size=8), "quantize").names
+        ('prune',)
     """
-    mine = [t for t in _TECHNIQUES.values() if t.stage == stage]
-    theirs = {f for t in _TECHNIQUES.values() if t.stage != stage for f in t.fields.values()}
-    reset = {f for t in mine for f in (*t.fields.values(), *t.switch_fields) if f not in theirs}
-    return config.replace(**{f: _DEFAULTS[f] if not isinstance(_DEFAULTS[f], list) else () for f in reset})
+    return type(config)({n: c for n, c in config.parts if _TECHNIQUES[n].stage != stage}, distill=config.distill)
 
 
-def deployment_of(config: CompressionConfig) -> str:
+def deployment_of(config: Any) -> str:
     """The name of the quantize-stage technique (the runtime) `config` chooses, or "none".
 
     Example:
+        >>> from vitshrink.spaces import CompressionConfig
         >>> deployment_of(CompressionConfig(quant="ort_int8")), deployment_of(CompressionConfig())
         ('ort_int8', 'none')
     """
     return next((t.name for t in chosen_techniques(config) if t.stage == "quantize"), "none")
 
 
-def config_problem(config: CompressionConfig, shape: Any) -> str | None:
+def config_problem(config: Any, shape: Any) -> str | None:
     """Why `config` cannot be applied to the model of `shape` (a `vitshrink.spaces.ModelShape`: the
     model leaving the student stage), or None when it can: each chosen technique's own `shape_problem`.
 
     Example:
-        >>> from vitshrink.spaces import ModelShape
+        >>> from vitshrink.spaces import CompressionConfig, ModelShape
         >>> shape = ModelShape("a 1-block student", tokens=17, depth=1)
         >>> config_problem(CompressionConfig(token_drop=0.5, token_drop_at=(2,)), shape)
         'token_drop_at names block(s) [2] but a 1-block student has 1 blocks; use indices 0..0'
     """
-    checks = (t.shape_problem for t in chosen_techniques(config) if t.shape_problem is not None)
-    return next((p for check in checks if (p := check(config, shape))), None)
+    return next((p for t in chosen_techniques(config)
+                 if t.shape_problem is not None and (p := t.shape_problem(t.settings(config), shape))), None)
 
 
 
 
-@dataclass(frozen=True)
-class NoSettings:
-    """The config of a technique with nothing to set (a runtime: dynamic int8, bf16, ORT fp32)."""
-
-
-@dataclass(frozen=True)
-class CalibratedConfig:
-    """The config of a post-training quantization calibrated on training images."""
-
-    # training images the int8 ranges are calibrated on
-    calib_size: int = setting(0, bounds=AT_LEAST_ZERO, needs=1, needs_note="calibration images", unused=True)
+def calibration_images(needed: bool = True) -> Any:
+    """The setting of a post-training quantization calibrated on training images: how many (at
+    least one where `needed`; otherwise 0 keeps it uncalibrated)."""
+    return setting(0, bounds=AT_LEAST_ZERO, needs=1 if needed else None, needs_note="calibration images", unused=True)
 
 
 __all__ = [
@@ -434,8 +577,13 @@ __all__ = [
     "FRACTION",
     "DISTILL_FIELDS",
     "STAGES",
-    "CalibratedConfig",
-    "NoSettings",
+    "FLAT_FIELDS",
+    "FlatConfig",
+    "TechniqueConfig",
+    "calibration_images",
+    "config_from_dict",
+    "config_to_dict",
+    "register_config_type",
     "Technique",
     "chosen_techniques",
     "config_problem",

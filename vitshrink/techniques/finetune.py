@@ -1,23 +1,34 @@
 """KD fine-tune: `epochs` epochs of knowledge distillation from the teacher after the structural
-stages, to recover accuracy (optionally on augmented batches, and matching block features). On when
-epochs is above zero; the handler is `vitshrink.compress.distill.finetune`."""
+stages, to recover accuracy (optionally on augmented batches, and matching block features: the
+candidate's `DistillConfig`, shared with a student's training). On when epochs is above zero; the
+handler is `vitshrink.compress.distill.finetune`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from ..spaces._config import KD_AUGMENTS
-from ._base import ABOVE_ZERO, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, register_technique, setting
+from ..spaces._legacy import KD_AUGMENTS
+from ._base import ABOVE_ZERO, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, register_technique, setting, TechniqueConfig, register_config_type
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    epochs: int = setting(0, bounds=AT_LEAST_ZERO)  # KD epochs after pruning / low-rank / tokens; 0: off
+class DistillConfig(TechniqueConfig):
+    """How knowledge distillation trains, shared by the techniques that distil (a student's training
+    and the KD fine-tune): one per candidate (`CompressionConfig.distill`)."""
+
     temperature: float = setting(4.0, bounds=ABOVE_ZERO)  # softmax temperature of the KD loss, > 0
     alpha: float = setting(0.7, bounds=Bounds(0.0, 1.0))  # weight of the KD loss against the label loss, in [0, 1]
     augment: str = setting("none", choices=KD_AUGMENTS, unused=True)  # augmentation of the KD batches
     feature_weight: float = setting(0.0, bounds=AT_LEAST_ZERO, unused=True)  # weight of the cosine loss on block features; 0: off
+
+
+register_config_type(DistillConfig)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TechniqueConfig):
+    epochs: int = setting(0, bounds=AT_LEAST_ZERO)  # KD epochs after pruning / low-rank / tokens; 0: off
 
 
 def distill_extras(space: Any) -> dict[str, Any]:
@@ -36,5 +47,5 @@ def recovery(space: Any) -> dict[str, Any]:
 
 TECHNIQUE = register_technique(Technique(
     name="finetune", stage="finetune", config=FinetuneConfig, fields={"epochs": "kd_epochs", **DISTILL_FIELDS},
-    switches=("epochs",), on={"kd_epochs": 1}, identity=({"kd_epochs": 0}, 0.0), trains="epochs",
+    switches=("epochs",), on={"kd_epochs": 1}, identity=({"kd_epochs": 0}, 0.0), trains="epochs", shared=DistillConfig,
 ))

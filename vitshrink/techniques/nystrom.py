@@ -4,8 +4,8 @@ tokens (exact when landmarks = tokens). Chosen by ``lowrank = "nystrom"``; the h
 
 Example:
     >>> from vitshrink.spaces import CompressionConfig
-    >>> TECHNIQUE.settings(CompressionConfig(lowrank="nystrom", landmarks=8))
-    NystromConfig(landmarks=8, blocks=(), conv=0)
+    >>> CompressionConfig({"nystrom": NystromConfig(landmarks=8)}) == CompressionConfig(lowrank="nystrom", landmarks=8)
+    True
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 from torch import nn
 
 from ..spaces._fit import block_demands, indices_problem
-from ._base import AT_LEAST_ZERO, Technique, register_technique, setting
+from ._base import AT_LEAST_ZERO, Technique, register_technique, setting, TechniqueConfig
 from .finetune import recovery
 
 
 @dataclass(frozen=True)
-class NystromConfig:
+class NystromConfig(TechniqueConfig):
     landmarks: int = setting(0, bounds=AT_LEAST_ZERO, needs=1, unused=True)  # landmark tokens per head; at most the tokens a block sees
     blocks: tuple[int, ...] = setting(())  # the blocks converted; empty: every block
     conv: int = setting(0, bounds=AT_LEAST_ZERO)  # kernel of the depthwise-conv skip on the values; 0: off
@@ -34,8 +34,8 @@ def landmarks_problem(landmarks: int, shape: Any) -> str | None:
             f"{shape.prefix} prefix); Nystrom needs landmarks <= tokens, so keep landmarks <= {shape.tokens}")
 
 
-def _shape_problem(config, shape):
-    return indices_problem("lowrank_blocks", config.lowrank_blocks, shape) or landmarks_problem(config.landmarks, shape)
+def _shape_problem(s: NystromConfig, shape):
+    return indices_problem("lowrank_blocks", s.blocks, shape) or landmarks_problem(s.landmarks, shape)
 
 
 def _demands(values_of):

@@ -7,15 +7,33 @@ dynamic, so it has no searched setting."""
 
 from __future__ import annotations
 
-from ._base import CalibratedConfig, NoSettings, Technique, register_technique
+from dataclasses import dataclass
+
+from ._base import Technique, TechniqueConfig, calibration_images, register_technique
+
+
+@dataclass(frozen=True)
+class StaticInt8Config(TechniqueConfig):
+    calib_size: int = calibration_images()  # training images the int8 ranges are calibrated on
+
+
+@dataclass(frozen=True)
+class OrtFp32Config(TechniqueConfig):
+    pass
+
+
+@dataclass(frozen=True)
+class OrtInt8Config(TechniqueConfig):
+    calib_size: int = calibration_images(needed=False)  # 0: dynamic int8; above 0: static int8 (QDQ) on that many images
+
 
 STATIC_INT8 = register_technique(Technique(
-    name="static_int8", stage="quantize", config=CalibratedConfig, fields={"calib_size": "calib_size"},
+    name="static_int8", stage="quantize", config=StaticInt8Config, fields={"calib_size": "calib_size"},
     selector=("quant", "static_int8"), on={"quant": "static_int8", "calib_size": 32}))
 ORT_FP32 = register_technique(Technique(
-    name="ort_fp32", stage="quantize", config=NoSettings, fields={},
+    name="ort_fp32", stage="quantize", config=OrtFp32Config, fields={},
     selector=("quant", "ort_fp32"), on={"quant": "ort_fp32"},
     identity=({"quant": "ort_fp32"}, 1e-5)))  # the same float function in another runtime
 ORT_INT8 = register_technique(Technique(
-    name="ort_int8", stage="quantize", config=NoSettings, fields={},
+    name="ort_int8", stage="quantize", config=OrtInt8Config, fields={},
     selector=("quant", "ort_int8"), on={"quant": "ort_int8"}, accepts=("calib_size",)))

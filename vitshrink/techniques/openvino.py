@@ -4,13 +4,26 @@ by ``quant``; the handler is `vitshrink.compress.openvino_runtime.openvino` (ext
 
 from __future__ import annotations
 
-from ._base import CalibratedConfig, NoSettings, Technique, register_technique
+from dataclasses import dataclass
+
+from ._base import Technique, TechniqueConfig, calibration_images, register_technique
+
+
+@dataclass(frozen=True)
+class OpenvinoFp32Config(TechniqueConfig):
+    pass
+
+
+@dataclass(frozen=True)
+class OpenvinoInt8Config(TechniqueConfig):
+    calib_size: int = calibration_images()  # training images NNCF calibrates on
+
 
 OPENVINO_FP32 = register_technique(Technique(
-    name="openvino_fp32", stage="quantize", config=NoSettings, fields={},
+    name="openvino_fp32", stage="quantize", config=OpenvinoFp32Config, fields={},
     selector=("quant", "openvino_fp32"), on={"quant": "openvino_fp32"},
     identity=({"quant": "openvino_fp32"}, 1e-5)))  # the same float function in another runtime
 OPENVINO_INT8 = register_technique(Technique(
-    name="openvino_int8", stage="quantize", config=CalibratedConfig, fields={"calib_size": "calib_size"},
+    name="openvino_int8", stage="quantize", config=OpenvinoInt8Config, fields={"calib_size": "calib_size"},
     selector=("quant", "openvino_int8"), on={"quant": "openvino_int8", "calib_size": 32},
     example={"quant": "openvino_int8", "calib_size": 16}))

@@ -5,11 +5,24 @@ operator, run in fp32 (``ort_fused_fp32``) or dynamically quantized to int8, att
 
 from __future__ import annotations
 
-from ._base import NoSettings, Technique, register_technique
+from dataclasses import dataclass
+
+from ._base import Technique, TechniqueConfig, register_technique
+
+
+@dataclass(frozen=True)
+class OrtFusedFp32Config(TechniqueConfig):
+    pass
+
+
+@dataclass(frozen=True)
+class OrtFusedInt8Config(TechniqueConfig):
+    pass
+
 
 ORT_FUSED_FP32 = register_technique(Technique(
-    name="ort_fused_fp32", stage="quantize", config=NoSettings, fields={}, selector=("quant", "ort_fused_fp32"),
+    name="ort_fused_fp32", stage="quantize", config=OrtFusedFp32Config, fields={}, selector=("quant", "ort_fused_fp32"),
     on={"quant": "ort_fused_fp32"}, identity=({"quant": "ort_fused_fp32"}, 1e-5)))  # the same function, fused
 ORT_FUSED_INT8 = register_technique(Technique(
-    name="ort_fused_int8", stage="quantize", config=NoSettings, fields={}, selector=("quant", "ort_fused_int8"),
+    name="ort_fused_int8", stage="quantize", config=OrtFusedInt8Config, fields={}, selector=("quant", "ort_fused_int8"),
     on={"quant": "ort_fused_int8"}))

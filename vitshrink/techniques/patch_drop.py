@@ -10,11 +10,11 @@ from typing import Any
 from torch import nn
 
 from ..spaces._fit import block_demands, indices_problem
-from ._base import FRACTION, Technique, register_technique, setting
+from ._base import FRACTION, Technique, register_technique, setting, TechniqueConfig
 
 
 @dataclass(frozen=True)
-class PatchDropConfig:
+class PatchDropConfig(TechniqueConfig):
     fraction: float = setting(0.0, bounds=FRACTION)  # fraction of patch tokens dropped at each block in `at`, in [0, 1)
     at: tuple[int, ...] = setting(())  # the block indices where patches are dropped
 
@@ -32,8 +32,8 @@ def drop_problem(shape: Any) -> str | None:
             "(class_token = false); search token_merge_r instead, or give the model a cls token")
 
 
-def _shape_problem(config, shape):
-    return drop_problem(shape) or indices_problem("token_drop_at", config.token_drop_at, shape)
+def _shape_problem(s: PatchDropConfig, shape):
+    return drop_problem(shape) or indices_problem("token_drop_at", s.at, shape)
 
 
 def _demands(values_of):
@@ -72,8 +72,8 @@ def token_problem(model: nn.Module, merge_r: int, drop: float) -> str | None:
     return None
 
 
-def _model_problem(model, config):
-    return token_problem(model, 0, config.token_drop)
+def _model_problem(model, s: PatchDropConfig):
+    return token_problem(model, 0, s.fraction)
 
 
 TECHNIQUE = register_technique(Technique(

@@ -11,14 +11,14 @@ from timm.layers import Attention, Mlp
 from torch import nn
 
 from ..errors import ConfigError
-from ..spaces._config import PRUNE_SCORES
-from ._base import FRACTION, Technique, register_technique, setting
+from ..spaces._legacy import PRUNE_SCORES
+from ._base import FRACTION, Technique, register_technique, setting, TechniqueConfig
 from ._walk import blocks as walk_blocks
 from .finetune import recovery
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(TechniqueConfig):
     heads: float = setting(0.0, bounds=FRACTION)  # fraction of heads removed per block, in [0, 1)
     mlp: float = setting(0.0, bounds=FRACTION)  # fraction of MLP hidden units removed per block, in [0, 1)
     score: str = setting("magnitude", choices=PRUNE_SCORES)  # how heads / units are ranked
@@ -82,8 +82,8 @@ def prune_problem(model: nn.Module, prune_heads: float, prune_mlp: float) -> str
     return None
 
 
-def _model_problem(model, config):
-    return prune_problem(model, config.prune_heads, config.prune_mlp)
+def _model_problem(model, s: PruneConfig):
+    return prune_problem(model, s.heads, s.mlp)
 
 
 TECHNIQUE = register_technique(Technique(

@@ -10,13 +10,13 @@ from typing import Any
 
 from torch import nn
 
-from ..spaces._config import KD_AUGMENTS, STUDENT_INITS
-from ._base import ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, register_technique, setting
-from .finetune import distill_extras
+from ..spaces._legacy import KD_AUGMENTS, STUDENT_INITS
+from ._base import ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, register_technique, setting, TechniqueConfig
+from .finetune import DistillConfig, distill_extras
 
 
 @dataclass(frozen=True)
-class StudentConfig:
+class StudentConfig(TechniqueConfig):
     model: str = setting("none", as_list=True)  # "custom" or a timm model name
     depth: int = setting(0)  # blocks
     embed_dim: int = setting(0, as_list=True, only="custom")  # width; some head count must divide it
@@ -24,11 +24,7 @@ class StudentConfig:
     mlp_ratio: float = setting(4.0, only="custom", bounds=ABOVE_ZERO)
     epochs: int = setting(0, needs=1, needs_note="to be trained by distillation")  # KD epochs training the student
     init: str = setting("random", choices=STUDENT_INITS, unused=True)  # timm's init, or weight selection from the teacher
-    # the distillation settings, shared with the KD fine-tune (finetune.py) and ruled the same way
-    temperature: float = setting(4.0, bounds=ABOVE_ZERO)
-    alpha: float = setting(0.7, bounds=Bounds(0.0, 1.0))
-    augment: str = setting("none", choices=KD_AUGMENTS, unused=True)
-    feature_weight: float = setting(0.0, bounds=AT_LEAST_ZERO, unused=True)
+    # how it distils (temperature, alpha, ...) is the candidate's DistillConfig, shared with the KD fine-tune
 
 
 def _on(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,7 +96,7 @@ TECHNIQUE = register_technique(Technique(
     fields={"model": "student", "depth": "student_depth", "embed_dim": "student_embed_dim",
             "heads": "student_heads", "mlp_ratio": "student_mlp_ratio", "epochs": "student_epochs",
             "init": "student_init", **DISTILL_FIELDS},
-    selector=("student", ANY), on=_on, model_problem=_model_problem, problem=_problem, trains="epochs",
+    selector=("student", ANY), on=_on, model_problem=_model_problem, problem=_problem, trains="epochs", shared=DistillConfig,
     references=lambda space: [reference_student(space)], stage_configs=_stage_configs,
     example={"student": "custom", "student_depth": 1, "student_embed_dim": 32, "student_heads": 2, "student_epochs": 1},
 ))

@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spaces._fit import block_demands, indices_problem
-from ._base import Bounds, Technique, register_technique, setting
+from ._base import Bounds, Technique, register_technique, setting, TechniqueConfig
 from .nystrom import lowrank_problem
 
 
 @dataclass(frozen=True)
-class SvdConfig:
+class SvdConfig(TechniqueConfig):
     rank: float = setting(1.0, bounds=Bounds(0.0, 1.0, low_open=True))  # fraction of the full rank kept, in (0, 1]
     blocks: tuple[int, ...] = setting(())  # the blocks factorised; empty: every block
 
@@ -25,6 +25,6 @@ TECHNIQUE = register_technique(Technique(
     name="svd", stage="lowrank", config=SvdConfig, fields={"rank": "svd_rank", "blocks": "lowrank_blocks"},
     selector=("lowrank", "svd"), on={"lowrank": "svd"},
     example={"lowrank": "svd", "svd_rank": 0.5}, identity=({"lowrank": "svd", "svd_rank": 1.0}, 0.0),
-    shape_problem=lambda config, shape: indices_problem("lowrank_blocks", config.lowrank_blocks, shape),
+    shape_problem=lambda s, shape: indices_problem("lowrank_blocks", s.blocks, shape),
     model_problem=_model_problem, demands=lambda values_of: block_demands("lowrank_blocks", values_of),
 ))

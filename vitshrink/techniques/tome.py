@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._base import AT_LEAST_ZERO, Technique, register_technique, setting
+from ._base import AT_LEAST_ZERO, Technique, register_technique, setting, TechniqueConfig
 from .patch_drop import token_problem
 
 
 @dataclass(frozen=True)
-class TomeConfig:
+class TomeConfig(TechniqueConfig):
     r: int = setting(0, bounds=AT_LEAST_ZERO)  # tokens merged per block; at most half the patches
 
 
@@ -30,13 +30,13 @@ def _demands(values_of):
     yield (lambda s: merge_problem(most, s)), (lambda s: s.patches)
 
 
-def _model_problem(model, config):
-    return token_problem(model, config.token_merge_r, 0.0)
+def _model_problem(model, s: TomeConfig):
+    return token_problem(model, s.r, 0.0)
 
 
 TECHNIQUE = register_technique(Technique(
     name="tome", stage="tokens", config=TomeConfig, fields={"r": "token_merge_r"}, switches=("r",),
     on={"token_merge_r": 1}, example={"token_merge_r": 2}, identity=({"token_merge_r": 0}, 0.0),
-    shape_problem=lambda config, shape: merge_problem(config.token_merge_r, shape), model_problem=_model_problem,
+    shape_problem=lambda s, shape: merge_problem(s.r, shape), model_problem=_model_problem,
     demands=_demands,
 ))

@@ -3,15 +3,28 @@ Chosen by ``quant = "dynamic_int8"`` / ``"bf16"``; the handler is `vitshrink.com
 
 from __future__ import annotations
 
-from ._base import NoSettings, Technique, register_technique
+from dataclasses import dataclass
+
+from ._base import Technique, TechniqueConfig, register_technique
 from .student import reference_student
+
+
+@dataclass(frozen=True)
+class DynamicInt8Config(TechniqueConfig):
+    pass
+
+
+@dataclass(frozen=True)
+class Bf16Config(TechniqueConfig):
+    pass
+
 
 # in the reference set: the teacher and the reference student, each in dynamic int8
 _REFERENCES = lambda space: [{"quant": "dynamic_int8"}, {**reference_student(space), "quant": "dynamic_int8"}]  # noqa: E731
 
 DYNAMIC_INT8, BF16 = (
-    register_technique(Technique(name=mode, stage="quantize", config=NoSettings, fields={},
+    register_technique(Technique(name=mode, stage="quantize", config=config, fields={},
                                  selector=("quant", mode), on={"quant": mode},
                                  references=_REFERENCES if mode == "dynamic_int8" else None))
-    for mode in ("dynamic_int8", "bf16")
+    for mode, config in (("dynamic_int8", DynamicInt8Config), ("bf16", Bf16Config))
 )
