@@ -98,13 +98,13 @@ def variants(depth: int, tokens: int, smoke: bool) -> dict[str, CompressionConfi
 
 def expected_stages(cfg: CompressionConfig) -> set[str]:
     stages = set()
-    if cfg.prune_heads or cfg.prune_mlp:
+    if cfg.flat.prune_heads or cfg.flat.prune_mlp:
         stages.add("prune")
-    if cfg.lowrank != "none":
+    if cfg.flat.lowrank != "none":
         stages.add("lowrank")
-    if cfg.token_merge_r or cfg.token_drop:
+    if cfg.flat.token_merge_r or cfg.flat.token_drop:
         stages.add("tokens")
-    if cfg.quant != "none":
+    if cfg.flat.quant != "none":
         stages.add("quantize")
     return stages
 

@@ -59,8 +59,8 @@ def variants(space: SearchSpace, kd_epochs: int, augment: str, weight: float) ->
     """(label, plain config, recovery config or None when nothing is distilled) per reference config."""
     out = []
     for cfg in reference_configs(space):
-        plain = cfg.replace(kd_epochs=kd_epochs) if cfg.kd_epochs or cfg.prune_heads or cfg.lowrank != "none" else cfg
-        distils = plain.kd_epochs > 0 or plain.student != "none"
+        plain = cfg.replace(kd_epochs=kd_epochs) if cfg.flat.kd_epochs or cfg.flat.prune_heads or cfg.flat.lowrank != "none" else cfg
+        distils = plain.flat.kd_epochs > 0 or plain.flat.student != "none"
         out.append((plain.summary(), plain, plain.replace(kd_augment=augment, kd_feature_weight=weight) if distils else None))
     return out
 

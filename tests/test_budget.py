@@ -178,3 +178,48 @@ def test_three_drivers_complete_exactly_the_budget(kind, sampler, tmp_path, uniq
         assert sum("proposal" in t.user_attrs for t in trials if t.state == TrialState.COMPLETE) >= budget // 2, queued
     # the warm start (the teacher) completed once, however many drivers enqueued it
     assert sum(t.user_attrs.get("role") == "teacher" for t in trials if t.state == TrialState.COMPLETE) == 1
+
+
+def test_a_driver_opening_while_another_samples_sees_it_and_reseeds(tmp_path, monkeypatch) -> None:
+    """Two drivers open a study at one trial count (one sampler seed). The first samples a trial while
+    the second is still creating its study object: the second's baseline comes from the same read as
+    its seed, so it counts that trial as another driver's, reseeds, and samples apart. (With the
+    baseline read after the creation, neither reseeded and both completed one configuration.)"""
+    from vitshrink.search import _driver
+    from vitshrink.search._trial import sample_config
+    from vitshrink.search._warm import enqueue_warm_starts
+    from vitshrink.search.local_executor import _other_driver_active
+
+    recipe = Recipe.from_toml_text(recipe_text("race", trials=9, kd_epochs=2, sampler="random"))
+    url = storage_url("journal", tmp_path)
+
+    def one_trial(study: optuna.Study, taken: set[int]) -> tuple[str, bool]:
+        """A local driver's trial up to sampling: claim the slot, reseed if another driver is active, sample."""
+        trial = study.ask()
+        claim_slot(trial, recipe.trials)
+        other = _other_driver_active(study, taken, {trial.number})
+        if other:
+            study.sampler.reseed_rng()
+        config = sample_config(trial, recipe)
+        study.tell(trial, [0.5, 1.0, 1.0])
+        return config.to_json(), other
+
+    first, taken, _ = _driver._open_study(recipe, url, None, False, None, True, GRACE, None)
+    enqueue_warm_starts(first, recipe)
+    one_trial(first, taken)  # the teacher: one trial stored
+    x, x_taken, _ = _driver._open_study(recipe, url, None, False, None, True, GRACE, None)
+    create = _driver.optuna.create_study
+    sampled = {}
+
+    def create_while_x_samples(*args, **kwargs):  # driver Y has read the study; X samples now
+        study = create(*args, **kwargs)
+        sampled["x"] = one_trial(x, x_taken)
+        return study
+
+    monkeypatch.setattr(_driver.optuna, "create_study", create_while_x_samples)
+    y, y_taken, _ = _driver._open_study(recipe, url, None, False, None, True, GRACE, None)
+    monkeypatch.setattr(_driver.optuna, "create_study", create)
+    assert y_taken == x_taken == {0}  # both read one taken trial: the same seed
+    y_config, y_reseeded = one_trial(y, y_taken)
+    assert not sampled["x"][1] and y_reseeded  # X saw no one; Y saw X's trial
+    assert y_config != sampled["x"][0]

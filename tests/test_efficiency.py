@@ -38,7 +38,7 @@ def test_trained_model_has_the_untrained_structures_signature_and_size(name, tin
     shape = tuple(tiny_data.val.x.shape[1:])
     untrained = untrained_structure(tiny_vit, config, tiny_data, seed=0)
     trained = build(tiny_vit, config, tiny_data, seed=0, train=True, kd_limit=64).model
-    extra = {"quant": config.quant}
+    extra = {"quant": config.flat.quant}
     assert (structural_signature(untrained, shape, target, protocol, extra)
             == structural_signature(trained, shape, target, protocol, extra))
     if runs_onnx(trained):  # the ONNX exporter shares equal constants: sizes differ slightly

@@ -4,6 +4,8 @@ rebuilds every trial with the outputs measured in it, exports, and resumes."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 from pathlib import Path
 
@@ -42,8 +44,11 @@ def test_stored_trials_keep_their_params_and_rebuild_with_the_measured_outputs(s
         assert "techniques" not in t.user_attrs["config"]
         assert loaded.config == CompressionConfig.from_dict(t.user_attrs["config"])
         assert loaded.config.flat.to_dict() == t.user_attrs["config"]
-        # today's space maps the stored params to the stored config (parameter names unchanged)
-        assert recipe.space.sample(optuna.trial.FixedTrial(t.params)) == loaded.config
+        # the study's stored space maps the stored params to the stored config: it keeps the flat
+        # parameter names it was created with (a recipe file read today names them by technique)
+        assert handle.recipe.space.naming == "flat" and recipe.space.naming == "technique"
+        assert handle.recipe.space.sample(optuna.trial.FixedTrial(t.params)) == loaded.config
+        assert dataclasses.replace(recipe.space, naming="flat").sample(optuna.trial.FixedTrial(t.params)) == loaded.config
         with torch.no_grad():  # in the trial's batches of 256: dynamic int8 scales depend on the batch
             out = torch.cat([loaded.model(val[i:i + 256]) for i in range(0, len(val), 256)])
         # the stored logits came from an AVX-512 CPU; another CPU's kernels round the last bits differently

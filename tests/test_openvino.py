@@ -35,7 +35,7 @@ FP32 = CompressionConfig(quant="openvino_fp32")
 
 
 def _deploy(model, config, data) -> torch.nn.Module:
-    return handler_of(config.quant)(model, config, BuildContext(data=data, teacher=model, seed=0))
+    return handler_of(config.flat.quant)(model, config, BuildContext(data=data, teacher=model, seed=0))
 
 
 def test_openvino_fp32_equals_torch(trained_vit, tiny_data) -> None:

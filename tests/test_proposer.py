@@ -123,10 +123,10 @@ def test_every_sampled_trial_stores_the_prediction_it_was_chosen_by(proposed) ->
 
 @pytest.mark.slow
 def test_a_resumed_search_proposes_what_the_first_would_have(proposed) -> None:
-    """All state comes from the storage, and the probes' latencies from the cache: a new sampler (a new
-    process) proposes the same next trial. The second sampler reads the first's probe measurements: the
-    cache re-measures a structure once its reference has drifted by 10 %, and under a changing load (a
-    full suite) a re-measured probe moves the cost model (seen once in a fresh-clone CI run)."""
+    """All state comes from the storage, the cold start's probe measurements included: a new sampler (a
+    new process) proposes the same next trial. (Each sampler measuring its own probes through the
+    latency cache, which re-measures a structure once its reference has drifted by 10 %, a re-measured
+    probe under a changing load moved the cost model: seen once in a fresh-clone CI run.)"""
     from vitshrink.search import context_for
     from vitshrink.search._proposer import VitshrinkSampler
 
@@ -139,8 +139,9 @@ def test_a_resumed_search_proposes_what_the_first_would_have(proposed) -> None:
     first.attach(ctx)
     second.attach(ctx)
     a = first._propose(study, nxt)
-    second._probes = dict(first._probes)  # the same measurements; everything else from the storage
+    assert study.user_attrs["vitshrink.probes"] == first._probes  # stored, where a resumed sampler reads them
     b = second._propose(study, nxt)
+    assert second._probes == first._probes
     assert a is not None and a.params == b.params and a.prediction["mode"] == "model"
 
 

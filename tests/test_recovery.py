@@ -143,9 +143,9 @@ def test_recovery_settings_round_trip_and_validate():
 
 def test_space_searches_and_fixes_recovery_only_where_something_is_distilled():
     space = SearchSpace.from_dict({"kd_epochs": [0, 2], "kd_augment": ["none", "flip"]}, {"kd_feature_weight": 0.5})
-    off = space.sample(optuna.trial.FixedTrial({"kd_epochs": 0}))
+    off = space.sample(optuna.trial.FixedTrial({"finetune.epochs": 0}))
     assert off == CompressionConfig()  # no KD: the fixed recovery setting keeps its default
-    on = space.sample(optuna.trial.FixedTrial({"kd_epochs": 2, "kd_augment": "flip"}))
-    assert (on.kd_augment, on.kd_feature_weight) == ("flip", 0.5)
+    on = space.sample(optuna.trial.FixedTrial({"finetune.epochs": 2, "distill.augment": "flip"}))
+    assert (on.flat.kd_augment, on.flat.kd_feature_weight) == ("flip", 0.5)
     with pytest.raises(ConfigError, match="'mixup' is not one of"):
         SearchSpace.from_dict({"kd_epochs": [1, 2], "kd_augment": ["none", "mixup"]})

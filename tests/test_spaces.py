@@ -97,10 +97,11 @@ def test_unknown_config_key_is_refused() -> None:
 def test_space_samples_conditional_dimensions_only_when_active() -> None:
     space = SearchSpace.from_dict({"lowrank": ["none", "nystrom"], "landmarks": [2, 8],
                                    "quant": ["none", "static_int8"], "calib_size": [8, 32]})
-    cfg = space.sample(FixedTrial({"lowrank": "none", "quant": "none"}))  # FixedTrial raises on unknown params
+    cfg = space.sample(FixedTrial({"lowrank": "none", "runtime": "none"}))  # FixedTrial raises on unknown params
     assert cfg == CompressionConfig()
-    cfg = space.sample(FixedTrial({"lowrank": "nystrom", "landmarks": 5, "quant": "static_int8", "calib_size": 16}))
-    assert (cfg.landmarks, cfg.calib_size) == (5, 16)
+    cfg = space.sample(FixedTrial({"lowrank": "nystrom", "nystrom.landmarks": 5, "runtime": "static_int8",
+                                   "static_int8.calib_size": 16}))
+    assert (cfg.flat.landmarks, cfg.flat.calib_size) == (5, 16)
 
 
 def test_space_with_optuna_study_produces_valid_configs() -> None:
@@ -110,7 +111,7 @@ def test_space_with_optuna_study_produces_valid_configs() -> None:
     for _ in range(40):
         trial = study.ask()
         cfg = space.sample(trial)  # validates in __post_init__
-        seen.add(cfg.quant)
+        seen.add(cfg.flat.quant)
         # the params recorded are exactly the ones that reproduce the config
         assert space.sample(FixedTrial(trial.params)) == cfg
         assert space.params_for(cfg) == trial.params
@@ -126,9 +127,9 @@ def test_params_for_round_trips_for_configs_inside_a_wide_space(cfg: Compression
         "prune_heads": [0.0, 0.99], "token_merge_r": [0, 8], "calib_size": [1, 64],
     })
     inside = cfg.replace(student="none", student_depth=0, student_embed_dim=0, student_heads=0, student_epochs=0,
-                         prune_mlp=0.0, prune_score="magnitude" if cfg.prune_heads == 0 else cfg.prune_score,
+                         prune_mlp=0.0, prune_score="magnitude" if cfg.flat.prune_heads == 0 else cfg.flat.prune_score,
                          lowrank_blocks=(), svd_rank=1.0, token_drop=0.0, token_drop_at=(), kd_epochs=0)
-    if inside.prune_heads > 0:
+    if inside.flat.prune_heads > 0:
         inside = inside.replace(prune_score="magnitude")
     assert space.sample(FixedTrial(space.params_for(inside))) == inside
 
@@ -220,9 +221,9 @@ def test_fixed_student_settings_apply_only_to_students() -> None:
         {"student_epochs": 2, "student_init": "teacher"})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     configs = [space.sample(study.ask()) for _ in range(12)]
-    assert {c.student for c in configs} == {"none", "custom"}
+    assert {c.flat.student for c in configs} == {"none", "custom"}
     for c in configs:
-        assert c.student_init == ("teacher" if c.student == "custom" else "random")
+        assert c.flat.student_init == ("teacher" if c.flat.student == "custom" else "random")
 
 
 def test_optional_ranges_are_switched_off_half_the_time_and_replay_exactly() -> None:
@@ -234,13 +235,13 @@ def test_optional_ranges_are_switched_off_half_the_time_and_replay_exactly() -> 
     assert SearchSpace.from_json_dict(space.to_dict()) == space  # stored with the study, read back on resume
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     configs = [space.sample(study.ask()) for _ in range(40)]
-    merges = [c.token_merge_r for c in configs]
+    merges = [c.flat.token_merge_r for c in configs]
     assert 10 < merges.count(0) < 30 and all(r == 0 or 1 <= r <= 8 for r in merges)
-    assert {c.prune_score for c in configs if c.prune_heads == 0} == {"magnitude"}  # off: the identity
+    assert {c.flat.prune_score for c in configs if c.flat.prune_heads == 0} == {"magnitude"}  # off: the identity
     # a configuration is replayed exactly (warm starts, retries), switched off or on
     for cfg in (CompressionConfig(), CompressionConfig(token_merge_r=3, prune_heads=0.25)):
         params = space.params_for(cfg)
-        assert params["token_merge_r_on"] == (cfg.token_merge_r > 0)
+        assert params["tome.r_on"] == (cfg.flat.token_merge_r > 0)
         study.enqueue_trial(params)
         assert space.sample(study.ask()) == cfg
     with pytest.raises(ConfigError, match="outside the search space"):

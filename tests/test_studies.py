@@ -85,7 +85,8 @@ def test_describe_has_every_stage_record(handle, shared) -> None:
     assert [r["stage"] for r in info["records"]] == ["prune", "quantize"]
     prune = info["records"][0]
     assert prune["params_after"] < prune["params_before"]
-    assert info["config"]["quant"] == "dynamic_int8" and info["objectives"]["latency_ms"] > 0
+    assert list(info["config"]["techniques"]) == ["prune", "dynamic_int8"] and info["objectives"]["latency_ms"] > 0
+    assert info["config"]["techniques"]["prune"]["_data"]["heads"] == 0.5  # the typed record the trial stores
     lat = info["latency"]  # at least the recipe's runs, more until the median is stable, or flagged noisy
     first = lat["batches"][0]
     spread = first["ratio_cv"] if first["ratio"] else first["median_cv"]

@@ -12,7 +12,7 @@ import torch
 
 from vitshrink.compress import handler_of, planned_handlers
 from vitshrink.compress.lowrank import NystromAttention, nystrom
-from vitshrink.spaces import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, Recipe, SearchSpace
+from vitshrink.spaces import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, FlatConfig, Recipe, SearchSpace
 from vitshrink.spaces._space_form import flat_tables, technique_form_toml
 from vitshrink.techniques import at_blocks, blocks, chosen_indices, get_technique, list_techniques, techniques
 
@@ -55,23 +55,25 @@ def test_a_techniques_settings_are_sampled_only_where_it_is_chosen(name):
     for params, config in _sampled(_space(name)):
         chosen = technique.chosen(config.flat.to_dict())
         seen[chosen] += 1
-        own = {f for f in technique.conditional_fields if f in params}
+        # its parameters are named by it (the shared distillation settings by distill), its switch aside
+        switch = {f"{name}.{s}" for s in technique.switches}
+        own = {p for p in params if "." in p and p.split(".")[0] in (name, "distill") and p.removesuffix("_on") not in switch}
         assert bool(own) == chosen, (params, config)
     assert seen[True] and seen[False]  # both sides were sampled
 
 
 def test_settings_of_one_selector_technique_never_appear_with_another():
     for params, config in _sampled(_space("nystrom", "svd")):
-        assert ("landmarks" in params) == (config.lowrank == "nystrom")
-        assert ("svd_rank" in params) == (config.lowrank == "svd")
-        assert ("lowrank_blocks" in params) == (config.lowrank != "none")
+        assert ("nystrom.landmarks" in params) == ("nystrom.blocks" in params) == ("nystrom" in config)
+        assert ("svd.rank" in params) == ("svd.blocks" in params) == ("svd" in config)
+        assert params["lowrank"] == config.flat.lowrank
 
 
 def test_custom_student_settings_only_for_a_custom_student():
     space = _space("student", student={**SPACES["student"], "model": ["custom", "deit_tiny_patch16_224"]})
     for params, config in _sampled(space):
-        assert ("student_embed_dim" in params) == (config.student == "custom")
-        assert ("student_depth" in params) == (config.student != "none")
+        assert ("student.embed_dim" in params) == (config.flat.student == "custom")
+        assert ("student.depth" in params) == ("student" in config)
 
 
 def test_registry_agrees_with_config_and_transforms():
@@ -79,7 +81,7 @@ def test_registry_agrees_with_config_and_transforms():
     for t in techniques():
         own = t.settings(defaults)
         for f in dataclasses.fields(t.config):  # a technique's defaults are the identity setting
-            assert getattr(own, f.name) == getattr(defaults, t.flat(f.name)), (t.name, f.name)
+            assert getattr(own, f.name) == getattr(defaults.flat, t.flat(f.name)), (t.name, f.name)
         assert callable(handler_of(t.name)), t.name
     assert {t.selector[1] for t in techniques() if t.selector and t.selector[0] == "quant"} == set(QUANT_MODES) - {"none"}
     assert list_techniques("lowrank") == list(LOWRANK_MODES[1:])
@@ -87,7 +89,9 @@ def test_registry_agrees_with_config_and_transforms():
 
 def _rules():
     """(technique, setting, its metadata) for every setting that declares a rule, from the registry."""
-    return [(t, f.name, f.metadata) for t in techniques() for f in dataclasses.fields(t.config)
+    own = [(t, f) for t in techniques() for f in dataclasses.fields(t.config)]
+    shared = [(t, f) for t in techniques() if t.shared for f in dataclasses.fields(t.shared)]  # the distillation settings
+    return [(t, f.name, f.metadata) for t, f in own + shared
             if f.metadata["bounds"] or f.metadata["needs"] or f.metadata["unused"]]
 
 
@@ -98,7 +102,7 @@ def test_each_declared_rule_is_enforced_by_the_config(technique, name, meta):
     chosen = CompressionConfig.from_dict({**technique.switch_on({}), **({"student": "custom"}
                                           if technique.name == "student" else {})})
     assert technique.chosen(chosen.flat.to_dict())
-    kind = type(getattr(CompressionConfig(), flat))
+    kind = type(getattr(FlatConfig(), flat))
     if (b := meta["bounds"]) is not None:  # each end of the interval, or a step past it where it is closed
         for edge, is_open, step in ((b.low, b.low_open, -1), (b.high, b.high_open, 1)):
             if edge is not None:
@@ -109,11 +113,11 @@ def test_each_declared_rule_is_enforced_by_the_config(technique, name, meta):
         with pytest.raises(ConfigError, match=f"needs {flat} >= {meta['needs']}"):
             chosen.replace(**{flat: meta["needs"] - 1})
     if meta["unused"]:  # a value set on a config where no technique owning it is chosen
-        value = {str: lambda: next(c for c in meta["choices"] if c != getattr(CompressionConfig(), flat)),
+        value = {str: lambda: next(c for c in meta["choices"] if c != getattr(FlatConfig(), flat)),
                  int: lambda: 3, float: lambda: 0.5}[kind]()
         with pytest.raises(ConfigError, match=f"{flat}={value!r} is only used with .*{technique.how_chosen()}"):
             CompressionConfig(**{flat: value})
-        assert getattr(chosen.replace(**{flat: value}), flat) == value  # where it is chosen, it is kept
+        assert getattr(chosen.replace(**{flat: value}).flat, flat) == value  # where it is chosen, it is kept
 
 
 @pytest.mark.parametrize("config", [
@@ -123,9 +127,9 @@ def test_each_declared_rule_is_enforced_by_the_config(technique, name, meta):
     CompressionConfig(student="custom", student_depth=1, student_embed_dim=16, student_heads=2, student_epochs=1),
 ])
 def test_handlers_are_applied_exactly_where_their_technique_is_chosen(config):
-    chosen = {"student": config.student != "none", "prune": config.prune_heads > 0 or config.prune_mlp > 0,
-              "nystrom": config.lowrank == "nystrom", "svd": config.lowrank == "svd", "tome": config.token_merge_r > 0,
-              "patch_drop": config.token_drop > 0, "finetune": config.kd_epochs > 0, config.quant: config.quant != "none"}
+    chosen = {"student": config.flat.student != "none", "prune": config.flat.prune_heads > 0 or config.flat.prune_mlp > 0,
+              "nystrom": config.flat.lowrank == "nystrom", "svd": config.flat.lowrank == "svd", "tome": config.flat.token_merge_r > 0,
+              "patch_drop": config.flat.token_drop > 0, "finetune": config.flat.kd_epochs > 0, config.flat.quant: config.flat.quant != "none"}
     assert [t.name for _, ts in planned_handlers(config) for t in ts] == [n for n in list_techniques() if chosen.get(n)]
 
 

@@ -8,6 +8,7 @@ Example (not run as a doctest: it runs a whole search)::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -61,8 +62,10 @@ def open_or_create_study(recipe: Recipe, storage_url: str | None, study_name: st
 
 def _open_study(recipe: Recipe, storage_url: str | None, study_name: str | None, new_study: bool,
                 artifact_dir: str | Path | None, n_existing_seed: bool, grace_period: int,
-                fingerprint: dict[str, Any] | None) -> tuple[optuna.Study, set[int]]:
-    """`open_or_create_study`, and the trials taken when it read the study to seed its sampler.
+                fingerprint: dict[str, Any] | None) -> tuple[optuna.Study, set[int], Recipe]:
+    """`open_or_create_study`, the trials taken when it read the study to seed its sampler, and the
+    recipe its trials sample with: `recipe`, naming its parameters as the stored study does (a study
+    an earlier vitshrink created keeps its flat parameter names).
 
     The seed (the recipe's, plus the trials stored) and that set come from one read: a trial another
     driver sampled after it is not in the set, so `local_executor._other_driver_active` sees that
@@ -91,6 +94,9 @@ def _open_study(recipe: Recipe, storage_url: str | None, study_name: str | None,
                                   "resume with the stored settings, or pass --new-study to start a new study "
                                   f"(it will be named {_free_name(storage, name)!r})")
             fingerprint = merged(old, fingerprint)
+            naming = stored.user_attrs[RECIPE_ATTR].get("study", {}).get("param_names", "flat")
+            if naming != recipe.space.naming:
+                recipe = dataclasses.replace(recipe, space=dataclasses.replace(recipe.space, naming=naming))
     opened = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False) if existing else []
     taken = {t.number for t in opened if t.state != optuna.trial.TrialState.WAITING}
     n_trials = len(opened)
@@ -106,7 +112,7 @@ def _open_study(recipe: Recipe, storage_url: str | None, study_name: str | None,
         study.set_user_attr(ARTIFACT_DIR_ATTR, str(Path(artifact_dir or default_artifact_dir(storage_url)).resolve()))
     if study.user_attrs.get(FINGERPRINT_ATTR) != fingerprint:  # new, or an older study's, now recorded
         study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
-    return study, taken
+    return study, taken, recipe
 
 
 CREATION_WAIT_S = 10.0
@@ -187,8 +193,8 @@ def prepare_search(
     fingerprint["data"]["sha256"] = data_sha256(data)
     # with the trials taken when this driver read the study to fix its sampler's seed: any other trial
     # it does not take itself is another driver's, sampling from the same seed unless one reseeds
-    study, taken_at_open = _open_study(recipe, storage, study_name, new_study, artifact_dir, True, grace_period,
-                                       fingerprint)
+    study, taken_at_open, recipe = _open_study(recipe, storage, study_name, new_study, artifact_dir, True,
+                                               grace_period, fingerprint)
     ctx = make_context(recipe, progress=on_teacher_epoch, data=data)
     if hasattr(study.sampler, "attach"):  # the vitshrink sampler measures structures with this context
         study.sampler.attach(ctx)

@@ -48,14 +48,15 @@ from scipy.optimize import nnls
 
 from ..compress._fit import stage_model
 from ..objectives import objectives_for
-from ..spaces import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, Recipe
-from ..techniques import without_stage
+from ..spaces import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, FlatConfig, Recipe
+from ..techniques import deployment_of, without_stage
 from ._latency import latency_baseline
 from ._pareto import default_reference, is_feasible, normalized_values, pareto_front
 from ._rungs import rung_subset, subset_accuracy
 from ._screening import measure_structure, untrained_structure
 from ._optuna import set_trial_user_attr
-from ._schema import CONFIG_ATTR, PROPOSAL_CLAIM_ATTR, ROLE_ATTR, SECONDS_ATTR, STOPPED_AT_ATTR, metric
+from ._schema import (CONFIG_ATTR, PROBES_ATTR, PROPOSAL_CLAIM_ATTR, ROLE_ATTR, SECONDS_ATTR, STOPPED_AT_ATTR,
+                      metric)
 from ._trial import SearchContext, context_for
 from ._surrogate import MIN_FIT, choose_surrogate, expected_improvement, fit_log_linear, fit_surrogate
 
@@ -140,9 +141,10 @@ def _kept(total: int, fraction: float) -> int:
 
 
 def _vit_costs(depth: int, width: int, heads: int, head_dim: int, mlp: int, d: _Dims,
-               config: CompressionConfig | None = None) -> tuple[float, float]:
+               config: FlatConfig | None = None) -> tuple[float, float]:
     """(MACs, parameters) of one image through a ViT of this shape, under `config`'s token and
-    low-rank settings (None: plain)."""
+    low-rank settings (None: plain). The cost model reads the flat form: its features are the flat
+    settings the search-efficiency benchmark measured it with."""
     n = d.tokens
     macs = params = 0.0
     for block in range(depth):
@@ -168,6 +170,7 @@ def _vit_costs(depth: int, width: int, heads: int, head_dim: int, mlp: int, d: _
 def estimate(config: CompressionConfig, d: _Dims, named: dict[str, tuple[int, int, int, int, int]]) -> dict[str, float]:
     """Analytic estimates of a candidate: its MACs and parameters deployed, and the MAC-epochs of its
     training (student distillation, then KD fine-tuning), per training image."""
+    config = config.flat  # type: ignore[assignment]
     if config.student == "none":
         shape = (d.depth, d.width, d.heads, d.head_dim, d.mlp)
     elif config.student == "custom":
@@ -191,6 +194,7 @@ def _one_hot(value: str, modes: Sequence[str]) -> list[float]:
 
 def features(config: CompressionConfig, est: dict[str, float]) -> list[float]:
     """The surrogate's and the cost models' inputs for one candidate (its zero-shot accuracy is added apart)."""
+    config = config.flat  # type: ignore[assignment]
     row = [math.log(max(est["macs"], 1.0)), math.log(max(est["params"], 1.0)), math.log1p(est["work"]),
            float(est["depth"]), float(est["width"]), float(config.student != "none"),
            float(config.student_init == "teacher"), float(config.student_epochs), float(config.kd_epochs),
@@ -386,10 +390,11 @@ class VitshrinkSampler(BaseSampler):
         return True
 
     def _named_shapes(self, config: CompressionConfig) -> dict[str, tuple[int, int, int, int, int]]:
-        if config.student not in ("none", "custom") and config.student not in self._named:
-            model, _ = stage_model(self._context().teacher, CompressionConfig(student=config.student, student_epochs=1))
+        student = config.get("student")
+        if student is not None and student.model != "custom" and student.model not in self._named:
+            model, _ = stage_model(self._context().teacher, CompressionConfig({"student": student}))
             d = _Dims(model)
-            self._named[config.student] = (d.depth, d.width, d.heads, d.head_dim, d.mlp)
+            self._named[student.model] = (d.depth, d.width, d.heads, d.head_dim, d.mlp)
         return self._named
 
     def _pool(self, study: optuna.Study, completed: list[FrozenTrial], rng: np.random.RandomState) -> list[Proposal]:
@@ -442,13 +447,19 @@ class VitshrinkSampler(BaseSampler):
         """Measure a few structures of the pool (cached like every latency), spread over its runtimes and
         sizes, so the cost models have something to fit before any trial is screened."""
         ctx = self._context()
+        # probes another process (a driver before a resume, or beside this one) measured: the same
+        # values, so a resumed sampler's cost model is the first's even where the cache re-measures
+        stored = study.user_attrs.get(PROBES_ATTR) or {}
+        for k, values in stored.items():
+            if len(self._probes) < PROBES:
+                self._probes.setdefault(k, values)
         want = PROBES - len(self._probes)
         if want <= 0:
             return
         order = np.argsort(x[:, 0])  # by estimated MACs
         picks: list[int] = []
         for mode in QUANT_MODES:  # the cheapest and the costliest of each runtime the pool holds
-            idx = [i for i in order if pool[i].config.quant == mode]
+            idx = [i for i in order if deployment_of(pool[i].config) == mode]
             picks += [idx[0], idx[-1]] if idx else []
         picks = list(dict.fromkeys(picks))
         rng.shuffle(picks)
@@ -461,6 +472,8 @@ class VitshrinkSampler(BaseSampler):
                 log.debug("probe of %s failed: %s", config.summary(), exc)
                 continue
             self._probes[_key(config)] = {o.name: structure.value(o.name) for o in structural}
+        if self._probes != stored:
+            study.set_user_attr(PROBES_ATTR, {**stored, **self._probes})
 
     def _predict_costs(self, pool, x, measured, dims, structural) -> np.ndarray:
         """Each candidate's structural objective values: measured where known, else predicted."""
@@ -493,7 +506,8 @@ class VitshrinkSampler(BaseSampler):
         key = _key(config)
         if key not in self._zero_shot:
             ctx = self._context()
-            if config.student != "none" and config.student_init == "random":
+            student = config.get("student")
+            if student is not None and student.init == "random":
                 self._zero_shot[key] = 1.0 / ctx.data.num_classes
             else:
                 model = untrained_structure(ctx.teacher, without_stage(config, "quantize"), ctx.data,

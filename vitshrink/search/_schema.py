@@ -35,6 +35,7 @@ CLASSES_ATTR = "vitshrink.classes"  # class names, index by index
 TARGET_ATTR = "vitshrink.target"  # where latency is measured: spec, host, CPU, versions
 TRAINING_ATTR = "vitshrink.training"  # where the driver trains (trials record their own)
 PREPROCESSING_ATTR = "vitshrink.preprocessing"  # the models' input preprocessing (vitshrink/preprocessing.py)
+PROBES_ATTR = "vitshrink.probes"  # the vitshrink sampler's cold-start structures: config JSON -> structural values
 TEST_ACCURACY_PREFIX = "vitshrink.test_accuracy."  # + trial number: test accuracy of a Pareto trial
 
 # --- trial user attributes: what the trial is -------------------------------------------------------------------

@@ -136,12 +136,6 @@ class CompressionConfig:
         values.update({f: getattr(self.distill, k) for k, f in _registry.DISTILL_FIELDS.items()})
         return FlatConfig(**values)
 
-    def __getattr__(self, name: str) -> Any:
-        # the flat view, for readers not yet reading their technique's own config
-        if name in _registry.FLAT_FIELDS:
-            return getattr(self.flat, name)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     def replace(self, **changes: Any) -> CompressionConfig:
         """This candidate with flat settings `changes` (``replace(quant="none")``)."""
         return from_flat(self.flat.replace(**changes))

@@ -35,13 +35,14 @@ from ._space_form import read_space, warn_if_flat
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("vitshrink", "nsga2", "tpe", "gp", "random")
+PARAM_NAMINGS = ("technique", "flat")  # how a study's Optuna parameters are named (SearchSpace.naming)
 SAMPLER_ABLATIONS = ("vitshrink-no-zero-shot", "vitshrink-no-cold-start")  # benchmarks only
 # what a study optimises unless its recipe says (vitshrink.objectives registers every name)
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "study": {"name": str, "trials": int, "timeout": (str, int, float), "sampler": str, "seed": int,
               "seed_with": str, "max_failures": int, "screening": bool, "rungs": bool, "rung_margin": (int, float),
-              "objectives": list},
+              "objectives": list, "param_names": str},
     "data": {"dataset": str, "data_dir": str, "seed": int, "download": bool, "limit": int, "img_size": int,
              "kd_limit": int},
     "teacher": {"model": str, "checkpoint": str, "pretrained": bool, "kwargs": dict, "train": dict},
@@ -176,6 +177,11 @@ class Recipe:
             space = read_space(doc.get("space", {}), doc.get("fixed", {}), source)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+        # a study an earlier vitshrink created stored no param_names: its parameters are the flat fields
+        naming = study.get("param_names", "flat" if stored else "technique")
+        if naming not in PARAM_NAMINGS:
+            raise ConfigError(f"{source}: study.param_names = {naming!r} is not one of {', '.join(PARAM_NAMINGS)}")
+        space = dataclasses.replace(space, naming=naming)
         data_options = {k: v for k, v in data.items() if k in ("download", "limit", "img_size", "kd_limit")}
         recipe = cls(
             name=study.get("name", ""),
@@ -297,7 +303,7 @@ class Recipe:
         return {
             "study": {"name": self.name, "trials": self.trials, "sampler": self.sampler, "seed": self.seed,
                       "screening": self.screening, "rungs": self.rungs, "rung_margin": self.rung_margin,
-                      "objectives": list(self.objectives),
+                      "objectives": list(self.objectives), "param_names": self.space.naming,
                       **optional({"timeout": self.timeout or None, "seed_with": self.seed_with or None,
                                   "max_failures": self.max_failures})},
             "data": {"dataset": self.dataset, "seed": self.data_seed, **self.data_options,

@@ -5,9 +5,9 @@ through JSON and maps an Optuna trial to a config.
 Example:
     >>> import optuna
     >>> space = SearchSpace.from_dict({"quant": ["none", "dynamic_int8"], "prune_heads": [0.0, 0.5]})
-    >>> cfg = space.sample(optuna.trial.FixedTrial({"quant": "dynamic_int8", "prune_heads": 0.25}))
-    >>> cfg.quant, cfg.prune_heads
-    ('dynamic_int8', 0.25)
+    >>> cfg = space.sample(optuna.trial.FixedTrial({"runtime": "dynamic_int8", "prune.heads": 0.25}))
+    >>> cfg.names, cfg["prune"].heads
+    (('prune', 'dynamic_int8'), 0.25)
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Dimension:
 
     @property
     def gate(self) -> str:
-        """The name of the on/off parameter of an optional range."""
+        """The name of the on/off parameter of an optional range (flat naming)."""
         return f"{self.name}_on"
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,15 +93,17 @@ class Dimension:
             return True
         return self.low <= value <= self.high  # type: ignore[operator]
 
-    def suggest(self, trial: Any) -> Any:
-        if self.optional and not trial.suggest_categorical(self.gate, [False, True]):
+    def suggest(self, trial: Any, param: str | None = None) -> Any:
+        """Suggest a value on an Optuna trial, as parameter `param` (default: the field's own name)."""
+        param = param or self.name
+        if self.optional and not trial.suggest_categorical(f"{param}_on", [False, True]):
             return _DEFAULTS[self.name]
         if self.choices is not None:
             encoded = [_encode(c) for c in self.choices]
-            return _decode(trial.suggest_categorical(self.name, encoded))
+            return _decode(trial.suggest_categorical(param, encoded))
         if self.integer:
-            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
+            return trial.suggest_int(param, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(param, float(self.low), float(self.high), step=self.step, log=self.log)
 
 
 def _encode(value: Any) -> Any:
@@ -202,10 +204,21 @@ def _range(name: str, low: Any, high: Any, step: Any, log: Any, integer: bool, o
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Searched dimensions plus fixed settings; everything else keeps its identity default."""
+    """Searched dimensions plus fixed settings; everything else keeps its identity default.
+
+    `naming`: how its Optuna parameters are named. "technique" (what new studies use): qualified by
+    technique, ``runtime``, ``prune.heads``, ``nystrom.landmarks`` (`vitshrink.techniques.param_name`);
+    "flat": the FlatConfig field, ``quant``, ``prune_heads``, as studies an earlier vitshrink created
+    store them (a study keeps the naming it was created with).
+    """
 
     dimensions: tuple[Dimension, ...] = ()
     fixed: tuple[tuple[str, Any], ...] = ()
+    naming: str = "technique"
+
+    def param(self, name: str, values: dict[str, Any]) -> str:
+        """The Optuna parameter of dimension `name` under the settings sampled before it."""
+        return name if self.naming == "flat" else _registry.param_name(name, values)
 
     @classmethod
     def from_dict(cls, space: dict[str, Any], fixed: dict[str, Any] | None = None) -> SearchSpace:
@@ -341,7 +354,7 @@ class SearchSpace:
         values: dict[str, Any] = dict(self.fixed)
         for d in self.dimensions:
             if field_applies(d.name, values):
-                values[d.name] = d.suggest(trial)
+                values[d.name] = d.suggest(trial, self.param(d.name, values))
         for name in list(values):
             if not field_applies(name, values):
                 del values[name]  # a fixed setting whose parent was not chosen keeps its default
@@ -359,16 +372,17 @@ class SearchSpace:
                 continue
             v = values[d.name]
             v = tuple(v) if isinstance(v, list) else v
+            param = self.param(d.name, seen)
             if d.optional:
-                params[d.gate] = v != _DEFAULTS[d.name]
-                if not params[d.gate]:
+                params[f"{param}_on"] = v != _DEFAULTS[d.name]
+                if not params[f"{param}_on"]:
                     seen[d.name] = v
                     continue
             if not d.contains(v):
                 if not strict:
                     continue
                 raise ConfigError(f"{d.name}={v!r} is outside the search space ({d.to_dict()})")
-            params[d.name] = _encode(v)
+            params[param] = _encode(v)
             seen[d.name] = v
         return params
 

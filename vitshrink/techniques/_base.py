@@ -500,6 +500,33 @@ def config_settings_problem(config: FlatConfig) -> str | None:
 register_config_rule(config_settings_problem)  # FlatConfig.validate asks it
 
 
+# the Optuna parameter of a stage's choice among its selector techniques (its stage's name otherwise)
+CHOICE_PARAMS = {"quantize": "runtime"}
+
+
+def param_name(flat_field: str, values: Mapping[str, Any]) -> str:
+    """The Optuna parameter of FlatConfig field `flat_field` under flat settings `values` (those
+    sampled before it), qualified by technique: a selector is its stage's one choice (``runtime``,
+    ``lowrank``, ``student``); a technique's setting is ``<technique>.<setting>`` (``prune.heads``,
+    ``nystrom.landmarks``); a setting the techniques that distil share is ``distill.<setting>``.
+
+    Example:
+        >>> param_name("quant", {}), param_name("landmarks", {"lowrank": "nystrom"}), param_name("prune_heads", {})
+        ('runtime', 'nystrom.landmarks', 'prune.heads')
+    """
+    if selecting := [t for t in _TECHNIQUES.values() if t.selector and t.selector[0] == flat_field]:
+        stage = selecting[0].stage
+        return CHOICE_PARAMS.get(stage, stage)
+    for t in _TECHNIQUES.values():
+        name = t.setting_of(flat_field)
+        if name is None or not (flat_field in t.switch_fields or t.chosen(values)):
+            continue
+        if t.shared is not None and name in {f.name for f in dataclasses.fields(t.shared)}:
+            return f"distill.{name}"
+        return f"{t.name}.{name}"
+    return flat_field
+
+
 def chosen_techniques(config: Any) -> list[Technique]:
     """The techniques `config` chooses (a candidate: those it holds; a FlatConfig or flat settings:
     those they choose), in the order `build` applies them."""
@@ -589,6 +616,7 @@ __all__ = [
     "config_problem",
     "config_settings_problem",
     "deployment_of",
+    "param_name",
     "field_applies",
     "get_technique",
     "list_techniques",
