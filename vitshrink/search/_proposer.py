@@ -48,8 +48,8 @@ from scipy.optimize import nnls
 
 from ..compress._fit import stage_model
 from ..objectives import objectives_for
-from ..spaces import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, FlatConfig, Recipe
-from ..techniques import deployment_of, without_stage
+from ..spaces import CompressionConfig, ConfigError, FlatConfig, Recipe
+from ..techniques import deployment_of, list_techniques, selector_choices, without_stage
 from ._latency import latency_baseline
 from ._pareto import default_reference, is_feasible, normalized_values, pareto_front
 from ._rungs import rung_subset, subset_accuracy
@@ -199,7 +199,9 @@ def features(config: CompressionConfig, est: dict[str, float]) -> list[float]:
            float(est["depth"]), float(est["width"]), float(config.student != "none"),
            float(config.student_init == "teacher"), float(config.student_epochs), float(config.kd_epochs),
            float(est["heads"]), float(est["mlp"]), float(config.token_merge_r), config.token_drop,
-           float(config.landmarks), *_one_hot(config.quant, QUANT_MODES), *_one_hot(config.lowrank, LOWRANK_MODES)]
+           # one-hot of each selector's value (quant, then lowrank: the order the search benchmark measured)
+           float(config.landmarks), *(x for field, modes in sorted(selector_choices().items(), reverse=True)
+                                      for x in _one_hot(getattr(config, field), modes))]
     return row
 
 
@@ -458,7 +460,7 @@ class VitshrinkSampler(BaseSampler):
             return
         order = np.argsort(x[:, 0])  # by estimated MACs
         picks: list[int] = []
-        for mode in QUANT_MODES:  # the cheapest and the costliest of each runtime the pool holds
+        for mode in ("none", *list_techniques("quantize")):  # the cheapest and the costliest of each runtime the pool holds
             idx = [i for i in order if deployment_of(pool[i].config) == mode]
             picks += [idx[0], idx[-1]] if idx else []
         picks = list(dict.fromkeys(picks))

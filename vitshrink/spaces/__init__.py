@@ -1,7 +1,7 @@
 """The search space as data: `CompressionConfig`, `SearchSpace` and recipes."""
 
-from ._legacy import LOWRANK_MODES, PRUNE_SCORES, QUANT_MODES, STUDENT_INITS, FlatConfig
-from ._config import CompressionConfig, ConfigError, from_flat
+from ._legacy import PRUNE_SCORES, STUDENT_INITS, FlatConfig
+from ._config import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, from_flat
 from ._fit import ModelShape
 from ._recipe import DEFAULT_OBJECTIVES, SAMPLERS, Recipe, builtin_recipes, parse_duration, recipes_dir, resolve_recipe
 from ._space import Dimension, SearchSpace

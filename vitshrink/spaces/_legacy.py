@@ -14,9 +14,6 @@ from typing import Any, Callable
 
 from ..errors import ConfigError
 
-QUANT_MODES = ("none", "dynamic_int8", "static_int8", "bf16", "ort_fp32", "ort_int8", "ort_fused_fp32", "ort_fused_int8",
-               "openvino_fp32", "openvino_int8")
-LOWRANK_MODES = ("none", "nystrom", "svd")
 PRUNE_SCORES = ("magnitude", "taylor", "activation")
 STUDENT_INITS = ("random", "teacher")
 # augmentation of the KD batches (the teacher then runs on each augmented batch: no cached logits)
@@ -114,15 +111,9 @@ class FlatConfig:
             check_field_type(f.name, getattr(self, f.name))
 
     def validate(self) -> None:
-        """Checks that do not need the model (model-dependent ones live in `check_against`): the
-        quant and lowrank modes here, and each technique's own rules on its settings (choices, bounds,
-        what it needs where chosen, settings left unused), which its module in `vitshrink.techniques`
-        declares."""
-        if self.quant not in QUANT_MODES:
-            raise ConfigError(f"invalid compression config: quant={self.quant!r} is not one of {', '.join(QUANT_MODES)}")
-        if self.lowrank not in LOWRANK_MODES:
-            raise ConfigError(f"invalid compression config: lowrank={self.lowrank!r} is not one of "
-                              f"{', '.join(LOWRANK_MODES)}")
+        """Checks that do not need the model: a selector's value names a registered technique (a
+        runtime for quant), and each technique's own rules on its settings (choices, bounds, what it
+        needs where chosen, settings left unused), which its module in `vitshrink.techniques` declares."""
         if all(getattr(self, f.name) == f.default for f in fields(self)):
             return  # the identity breaks no rule (and is built while the rules are registered)
         problem = next((p for rule in _RULES if (p := rule(self))), None)
@@ -179,5 +170,5 @@ def register_config_rule(rule: Callable[[FlatConfig], str | None]) -> Callable[[
 # field name -> "str" | "int" | "float" | "tuple[int, ...]" (annotations are strings here)
 _FIELD_KINDS = {f.name: f.type for f in fields(FlatConfig)}
 
-__all__ = ["KD_AUGMENTS", "check_field_type", "register_config_rule", "FlatConfig", "ConfigError", "QUANT_MODES", "LOWRANK_MODES", "PRUNE_SCORES",
+__all__ = ["KD_AUGMENTS", "check_field_type", "register_config_rule", "FlatConfig", "ConfigError", "PRUNE_SCORES",
            "STUDENT_INITS"]

@@ -18,19 +18,19 @@ from typing import Any
 
 from .. import techniques as _registry  # the techniques depend on _config and _fit only, never on this module
 from ._config import CompressionConfig, ConfigError
-from ._legacy import LOWRANK_MODES, QUANT_MODES, FlatConfig, check_field_type
+from ._legacy import FlatConfig, check_field_type
 from ._fit import ModelShape
 
 _FIELD_TYPES = {f.name: f.type for f in fields(FlatConfig)}
 _DEFAULTS = FlatConfig().to_dict()
 # the settings that choose a technique by their value, and the values they take
-_SELECTOR_CHOICES = {"quant": QUANT_MODES, "lowrank": LOWRANK_MODES}
+
 
 
 def allowed_choices(name: str) -> tuple[Any, ...] | None:
     """The values field `name` may take (a selector's modes, a technique setting's choices), or None."""
-    if name in _SELECTOR_CHOICES:
-        return _SELECTOR_CHOICES[name]
+    if (modes := _registry.selector_choices().get(name)) is not None:
+        return modes
     for t in _registry.techniques():
         setting = t.setting_of(name)
         if setting is not None and t.meta(setting)["choices"] is not None:
@@ -41,7 +41,7 @@ def allowed_choices(name: str) -> tuple[Any, ...] | None:
 def always_choices(name: str) -> bool:
     """Whether a two-number list for `name` is a set of choices, never a range (a student's width
     must be divisible by its head count, so both are picked from lists)."""
-    if name in _SELECTOR_CHOICES:
+    if name in _registry.selector_choices():
         return True
     return any(t.setting_of(name) is not None and t.meta(t.setting_of(name))["as_list"]
                for t in _registry.techniques())

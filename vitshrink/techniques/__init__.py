@@ -14,7 +14,7 @@ Example:
 from ._base import (ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, FLAT_FIELDS, FRACTION, STAGES, Bounds, FlatConfig,
                     Technique, TechniqueConfig, calibration_images, chosen_techniques, config_from_dict, config_problem,
                     config_settings_problem, config_to_dict, deployment_of, field_applies, get_technique,
-                    list_techniques, owners, param_name, register_config_type, register_technique, selected_by, setting, techniques,
+                    list_techniques, owners, param_name, register_config_type, selector_choices, register_technique, selected_by, setting, techniques,
                     training_epochs, value_problem, without_stage)
 from ._walk import at_blocks, block_index, blocks, chosen_indices
 
@@ -28,5 +28,5 @@ __all__ = ["ABOVE_ZERO", "ANY", "AT_LEAST_ZERO", "Bounds", "DISTILL_FIELDS", "Di
            "FlatConfig", "STAGES", "Technique", "TechniqueConfig", "at_blocks", "block_index", "blocks",
            "calibration_images", "chosen_indices", "chosen_techniques", "config_from_dict", "config_problem",
            "config_settings_problem", "config_to_dict", "deployment_of", "field_applies", "get_technique",
-           "list_techniques", "owners", "param_name", "register_config_type", "register_technique", "selected_by", "setting",
+           "list_techniques", "owners", "param_name", "register_config_type", "selector_choices", "register_technique", "selected_by", "setting",
            "techniques", "training_epochs", "value_problem", "without_stage"]

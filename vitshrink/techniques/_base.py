@@ -481,6 +481,9 @@ def config_settings_problem(config: FlatConfig) -> str | None:
         vitshrink.errors.ConfigError: invalid compression config: landmarks=8 is only used with lowrank='nystrom'; set lowrank='nystrom', or leave landmarks at 0
     """
     values = config.to_dict()
+    for flat, modes in selector_choices().items():  # a selector names a registered technique, or "none"
+        if values[flat] not in modes:
+            return f"{flat}={values[flat]!r} is not one of {', '.join(modes)}"
     for flat in values:
         if p := value_problem(flat, values[flat]):
             return p
@@ -498,6 +501,22 @@ def config_settings_problem(config: FlatConfig) -> str | None:
 
 
 register_config_rule(config_settings_problem)  # FlatConfig.validate asks it
+
+
+def selector_choices() -> dict[str, tuple[str, ...]]:
+    """Each selector setting with fixed values -> "none" and the techniques' values, in registration
+    order (``{"lowrank": ("none", "nystrom", "svd"), "quant": ("none", "dynamic_int8", ...)}``): a
+    technique registered with a selector value is a choice there, nothing else to edit.
+
+    Example:
+        >>> selector_choices()["lowrank"]
+        ('none', 'nystrom', 'svd')
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for t in _TECHNIQUES.values():
+        if t.selector and t.selector[1] != ANY:
+            out[t.selector[0]] = (*out.get(t.selector[0], ("none",)), t.selector[1])
+    return out
 
 
 # the Optuna parameter of a stage's choice among its selector techniques (its stage's name otherwise)
@@ -617,6 +636,7 @@ __all__ = [
     "config_settings_problem",
     "deployment_of",
     "param_name",
+    "selector_choices",
     "field_applies",
     "get_technique",
     "list_techniques",

@@ -1,0 +1,58 @@
+"""Proof by addition: a technique added outside vitshrink (tests/fp16_runtime.py: its config record,
+its technique and its handler, nothing else) is searched, stored, rebuilt and exported like a
+built-in one. It runs in a subprocess, so this session's registry keeps only vitshrink's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+SCRIPT = textwrap.dedent('''
+    import json, sys
+    sys.path[:0] = [{tests!r}]
+    import fp16_runtime  # noqa: F401  registers the technique and its handler: the whole addition
+    from recipes import tiny_recipe
+    import vitshrink
+    from vitshrink.search import run_search
+    from vitshrink.spaces import CompressionConfig, Recipe
+    from vitshrink.techniques import selector_choices
+
+    space = 'techniques = ["prune", "dynamic_int8", "torch_fp16"]\\nalways = ["quant"]\\n[space.prune]\\nheads = [0.0, 0.5]'
+    text = tiny_recipe("fp16", space, trials=5, sampler="random").replace("[study]\\n", "[study]\\nscreening = false\\n")
+    recipe = Recipe.from_toml_text(text)
+    storage = "sqlite:///{root}/s.db"
+    summary = run_search(recipe, storage=storage)
+    handle = vitshrink.open_study("fp16", storage=storage)
+    out = {{"choices": list(selector_choices()["quant"]), "trials": []}}
+    for t in summary.study.trials:
+        row = {{"state": t.state.name, "params": t.params, "reason": t.user_attrs.get("fail_reason")}}
+        if t.state.name == "COMPLETE" and t.params.get("runtime") == "torch_fp16":
+            config = CompressionConfig.from_dict(t.user_attrs["config"])
+            row["names"] = list(config.names)
+            row["model"] = type(handle.load_model(t.number)).__name__
+            row["export"] = str(handle.export(t.number, "onnx", "{root}/m%d.onnx" % t.number))
+        out["trials"].append(row)
+    print(json.dumps(out))
+''')
+
+
+def test_a_runtime_added_outside_vitshrink_is_searched_stored_rebuilt_and_exported(tmp_path) -> None:
+    script = SCRIPT.format(tests=str(TESTS), root=str(tmp_path))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["choices"][-1] == "torch_fp16"  # a choice of the runtime selector by being registered
+    assert all(t["state"] == "COMPLETE" for t in out["trials"]), out["trials"]
+    fp16 = [t for t in out["trials"] if "names" in t]
+    assert fp16, out["trials"]  # the random sampler drew it among 4 sampled trials (seed 0)
+    for t in fp16:
+        assert t["names"][-1] == "torch_fp16" and t["model"] == "Float16Model"
+        assert Path(t["export"]).stat().st_size > 0
