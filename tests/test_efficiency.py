@@ -76,8 +76,8 @@ def test_candidate_breaking_the_size_constraint_is_screened_without_training(scr
     recipe = Recipe.from_dict({**_doc(base), "constraints": {"max_size_mb": limit}}).with_overrides(screening=screening)
     storage = f"sqlite:///{tmp_path}/s.db"
     study = run_search(recipe, storage=storage, evaluate_test=False).study  # the teacher (never screened)
-    study.enqueue_trial({"quant": "none"})
-    study.enqueue_trial({"quant": "dynamic_int8"})
+    study.enqueue_trial({"runtime": "none"})
+    study.enqueue_trial({"runtime": "dynamic_int8"})
     study = run_search(recipe.with_overrides(trials=2 if screening else 3), storage=storage, evaluate_test=False).study
     trials = _by_number(study)
     teacher, float_trial, int8 = trials[0], trials[1], trials[2]
@@ -156,7 +156,7 @@ def stopped_study(tmp_path_factory):
     storage = f"sqlite:///{tmp}/s.db"
     study = run_search(recipe, storage=storage, evaluate_test=False).study
     for init in ("teacher", "teacher", "random", "teacher"):
-        study.enqueue_trial({"student_init": init})
+        study.enqueue_trial({"student.init": init})
     summary = run_search(recipe.with_overrides(trials=4), storage=storage, evaluate_test=False)
     return recipe, storage, summary
 

@@ -142,7 +142,7 @@ def test_a_search_over_openvino_modes_completes_and_exports(tmp_path) -> None:
     storage = f"sqlite:///{tmp_path}/s.db"
     summary = run_search(Recipe.from_file(tmp_path / "r.toml"), storage=storage)
     done = [t for t in summary.study.trials if t.state.name == "COMPLETE"]
-    modes = {CompressionConfig.from_dict(t.user_attrs["config"]).quant: t.number for t in done}
+    modes = {CompressionConfig.from_dict(t.user_attrs["config"]).flat.quant: t.number for t in done}
     assert {"openvino_fp32", "openvino_int8"} <= set(modes), [t.user_attrs.get("fail_reason") for t in summary.study.trials]
     handle = vitshrink.open_study("ov", storage=storage)
     for mode in ("openvino_fp32", "openvino_int8"):

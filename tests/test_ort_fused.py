@@ -97,7 +97,7 @@ def test_a_search_over_fused_modes_completes_rebuilds_and_exports(tmp_path) -> N
     storage = f"sqlite:///{tmp_path}/s.db"
     summary = run_search(Recipe.from_toml_text(text), storage=storage, evaluate_test=False)
     done = [t for t in summary.study.trials if t.state.name == "COMPLETE"]
-    modes = {CompressionConfig.from_dict(t.user_attrs["config"]).quant: t.number for t in done}
+    modes = {CompressionConfig.from_dict(t.user_attrs["config"]).flat.quant: t.number for t in done}
     assert {"ort_fused_fp32", "ort_fused_int8"} <= set(modes), [t.user_attrs.get("fail_reason") for t in summary.study.trials]
     handle = vitshrink.open_study("fused", storage=storage)
     for mode, number in modes.items():

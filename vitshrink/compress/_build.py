@@ -62,7 +62,7 @@ def build(
     the model comes back on the CPU in float32 either way.
 
     Example:
-        >>> result = build(teacher, CompressionConfig(prune_heads=0.5), data)
+        >>> result = build(teacher, CompressionConfig({"prune": {"heads": 0.5}}), data)
         >>> [r["stage"] for r in result.records]
         ['prune']
     """

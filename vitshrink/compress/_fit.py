@@ -7,7 +7,7 @@ own precondition (each chosen technique's `model_problem`, `vitshrink.techniques
 trial calls it after sampling and prunes the trial instead of failing it.
 
 Example:
-    >>> impossible_reason(teacher, CompressionConfig(lowrank="nystrom", landmarks=40))
+    >>> impossible_reason(teacher, CompressionConfig({"nystrom": {"landmarks": 40}}))
     'landmarks reaches 40 but the teacher has 17 tokens (16 patches + 1 prefix); ...'
 """
 

@@ -181,7 +181,7 @@ def planned_handlers(config: CompressionConfig) -> list[tuple[Handler, list[Tech
 
     Example:
         >>> [(fn.__name__, [t.name for t in ts]) for fn, ts in planned_handlers(
-        ...     CompressionConfig(prune_heads=0.5, token_merge_r=2, token_drop=0.1, token_drop_at=(1,)))]
+        ...     CompressionConfig({"prune": {"heads": 0.5}, "tome": {"r": 2}, "patch_drop": {"fraction": 0.1, "at": [1]}}))]
         [('prune_vit', ['prune']), ('reduce_tokens', ['patch_drop', 'tome'])]
     """
     plan: dict[Handler, list[Technique]] = {}

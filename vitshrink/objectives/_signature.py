@@ -15,7 +15,7 @@ from ._target import Target
 
 # Module attributes that change run time without changing a tensor shape (heads, merged tokens,
 # kernels, runtime modes), on torch's and timm's modules. A module class of a technique adds its own
-# by a class attribute `structural_attributes` (Nystrom attention: its landmarks). Weight-dependent
+# by a class attribute `structural_attributes` (Nystrom attention: its landmark count). Weight-dependent
 # values (kept indices, quantization scales) are deliberately absent: two models that differ only
 # there must share a signature.
 STRUCTURAL_ATTRIBUTES = (

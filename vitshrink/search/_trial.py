@@ -160,7 +160,7 @@ def make_context(recipe: Recipe, progress=None, data: DataBundle | None = None) 
 
 def check_space_fits_teacher(recipe: Recipe) -> None:
     """Refuse a search space that the teacher, or every student it can sample, can never honour, before
-    a study is created or a trial runs: landmarks > tokens, block indices >= depth, merging more than a
+    a study is created or a trial runs: more Nystrom landmarks than tokens, block indices >= depth, merging more than a
     block can, patch dropping without a cls token, a technique the model's modules cannot take (pruning
     heads mixed by a norm, token reduction of non-ViT blocks), a timm-named student that cannot be built
     for the teacher's input, quantization modes the latency target cannot run.

@@ -27,7 +27,7 @@ from typing import Any
 from .. import data_shape  # attributes read at call time: data_shape imports this package's ConfigError
 from ..objectives._registry import DEFAULT_OBJECTIVES, check_objective_names
 from .. import techniques as _registry  # the techniques depend on _config and _fit only, never on this module
-from ._config import CompressionConfig, ConfigError
+from ._config import ConfigError
 from ._legacy import FlatConfig
 from ._space import SearchSpace
 from ._space_form import read_space, warn_if_flat

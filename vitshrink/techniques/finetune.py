@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..spaces._legacy import KD_AUGMENTS
-from ._base import ABOVE_ZERO, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, register_technique, setting, TechniqueConfig, register_config_type
+from ._base import (ABOVE_ZERO, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, TechniqueConfig, register_config_type,
+                    register_technique, setting)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from ..spaces._fit import block_demands, indices_problem
-from ._base import AT_LEAST_ZERO, Technique, register_technique, setting, TechniqueConfig
+from ._base import AT_LEAST_ZERO, Technique, TechniqueConfig, register_technique, setting
 from .finetune import recovery
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from ..spaces._fit import block_demands, indices_problem
-from ._base import FRACTION, Technique, register_technique, setting, TechniqueConfig
+from ._base import FRACTION, Technique, TechniqueConfig, register_technique, setting
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..spaces._legacy import PRUNE_SCORES
-from ._base import FRACTION, Technique, register_technique, setting, TechniqueConfig
+from ._base import FRACTION, Technique, TechniqueConfig, register_technique, setting
 from ._walk import blocks as walk_blocks
 from .finetune import recovery
 

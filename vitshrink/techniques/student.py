@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import nn
 
-from ..spaces._legacy import KD_AUGMENTS, STUDENT_INITS
-from ._base import ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, register_technique, setting, TechniqueConfig
+from ..spaces._legacy import STUDENT_INITS
+from ._base import ABOVE_ZERO, ANY, DISTILL_FIELDS, Technique, TechniqueConfig, register_technique, setting
 from .finetune import DistillConfig, distill_extras
 
 

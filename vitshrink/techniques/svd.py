@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..spaces._fit import block_demands, indices_problem
-from ._base import Bounds, Technique, register_technique, setting, TechniqueConfig
+from ._base import Bounds, Technique, TechniqueConfig, register_technique, setting
 from .nystrom import lowrank_problem
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._base import AT_LEAST_ZERO, Technique, register_technique, setting, TechniqueConfig
+from ._base import AT_LEAST_ZERO, Technique, TechniqueConfig, register_technique, setting
 from .patch_drop import token_problem
 
 
