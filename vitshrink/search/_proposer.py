@@ -48,8 +48,8 @@ from scipy.optimize import nnls
 
 from ..compress._fit import stage_model
 from ..objectives import objectives_for
-from ..spaces import CompressionConfig, ConfigError, FlatConfig, Recipe
-from ..techniques import deployment_of, list_techniques, selector_choices, without_stage
+from ..spaces import CompressionConfig, ConfigError, Recipe
+from ..techniques import CostPlan, deployment_of, get_technique, list_techniques, selector_choices, without_stage
 from ._latency import latency_baseline
 from ._pareto import default_reference, is_feasible, normalized_values, pareto_front
 from ._rungs import rung_subset, subset_accuracy
@@ -136,56 +136,18 @@ class _Dims:
         self.classes = int(getattr(teacher, "num_classes", 10))
 
 
-def _kept(total: int, fraction: float) -> int:
-    return max(1, total - math.floor(fraction * total + 0.5))
-
-
-def _vit_costs(depth: int, width: int, heads: int, head_dim: int, mlp: int, d: _Dims,
-               config: FlatConfig | None = None) -> tuple[float, float]:
-    """(MACs, parameters) of one image through a ViT of this shape, under `config`'s token and
-    low-rank settings (None: plain). The cost model reads the flat form: its features are the flat
-    settings the search-efficiency benchmark measured it with."""
-    n = d.tokens
-    macs = params = 0.0
-    for block in range(depth):
-        linear = width * 3 * heads * head_dim + heads * head_dim * width + 2 * width * mlp
-        attended = n
-        if config is not None:
-            chosen = not config.lowrank_blocks or block in config.lowrank_blocks
-            if config.lowrank == "nystrom" and chosen and config.landmarks:
-                attended = min(n, config.landmarks)
-            if config.lowrank == "svd" and chosen:
-                linear *= min(1.0, 2 * config.svd_rank)
-        macs += n * linear + 2 * n * attended * heads * head_dim
-        params += linear
-        if config is not None:
-            if config.token_merge_r:
-                n = max(d.prefix + 1, n - config.token_merge_r)
-            if config.token_drop and block in config.token_drop_at:
-                n = d.prefix + max(1, math.ceil((n - d.prefix) * (1 - config.token_drop)))
-    params += d.tokens * width + width * d.classes
-    return macs + width * d.classes, params
-
-
 def estimate(config: CompressionConfig, d: _Dims, named: dict[str, tuple[int, int, int, int, int]]) -> dict[str, float]:
     """Analytic estimates of a candidate: its MACs and parameters deployed, and the MAC-epochs of its
-    training (student distillation, then KD fine-tuning), per training image."""
-    config = config.flat  # type: ignore[assignment]
-    if config.student == "none":
-        shape = (d.depth, d.width, d.heads, d.head_dim, d.mlp)
-    elif config.student == "custom":
-        heads = max(1, config.student_heads)
-        shape = (config.student_depth, config.student_embed_dim, heads, config.student_embed_dim // heads,
-                 int(config.student_embed_dim * config.student_mlp_ratio))
-    else:
-        shape = named[config.student]
-    depth, width, heads, head_dim, mlp = shape
-    student_macs = _vit_costs(*shape, d)[0] if config.student != "none" else 0.0
-    macs, params = _vit_costs(depth, width, _kept(heads, config.prune_heads), head_dim, _kept(mlp, config.prune_mlp),
-                              d, config)
-    work = 3 * (config.student_epochs * student_macs + config.kd_epochs * macs)  # forward + backward
-    return {"macs": macs, "params": params, "work": work, "depth": depth, "width": width,
-            "heads": _kept(heads, config.prune_heads), "mlp": _kept(mlp, config.prune_mlp)}
+    training per training image: the teacher's numbers, changed by each chosen technique in build
+    order (`Technique.cost`: a student's blocks, pruning's kept heads, Nystrom's landmarks, ...)."""
+    plan = CostPlan(d.depth, d.width, d.heads, d.head_dim, d.mlp, d.tokens, d.prefix, d.classes)
+    for name, own in config.parts:
+        technique = get_technique(name)
+        if technique.cost is not None:
+            technique.cost(own, plan, named.__getitem__)
+    macs, params = plan.costs()
+    return {"macs": macs, "params": params, "work": plan.work(), "depth": plan.depth, "width": plan.width,
+            "heads": plan.heads, "mlp": plan.mlp}
 
 
 def _one_hot(value: str, modes: Sequence[str]) -> list[float]:

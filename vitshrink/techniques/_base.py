@@ -235,6 +235,8 @@ class Technique:
             stops a trial behind at rungs of its last training stage (`training_epochs`).
         references: (space) -> flat settings of its configs in the hand-picked reference set that
             ``seed_with = "reference"`` opens a study with (`space.fixed`, `space.dimension` shape them).
+        cost: (its own config, `CostPlan`, named) -> None: what it does to a ViT's analytic costs (the
+            vitshrink sampler's estimates); `named(model_name)` gives a timm architecture's numbers.
         stage_configs: (values_of) -> (name, flat settings) of the models leaving its stage that a space
             of those values can build, for a student stage: the largest custom student (name None) and
             each named architecture (name: its selector value). The search checks them before a study.
@@ -258,6 +260,7 @@ class Technique:
     references: Callable[[Any], list[Mapping[str, Any]]] | None = None
     stage_configs: Callable[[Callable[[str], list[Any]]], Iterable[tuple[str | None, Mapping[str, Any]]]] | None = None
     shared: type | None = None
+    cost: Callable[[Any, Any, Callable[[str], tuple[int, int, int, int, int]]], None] | None = None
 
     def __post_init__(self) -> None:
         own = {f.name for f in dataclasses.fields(self.config)} - set(self.accepts)

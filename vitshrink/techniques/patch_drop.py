@@ -81,4 +81,5 @@ TECHNIQUE = register_technique(Technique(
     switches=("fraction",), on={"token_drop": 0.1, "token_drop_at": (1,)},
     example={"token_drop": 0.25, "token_drop_at": (1,)}, identity=({"token_drop": 0.0}, 0.0),
     shape_problem=_shape_problem, model_problem=_model_problem, problem=_problem, demands=_demands,
+    cost=lambda s, plan, named: plan.drop(s.fraction, s.at),
 ))

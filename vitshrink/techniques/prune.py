@@ -86,11 +86,17 @@ def _model_problem(model, s: PruneConfig):
     return prune_problem(model, s.heads, s.mlp)
 
 
+def _cost(s: PruneConfig, plan, named) -> None:
+    """Every block keeps `keep_count` of its heads and MLP units."""
+    plan.heads, plan.mlp = keep_count(plan.heads, s.heads), keep_count(plan.mlp, s.mlp)
+
+
 TECHNIQUE = register_technique(Technique(
     name="prune", stage="prune", config=PruneConfig,
     fields={"heads": "prune_heads", "mlp": "prune_mlp", "score": "prune_score"},
     switches=("heads", "mlp"), on={"prune_heads": 0.1}, model_problem=_model_problem,
     example={"prune_heads": 0.5, "prune_mlp": 0.5}, identity=({"prune_heads": 0.0, "prune_mlp": 0.0}, 0.0),
+    cost=_cost,
     # in the reference set: 30 % and 50 % of heads and MLP units, with the space's fixed fine-tune
     references=lambda space: [{"prune_heads": f, "prune_mlp": f, **recovery(space)} for f in (0.3, 0.5)],
 ))

@@ -76,6 +76,16 @@ def reference_student(space: Any) -> dict[str, Any]:
                 **distill_extras(space))
 
 
+def _cost(s: StudentConfig, plan: Any, named) -> None:
+    """Its blocks replace the teacher's (a timm name's as `named` reads them), then it trains."""
+    if s.model == "custom":
+        heads = max(1, s.heads)
+        plan.reshape(s.depth, s.embed_dim, heads, s.embed_dim // heads, int(s.embed_dim * s.mlp_ratio))
+    else:
+        plan.reshape(*named(s.model))
+    plan.train(s.epochs)
+
+
 def _stage_configs(values_of) -> Iterator[tuple[str | None, dict[str, Any]]]:
     """The students a space can sample that the stages after it must fit: the deepest custom one (with
     a width its head counts divide), and each timm-named one (named by its model)."""
@@ -97,6 +107,6 @@ TECHNIQUE = register_technique(Technique(
             "heads": "student_heads", "mlp_ratio": "student_mlp_ratio", "epochs": "student_epochs",
             "init": "student_init", **DISTILL_FIELDS},
     selector=("student", ANY), on=_on, model_problem=_model_problem, problem=_problem, trains="epochs", shared=DistillConfig,
-    references=lambda space: [reference_student(space)], stage_configs=_stage_configs,
+    references=lambda space: [reference_student(space)], stage_configs=_stage_configs, cost=_cost,
     example={"student": "custom", "student_depth": 1, "student_embed_dim": 32, "student_heads": 2, "student_epochs": 1},
 ))

@@ -27,4 +27,5 @@ TECHNIQUE = register_technique(Technique(
     example={"lowrank": "svd", "svd_rank": 0.5}, identity=({"lowrank": "svd", "svd_rank": 1.0}, 0.0),
     shape_problem=lambda s, shape: indices_problem("lowrank_blocks", s.blocks, shape),
     model_problem=_model_problem, demands=lambda values_of: block_demands("lowrank_blocks", values_of),
+    cost=lambda s, plan, named: plan.keep_linear(min(1.0, 2 * s.rank), s.blocks),  # two thin layers per kept rank
 ))
