@@ -1,6 +1,7 @@
-"""Proof by addition: a technique added outside vitshrink (tests/fp16_runtime.py: its config record,
-its technique and its handler, nothing else) is searched, stored, rebuilt and exported like a
-built-in one. It runs in a subprocess, so this session's registry keeps only vitshrink's own."""
+"""Proof by addition: a technique added outside vitshrink (`RUNTIME`, a module of its own: its config
+record, its technique and its handler, nothing else) is searched, stored, rebuilt and exported like a
+built-in one. It runs in a subprocess, so this session's registry keeps only vitshrink's own (the
+module is written at test time: pytest's doctest collection would import, and register, a file here)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,46 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 
+RUNTIME = '''"""A runtime added outside vitshrink, for tests/test_addition.py: the model in float16 (weights and
+activations) behind a wrapper that casts its float32 input in and its output back. Its config record,
+its technique and its handler are the whole addition."""
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vitshrink.compress import register_handler
+from vitshrink.compress.quantize import deploy
+from vitshrink.techniques import Technique, TechniqueConfig, register_technique
+
+
+@dataclass(frozen=True)
+class TorchFp16Config(TechniqueConfig):
+    pass
+
+
+register_technique(Technique(name="torch_fp16", stage="quantize", config=TorchFp16Config, fields={},
+                             selector=("quant", "torch_fp16"), on={"quant": "torch_fp16"}))
+
+
+class Float16Model(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.to(torch.float16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(torch.float16)).to(torch.float32)
+
+
+@register_handler(TorchFp16Config)
+def torch_fp16(model: nn.Module, config, ctx) -> nn.Module:
+    return deploy(model, Float16Model(copy.deepcopy(model)), config, ctx)
+'''
+
 SCRIPT = textwrap.dedent('''
     import json, sys
-    sys.path[:0] = [{tests!r}]
+    sys.path[:0] = [{root!r}, {tests!r}]
     import fp16_runtime  # noqa: F401  registers the technique and its handler: the whole addition
     from recipes import tiny_recipe
     import vitshrink
@@ -43,6 +81,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_a_runtime_added_outside_vitshrink_is_searched_stored_rebuilt_and_exported(tmp_path) -> None:
+    (tmp_path / "fp16_runtime.py").write_text(RUNTIME)
     script = SCRIPT.format(tests=str(TESTS), root=str(tmp_path))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env,

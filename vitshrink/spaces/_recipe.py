@@ -30,7 +30,7 @@ from .. import techniques as _registry  # the techniques depend on _config and _
 from ._config import ConfigError
 from ._legacy import FlatConfig
 from ._space import SearchSpace
-from ._space_form import read_space, warn_if_flat
+from ._space_form import read_space, stored_space, warn_if_flat
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ class Recipe:
                        "batch": self.latency_batch, "throughput_batch": self.throughput_batch,
                        "max_runs": self.latency_max_runs, "target_cv": self.latency_target_cv},
             "constraints": dict(self.constraints),
-            **self.space.to_dict(),
+            **stored_space(self.space),
         }
 
 

@@ -214,6 +214,24 @@ def technique_form_toml(space: SearchSpace) -> str:
     return text
 
 
+def stored_space(space: SearchSpace) -> dict[str, Any]:
+    """The [space] (and [fixed]) tables a recipe stores `space` as: the technique form, or the flat form
+    where the technique form cannot say the same space to the letter (a selector whose "none" is not
+    its first choice, a fixed setting no searched technique uses), so a stored study never changes meaning.
+
+    Example:
+        >>> stored_space(SearchSpace.from_dict({"lowrank": ["none", "nystrom"], "landmarks": [4, 16]}))
+        {'space': {'techniques': ['nystrom'], 'nystrom': {'landmarks': [4, 16]}}}
+    """
+    try:
+        tables = tomllib.loads(technique_form_toml(space))["space"]
+        if SearchSpace.from_dict(*flat_tables(tables, {}, "")).to_dict() == space.to_dict():
+            return {"space": tables}
+    except ConfigError:
+        pass
+    return space.to_dict()
+
+
 def _values(name: str, given: dict[str, Any], fixed: dict[str, Any]) -> list[Any]:
     if name in given:
         d = given[name]
@@ -252,4 +270,4 @@ def _hint(word: str, known: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
 
 
-__all__ = ["flat_tables", "is_technique_form", "read_space", "technique_form_toml", "warn_if_flat"]
+__all__ = ["flat_tables", "is_technique_form", "read_space", "stored_space", "technique_form_toml", "warn_if_flat"]
