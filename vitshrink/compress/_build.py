@@ -13,6 +13,8 @@ from torch import nn
 from ..data import DataBundle
 from ..models import copy_model, param_count
 from ..spaces import CompressionConfig
+from ..objectives.macs import count_macs
+from ._fit import check_fits
 from ._registry import BuildContext, planned_handlers
 
 log = logging.getLogger(__name__)
@@ -66,9 +68,6 @@ def build(
         >>> [r["stage"] for r in result.records]
         ['prune']
     """
-    from ..objectives.macs import count_macs  # lazy: objectives sits right of compress, macs is leaf-only
-    from ._fit import check_fits  # lazy: _fit imports the technique modules, which import this package
-
     check_fits(teacher, config)  # an impossible config fails here, before a student is distilled
     seed_everything(seed)
     ctx = BuildContext(data=data, teacher=teacher.eval(), seed=seed, teacher_logits=teacher_logits,

@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import weakref
+
 from torch import nn
 
 from ..spaces import CompressionConfig, ConfigError, ModelShape
@@ -31,8 +33,24 @@ def model_shape(model: nn.Module, name: str) -> ModelShape:
                       int(getattr(model, "num_prefix_tokens", 0)), getattr(model, "cls_token", None) is not None)
 
 
+# teacher -> config -> its reason: a trial asks once (after sampling), its screening and its build
+# read the answer (a teacher is never modified; a rebuilt one is another object)
+_ASKED: weakref.WeakKeyDictionary[nn.Module, dict[CompressionConfig, str | None]] = weakref.WeakKeyDictionary()
+_ASKED_MAX = 4096  # answers kept per teacher
+
+
 def impossible_reason(teacher: nn.Module, config: CompressionConfig) -> str | None:
-    """Why `config` can never be built from `teacher`, or None; nothing is trained or measured."""
+    """Why `config` can never be built from `teacher`, or None; nothing is trained or measured. Each
+    (teacher, config) is asked once: a trial's sampling, screening and build share the answer."""
+    asked = _ASKED.setdefault(teacher, {})
+    if config not in asked:
+        if len(asked) >= _ASKED_MAX:
+            asked.clear()
+        asked[config] = _reason(teacher, config)
+    return asked[config]
+
+
+def _reason(teacher: nn.Module, config: CompressionConfig) -> str | None:
     try:
         model, name = stage_model(teacher, config)
     except ConfigError as exc:

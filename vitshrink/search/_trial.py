@@ -24,14 +24,18 @@ import optuna
 import torch
 from torch import nn
 
-from ..compress import build
+from ..compress import build, impossible_reason
+from ..compress._fit import model_shape, stage_model
 from ..compress.distill import teacher_logits as cached_teacher_logits
+from ..compress.quantize import quant_problem
 from ..data import DataBundle, DataShape, load_dataset, peek_shape
 from ..data_shape import TIMM_PREPROCESSED, fit_teacher_kwargs, side
-from ..models import TeacherSpec, TrainSettings, evaluate, get_teacher
+from ..models import TeacherSpec, TrainSettings, create_model, evaluate, get_teacher, read_state_dict
+from ..objectives.macs import count_macs
 from ..objectives import (Candidate, LatencyProtocol, Target, accuracy, directions_of, measure_latency_cached,
                           objective_values, size_bytes)
 from ..spaces import DEFAULT_OBJECTIVES, CompressionConfig, ConfigError, Recipe
+from ..timm_preprocessing import timm_data_config, with_timm_preprocessing
 from ..training import TrainingDevice, resolve_training
 from ..techniques import techniques
 from ._latency import latency_attrs, latency_baseline, latency_extra
@@ -41,7 +45,7 @@ from ._schema import (ACCURACY_DROP_ATTR, ARTIFACT_ATTR, CONFIG_ATTR, CONFIG_OVE
                       set_user_attrs)
 from ._rungs import RungMonitor
 from ._screening import constraint_values, screen, val_images
-from ._storage import is_retry, this_worker
+from ._storage import artifact_store, is_retry, this_worker
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +116,6 @@ def load_data(recipe: Recipe) -> DataBundle:
                         download=bool(recipe.data_options.get("download", False)),
                         stream=timm_read and recipe.canonical_dataset == "cifar10", **_image_options(recipe))
     if timm_read:
-        from ..models import create_model
-        from ..timm_preprocessing import timm_data_config, with_timm_preprocessing
 
         size = side(recipe.teacher_kwargs["img_size"]) if _reads_at_teacher_size(recipe) else data.img_size
         arch = create_model(teacher_spec_of(recipe, DataShape(data.in_chans, size, data.num_classes)),
@@ -173,8 +175,6 @@ def check_space_fits_teacher(recipe: Recipe) -> None:
         ConfigError: naming the setting and the model's numbers, or a teacher setting the data
         contradicts; ModelError for an unknown model; DataError for data that cannot be found.
     """
-    from ..compress._fit import model_shape
-    from ..models import create_model
 
     space = recipe.space
     arch = create_model(teacher_spec_of(recipe, data_shape_of(recipe)), load_weights=False)
@@ -189,7 +189,6 @@ def check_space_fits_teacher(recipe: Recipe) -> None:
         problems = [problem(m) for m in models]
         if all(problems):
             raise ConfigError(f"impossible combination: {problems[0]}")
-    from ..compress.quantize import quant_problem
 
     kind = Target.parse(recipe.device).kind
     for t in techniques():
@@ -219,7 +218,6 @@ _ADAPTED = ("head.", "head_dist.", "fc_norm.", "pos_embed", "patch_embed.proj.we
 def check_checkpoint_fits(recipe: Recipe, arch: nn.Module) -> None:
     """Refuse a pretrained checkpoint whose tensors describe another architecture than the recipe's
     teacher (e.g. 192 wide for a 384-wide DeiT-Small), naming both values, before anything trains."""
-    from ..models import read_state_dict
 
     state = read_state_dict(recipe.teacher_checkpoint)
     own = arch.state_dict()
@@ -243,7 +241,6 @@ def check_checkpoint_fits(recipe: Recipe, arch: nn.Module) -> None:
 def _student_stage_models(recipe: Recipe, teacher: nn.Module) -> tuple[list[nn.Module], dict[str, Any]]:
     """The models leaving the student stage that the space can produce (the teacher, the deepest custom
     student, each timm-named student: students on the meta device), and the named students' shapes."""
-    from ..compress._fit import model_shape, stage_model
 
     space = recipe.space
     stage = [t for t in techniques() if t.stage_configs is not None]
@@ -400,7 +397,6 @@ def _sample_or_prune(trial: optuna.Trial, recipe: Recipe, ctx: SearchContext) ->
     the model's structure before anything trains, stored as `pruned_reason`. The sampler still sees the
     trial's parameters (TPE models pruned trials as bad ones; NSGA-II and GP skip them), and the search
     budget counts completed trials only, so the study still reaches its trials."""
-    from ..compress import impossible_reason
 
     try:
         config = sample_config(trial, recipe)
@@ -433,7 +429,6 @@ def _enqueue_retry(trial: optuna.Trial) -> None:
 
 
 def _macs(model: nn.Module, ctx: SearchContext) -> int | None:
-    from ..objectives.macs import count_macs
 
     try:
         return count_macs(model, ctx.data.val.images([0]))
@@ -456,7 +451,6 @@ def save_trial_artifact(trial: optuna.Trial, float_model: nn.Module, val_logits:
     to the study's artifact store; returns the artifact id."""
     from safetensors.torch import save_file
 
-    from ._storage import artifact_store
 
     state = {k: v.detach().contiguous().clone() for k, v in float_model.state_dict().items()}
     state[LOGITS_KEY] = val_logits.detach().float().contiguous()
