@@ -87,9 +87,10 @@ def run_half(half: str, device: str, root: Path, epochs: int, student_epochs: in
                                                  student_epochs=student_epochs))
     storage = f"sqlite:///{root}/{half}.db"
     configs = {"teacher": CompressionConfig(),
-               "student+prune+kd": CompressionConfig(student="custom", student_depth=2, student_embed_dim=64,
-                                                     student_heads=4, student_init="teacher",
-                                                     student_epochs=student_epochs, prune_heads=0.5, kd_epochs=3)}
+               "student+prune+kd": CompressionConfig({
+                   "student": {"model": "custom", "depth": 2, "embed_dim": 64, "heads": 4, "init": "teacher",
+                               "epochs": student_epochs},
+                   "prune": {"heads": 0.5}, "finetune": {"epochs": 3}})}
     study = open_or_create_study(recipe, storage)
     for role, cfg in configs.items():  # the same two trials in both halves, in this order
         study.enqueue_trial(recipe.space.params_for(cfg, strict=False),

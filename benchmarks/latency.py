@@ -39,6 +39,7 @@ from vitshrink.compress import build  # noqa: E402
 from vitshrink.data import DataBundle, Split  # noqa: E402
 from vitshrink.objectives import LatencyProtocol, Target, measure_latency, size_bytes  # noqa: E402
 from vitshrink.spaces import CompressionConfig  # noqa: E402
+from vitshrink.techniques import get_technique  # noqa: E402
 
 log = logging.getLogger("benchmarks.latency")
 NOISY_CV = 0.25  # above this spread, other load on the machine distorted the timing
@@ -66,47 +67,38 @@ def variants(depth: int, tokens: int, smoke: bool) -> dict[str, CompressionConfi
     landmarks = 16 if smoke else 64
     out = {
         "fp32": CompressionConfig(),
-        "dynamic_int8": CompressionConfig(quant="dynamic_int8"),
-        "static_int8": CompressionConfig(quant="static_int8", calib_size=16),
-        "bf16": CompressionConfig(quant="bf16"),
-        "ort_fp32": CompressionConfig(quant="ort_fp32"),
-        "ort_int8": CompressionConfig(quant="ort_int8"),
-        "ort_fused_fp32": CompressionConfig(quant="ort_fused_fp32"),
-        "ort_fused_int8": CompressionConfig(quant="ort_fused_int8"),
-        "openvino_fp32": CompressionConfig(quant="openvino_fp32"),
-        "openvino_int8": CompressionConfig(quant="openvino_int8", calib_size=16),
-        "prune50": CompressionConfig(prune_heads=0.5, prune_mlp=0.5),
-        "svd50": CompressionConfig(lowrank="svd", svd_rank=0.5),
-        "tome8": CompressionConfig(token_merge_r=8),
-        "drop30": CompressionConfig(token_drop=0.3, token_drop_at=drop_at),
-        "prune50+ort_int8": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, quant="ort_int8"),
-        "prune50+ort_fused_int8": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, quant="ort_fused_int8"),
-        "tome8+ort_int8": CompressionConfig(token_merge_r=8, quant="ort_int8"),
-        "prune50+tome8+ort_int8": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, token_merge_r=8, quant="ort_int8"),
-        "prune50+drop30+ort_int8": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, token_drop=0.3,
-                                                     token_drop_at=drop_at, quant="ort_int8"),
-        "prune50+tome8+dynamic_int8": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, token_merge_r=8,
-                                                        quant="dynamic_int8"),
-        "prune50+tome8+openvino_int8": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, token_merge_r=8,
-                                                         quant="openvino_int8", calib_size=16),
+        "dynamic_int8": CompressionConfig({"dynamic_int8": {}}),
+        "static_int8": CompressionConfig({"static_int8": {"calib_size": 16}}),
+        "bf16": CompressionConfig({"bf16": {}}),
+        "ort_fp32": CompressionConfig({"ort_fp32": {}}),
+        "ort_int8": CompressionConfig({"ort_int8": {}}),
+        "ort_fused_fp32": CompressionConfig({"ort_fused_fp32": {}}),
+        "ort_fused_int8": CompressionConfig({"ort_fused_int8": {}}),
+        "openvino_fp32": CompressionConfig({"openvino_fp32": {}}),
+        "openvino_int8": CompressionConfig({"openvino_int8": {"calib_size": 16}}),
+        "prune50": CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5}}),
+        "svd50": CompressionConfig({"svd": {"rank": 0.5}}),
+        "tome8": CompressionConfig({"tome": {"r": 8}}),
+        "drop30": CompressionConfig({"patch_drop": {"fraction": 0.3, "at": drop_at}}),
+        "prune50+ort_int8": CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5}, "ort_int8": {}}),
+        "prune50+ort_fused_int8": CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5}, "ort_fused_int8": {}}),
+        "tome8+ort_int8": CompressionConfig({"tome": {"r": 8}, "ort_int8": {}}),
+        "prune50+tome8+ort_int8": CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5}, "tome": {"r": 8},
+                                                     "ort_int8": {}}),
+        "prune50+drop30+ort_int8": CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5},
+                                                      "patch_drop": {"fraction": 0.3, "at": drop_at}, "ort_int8": {}}),
+        "prune50+tome8+dynamic_int8": CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5}, "tome": {"r": 8},
+                                                         "dynamic_int8": {}}),
+        "prune50+tome8+openvino_int8": CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5}, "tome": {"r": 8},
+                                                          "openvino_int8": {"calib_size": 16}}),
     }
     if tokens > landmarks:
-        out["nystrom64" if not smoke else f"nystrom{landmarks}"] = CompressionConfig(lowrank="nystrom",
-                                                                                      landmarks=landmarks)
+        out["nystrom64" if not smoke else f"nystrom{landmarks}"] = CompressionConfig({"nystrom": {"landmarks": landmarks}})
     return out
 
 
 def expected_stages(cfg: CompressionConfig) -> set[str]:
-    stages = set()
-    if cfg.flat.prune_heads or cfg.flat.prune_mlp:
-        stages.add("prune")
-    if cfg.flat.lowrank != "none":
-        stages.add("lowrank")
-    if cfg.flat.token_merge_r or cfg.flat.token_drop:
-        stages.add("tokens")
-    if cfg.flat.quant != "none":
-        stages.add("quantize")
-    return stages
+    return {get_technique(name).stage for name in cfg.names}
 
 
 def build_variant(teacher, cfg: CompressionConfig, data: DataBundle, batch: int):

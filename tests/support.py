@@ -148,9 +148,9 @@ RECIPE = tiny_recipe("q", 'techniques = ["prune", "nystrom", "tome", "dynamic_in
 
 CONFIGS = {
     "teacher": CompressionConfig(),
-    "prune_dyn": CompressionConfig(prune_heads=0.5, prune_mlp=0.5, quant="dynamic_int8"),
-    "nys_tokens": CompressionConfig(lowrank="nystrom", landmarks=4, token_merge_r=3),
-    "ort_int8": CompressionConfig(prune_mlp=0.25, quant="ort_int8"),
+    "prune_dyn": CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5}, "dynamic_int8": {}}),
+    "nys_tokens": CompressionConfig({"nystrom": {"landmarks": 4}, "tome": {"r": 3}}),
+    "ort_int8": CompressionConfig({"prune": {"mlp": 0.25}, "ort_int8": {}}),
 }
 
 

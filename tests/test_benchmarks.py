@@ -123,7 +123,7 @@ def test_kd_limit_trains_on_a_seeded_subset(tiny_vit, tiny_data):
     assert not torch.equal(idx, BuildContext(data=tiny_data, teacher=tiny_vit, seed=4, kd_limit=50).kd_indices())
     assert BuildContext(data=tiny_data, teacher=tiny_vit, kd_limit=len(tiny_data.train)).kd_indices() is None
 
-    cfg = CompressionConfig(prune_heads=0.5, kd_epochs=1)
+    cfg = CompressionConfig({"prune": {"heads": 0.5}, "finetune": {"epochs": 1}})
     limited = build(tiny_vit, cfg, tiny_data, kd_limit=50)
     full = build(tiny_vit, cfg, tiny_data)
     kd = {r["stage"]: r for r in limited.records}["finetune"]

@@ -154,7 +154,8 @@ def test_three_drivers_complete_exactly_the_budget(kind, sampler, tmp_path, uniq
 
     trials = optuna.load_study(study_name=name, storage=open_storage(storage)).trials
     states = [t.state for t in trials]
-    table = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
+    table = [(t.number, t.state.name, t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_reason"))
+             for t in trials]
     assert states.count(TrialState.COMPLETE) == budget, table
     assert TrialState.RUNNING not in states, table
     # every FAIL is the killed trial or a slot given back unbuilt
@@ -162,10 +163,12 @@ def test_three_drivers_complete_exactly_the_budget(kind, sampler, tmp_path, uniq
     assert [t.number for t in real_failures] == ([killed] if killed is not None else []), table
     assert all("worker" not in t.user_attrs and "config" not in t.user_attrs
                for t in trials if t.user_attrs.get("not_run"))  # given back before anything ran
-    # no retried configuration ran twice to completion; the killed one ran once more
+    # no retried configuration ran twice; the killed one ran once more: to completion, or stopped at a rung
+    # as the uninterrupted trial could have been (a retry is not screened again, but its peers may be ahead)
     for failed in real_failures:
         retries = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
-        assert sum(t.state == TrialState.COMPLETE for t in retries) == 1, table
+        ran = [t for t in retries if t.state == TrialState.COMPLETE or "stopped" in t.user_attrs]
+        assert len(ran) == 1, table
     # drivers that share the recipe's seed still sample apart: no configuration completed twice, the
     # killed one's included (float params: equal means the same draw)
     ran = [json.dumps(t.user_attrs["config"], sort_keys=True) for t in trials if t.state == TrialState.COMPLETE]

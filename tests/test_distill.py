@@ -46,7 +46,7 @@ def teacher(tiny_spec, tiny_data) -> torch.nn.Module:
 def test_registered_stages():
     applied = lambda config: [(fn, [t.stage for t in ts]) for fn, ts in planned_handlers(config)]  # noqa: E731
     assert applied(CompressionConfig(**STUDENT, student_epochs=1)) == [(handler_of("student"), ["student"])]
-    assert applied(CompressionConfig(kd_epochs=2)) == [(handler_of("finetune"), ["finetune"])]
+    assert applied(CompressionConfig({"finetune": {"epochs": 2}})) == [(handler_of("finetune"), ["finetune"])]
     assert applied(CompressionConfig()) == []
 
 
@@ -80,8 +80,8 @@ def test_kd_transfers_the_teachers_knowledge(teacher, tiny_data):
     teacher_acc, _ = evaluate(teacher, tiny_data.val.x, tiny_data.val.y)
     assert teacher_acc > 0.6
     # kd_alpha=1: the student never sees a label, so all it knows comes from the teacher's soft targets
-    cfg = CompressionConfig(student="custom", student_depth=1, student_embed_dim=32, student_heads=2,
-                            student_mlp_ratio=2.0, student_epochs=15, kd_alpha=1.0)
+    cfg = CompressionConfig({"student": {"model": "custom", "depth": 1, "embed_dim": 32, "heads": 2, "mlp_ratio": 2.0,
+                                         "epochs": 15}}, distill={"alpha": 1.0})
     calls = []
     ctx = BuildContext(data=tiny_data, teacher=teacher, seed=0, progress=lambda *a: calls.append(a))
     student = distill.student(teacher, cfg, ctx)
@@ -154,12 +154,13 @@ def test_finetune_recovers_a_damaged_model(teacher, tiny_data):
     before_state = _state(damaged)
     acc_before, _ = evaluate(damaged, tiny_data.val.x, tiny_data.val.y)
     ctx = BuildContext(data=tiny_data, teacher=teacher, seed=0)
-    tuned = distill.finetune(damaged, CompressionConfig(kd_epochs=3), ctx)
+    tuned = distill.finetune(damaged, CompressionConfig({"finetune": {"epochs": 3}}), ctx)
     acc_after, _ = evaluate(tuned, tiny_data.val.x, tiny_data.val.y)
     assert _same_state(before_state, _state(damaged))  # input not mutated
     assert acc_after >= acc_before, f"fine-tune lowered val accuracy {acc_before:.3f} -> {acc_after:.3f}"
     assert ctx.notes["kd_epochs"] == 3 and ctx.notes["lr"] == distill.FINETUNE_SETTINGS.lr
-    rebuilt = distill.finetune(damaged, CompressionConfig(kd_epochs=3), BuildContext(data=tiny_data, teacher=teacher, train=False))
+    rebuilt = distill.finetune(damaged, CompressionConfig({"finetune": {"epochs": 3}}),
+                               BuildContext(data=tiny_data, teacher=teacher, train=False))
     assert _same_state(before_state, _state(rebuilt))  # rebuilding only shapes; the saved weights are loaded later
 
 
@@ -177,7 +178,7 @@ def test_untrained_rebuild_has_the_same_architecture(tiny_vit, tiny_data):
 
 
 def test_timm_name_student_builds_with_teacher_geometry(tiny_vit, tiny_data):
-    cfg = CompressionConfig(student="deit_tiny_patch16_224", student_epochs=1)
+    cfg = CompressionConfig({"student": {"model": "deit_tiny_patch16_224", "epochs": 1}})
     ctx = BuildContext(data=tiny_data, teacher=tiny_vit, train=False)
     student = distill.student(tiny_vit, cfg, ctx)
     assert student.patch_embed.img_size == (16, 16) and student.patch_embed.patch_size == (4, 4)
@@ -186,7 +187,7 @@ def test_timm_name_student_builds_with_teacher_geometry(tiny_vit, tiny_data):
     assert student(tiny_data.val.x[:2]).shape == (2, 10)
     assert ctx.notes["student_arch"]["depth"] == 12
     with pytest.raises(ConfigError, match="not_a_model"):
-        distill.student(tiny_vit, CompressionConfig(student="not_a_model", student_epochs=1), ctx)
+        distill.student(tiny_vit, CompressionConfig({"student": {"model": "not_a_model", "epochs": 1}}), ctx)
 
 
 def test_deit_distilled_student_trains_both_heads(tiny_data):

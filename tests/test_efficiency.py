@@ -18,11 +18,11 @@ STUDENT = dict(student="custom", student_depth=2, student_embed_dim=16, student_
 EVERY_TECHNIQUE = {
     "student": CompressionConfig(**STUDENT),
     "student_from_teacher": CompressionConfig(**STUDENT, student_init="teacher"),
-    "prune": CompressionConfig(prune_heads=0.5, prune_mlp=0.25, kd_epochs=1),
-    "nystrom": CompressionConfig(lowrank="nystrom", landmarks=4, kd_epochs=1),
-    "svd": CompressionConfig(lowrank="svd", svd_rank=0.5, kd_epochs=1),
-    "tome": CompressionConfig(token_merge_r=2, kd_epochs=1),
-    "patch_drop": CompressionConfig(token_drop=0.25, token_drop_at=(1,), kd_epochs=1),
+    "prune": CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.25}, "finetune": {"epochs": 1}}),
+    "nystrom": CompressionConfig({"nystrom": {"landmarks": 4}, "finetune": {"epochs": 1}}),
+    "svd": CompressionConfig({"svd": {"rank": 0.5}, "finetune": {"epochs": 1}}),
+    "tome": CompressionConfig({"tome": {"r": 2}, "finetune": {"epochs": 1}}),
+    "patch_drop": CompressionConfig({"patch_drop": {"fraction": 0.25, "at": (1,)}, "finetune": {"epochs": 1}}),
     **{f"student_{q}": CompressionConfig(**STUDENT, quant=q, calib_size=32 if q == "static_int8" else 0)
        for q in ("dynamic_int8", "static_int8", "bf16", "ort_fp32", "ort_int8")},
 }

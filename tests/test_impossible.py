@@ -118,8 +118,8 @@ def test_a_teacher_without_cls_token_still_merges_tokens() -> None:
 
 
 def test_build_refuses_an_impossible_config_before_distilling(tiny_vit, tiny_data) -> None:
-    cfg = CompressionConfig(student="custom", student_depth=1, student_embed_dim=16, student_heads=2,
-                            student_epochs=50, token_drop=0.5, token_drop_at=(1,))
+    cfg = CompressionConfig({"student": {"model": "custom", "depth": 1, "embed_dim": 16, "heads": 2, "epochs": 50},
+                             "patch_drop": {"fraction": 0.5, "at": (1,)}})
     assert "the 1-block custom student has 1 blocks" in impossible_reason(tiny_vit, cfg)
     before = {k: v.clone() for k, v in tiny_vit.state_dict().items()}
     with pytest.raises(ConfigError, match="impossible combination: token_drop_at names block"):

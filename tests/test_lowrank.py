@@ -26,7 +26,7 @@ TOKENS = 17  # 16 patches of the 16 px tiny ViT + cls
 
 
 def _cfg(landmarks: int, **kw) -> CompressionConfig:
-    return CompressionConfig(lowrank="nystrom", landmarks=landmarks, **kw)
+    return CompressionConfig({"nystrom": {"landmarks": landmarks, **kw}})
 
 
 def _sharpened(attn: Attention, factor: float) -> Attention:
@@ -122,11 +122,11 @@ def test_model_classifies_and_input_is_not_mutated(tiny_vit, tiny_data):
 
 def test_only_the_chosen_blocks_change(tiny_vit, tiny_data):
     ctx = build_ctx(tiny_vit, tiny_data, train=False)
-    new = nystrom(tiny_vit, _cfg(6, lowrank_blocks=(1,)), ctx)
+    new = nystrom(tiny_vit, _cfg(6, blocks=(1,)), ctx)
     assert type(new.blocks[0].attn) is Attention and isinstance(new.blocks[1].attn, NystromAttention)
     assert ctx.notes["blocks"] == [1]
     with pytest.raises(ConfigError, match="lowrank_blocks"):
-        nystrom(tiny_vit, _cfg(6, lowrank_blocks=(5,)), ctx)
+        nystrom(tiny_vit, _cfg(6, blocks=(5,)), ctx)
 
 
 def test_more_landmarks_than_tokens_is_a_config_error(tiny_vit, tiny_data):
@@ -137,14 +137,14 @@ def test_more_landmarks_than_tokens_is_a_config_error(tiny_vit, tiny_data):
 def test_conv_skip_starts_at_zero_and_learns(tiny_vit, tiny_data):
     x = tiny_data.val.x[:4]
     plain = nystrom(tiny_vit, _cfg(5), build_ctx(tiny_vit, tiny_data, train=False))
-    conv = nystrom(tiny_vit, _cfg(5, nystrom_conv=3), build_ctx(tiny_vit, tiny_data, train=False))
+    conv = nystrom(tiny_vit, _cfg(5, conv=3), build_ctx(tiny_vit, tiny_data, train=False))
     assert all(b.attn.conv is not None and b.attn.conv.kernel_size == (3, 1) for b in conv.blocks)
     with torch.no_grad():
         assert torch.allclose(conv(x), plain(x), atol=1e-6), "a zero-initialised skip adds nothing"
     conv.train()
     conv(x).logsumexp(-1).sum().backward()
     assert conv.blocks[0].attn.conv.weight.grad.abs().sum() > 0
-    even = nystrom(tiny_vit, _cfg(5, nystrom_conv=4), build_ctx(tiny_vit, tiny_data, train=False))
+    even = nystrom(tiny_vit, _cfg(5, conv=4), build_ctx(tiny_vit, tiny_data, train=False))
     with torch.no_grad():
         torch.nn.init.normal_(even.blocks[0].attn.conv.weight, std=0.1)
         out = even(x)
@@ -158,7 +158,7 @@ def test_registered_in_the_lowrank_stage():
 
 def test_onnx_export_matches_onnxruntime(tiny_vit, tiny_data, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    model = nystrom(tiny_vit, _cfg(5, nystrom_conv=3), build_ctx(tiny_vit, tiny_data, train=False))
+    model = nystrom(tiny_vit, _cfg(5, conv=3), build_ctx(tiny_vit, tiny_data, train=False))
     with torch.no_grad():
         for blk in model.blocks:  # a trained-looking skip, so the conv is really exercised
             torch.nn.init.normal_(blk.attn.conv.weight, std=0.1)

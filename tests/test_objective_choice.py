@@ -17,7 +17,7 @@ torch.set_num_threads(2)
 
 SPACE = 'techniques = ["prune", "dynamic_int8"]\n[space.prune]\nheads = [0.0, 0.5]'
 STUDIES = {"macs": ["accuracy", "macs"], "mem": ["accuracy", "latency_ms", "peak_memory_bytes"]}
-CONFIGS = {"teacher": CompressionConfig(), "pruned": CompressionConfig(prune_heads=0.5, prune_mlp=0.5)}
+CONFIGS = {"teacher": CompressionConfig(), "pruned": CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5}})}
 
 
 def _recipe(name: str) -> Recipe:

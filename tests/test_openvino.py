@@ -30,8 +30,8 @@ from vitshrink.objectives import LatencyProtocol, Target, structural_signature  
 from vitshrink.search._screening import untrained_structure  # noqa: E402
 from vitshrink.spaces import CompressionConfig, ConfigError  # noqa: E402
 
-INT8 = CompressionConfig(quant="openvino_int8", calib_size=64)
-FP32 = CompressionConfig(quant="openvino_fp32")
+INT8 = CompressionConfig({"openvino_int8": {"calib_size": 64}})
+FP32 = CompressionConfig({"openvino_fp32": {}})
 
 
 def _deploy(model, config, data) -> torch.nn.Module:

@@ -44,7 +44,7 @@ def test_int8_quantizes_the_attention_and_agrees_with_float(trained_vit, tiny_da
 def test_pruned_heads_fuse_with_a_narrower_attention(tiny_vit, tiny_data) -> None:
     """Pruning leaves timm Attention with fewer heads than the embedding has: the operator's weight is
     (embed, 3 * kept heads * head dim)."""
-    pruned = build(tiny_vit, CompressionConfig(prune_heads=0.5), tiny_data).model
+    pruned = build(tiny_vit, CompressionConfig({"prune": {"heads": 0.5}}), tiny_data).model
     assert pruned.blocks[0].attn.num_heads == 1
     model = to_fused_ort(pruned, "ort_fused_fp32", tiny_data.val.x[:4])
     assert count_fused_attention(model.model_bytes) == 2
@@ -52,8 +52,8 @@ def test_pruned_heads_fuse_with_a_narrower_attention(tiny_vit, tiny_data) -> Non
         assert (model(tiny_data.val.x[:16]) - pruned(tiny_data.val.x[:16])).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("config", [CompressionConfig(lowrank="nystrom", landmarks=4),
-                                    CompressionConfig(token_merge_r=2)], ids=["nystrom", "tome"])
+@pytest.mark.parametrize("config", [CompressionConfig({"nystrom": {"landmarks": 4}}),
+                                    CompressionConfig({"tome": {"r": 2}})], ids=["nystrom", "tome"])
 def test_attention_the_operator_cannot_express_is_kept_as_it_was(config, tiny_vit, tiny_data) -> None:
     compressed = build(tiny_vit, config, tiny_data).model
     _, fused = with_fused_attention(compressed)
@@ -66,7 +66,7 @@ def test_attention_the_operator_cannot_express_is_kept_as_it_was(config, tiny_vi
 def test_the_transform_notes_what_it_fused_and_leaves_its_input_alone(trained_vit, tiny_data) -> None:
     before = {k: v.clone() for k, v in trained_vit.state_dict().items()}
     ctx = BuildContext(data=tiny_data, teacher=trained_vit, seed=0)
-    out = handler_of("ort_fused_int8")(trained_vit, CompressionConfig(quant="ort_fused_int8"), ctx)
+    out = handler_of("ort_fused_int8")(trained_vit, CompressionConfig({"ort_fused_int8": {}}), ctx)
     assert isinstance(out, OrtModule) and out.kind == "fused_int8_dynamic"
     assert ctx.notes["fused_attention"] == 2 and ctx.notes["runtime"] == "onnxruntime"
     assert ctx.notes["deployed_bytes"] < ctx.notes["float_bytes"]

@@ -157,8 +157,9 @@ def test_candidates_that_make_the_same_model_are_one_candidate() -> None:
                                  "mlp": type("M", (), {"fc1": _nn.Linear(32, 64)})()})()] * 2
 
     dims = _Dims(_Teacher())
-    a, b = CompressionConfig(prune_heads=0.05), CompressionConfig(prune_heads=0.1)  # 4 heads less 0.2 or 0.4 of one
-    c = CompressionConfig(prune_heads=0.25)  # one head fewer
+    # 4 heads less 0.2 or 0.4 of one
+    a, b = CompressionConfig({"prune": {"heads": 0.05}}), CompressionConfig({"prune": {"heads": 0.1}})
+    c = CompressionConfig({"prune": {"heads": 0.25}})  # one head fewer
     ea, eb, ec = (estimate(x, dims, {}) for x in (a, b, c))
     assert _effective(a, ea) == _effective(b, eb) != _effective(c, ec)
     assert ec["macs"] < ea["macs"] and ec["params"] < ea["params"]

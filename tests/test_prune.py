@@ -37,7 +37,7 @@ def _out(model, x):
 
 def test_registered_and_inactive_at_zero():
     assert planned_handlers(CompressionConfig()) == []
-    for config in (CompressionConfig(prune_heads=0.5), CompressionConfig(prune_mlp=0.25)):
+    for config in (CompressionConfig({"prune": {"heads": 0.5}}), CompressionConfig({"prune": {"mlp": 0.25}})):
         assert [(fn, [t.stage for t in ts]) for fn, ts in planned_handlers(config)] == [(handler_of("prune"), ["prune"])]
 
 
@@ -45,7 +45,7 @@ def test_registered_and_inactive_at_zero():
 def test_zero_pruning_is_exact(tiny_vit, tiny_data, score):
     x = tiny_data.val.x[:8]
     ctx = build_ctx(tiny_vit, tiny_data)
-    new = prune_vit(tiny_vit, CompressionConfig(prune_score=score), ctx)
+    new = prune_vit(tiny_vit, CompressionConfig({"prune": {"score": score}}), ctx)
     assert new is not tiny_vit
     assert torch.equal(_out(new, x), _out(tiny_vit, x))
     assert ctx.notes["heads_kept"] == [[0, 1], [0, 1]]
@@ -70,7 +70,7 @@ def test_keep_count_rounds_half_up_and_keeps_one():
 @pytest.mark.parametrize("score", SCORES)
 def test_tensors_shrink_and_params_match_dims(tiny_vit, tiny_data, score):
     ctx = build_ctx(tiny_vit, tiny_data)
-    cfg = CompressionConfig(prune_heads=0.5, prune_mlp=0.25, prune_score=score)
+    cfg = CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.25, "score": score}})
     new = prune_vit(tiny_vit, cfg, ctx)
     dim, heads, head_dim, hidden = 32, 2, 16, 64
     kept_heads, kept_hidden = keep_count(heads, 0.5), keep_count(hidden, 0.25)
@@ -97,7 +97,7 @@ def test_tensors_shrink_and_params_match_dims(tiny_vit, tiny_data, score):
 def test_input_model_not_mutated(tiny_vit, tiny_data, score):
     before = _state_copy(tiny_vit)
     modules = [type(m) for m in tiny_vit.modules()]
-    prune_vit(tiny_vit, CompressionConfig(prune_heads=0.5, prune_mlp=0.5, prune_score=score), build_ctx(tiny_vit, tiny_data))
+    prune_vit(tiny_vit, CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5, "score": score}}), build_ctx(tiny_vit, tiny_data))
     after = tiny_vit.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert [type(m) for m in tiny_vit.modules()] == modules
@@ -129,7 +129,7 @@ def test_scores_remove_dead_structures(tiny_vit, tiny_data, score):
     scores = importance_scores(tiny_vit, score, ctx)
     assert float(scores[0][0][0]) == 0.0 and float(scores[0][0][1]) > 0.0
     assert float(scores[0][1][dead0].abs().max()) == 0.0 and float(scores[0][1][1::2].min()) > 0.0
-    new = prune_vit(tiny_vit, CompressionConfig(prune_heads=0.5, prune_mlp=0.5, prune_score=score), ctx)
+    new = prune_vit(tiny_vit, CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5, "score": score}}), ctx)
     assert ctx.notes["heads_kept"] == [[1], [0]]
     # removing exactly-dead structures leaves the function unchanged
     x = tiny_data.val.x[:8]
@@ -138,7 +138,7 @@ def test_scores_remove_dead_structures(tiny_vit, tiny_data, score):
 
 @pytest.mark.parametrize("score", SCORES)
 def test_deterministic(tiny_vit, tiny_data, score):
-    cfg = CompressionConfig(prune_heads=0.5, prune_mlp=0.5, prune_score=score)
+    cfg = CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5, "score": score}})
     ctx1, ctx2 = build_ctx(tiny_vit, tiny_data, seed=3), build_ctx(tiny_vit, tiny_data, seed=3)
     a, b = prune_vit(tiny_vit, cfg, ctx1), prune_vit(tiny_vit, cfg, ctx2)
     assert ctx1.notes == ctx2.notes
@@ -148,7 +148,7 @@ def test_deterministic(tiny_vit, tiny_data, score):
 
 def test_keeps_at_least_one(tiny_vit, tiny_data):
     ctx = build_ctx(tiny_vit, tiny_data)
-    new = prune_vit(tiny_vit, CompressionConfig(prune_heads=0.9, prune_mlp=0.99), ctx)
+    new = prune_vit(tiny_vit, CompressionConfig({"prune": {"heads": 0.9, "mlp": 0.99}}), ctx)
     assert [len(h) for h in ctx.notes["heads_kept"]] == [1, 1]
     assert ctx.notes["mlp_hidden"] == [1, 1]
     assert new.blocks[0].mlp.fc1.out_features == 1
@@ -168,7 +168,7 @@ def test_deit_distilled(tiny_data, score):
     torch.manual_seed(0)
     model = create_model(TeacherSpec("deit_tiny_distilled_patch16_224", kwargs))
     ctx = build_ctx(model, tiny_data)
-    new = prune_vit(model, CompressionConfig(prune_heads=0.5, prune_mlp=0.5, prune_score=score), ctx)
+    new = prune_vit(model, CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5, "score": score}}), ctx)
     assert [len(h) for h in ctx.notes["heads_kept"]] == [2, 2]
     assert new.blocks[1].attn.qkv.out_features == 3 * 2 * 8
     x = tiny_data.val.x[:4]
@@ -179,7 +179,7 @@ def test_bad_structure_rejected(tiny_vit):
     with pytest.raises(ValueError):
         prune_structure(tiny_vit, [[0, 0], [1]], [list(range(64))] * 2)
     with pytest.raises(ConfigError):
-        prune_vit(torch.nn.Linear(4, 4), CompressionConfig(prune_heads=0.5), None)
+        prune_vit(torch.nn.Linear(4, 4), CompressionConfig({"prune": {"heads": 0.5}}), None)
 
 
 def test_fewer_macs_at_moderate_size(tiny_data):
@@ -187,7 +187,7 @@ def test_fewer_macs_at_moderate_size(tiny_data):
     torch.manual_seed(0)
     model = create_model(TeacherSpec("vit_tiny_patch16_224", kwargs))
     x = tiny_data.val.x[:1]
-    new = prune_vit(model, CompressionConfig(prune_heads=0.5, prune_mlp=0.5), build_ctx(model, tiny_data))
+    new = prune_vit(model, CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5}}), build_ctx(model, tiny_data))
     before, after = count_macs(model, x), count_macs(new, x)
     # every block matmul (qkv, q@k, attn@v, proj, fc1, fc2) halves; patch embedding and head do not
     assert after < 0.55 * before
@@ -195,7 +195,7 @@ def test_fewer_macs_at_moderate_size(tiny_data):
 
 
 def test_build_records_and_rebuild(tiny_vit, tiny_data):
-    cfg = CompressionConfig(prune_heads=0.5, prune_mlp=0.5, prune_score="taylor")
+    cfg = CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5, "score": "taylor"}})
     result = build(tiny_vit, cfg, tiny_data, seed=1)
     rec = next(r for r in result.records if r["transform"] == "prune")
     assert rec["params_after"] < rec["params_before"]

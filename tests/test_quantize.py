@@ -33,7 +33,7 @@ INT8_MODES = ("dynamic_int8", "static_int8", "ort_int8")
 
 
 def _config(mode: str, calib: int = 32) -> CompressionConfig:
-    return CompressionConfig(quant=mode, calib_size=calib if mode == "static_int8" else 0)
+    return CompressionConfig({mode: {"calib_size": calib} if mode == "static_int8" else {}})
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_low_precision_modes_agree_with_fp32(mode, quantized, trained_vit, tiny_
 
 def test_ort_int8_with_calibration_is_static_qdq(trained_vit, tiny_data) -> None:
     ctx = BuildContext(data=tiny_data, teacher=trained_vit, seed=0)
-    model = handler_of("ort_int8")(trained_vit, CompressionConfig(quant="ort_int8", calib_size=16), ctx)
+    model = handler_of("ort_int8")(trained_vit, CompressionConfig({"ort_int8": {"calib_size": 16}}), ctx)
     assert isinstance(model, OrtModule) and model.kind == "int8_static_qdq"
     assert ctx.notes["kind"] == "int8_static_qdq" and ctx.notes["calib_size"] == 16
     x = tiny_data.val.x[:128]
@@ -129,7 +129,7 @@ def test_quantize_is_deterministic_and_leaves_its_input_alone(mode, quantized, t
 
 
 def test_build_rebuilds_a_stored_quantized_trial_exactly(tiny_vit, tiny_data) -> None:
-    cfg = CompressionConfig(prune_heads=0.5, quant="static_int8", calib_size=16)
+    cfg = CompressionConfig({"prune": {"heads": 0.5}, "static_int8": {"calib_size": 16}})
     first = build(tiny_vit, cfg, tiny_data, seed=1)
     rebuilt = build(tiny_vit, cfg, tiny_data, seed=1, train=False, float_state=first.float_model.state_dict())
     x = tiny_data.val.x[:16]

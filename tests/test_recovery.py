@@ -84,7 +84,7 @@ def test_feature_loss_is_zero_for_the_teacher_itself_and_positive_otherwise(tiny
 
 
 def test_feature_loss_projects_a_narrower_shallower_student(tiny_vit, tiny_data):
-    cfg = CompressionConfig(student="custom", student_depth=1, student_embed_dim=16, student_heads=2, student_epochs=1)
+    cfg = CompressionConfig({"student": {"model": "custom", "depth": 1, "embed_dim": 16, "heads": 2, "epochs": 1}})
     student = distill.make_student(tiny_vit, cfg)
     online = OnlineTeacher(tiny_vit, student, "cpu", feature_weight=0.5)
     assert online.pairs == [(0, 1)] == block_pairs(1, 2)  # its one block against the teacher's last
@@ -106,14 +106,15 @@ def test_defaults_train_bit_identically(tiny_vit, tiny_data):
                           feature_weight=0.0)
     assert _digest(plain) == _digest(explicit)
     # an old stored config (no recovery keys) is today's default config, and fine-tunes to the same weights
-    old = json.loads(CompressionConfig(kd_epochs=1).flat.to_json())
+    old = json.loads(CompressionConfig({"finetune": {"epochs": 1}}).flat.to_json())
     del old["kd_augment"], old["kd_feature_weight"]
     cfg = CompressionConfig.from_dict(old)
-    assert cfg == CompressionConfig(kd_epochs=1)
+    assert cfg == CompressionConfig({"finetune": {"epochs": 1}})
     a = distill.finetune(tiny_vit, cfg, BuildContext(data=data, teacher=tiny_vit, seed=0))
-    b = distill.finetune(tiny_vit, CompressionConfig(kd_epochs=1), BuildContext(data=data, teacher=tiny_vit, seed=0))
+    b = distill.finetune(tiny_vit, CompressionConfig({"finetune": {"epochs": 1}}),
+                         BuildContext(data=data, teacher=tiny_vit, seed=0))
     assert _digest(a) == _digest(b)
-    on = distill.finetune(tiny_vit, CompressionConfig(kd_epochs=1, kd_feature_weight=1.0),
+    on = distill.finetune(tiny_vit, CompressionConfig({"finetune": {"epochs": 1}}, distill={"feature_weight": 1.0}),
                           BuildContext(data=data, teacher=tiny_vit, seed=0))
     assert _digest(on) != _digest(a)
 
@@ -122,7 +123,7 @@ def test_recovery_finetune_keeps_rung_callbacks_and_notes(tiny_vit, tiny_data):
     epochs = []
     ctx = BuildContext(data=_small(tiny_data), teacher=tiny_vit, seed=0,
                        on_epoch=lambda stage, e, total, model: epochs.append((stage, e, total)))
-    cfg = CompressionConfig(kd_epochs=2, kd_augment="flip+shift", kd_feature_weight=0.5)
+    cfg = CompressionConfig({"finetune": {"epochs": 2}}, distill={"augment": "flip+shift", "feature_weight": 0.5})
     distill.finetune(copy.deepcopy(tiny_vit), cfg, ctx)
     assert epochs == [("finetune", 1, 2), ("finetune", 2, 2)]
     assert ctx.notes["kd_augment"] == "flip+shift" and ctx.notes["kd_teacher"] == "online"
@@ -130,7 +131,8 @@ def test_recovery_finetune_keeps_rung_callbacks_and_notes(tiny_vit, tiny_data):
 
 
 def test_recovery_settings_round_trip_and_validate():
-    cfg = CompressionConfig(prune_heads=0.3, kd_epochs=2, kd_augment="flip+shift", kd_feature_weight=0.25)
+    cfg = CompressionConfig({"prune": {"heads": 0.3}, "finetune": {"epochs": 2}}, distill={"augment": "flip+shift",
+                             "feature_weight": 0.25})
     assert CompressionConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ConfigError, match="kd_augment='rotate' is not one of"):
         CompressionConfig(kd_epochs=1, kd_augment="rotate")

@@ -64,7 +64,7 @@ def test_config_round_trips_through_json(cfg: CompressionConfig) -> None:
 def test_identity_config_is_the_teacher() -> None:
     assert CompressionConfig().is_identity
     assert CompressionConfig().summary() == "teacher"
-    assert not CompressionConfig(quant="bf16").is_identity
+    assert not CompressionConfig({"bf16": {}}).is_identity
 
 
 @pytest.mark.parametrize(
@@ -239,13 +239,13 @@ def test_optional_ranges_are_switched_off_half_the_time_and_replay_exactly() -> 
     assert 10 < merges.count(0) < 30 and all(r == 0 or 1 <= r <= 8 for r in merges)
     assert {c.flat.prune_score for c in configs if c.flat.prune_heads == 0} == {"magnitude"}  # off: the identity
     # a configuration is replayed exactly (warm starts, retries), switched off or on
-    for cfg in (CompressionConfig(), CompressionConfig(token_merge_r=3, prune_heads=0.25)):
+    for cfg in (CompressionConfig(), CompressionConfig({"prune": {"heads": 0.25}, "tome": {"r": 3}})):
         params = space.params_for(cfg)
         assert params["tome.r_on"] == (cfg.flat.token_merge_r > 0)
         study.enqueue_trial(params)
         assert space.sample(study.ask()) == cfg
     with pytest.raises(ConfigError, match="outside the search space"):
-        space.params_for(CompressionConfig(token_merge_r=12))
+        space.params_for(CompressionConfig({"tome": {"r": 12}}))
 
 
 @pytest.mark.parametrize("spec, words", [

@@ -38,15 +38,16 @@ def _out(model, x):
 
 
 def test_registered():
-    assert [(fn, [t.stage for t in ts]) for fn, ts in planned_handlers(CompressionConfig(lowrank="svd"))] == [
+    assert [(fn, [t.stage for t in ts]) for fn, ts in planned_handlers(CompressionConfig({"svd": {}}))] == [
         (handler_of("svd"), ["lowrank"])]
     assert planned_handlers(CompressionConfig()) == []
-    assert [fn for fn, _ in planned_handlers(CompressionConfig(lowrank="nystrom", landmarks=4))] == [handler_of("nystrom")]
+    nystrom = CompressionConfig({"nystrom": {"landmarks": 4}})
+    assert [fn for fn, _ in planned_handlers(nystrom)] == [handler_of("nystrom")]
 
 
 def test_full_rank_setting_is_exact(tiny_vit, tiny_data):
     ctx = build_ctx(tiny_vit, tiny_data)
-    new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=1.0), ctx)
+    new = svd_factorise(tiny_vit, CompressionConfig({"svd": {}}), ctx)
     assert new is not tiny_vit
     assert not any(isinstance(m, LowRankLinear) for m in new.modules())
     x = tiny_data.val.x[:8]
@@ -94,7 +95,7 @@ def test_rank_rule():
 
 def test_reduced_rank_param_count(tiny_vit, tiny_data):
     ctx = build_ctx(tiny_vit, tiny_data)
-    new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.25), ctx)
+    new = svd_factorise(tiny_vit, CompressionConfig({"svd": {"rank": 0.25}}), ctx)
     saved = 0
     for b in range(2):
         for path, (out_f, in_f) in SHAPES.items():
@@ -113,7 +114,7 @@ def test_reduced_rank_param_count(tiny_vit, tiny_data):
 def test_only_layers_that_save_are_factorised(tiny_vit, tiny_data):
     # rank 0.6: proj (32x32) at r=20 would cost 1280 > 1024 weights, qkv (96x32) at r=20 costs 2560 < 3072
     ctx = build_ctx(tiny_vit, tiny_data)
-    new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.6), ctx)
+    new = svd_factorise(tiny_vit, CompressionConfig({"svd": {"rank": 0.6}}), ctx)
     assert isinstance(new.blocks[0].attn.qkv, LowRankLinear)
     assert type(new.blocks[0].attn.proj) is nn.Linear
     assert "blocks.0.attn.proj" in ctx.notes["svd_dense"]
@@ -124,17 +125,17 @@ def test_only_layers_that_save_are_factorised(tiny_vit, tiny_data):
 
 def test_lowrank_blocks_selects(tiny_vit, tiny_data):
     ctx = build_ctx(tiny_vit, tiny_data)
-    new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.25, lowrank_blocks=(1,)), ctx)
+    new = svd_factorise(tiny_vit, CompressionConfig({"svd": {"rank": 0.25, "blocks": (1,)}}), ctx)
     assert not any(isinstance(m, LowRankLinear) for m in new.blocks[0].modules())
     assert all(isinstance(new.blocks[1].get_submodule(p), LowRankLinear) for p in BLOCK_LINEARS)
     assert sorted(ctx.notes["svd_ranks"]) == sorted(f"blocks.1.{p}" for p in BLOCK_LINEARS)
     with pytest.raises(ConfigError, match=r"names block\(s\)"):
-        svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.25, lowrank_blocks=(2,)), ctx)
+        svd_factorise(tiny_vit, CompressionConfig({"svd": {"rank": 0.25, "blocks": (2,)}}), ctx)
 
 
 def test_input_not_mutated(tiny_vit, tiny_data):
     before = {k: v.clone() for k, v in tiny_vit.state_dict().items()}
-    svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.25), build_ctx(tiny_vit, tiny_data))
+    svd_factorise(tiny_vit, CompressionConfig({"svd": {"rank": 0.25}}), build_ctx(tiny_vit, tiny_data))
     after = tiny_vit.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert not any(isinstance(m, LowRankLinear) for m in tiny_vit.modules())
@@ -145,14 +146,14 @@ def test_error_falls_with_rank(tiny_vit, tiny_data):
     ref = _out(tiny_vit, x)
     errs = []
     for frac in (0.1, 0.25, 0.4):
-        new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=frac), build_ctx(tiny_vit, tiny_data))
+        new = svd_factorise(tiny_vit, CompressionConfig({"svd": {"rank": frac}}), build_ctx(tiny_vit, tiny_data))
         errs.append(float((_out(new, x) - ref).norm() / ref.norm()))
     assert errs[0] > errs[1] > errs[2]
 
 
 def test_macs_counted_and_lower(tiny_vit, tiny_data):
     x = tiny_data.val.x[:1]
-    new = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.25), build_ctx(tiny_vit, tiny_data))
+    new = svd_factorise(tiny_vit, CompressionConfig({"svd": {"rank": 0.25}}), build_ctx(tiny_vit, tiny_data))
     before, after = count_macs(tiny_vit, x), count_macs(new, x)
     tokens, depth = 17, 2
     saved = sum(out_f * in_f - math.ceil(0.25 * min(out_f, in_f)) * (in_f + out_f) for out_f, in_f in SHAPES.values())
@@ -160,7 +161,7 @@ def test_macs_counted_and_lower(tiny_vit, tiny_data):
 
 
 def test_build_and_rebuild(tiny_vit, tiny_data):
-    cfg = CompressionConfig(lowrank="svd", svd_rank=0.25)
+    cfg = CompressionConfig({"svd": {"rank": 0.25}})
     result = build(tiny_vit, cfg, tiny_data)
     rec = next(r for r in result.records if r["transform"] == "svd")
     assert rec["params_after"] < rec["params_before"] and rec["macs_after"] < rec["macs_before"]

@@ -121,10 +121,10 @@ def test_each_declared_rule_is_enforced_by_the_config(technique, name, meta):
 
 
 @pytest.mark.parametrize("config", [
-    CompressionConfig(), CompressionConfig(prune_mlp=0.5), CompressionConfig(lowrank="svd", svd_rank=0.5),
-    CompressionConfig(token_drop=0.3, token_drop_at=(1,)), CompressionConfig(quant="openvino_fp32"),
-    CompressionConfig(quant="static_int8", calib_size=4), CompressionConfig(kd_epochs=1),
-    CompressionConfig(student="custom", student_depth=1, student_embed_dim=16, student_heads=2, student_epochs=1),
+    CompressionConfig(), CompressionConfig({"prune": {"mlp": 0.5}}), CompressionConfig({"svd": {"rank": 0.5}}),
+    CompressionConfig({"patch_drop": {"fraction": 0.3, "at": (1,)}}), CompressionConfig({"openvino_fp32": {}}),
+    CompressionConfig({"static_int8": {"calib_size": 4}}), CompressionConfig({"finetune": {"epochs": 1}}),
+    CompressionConfig({"student": {"model": "custom", "depth": 1, "embed_dim": 16, "heads": 2, "epochs": 1}}),
 ])
 def test_handlers_are_applied_exactly_where_their_technique_is_chosen(config):
     chosen = {"student": config.flat.student != "none", "prune": config.flat.prune_heads > 0 or config.flat.prune_mlp > 0,
@@ -146,7 +146,7 @@ def test_walker_and_its_filter(tiny_vit):
 
 
 def test_a_technique_picks_its_blocks_through_the_walker(tiny_vit):
-    new = nystrom(tiny_vit, CompressionConfig(lowrank="nystrom", landmarks=4, lowrank_blocks=(1,)), _Ctx())
+    new = nystrom(tiny_vit, CompressionConfig({"nystrom": {"landmarks": 4, "blocks": (1,)}}), _Ctx())
     assert [isinstance(b.attn, NystromAttention) for _, b in blocks(new)] == [False, True]
 
 

@@ -146,7 +146,8 @@ def test_distilled_model_protects_both_prefix_tokens(tiny_data):
     torch.manual_seed(0)
     deit = timm.create_model("deit_tiny_distilled_patch16_224", **TINY_VIT_KWARGS).eval()
     ctx = build_ctx(deit, tiny_data, train=False)
-    model = reduce_tokens(deit, CompressionConfig(token_merge_r=4, token_drop=0.25, token_drop_at=(1,)), ctx)
+    model = reduce_tokens(deit, CompressionConfig({"patch_drop": {"fraction": 0.25, "at": (1,)},
+                                                   "tome": {"r": 4}}), ctx)
     assert all(b.prefix == 2 for b in model.blocks)
     assert ctx.notes["tokens_per_block"] == token_plan(18, 2, 2, 4, 0.25, {1}) == [14, 7]
     assert _tokens_seen(model, tiny_data.val.x[:4]) == [14, 7]
@@ -157,7 +158,7 @@ def test_distilled_model_protects_both_prefix_tokens(tiny_data):
 def test_average_pooled_model_still_classifies(tiny_data):
     torch.manual_seed(0)
     vit = timm.create_model("vit_tiny_patch16_224", global_pool="avg", **TINY_VIT_KWARGS).eval()
-    model = reduce_tokens(vit, CompressionConfig(token_merge_r=4), build_ctx(vit, tiny_data, train=False))
+    model = reduce_tokens(vit, CompressionConfig({"tome": {"r": 4}}), build_ctx(vit, tiny_data, train=False))
     with torch.no_grad():
         assert model(tiny_data.val.x[:4]).shape == (4, 10)
 
@@ -165,14 +166,14 @@ def test_average_pooled_model_still_classifies(tiny_data):
 def test_works_with_nystrom_attention(tiny_vit, tiny_data):
     x = tiny_data.val.x[:8]
     ctx = build_ctx(tiny_vit, tiny_data, train=False)
-    nys = nystrom(tiny_vit, CompressionConfig(lowrank="nystrom", landmarks=10, nystrom_conv=3), ctx)
-    model = reduce_tokens(nys, CompressionConfig(token_merge_r=4, token_drop=0.25, token_drop_at=(0,)), ctx)
+    nys = nystrom(tiny_vit, CompressionConfig({"nystrom": {"landmarks": 10, "conv": 3}}), ctx)
+    model = reduce_tokens(nys, CompressionConfig({"patch_drop": {"fraction": 0.25, "at": (0,)}, "tome": {"r": 4}}), ctx)
     assert all(isinstance(b.attn, NystromAttention) for b in model.blocks)
     assert ctx.notes["tokens_per_block"] == [9, 5] and ctx.notes["nystrom_exact_blocks"] == [1]
     assert _tokens_seen(model, x) == [9, 5]
     # with m = n the Nystrom model is exact, so under the same merging it matches the softmax one
-    exact = nystrom(tiny_vit, CompressionConfig(lowrank="nystrom", landmarks=17), ctx)
-    cfg = CompressionConfig(token_merge_r=4)
+    exact = nystrom(tiny_vit, CompressionConfig({"nystrom": {"landmarks": 17}}), ctx)
+    cfg = CompressionConfig({"tome": {"r": 4}})
     with torch.no_grad():
         got, want = reduce_tokens(exact, cfg, ctx)(x), reduce_tokens(tiny_vit, cfg, ctx)(x)
     assert (got - want).abs().max().item() < 1e-3
@@ -183,7 +184,7 @@ def test_input_model_not_mutated(tiny_vit, tiny_data):
     x = tiny_data.val.x[:4]
     with torch.no_grad():
         ref = tiny_vit(x)
-    new = reduce_tokens(tiny_vit, CompressionConfig(token_merge_r=2, token_drop=0.3, token_drop_at=(0,)),
+    new = reduce_tokens(tiny_vit, CompressionConfig({"patch_drop": {"fraction": 0.3, "at": (0,)}, "tome": {"r": 2}}),
                         build_ctx(tiny_vit, tiny_data, train=False))
     assert isinstance(new.blocks, TokenReducedBlocks) and not isinstance(tiny_vit.blocks, TokenReducedBlocks)
     assert set(new.state_dict()) == set(before), "state_dict keys are those of the original model"
@@ -195,16 +196,17 @@ def test_input_model_not_mutated(tiny_vit, tiny_data):
 def test_bad_settings_are_config_errors(tiny_vit, tiny_data):
     ctx = build_ctx(tiny_vit, tiny_data, train=False)
     with pytest.raises(ConfigError, match="token_drop_at"):
-        reduce_tokens(tiny_vit, CompressionConfig(token_drop=0.5, token_drop_at=(7,)), ctx)
+        reduce_tokens(tiny_vit, CompressionConfig({"patch_drop": {"fraction": 0.5, "at": (7,)}}), ctx)
     torch.manual_seed(0)
     no_cls = timm.create_model("vit_tiny_patch16_224", class_token=False, global_pool="avg", **TINY_VIT_KWARGS)
     with pytest.raises(ConfigError, match="no cls token"):
-        reduce_tokens(no_cls, CompressionConfig(token_drop=0.5, token_drop_at=(0,)), ctx)
+        reduce_tokens(no_cls, CompressionConfig({"patch_drop": {"fraction": 0.5, "at": (0,)}}), ctx)
 
 
 def test_registered_in_the_tokens_stage():
     assert planned_handlers(CompressionConfig()) == []
-    for config, name in ((CompressionConfig(token_merge_r=1), "tome"), (CompressionConfig(token_drop=0.1, token_drop_at=(0,)), "patch_drop")):
+    for config, name in ((CompressionConfig({"tome": {"r": 1}}), "tome"),
+                         (CompressionConfig({"patch_drop": {"fraction": 0.1, "at": (0,)}}), "patch_drop")):
         assert [(fn, [(t.name, t.stage) for t in ts]) for fn, ts in planned_handlers(config)] == [
             (reduce_tokens, [(name, "tokens")])]
     assert handler_of("tome") is handler_of("patch_drop") is reduce_tokens

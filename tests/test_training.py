@@ -125,8 +125,8 @@ def test_teacher_cache_key_counts_the_device_only_off_cpu_fp32(tiny_spec, tiny_d
 
 
 def test_students_and_finetunes_train_where_the_context_says(tiny_vit, tiny_data):
-    cfg = CompressionConfig(student="custom", student_depth=1, student_embed_dim=16, student_heads=2,
-                            student_epochs=1, prune_heads=0.5, kd_epochs=1)
+    cfg = CompressionConfig({"student": {"model": "custom", "depth": 1, "embed_dim": 16, "heads": 2, "epochs": 1},
+                             "prune": {"heads": 0.5}, "finetune": {"epochs": 1}})
     fp32 = build(tiny_vit, cfg, tiny_data, seed=1, train_device="cpu", train_precision="fp32")
     bf16 = build(tiny_vit, cfg, tiny_data, seed=1, train_device="cpu", train_precision="bf16")
     again = build(tiny_vit, cfg, tiny_data, seed=1, train_device="cpu", train_precision="bf16")

@@ -29,7 +29,7 @@ def test_every_registered_technique_has_a_handler_applied_in_stage_order() -> No
 
 
 def test_one_handler_per_config_however_many_of_its_techniques_are_chosen() -> None:
-    both = CompressionConfig(token_merge_r=2, token_drop=0.25, token_drop_at=(1,))
+    both = CompressionConfig({"patch_drop": {"fraction": 0.25, "at": (1,)}, "tome": {"r": 2}})
     assert [[t.name for t in ts] for _, ts in planned_handlers(both)] == [["patch_drop", "tome"]]
     assert planned_handlers(CompressionConfig()) == []
 
@@ -96,8 +96,8 @@ def test_a_no_op_transform_fails_the_contract(tiny_vit, ctx) -> None:
 
 
 def test_build_applies_stages_in_the_documented_order(tiny_vit, tiny_data) -> None:
-    cfg = CompressionConfig(prune_heads=0.5, lowrank="nystrom", landmarks=4, token_merge_r=2, kd_epochs=1,
-                            quant="dynamic_int8")
+    cfg = CompressionConfig({"prune": {"heads": 0.5}, "nystrom": {"landmarks": 4}, "tome": {"r": 2},
+                             "finetune": {"epochs": 1}, "dynamic_int8": {}})
     result = build(tiny_vit, cfg, tiny_data, seed=0)
     assert [r["stage"] for r in result.records] == ["prune", "lowrank", "tokens", "finetune", "quantize"]
     prune = result.records[0]
@@ -106,7 +106,8 @@ def test_build_applies_stages_in_the_documented_order(tiny_vit, tiny_data) -> No
 
 
 def test_build_is_deterministic_and_rebuildable(tiny_vit, tiny_data) -> None:
-    cfg = CompressionConfig(prune_heads=0.5, prune_mlp=0.25, prune_score="taylor", kd_epochs=1, quant="dynamic_int8")
+    cfg = CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.25, "score": "taylor"}, "finetune": {"epochs": 1},
+                             "dynamic_int8": {}})
     a = build(tiny_vit, cfg, tiny_data, seed=3)
     b = build(tiny_vit, cfg, tiny_data, seed=3)
     x = tiny_data.val.x[:16]
