@@ -19,7 +19,7 @@ NEEDS_EXTRA = {"openvino_fp32": "openvino", "openvino_int8": "openvino"}  # vits
 
 
 def _active(name: str) -> CompressionConfig:
-    return CompressionConfig(**get_technique(name).active_example())
+    return CompressionConfig({name: get_technique(name).active_example()})
 
 
 def test_every_registered_technique_has_a_handler_applied_in_stage_order() -> None:
@@ -65,7 +65,7 @@ def test_identity_setting_is_exact(name, tiny_vit, ctx) -> None:
     x = ctx.example(8)
     with torch.no_grad():
         ref = tiny_vit(x)
-        out = handler_of(name)(tiny_vit, CompressionConfig(**settings), ctx).eval()(x)
+        out = handler_of(name)(tiny_vit, CompressionConfig({name: settings}), ctx).eval()(x)
     assert (out - ref).abs().max().item() <= tol
 
 

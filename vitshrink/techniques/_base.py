@@ -212,10 +212,10 @@ class Technique:
         switches: Settings whose value above zero switches it on (prune: heads, mlp); searched always.
         on: Flat settings that switch it on with valid values, given the settings so far (a space's
             values are checked one at a time in a config where their technique is on).
-        example: Flat settings of an active example that changes a small ViT (the transform contract test
-            applies it); None: those that switch it on (`on`).
-        identity: The flat settings at which its handler is exact, and the tolerance of that: a pair,
-            or a function of the model returning one (Nystrom's m = n landmarks); None: it has none (a
+        example: Its config in an active example that changes a small ViT (the transform contract test
+            applies it); None: its config where `on` switches it on.
+        identity: Its config at which its handler is exact, and the tolerance of that: a pair, or a
+            function of the model returning one (Nystrom's m = n landmarks); None: it has none (a
             student is never the teacher, int8 is never float).
         shape_problem: (its own config, ModelShape) -> why the model's numbers cannot take it, or None.
         model_problem: (model, its own config) -> why the model's modules cannot take it, or None.
@@ -249,8 +249,8 @@ class Technique:
     selector: tuple[str, str] | None = None
     switches: tuple[str, ...] = ()
     on: Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]] = field(default_factory=dict)
-    example: Mapping[str, Any] | None = None
-    identity: tuple[Mapping[str, Any], float] | Callable[[Any], tuple[Mapping[str, Any], float]] | None = None
+    example: Any = None
+    identity: tuple[Any, float] | Callable[[Any], tuple[Any, float]] | None = None
     shape_problem: Callable[[Any, Any], str | None] | None = None
     model_problem: Callable[[Any, Any], str | None] | None = None
     problem: Callable[[Any], str | None] | None = None
@@ -276,6 +276,11 @@ class Technique:
             raise ValueError(f"technique {self.name!r}: unknown stage {self.stage!r}; stages are {STAGES}")
         if (self.selector is None) == (not self.switches):
             raise ValueError(f"technique {self.name!r} needs a selector or switches, not both")
+        pair = self.identity if not callable(self.identity) else None
+        for what, value in (("example", self.example), ("identity", pair[0] if pair else None)):
+            if value is not None and not isinstance(value, self.config):
+                raise ValueError(f"technique {self.name!r}: its {what} must be a {self.config.__name__}, "
+                                 f"not {type(value).__name__}")
         if self.trains is not None and self.trains not in self.fields:
             raise ValueError(f"technique {self.name!r} trains by {self.trains!r}, which is not one of its settings")
 
@@ -355,14 +360,19 @@ class Technique:
         """Flat settings that switch it on with valid values, given `values`."""
         return dict(self.on(values) if callable(self.on) else self.on)
 
-    def active_example(self) -> dict[str, Any]:
-        """Flat settings of a config that applies it and changes a small ViT (see `example`)."""
-        return dict(self.example) if self.example is not None else self.switch_on({})
+    def active_example(self) -> Any:
+        """Its config in a candidate that applies it and changes a small ViT (see `example`).
 
-    def identity_of(self, model: Any) -> tuple[dict[str, Any], float] | None:
-        """The flat settings at which its handler leaves `model`'s function unchanged, and the tolerance."""
+        Example:
+            >>> get_technique("tome").active_example()
+            TomeConfig(r=2)
+        """
+        return self.example if self.example is not None else self.settings(self.switch_on({}))
+
+    def identity_of(self, model: Any) -> tuple[Any, float] | None:
+        """Its config at which its handler leaves `model`'s function unchanged, and the tolerance."""
         pair = self.identity(model) if callable(self.identity) else self.identity
-        return None if pair is None else (dict(pair[0]), float(pair[1]))
+        return None if pair is None else (pair[0], float(pair[1]))
 
     def settings(self, config: Any) -> Any:
         """Its own frozen config in candidate `config` (its identity config where not chosen), or read

@@ -48,6 +48,7 @@ def recovery(space: Any) -> dict[str, Any]:
 
 TECHNIQUE = register_technique(Technique(
     name="finetune", stage="finetune", config=FinetuneConfig, fields={"epochs": "kd_epochs", **DISTILL_FIELDS},
-    switches=("epochs",), on={"kd_epochs": 1}, identity=({"kd_epochs": 0}, 0.0), trains="epochs", shared=DistillConfig,
+    switches=("epochs",), on={"kd_epochs": 1}, identity=(FinetuneConfig(epochs=0), 0.0), trains="epochs",
+    shared=DistillConfig,
     cost=lambda s, plan, named: plan.train(s.epochs),
 ))

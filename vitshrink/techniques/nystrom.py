@@ -85,14 +85,14 @@ def _references(space):
 def _identity(model):
     """m = n: as many landmarks as the blocks see tokens (exact up to the iterative pseudo-inverse)."""
     tokens = model.patch_embed.num_patches + getattr(model, "num_prefix_tokens", 1)
-    return {"lowrank": "nystrom", "landmarks": tokens}, 1e-3
+    return NystromConfig(landmarks=tokens), 1e-3
 
 
 TECHNIQUE = register_technique(Technique(
     name="nystrom", stage="lowrank", config=NystromConfig,
     fields={"landmarks": "landmarks", "blocks": "lowrank_blocks", "conv": "nystrom_conv"},
     selector=("lowrank", "nystrom"), on={"lowrank": "nystrom", "landmarks": 8},
-    example={"lowrank": "nystrom", "landmarks": 4}, identity=_identity,
+    example=NystromConfig(landmarks=4), identity=_identity,
     shape_problem=_shape_problem, model_problem=_model_problem, demands=_demands, references=_references,
     cost=lambda s, plan, named: plan.attend_to(s.landmarks, s.blocks) if s.landmarks else None,
 ))

@@ -33,7 +33,7 @@ STATIC_INT8 = register_technique(Technique(
 ORT_FP32 = register_technique(Technique(
     name="ort_fp32", stage="quantize", config=OrtFp32Config, fields={},
     selector=("quant", "ort_fp32"), on={"quant": "ort_fp32"},
-    identity=({"quant": "ort_fp32"}, 1e-5)))  # the same float function in another runtime
+    identity=(OrtFp32Config(), 1e-5)))  # the same float function in another runtime
 ORT_INT8 = register_technique(Technique(
     name="ort_int8", stage="quantize", config=OrtInt8Config, fields={},
     selector=("quant", "ort_int8"), on={"quant": "ort_int8"}, accepts=("calib_size",)))

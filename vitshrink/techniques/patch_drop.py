@@ -79,7 +79,7 @@ def _model_problem(model, s: PatchDropConfig):
 TECHNIQUE = register_technique(Technique(
     name="patch_drop", stage="tokens", config=PatchDropConfig, fields={"fraction": "token_drop", "at": "token_drop_at"},
     switches=("fraction",), on={"token_drop": 0.1, "token_drop_at": (1,)},
-    example={"token_drop": 0.25, "token_drop_at": (1,)}, identity=({"token_drop": 0.0}, 0.0),
+    example=PatchDropConfig(fraction=0.25, at=(1,)), identity=(PatchDropConfig(), 0.0),
     shape_problem=_shape_problem, model_problem=_model_problem, problem=_problem, demands=_demands,
     cost=lambda s, plan, named: plan.drop(s.fraction, s.at),
 ))

@@ -108,5 +108,5 @@ TECHNIQUE = register_technique(Technique(
             "init": "student_init", **DISTILL_FIELDS},
     selector=("student", ANY), on=_on, model_problem=_model_problem, problem=_problem, trains="epochs", shared=DistillConfig,
     references=lambda space: [reference_student(space)], stage_configs=_stage_configs, cost=_cost,
-    example={"student": "custom", "student_depth": 1, "student_embed_dim": 32, "student_heads": 2, "student_epochs": 1},
+    example=StudentConfig(model="custom", depth=1, embed_dim=32, heads=2, epochs=1),
 ))

@@ -24,7 +24,7 @@ def _model_problem(model, config):
 TECHNIQUE = register_technique(Technique(
     name="svd", stage="lowrank", config=SvdConfig, fields={"rank": "svd_rank", "blocks": "lowrank_blocks"},
     selector=("lowrank", "svd"), on={"lowrank": "svd"},
-    example={"lowrank": "svd", "svd_rank": 0.5}, identity=({"lowrank": "svd", "svd_rank": 1.0}, 0.0),
+    example=SvdConfig(rank=0.5), identity=(SvdConfig(rank=1.0), 0.0),
     shape_problem=lambda s, shape: indices_problem("lowrank_blocks", s.blocks, shape),
     model_problem=_model_problem, demands=lambda values_of: block_demands("lowrank_blocks", values_of),
     cost=lambda s, plan, named: plan.keep_linear(min(1.0, 2 * s.rank), s.blocks),  # two thin layers per kept rank
