@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import optuna
 import pytest
@@ -255,3 +256,20 @@ def test_optional_ranges_are_switched_off_half_the_time_and_replay_exactly() -> 
 def test_bad_optional_dimensions_are_refused(spec, words) -> None:
     with pytest.raises(ConfigError, match=words):
         SearchSpace.from_dict({"token_merge_r": spec})
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: CompressionConfig(prune={"heads": 0.5}), "give technique configs as a mapping"),
+    (lambda: CompressionConfig({"prune": {"heads": 0.5, "bogus": 1}}), "unknown prune setting(s) bogus; prune takes heads"),
+    (lambda: CompressionConfig({"prun": {}}), "unknown technique 'prun'; registered: student, prune"),
+    (lambda: CompressionConfig({"prune": {"heads": 1.5}}), "invalid PruneConfig: heads=1.5 must be in [0, 1)"),
+    (lambda: CompressionConfig({"nystrom": {"landmarks": 4}, "svd": {}}), "nystrom and svd are both a lowrank choice"),
+    (lambda: CompressionConfig({"dynamic_int8": {}}, distill={"augment": "flip"}), "only used by a technique that distils"),
+    (lambda: CompressionConfig.from_dict({"techniques": {"prune": {"_type": "PruneConfig", "_version": 9, "_data": {}}}}),
+     "written by a newer vitshrink"),
+    (lambda: CompressionConfig({"prune": {"_type": "TomeConfig", "_version": 1, "_data": {"r": 2}}}),
+     "technique 'prune' takes a PruneConfig, not TomeConfig"),
+], ids=["kwargs", "setting", "technique", "bounds", "one choice", "distill unused", "newer record", "wrong type"])
+def test_a_technique_form_config_refuses_bad_input_with_one_message(make, words) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        make()

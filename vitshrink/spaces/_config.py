@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Mapping
@@ -63,7 +64,10 @@ class CompressionConfig:
                 raise ConfigError("give a compression config as technique configs, CompressionConfig({'prune': "
                                   "PruneConfig(heads=0.5)}), or in the flat form, CompressionConfig(prune_heads=0.5); "
                                   "not both")
-            other = from_flat(FlatConfig(**flat))
+            if named := sorted(set(flat) & set(_registry.list_techniques()) - set(_registry.FLAT_FIELDS)):
+                raise ConfigError(f"give technique configs as a mapping, CompressionConfig({{{named[0]!r}: ...}}), not as "
+                                  f"keyword arguments ({', '.join(named)}=...)")
+            other = from_flat(FlatConfig.from_dict(flat))
             parts, distill = other.parts, other.distill
         else:
             parts, distill = _compose(techniques or {}, distill)
@@ -160,8 +164,14 @@ def from_flat(flat: FlatConfig) -> CompressionConfig:
 
 def _part(name: str, value: Any) -> Any:
     technique = _registry.get_technique(name)  # KeyError: the registered ones
-    if isinstance(value, Mapping):
-        value = _registry.config_from_dict(value) if "_type" in value else technique.config(**value)
+    if isinstance(value, Mapping) and "_type" in value:
+        value = _registry.config_from_dict(value)
+    elif isinstance(value, Mapping):
+        known = [f.name for f in dataclasses.fields(technique.config)]
+        if unknown := sorted(set(value) - set(known)):
+            raise ConfigError(f"unknown {name} setting(s) {', '.join(unknown)}; {name} takes "
+                              f"{', '.join(known) or 'no settings'}")
+        value = technique.config(**value)
     if type(value) is not technique.config:
         raise ConfigError(f"technique {name!r} takes a {technique.config.__name__}, not {type(value).__name__}")
     return value
