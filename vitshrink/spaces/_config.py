@@ -145,8 +145,33 @@ class CompressionConfig:
         return from_flat(self.flat.replace(**changes))
 
     def summary(self) -> str:
-        """A short human label, e.g. ``prune_heads=0.5 quant=dynamic_int8``; ``teacher`` for the identity."""
-        return self.flat.summary()
+        """A short human label in the technique form: each chosen technique with the settings it changes
+        from its own defaults, then the distillation settings changed; ``teacher`` for the identity.
+
+        Example:
+            >>> CompressionConfig({"prune": {"heads": 0.5}, "tome": {"r": 2}, "dynamic_int8": {}}).summary()
+            'prune(heads=0.5) tome(r=2) dynamic_int8'
+        """
+        parts = [_changed(name, config) for name, config in self.parts]
+        if self.distill != _DISTILL:
+            parts.append(_changed("distill", self.distill))
+        return " ".join(parts) or "teacher"
+
+
+def _changed(name: str, config: Any) -> str:
+    """``name(setting=value ...)`` for the settings of `config` that differ from its class's defaults."""
+    default = type(config)()
+    changed = [f"{f.name}={_short(v)}" for f in dataclasses.fields(config)
+               if (v := getattr(config, f.name)) != getattr(default, f.name)]
+    return f"{name}({' '.join(changed)})" if changed else name
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def from_flat(flat: FlatConfig) -> CompressionConfig:
