@@ -178,7 +178,11 @@ def test_three_drivers_complete_exactly_the_budget(kind, sampler, tmp_path, uniq
               for t in trials]
     assert len(ran) == len(set(ran)), queued
     if sampler == "vitshrink":  # the drivers' own proposals, each stored with its trial
-        assert sum("proposal" in t.user_attrs for t in trials if t.state == TrialState.COMPLETE) >= budget // 2, queued
+        # (trials sampled while the teacher, the unit of every objective, still ran are drawn without a
+        # proposal, and so are queued copies: how many depends on the load; a failed proposal is logged)
+        said = [line for _, err in results for line in err.splitlines() if "proposer failed" in line]
+        proposed = sum("proposal" in t.user_attrs for t in trials if t.state == TrialState.COMPLETE)
+        assert proposed >= budget // 2 and not said, (proposed, said, queued)
     # the warm start (the teacher) completed once, however many drivers enqueued it
     assert sum(t.user_attrs.get("role") == "teacher" for t in trials if t.state == TrialState.COMPLETE) == 1
 
