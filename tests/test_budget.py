@@ -4,6 +4,7 @@ and three concurrent `vitshrink search` processes complete exactly `--trials` tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -230,3 +231,32 @@ def test_a_driver_opening_while_another_samples_sees_it_and_reseeds(tmp_path, mo
     y_config, y_reseeded = one_trial(y, y_taken)
     assert not sampled["x"][1] and y_reseeded  # X saw no one; Y saw X's trial
     assert y_config != sampled["x"][0]
+
+
+@pytest.mark.parametrize("naming", ["technique", "flat"])
+def test_warm_start_trials_carry_their_params_under_the_study_naming(tmp_path, naming) -> None:
+    """The teacher and the reference set are enqueued with the params of their configs that the space
+    can represent; the trial that runs one suggests exactly those (under the study's naming), so a
+    model-based sampler learns from the warm starts, and its config is the enqueued one."""
+    from vitshrink.search._trial import sample_config
+    from vitshrink.search._warm import enqueue_warm_starts
+
+    text = '[study]\nseed_with = "reference"\n[space]\ntechniques = ["prune", "nystrom", "dynamic_int8"]\n' \
+           '[space.prune]\nheads = [0.0, 0.5]\nmlp = {low = 0.1, high = 0.5, optional = true}\n' \
+           '[space.nystrom]\nlandmarks = [4, 16]\n'
+    recipe = Recipe.from_toml_text(text)
+    if naming == "flat":
+        recipe = dataclasses.replace(recipe, space=dataclasses.replace(recipe.space, naming="flat"))
+    study = optuna.create_study(storage=storage_url("sqlite", tmp_path), directions=["maximize"] * 3)
+    enqueue_warm_starts(study, recipe)
+    queued = [t for t in study.get_trials(deepcopy=False)]
+    assert len(queued) > 2  # the teacher and some of the reference set
+    for _ in queued:
+        trial = study.ask()
+        config = sample_config(trial, recipe)
+        assert config.to_dict() == trial.user_attrs["config_override"]
+        expected = recipe.space.params_for(config, strict=False)
+        assert trial.params == expected and expected, config.to_json()
+        study.tell(trial, [0.5, 1.0, 1.0])
+    names = {k for t in study.get_trials() for k in t.params}
+    assert ("runtime" in names and "prune.heads" in names) if naming == "technique" else ("quant" in names and "prune_heads" in names)

@@ -200,7 +200,7 @@ def _recipe(data: str = "", teacher: str = "", rest: str = "") -> str:
     (_recipe("img_size = 16"), ["data.img_size = 16 does not apply to digits", "8x8 px"]),
     (_recipe('dataset = "cifar10"\nimg_size = 64'), ["does not apply to cifar10", "32x32 px"]),
     (_recipe("kd_limit = 100", rest='[space]\nquant = ["none", "dynamic_int8"]'),
-     ["data.kd_limit = 100 has nothing to limit", "never trains a student"]),
+     ["data.kd_limit = 100 has nothing to limit", "never chooses a technique that trains: student"]),
     (_recipe("limit = 0"), ["data.limit = 0 must be >= 1"]),
     (_recipe('dataset = "mnist"'), ["unknown dataset 'mnist'", "digits, fashion-mnist, cifar10, image-folder"]),
     (_recipe(teacher='checkpoint = "t.safetensors"\n[teacher.train]\nepochs = 3'),

@@ -150,7 +150,7 @@ def test_space_round_trips_through_json_dict() -> None:
         ({"landmarks": [4, 4]}, "empty"),
         ({"quant": []}, "no choices"),
         ({"quant": ["none", "int4"]}, "'int4' is not one of"),
-        ({"prune_heads": [0.0, 1.0]}, "pruning every head"),
+        ({"prune_heads": [0.0, 1.0]}, r"prune_heads=1.0 must be in \[0, 1\): 1.0 would remove everything"),
         ({"student_embed_dim": [48, 64], "student_heads": [5]}, "impossible combination"),
         ({"landmarks": {"low": 2}}, "needs both low and high"),
         ({"landmarks": [2.5, 8]}, "integer setting"),

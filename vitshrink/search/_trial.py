@@ -245,8 +245,7 @@ def _student_stage_models(recipe: Recipe, teacher: nn.Module) -> tuple[list[nn.M
     space = recipe.space
     stage = [t for t in techniques() if t.stage_configs is not None]
     # the teacher leaves the student stage where the space can choose none of its techniques
-    models: list[nn.Module] = [teacher] if not stage or any(
-        not any(t.chosen({f: v}) for t in stage) for f in stage[0].switch_fields for v in space.values_of(f)) else []
+    models: list[nn.Module] = [teacher] if space.can_skip(stage) else []
     named: dict[str, Any] = {}
     for t in stage:
         for key, flat in t.stage_configs(space.values_of):
@@ -290,10 +289,7 @@ def sample_config(trial: optuna.Trial, recipe: Recipe) -> CompressionConfig:
     if override is not None:
         # teacher / reference warm starts: suggest what the space can represent, then use the config as is
         config = CompressionConfig.from_dict(override)
-        params = recipe.space.params_for(config, strict=False)
-        for d in recipe.space.dimensions:
-            if d.name in params:
-                d.suggest(trial)
+        recipe.space.record(trial, config)
         return config
     return recipe.space.sample(trial)
 

@@ -369,11 +369,11 @@ def _check_data_keys(r: Recipe, source: str) -> None:
             raise ConfigError(f"{source}: data.{key} = {value!r} does not apply to {ds} ({why.format(ds=ds, px=px)}); "
                               f"remove it{' (and --data-dir)' if key == 'data_dir' else ''}")
     kd_limit = r.data_options.get("kd_limit")
-    trains = any(v != "none" for v in r.space.values_of("student")) or any(
-        (v or 0) > 0 for v in r.space.values_of("kd_epochs"))
-    if kd_limit is not None and not trains:
-        raise ConfigError(f"{source}: data.kd_limit = {kd_limit} has nothing to limit: the space never trains a "
-                          "student or fine-tunes (student is always 'none', kd_epochs always 0); remove it")
+    training = [t for t in _registry.techniques() if t.trains]
+    if kd_limit is not None and not any(r.space.can_choose(t) for t in training):
+        how = ", ".join(f"{t.name} ({t.how_chosen()})" for t in training)
+        raise ConfigError(f"{source}: data.kd_limit = {kd_limit} has nothing to limit: the space never chooses a "
+                          f"technique that trains: {how}; remove it")
 
 
 def _check_fixed_settings(r: Recipe, source: str) -> None:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, fields
 from typing import Any
@@ -257,29 +258,11 @@ class SearchSpace:
         return next((d for d in self.dimensions if d.name == name), None)
 
     def _check_combinations(self) -> None:
-        """Refuse combinations that no sample could turn into a valid config."""
-        heads, embed = self.dimension("student_heads"), self.dimension("student_embed_dim")
-        fixed = dict(self.fixed)
-        heads_vals = list(heads.choices) if heads and heads.choices else ([fixed["student_heads"]] if "student_heads" in fixed else [])
-        embed_vals = list(embed.choices) if embed and embed.choices else ([fixed["student_embed_dim"]] if "student_embed_dim" in fixed else [])
-        # A width no head count divides (or a head count that divides no width) is never usable: refused.
-        # A pair that only some samples draw (64 wide with 3 heads, beside 48 with 3) is pruned in its trial.
-        for e in embed_vals:
-            if heads_vals and all(e % h for h in heads_vals):
-                raise ConfigError(
-                    f"impossible combination: student_embed_dim={e} is not divisible by any of student_heads="
-                    f"{heads_vals}; give embed dims that some head count divides")
-        for h in heads_vals:
-            if embed_vals and all(e % h for e in embed_vals):
-                raise ConfigError(
-                    f"impossible combination: student_heads={h} divides none of student_embed_dim={embed_vals}; "
-                    "give head counts that divide some embed dim")
-        if (heads and heads.choices is None) or (embed and embed.choices is None):
-            raise ConfigError("student_embed_dim and student_heads must be given as choices (lists), not ranges")
-        for name in ("prune_heads", "prune_mlp", "token_drop"):
-            d = self.dimension(name)
-            if d and d.choices is None and d.high >= 1.0:  # type: ignore[operator]
-                raise ConfigError(f"{name} range reaches {d.high}: pruning every head/unit/token is impossible; keep it below 1.0")
+        """Refuse combinations that no sample could turn into a valid config: a technique's own
+        `space_problem`, then every fixed value and every end of every range on its own."""
+        for t in _registry.techniques():
+            if t.space_problem is not None and (problem := t.space_problem(self)):
+                raise ConfigError(problem)
         # Every fixed value and every end of every range must make a valid config on its own.
         for d in self.dimensions:
             probes = d.choices if d.choices is not None else (d.low, d.high)
@@ -364,8 +347,22 @@ class SearchSpace:
         """Optuna params that make `sample` return `config` (for enqueueing). A value outside the
         space raises ConfigError, or with `strict=False` is left out (the warm start then carries
         its config separately and the sampler learns from the params it can represent)."""
+        return {param: value for _, param, value, _ in self._params_of(config, strict)}
+
+    def record(self, trial: Any, config: CompressionConfig) -> None:
+        """Suggest on `trial` the params of `config` that this space can represent (those of
+        ``params_for(config, strict=False)``, under this space's naming), so that a trial whose config
+        is given (a warm start, enqueued with those params) carries them for the sampler to learn from."""
+        for d, param, _, gate in self._params_of(config, strict=False):
+            if gate:
+                trial.suggest_categorical(param, [False, True])
+            else:
+                dataclasses.replace(d, optional=False).suggest(trial, param)
+
+    def _params_of(self, config: CompressionConfig, strict: bool):
+        """(dimension, Optuna param, encoded value, whether it is an optional range's on/off switch
+        ``<param>_on``) of each param `sample` would suggest for `config`."""
         values = config.flat.to_dict()
-        params: dict[str, Any] = {}
         seen: dict[str, Any] = dict(self.fixed)
         for d in self.dimensions:
             if not field_applies(d.name, seen):
@@ -374,17 +371,16 @@ class SearchSpace:
             v = tuple(v) if isinstance(v, list) else v
             param = self.param(d.name, seen)
             if d.optional:
-                params[f"{param}_on"] = v != _DEFAULTS[d.name]
-                if not params[f"{param}_on"]:
+                yield d, f"{param}_on", v != _DEFAULTS[d.name], True
+                if v == _DEFAULTS[d.name]:
                     seen[d.name] = v
                     continue
             if not d.contains(v):
                 if not strict:
                     continue
                 raise ConfigError(f"{d.name}={v!r} is outside the search space ({d.to_dict()})")
-            params[param] = _encode(v)
+            yield d, param, _encode(v), False
             seen[d.name] = v
-        return params
 
     def values_of(self, name: str) -> list[Any]:
         """Every value `name` can take in this space: its choices, the two ends of its range, its fixed
@@ -406,11 +402,11 @@ class SearchSpace:
                     cls_token: bool = True, students: dict[str, ModelShape] | None = None) -> None:
         """Refuse values this space can sample that no model it can produce honours, before any trial runs.
 
-        The stages after the student act on the student when there is one, so block indices,
-        landmarks, merging and patch dropping are asked of every model the space can produce: the
-        teacher (when `student` can be "none"), the deepest custom student, and each timm-named
-        student in `students`. A value that only some of them honour (a block index beyond a shallow
-        student) passes here; the trial that samples the impossible combination is pruned.
+        The stages after the student stage act on the model leaving it, so what each technique demands
+        is asked of every model the space can produce there (`_model_shapes`): the teacher where the
+        student stage can be skipped, and each model of that stage's techniques. A value that only
+        some of them honour (a block index beyond a shallow student) passes here; the trial that
+        samples the impossible combination is pruned.
 
         Args:
             num_tokens: Tokens entering the teacher's first block (patches + prefix tokens such as cls).
@@ -421,7 +417,7 @@ class SearchSpace:
             students: ModelShape of each timm-named student the space can sample, by name.
 
         What each technique asks of a model is its own `demands` (vitshrink.techniques), asked where
-        the space can choose it. Pruning asks nothing: `prune_heads` < 1 always keeps a head per block.
+        the space can choose it; a technique without `demands` asks nothing.
 
         Raises:
             ConfigError: naming the setting, the model's numbers and the largest usable value.
@@ -446,18 +442,24 @@ class SearchSpace:
                 raise ConfigError(f"impossible combination: {problems[best]}")
 
     def _model_shapes(self, teacher: ModelShape, students: dict[str, ModelShape]) -> list[ModelShape]:
-        """The models leaving the student stage that this space can produce (the deepest custom one)."""
-        shapes = []
-        for student in self.values_of("student"):
-            if student == "none":
-                shapes.append(teacher)
-            elif student == "custom":
-                deepest = int(max(self.values_of("student_depth")))
-                shapes.append(ModelShape(f"the deepest custom student ({deepest} blocks)", teacher.tokens, deepest,
-                                         teacher.prefix, teacher.cls_token))
-            elif student in students:
-                shapes.append(students[student])
+        """The models leaving the student stage that this space can produce: the teacher where the space
+        can choose none of that stage's techniques, each technique's own models (`stage_configs`: its
+        deepest custom student by `stage_shape`, a named one by its shape in `students`)."""
+        stage = [t for t in _registry.techniques() if t.stage_configs is not None]
+        shapes = [teacher] if self.can_skip(stage) else []
+        for t in stage:
+            for key, flat in t.stage_configs(self.values_of):
+                if key is None and t.stage_shape is not None:
+                    shapes.append(t.stage_shape(t.settings(flat), teacher))
+                elif key in students:
+                    shapes.append(students[key])
         return shapes or [teacher]
+
+    def can_skip(self, techniques: list) -> bool:
+        """Whether some value this space can sample chooses none of `techniques` (those of one stage,
+        chosen by one setting: a student stage the teacher leaves as it is)."""
+        return not techniques or any(not any(t.chosen({f: v}) for t in techniques)
+                                     for f in techniques[0].switch_fields for v in self.values_of(f))
 
     def diff(self, other: SearchSpace) -> list[str]:
         """Human-readable differences between two spaces (for refusing a changed resume)."""

@@ -240,6 +240,11 @@ class Technique:
         stage_configs: (values_of) -> (name, flat settings) of the models leaving its stage that a space
             of those values can build, for a student stage: the largest custom student (name None) and
             each named architecture (name: its selector value). The search checks them before a study.
+        stage_shape: (its own config from `stage_configs` with name None, the teacher's ModelShape) ->
+            the ModelShape of that model (a custom student's depth), which a space's checks ask of.
+        space_problem: (space) -> why no sample of a search space that can choose it could be valid,
+            or None: a combination of its settings' values that no draw can make work (a custom
+            student's widths that none of its head counts divide). The space asks it when it is made.
     """
 
     name: str
@@ -260,6 +265,8 @@ class Technique:
     references: Callable[[Any], list[Mapping[str, Any]]] | None = None
     stage_configs: Callable[[Callable[[str], list[Any]]], Iterable[tuple[str | None, Mapping[str, Any]]]] | None = None
     shared: type | None = None
+    stage_shape: Callable[[Any, Any], Any] | None = None
+    space_problem: Callable[[Any], str | None] | None = None
     cost: Callable[[Any, Any, Callable[[str], tuple[int, int, int, int, int]]], None] | None = None
 
     def __post_init__(self) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from ..spaces._fit import ModelShape
 from ..spaces._legacy import STUDENT_INITS
 from ._base import ABOVE_ZERO, ANY, DISTILL_FIELDS, Technique, TechniqueConfig, register_technique, setting
 from .finetune import DistillConfig, distill_extras
@@ -76,6 +77,32 @@ def reference_student(space: Any) -> dict[str, Any]:
                 **distill_extras(space))
 
 
+def _space_problem(space: Any) -> str | None:
+    """A custom student's widths and head counts are picked from lists, and each width some head count
+    divides (and each head count divides some width): a pair that only some draws make (64 wide with 3
+    heads, beside 48 with 3) is pruned in its trial instead."""
+    if any((d := space.dimension(f)) is not None and d.choices is None for f in ("student_heads", "student_embed_dim")):
+        return "student_embed_dim and student_heads must be given as choices (lists), not ranges"
+    fixed = dict(space.fixed)
+    listed = lambda f: list(space.dimension(f).choices) if space.dimension(f) else ([fixed[f]] if f in fixed else [])  # noqa: E731
+    heads, embeds = listed("student_heads"), listed("student_embed_dim")
+    for e in embeds:
+        if heads and all(e % h for h in heads):
+            return (f"impossible combination: student_embed_dim={e} is not divisible by any of student_heads={heads}; "
+                    "give embed dims that some head count divides")
+    for h in heads:
+        if embeds and all(e % h for e in embeds):
+            return (f"impossible combination: student_heads={h} divides none of student_embed_dim={embeds}; give head "
+                    "counts that divide some embed dim")
+    return None
+
+
+def _stage_shape(s: StudentConfig, teacher: ModelShape) -> ModelShape:
+    """The deepest custom student keeps the teacher's tokens (its patch embedding is the teacher's)."""
+    return ModelShape(f"the deepest custom student ({s.depth} blocks)", teacher.tokens, s.depth, teacher.prefix,
+                      teacher.cls_token)
+
+
 def _cost(s: StudentConfig, plan: Any, named) -> None:
     """Its blocks replace the teacher's (a timm name's as `named` reads them), then it trains."""
     if s.model == "custom":
@@ -107,6 +134,7 @@ TECHNIQUE = register_technique(Technique(
             "heads": "student_heads", "mlp_ratio": "student_mlp_ratio", "epochs": "student_epochs",
             "init": "student_init", **DISTILL_FIELDS},
     selector=("student", ANY), on=_on, model_problem=_model_problem, problem=_problem, trains="epochs", shared=DistillConfig,
-    references=lambda space: [reference_student(space)], stage_configs=_stage_configs, cost=_cost,
+    references=lambda space: [reference_student(space)], stage_configs=_stage_configs, stage_shape=_stage_shape,
+    space_problem=_space_problem, cost=_cost,
     example=StudentConfig(model="custom", depth=1, embed_dim=32, heads=2, epochs=1),
 ))
