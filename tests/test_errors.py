@@ -152,7 +152,7 @@ def test_debug_shows_the_traceback_but_still_masks_the_password(results) -> None
         ("[space]\nlandmarks = {low = 2, high = 8, log = 'yes'}", "log = 'yes' must be true or false"),
         ("[space]\nlandmarks = {choices = 4}", "choices = 4 must be a list"),
         ('[teacher]\ncheckpoint = ""', "teacher.checkpoint is empty"),
-        ("[space]\nprune_heads = [0.0, 1.0]", r"invalid config \(prune_heads=1.0\).*1.0 would remove everything"),
+        ("[space]\nprune_heads = [0.0, 1.0]", r"invalid config \(prune.heads=1.0\).*1.0 would remove everything"),
     ],
 )
 def test_recipe_values_of_the_wrong_kind_are_refused_by_name(text, words) -> None:

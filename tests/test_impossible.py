@@ -68,7 +68,7 @@ REFUSED = {
         'techniques = ["student"]\nalways = ["student"]\n'
         '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16]\nheads = [2]\nepochs = 1\n'
         'mlp_ratio = [0.0, 2.0]', "", {},
-        "student_mlp_ratio=0.0 must be > 0"),
+        r"\(student.mlp_ratio=0.0\).*mlp_ratio=0.0 must be > 0"),
 }
 
 

@@ -150,7 +150,7 @@ def test_space_round_trips_through_json_dict() -> None:
         ({"landmarks": [4, 4]}, "empty"),
         ({"quant": []}, "no choices"),
         ({"quant": ["none", "int4"]}, "'int4' is not one of"),
-        ({"prune_heads": [0.0, 1.0]}, r"prune_heads=1.0 must be in \[0, 1\): 1.0 would remove everything"),
+        ({"prune_heads": [0.0, 1.0]}, r"\(prune.heads=1.0\).*heads=1.0 must be in \[0, 1\): 1.0 would remove everything"),
         ({"student_embed_dim": [48, 64], "student_heads": [5]}, "impossible combination"),
         ({"landmarks": {"low": 2}}, "needs both low and high"),
         ({"landmarks": [2.5, 8]}, "integer setting"),
@@ -165,7 +165,7 @@ def test_space_diff_names_the_changed_dimension() -> None:
     a = SearchSpace.from_dict({"prune_heads": [0.0, 0.5]})
     b = SearchSpace.from_dict({"prune_heads": [0.0, 0.75]})
     (line,) = a.diff(b)
-    assert "prune_heads" in line and "0.5" in line and "0.75" in line
+    assert "prune.heads" in line and "0.5" in line and "0.75" in line
 
 
 # --- Recipes ----------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_builtin_recipes_load() -> None:
 
 def test_quickstart_covers_the_four_families() -> None:
     dims = {d.name for d in resolve_recipe("quickstart").space.dimensions}
-    assert {"quant", "lowrank", "landmarks", "prune_heads", "prune_mlp", "student"} <= dims
+    assert {"runtime", "lowrank", "nystrom.landmarks", "prune.heads", "prune.mlp", "student"} <= dims
 
 
 @pytest.mark.parametrize(

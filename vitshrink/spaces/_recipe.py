@@ -28,7 +28,7 @@ from .. import data_shape  # attributes read at call time: data_shape imports th
 from ..objectives._registry import DEFAULT_OBJECTIVES, check_objective_names
 from .. import techniques as _registry  # the techniques depend on _config and _fit only, never on this module
 from ._config import ConfigError
-from ._legacy import FlatConfig
+from ..techniques import keys as K
 from ._space import SearchSpace
 from ._space_form import read_space, stored_space, warn_if_flat
 
@@ -380,17 +380,17 @@ def _check_fixed_settings(r: Recipe, source: str) -> None:
     """Refuse a setting the space fixes away from its default for a technique the space never
     chooses: `landmarks = 8` with no Nystrom among the lowrank values would be stored and do nothing.
     A recipe stored on a study is not asked: the study keeps what it was created with."""
-    defaults = FlatConfig().to_dict()
     for name, value in r.space.fixed:
-        users = _registry.owners(name)  # the techniques whose setting it is (none: a selector or a switch)
-        if not users or (list(value) if isinstance(value, tuple) else value) == defaults[name]:
+        key = K.get_key(name)
+        if key.kind in ("choice", "switch") or value == key.default:  # a choice or a switch chooses by itself
             continue
-        needed = [(t, t.meta(t.setting_of(name))["only"]) for t in users]  # with the selector value it needs
+        needed = [(t, key.only) for t in key.owners]  # with the choice value it needs
         if any(r.space.can_choose(t, only) for t, only in needed):
             continue
         how = " or ".join(f"{t.selector[0]}={only!r}" if only else t.how_chosen() for t, only in needed)
-        raise ConfigError(f"{source}: the space fixes {name} = {value!r} but never chooses what uses it ({how}), "
-                          f"so it would do nothing; let the space choose {how}, or remove {name}")
+        label = r.space.param(name)
+        raise ConfigError(f"{source}: the space fixes {label} = {value!r} but never chooses what uses it ({how}), "
+                          f"so it would do nothing; let the space choose {how}, or remove {label}")
 
 
 def _check_teacher_keys(r: Recipe, source: str) -> None:

@@ -1,58 +1,77 @@
-"""`SearchSpace`: which `CompressionConfig` fields are searched, their ranges or choices (a technique's
-settings exist only where the technique is chosen: `vitshrink.techniques`), as data that round-trips
-through JSON and maps an Optuna trial to a config.
+"""`SearchSpace`: what a search varies, per technique, as Optuna distributions that round-trip
+through JSON and map an Optuna trial to a `CompressionConfig`.
+
+A space is keyed by search key (`vitshrink.techniques.keys`): each stage's choice (``runtime``,
+``lowrank``, ``student``) and each technique's settings (``prune.heads``, ``nystrom.landmarks``,
+``distill.alpha``). A technique's settings are suggested only where it is chosen, as parameters
+of the same names; a study an earlier vitshrink created keeps its flat parameter names
+(``naming = "flat"``: ``quant``, ``prune_heads``). A space given in the flat form (`from_dict` with
+FlatConfig field names, as recipes and studies of earlier versions hold it) is read into keys here.
 
 Example:
     >>> import optuna
-    >>> space = SearchSpace.from_dict({"quant": ["none", "dynamic_int8"], "prune_heads": [0.0, 0.5]})
+    >>> space = SearchSpace.from_dict({"runtime": ["none", "dynamic_int8"], "prune.heads": [0.0, 0.5]})
     >>> cfg = space.sample(optuna.trial.FixedTrial({"runtime": "dynamic_int8", "prune.heads": 0.25}))
     >>> cfg.names, cfg["prune"].heads
     (('prune', 'dynamic_int8'), 0.25)
+    >>> SearchSpace.from_dict({"quant": ["none", "dynamic_int8"], "prune_heads": [0.0, 0.5]}) == space
+    True
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from .. import techniques as _registry  # the techniques depend on _config and _fit only, never on this module
+from ..techniques import keys as K
 from ._config import CompressionConfig, ConfigError
-from ._legacy import FlatConfig, check_field_type
 from ._fit import ModelShape
 
-_FIELD_TYPES = {f.name: f.type for f in fields(FlatConfig)}
-_DEFAULTS = FlatConfig().to_dict()
-# the settings that choose a technique by their value, and the values they take
 
+def _kind(name: str) -> str:
+    default = K.get_key(name).default
+    if isinstance(default, bool):
+        return "bool"
+    return {str: "str", int: "int", float: "float"}.get(type(default), "tuple")
+
+
+def check_type(name: str, value: Any, label: str | None = None) -> None:
+    """Refuse a value of the wrong type for key `name` (ints are fine where a number is wanted;
+    bools and NaN are not), naming it as `label` (the name the recipe used)."""
+    kind, v = _kind(name), value
+    if kind == "str":
+        ok = isinstance(v, str)
+    elif kind == "int":
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    elif kind == "float":
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # v == v: not NaN
+    elif kind == "bool":
+        ok = isinstance(v, bool)
+    else:  # block indices
+        ok = isinstance(v, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+    if not ok:
+        want = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(
+            kind, "a list of block indices")
+        raise ConfigError(f"invalid compression config: {label or name}={value!r} must be {want}")
 
 
 def allowed_choices(name: str) -> tuple[Any, ...] | None:
-    """The values field `name` may take (a selector's modes, a technique setting's choices), or None."""
-    if (modes := _registry.selector_choices().get(name)) is not None:
-        return modes
-    for t in _registry.techniques():
-        setting = t.setting_of(name)
-        if setting is not None and t.meta(setting)["choices"] is not None:
-            return t.meta(setting)["choices"]
-    return None
+    """The values key `name` may take (a choice's techniques, a setting's declared choices), or None."""
+    return K.get_key(name).choices
 
 
 def always_choices(name: str) -> bool:
-    """Whether a two-number list for `name` is a set of choices, never a range (a student's width
+    """Whether a two-number list for key `name` is a set of choices, never a range (a student's width
     must be divisible by its head count, so both are picked from lists)."""
-    if name in _registry.selector_choices():
-        return True
-    return any(t.setting_of(name) is not None and t.meta(t.setting_of(name))["as_list"]
-               for t in _registry.techniques())
+    return K.get_key(name).as_list
 
 
-def field_applies(name: str, values: dict[str, Any]) -> bool:
-    """Whether field `name` is used under the settings `values`: a technique's setting exists only
-    where the technique is chosen (dimensions are sampled in CompressionConfig's field order, after
-    the settings that choose their technique)."""
-    return _registry.field_applies(name, values)
+def default_of(name: str) -> Any:
+    return K.get_key(name).default
 
 
 @dataclass(frozen=True)
@@ -90,7 +109,7 @@ class Dimension:
     def contains(self, value: Any) -> bool:
         if self.choices is not None:
             return _encode(value) in [_encode(c) for c in self.choices]
-        if self.optional and value == _DEFAULTS[self.name]:
+        if self.optional and value == default_of(self.name):
             return True
         return self.low <= value <= self.high  # type: ignore[operator]
 
@@ -98,7 +117,7 @@ class Dimension:
         """Suggest a value on an Optuna trial, as parameter `param` (default: the field's own name)."""
         param = param or self.name
         if self.optional and not trial.suggest_categorical(f"{param}_on", [False, True]):
-            return _DEFAULTS[self.name]
+            return default_of(self.name)
         if self.choices is not None:
             encoded = [_encode(c) for c in self.choices]
             return _decode(trial.suggest_categorical(param, encoded))
@@ -118,131 +137,157 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def _parse_dimension(name: str, spec: Any) -> Dimension | Any:
-    """A TOML value -> Dimension, or a plain value for a fixed setting (each value type-checked)."""
-    if name not in _FIELD_TYPES:
-        import difflib
-
-        close = difflib.get_close_matches(name, _FIELD_TYPES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; known dimensions: {', '.join(_FIELD_TYPES)}"
-        raise ConfigError(f"unknown search dimension {name!r}{hint}")
-    is_int = "int" in str(_FIELD_TYPES[name]) and "tuple" not in str(_FIELD_TYPES[name])
-    is_tuple_field = "tuple" in str(_FIELD_TYPES[name])
+def _parse_dimension(name: str, spec: Any, label: str | None = None) -> Dimension | Any:
+    """A TOML value for key `name` -> Dimension, or a plain value for a fixed setting (each value
+    type-checked); messages name it as `label`, the name the recipe used."""
+    label = label or name
+    kind = _kind(name)
     if isinstance(spec, dict):
         unknown = set(spec) - {"choices", "low", "high", "step", "log", "optional"}
         if unknown:
-            raise ConfigError(f"dimension {name!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+            raise ConfigError(f"dimension {label!r}: unknown key(s) {', '.join(sorted(unknown))}; "
                               "use choices or low/high/step/log/optional")
         optional = spec.get("optional", False)
         if not isinstance(optional, bool):
-            raise ConfigError(f"dimension {name!r}: optional = {optional!r} must be true or false")
+            raise ConfigError(f"dimension {label!r}: optional = {optional!r} must be true or false")
         if optional and "choices" in spec:
-            raise ConfigError(f"dimension {name!r}: optional applies to ranges; for choices, list the "
-                              f"identity value {_DEFAULTS[name]!r} among them instead")
+            raise ConfigError(f"dimension {label!r}: optional applies to ranges; for choices, list the "
+                              f"identity value {default_of(name)!r} among them instead")
         if "choices" in spec:
             if not isinstance(spec["choices"], list):
-                raise ConfigError(f"dimension {name!r}: choices = {spec['choices']!r} must be a list")
+                raise ConfigError(f"dimension {label!r}: choices = {spec['choices']!r} must be a list")
             spec = list(spec["choices"])
-            if is_tuple_field:
-                return _choices(name, [_block_list(name, c) for c in spec])
-            return _choices(name, spec)
+            if kind == "tuple":
+                return _choices(name, [_block_list(name, c, label) for c in spec], label)
+            return _choices(name, spec, label)
         if "low" not in spec or "high" not in spec:
-            raise ConfigError(f"dimension {name!r}: a range needs both low and high")
-        if "str" in str(_FIELD_TYPES[name]) or is_tuple_field:
-            raise ConfigError(f"dimension {name!r} takes a list of choices, not a range")
-        return _range(name, spec["low"], spec["high"], spec.get("step"), spec.get("log", False), is_int, optional)
+            raise ConfigError(f"dimension {label!r}: a range needs both low and high")
+        if kind in ("str", "tuple"):
+            raise ConfigError(f"dimension {label!r} takes a list of choices, not a range")
+        return _range(name, spec["low"], spec["high"], spec.get("step"), spec.get("log", False), kind == "int",
+                      optional, label)
     if isinstance(spec, list):
-        if is_tuple_field:
+        if kind == "tuple":
             if spec and all(isinstance(c, list) for c in spec):
-                return _choices(name, [_block_list(name, c) for c in spec])
-            check_field_type(name, spec)
-            return tuple(spec)  # one fixed tuple, e.g. token_drop_at = [2, 4]
-        if len(spec) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec) and not always_choices(name):
-            return _range(name, spec[0], spec[1], None, False, is_int)
-        return _choices(name, spec)
-    check_field_type(name, spec)
+                return _choices(name, [_block_list(name, c, label) for c in spec], label)
+            check_type(name, spec, label)
+            return tuple(spec)  # one fixed tuple, e.g. patch_drop.at = [2, 4]
+        if len(spec) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec) \
+                and not always_choices(name):
+            return _range(name, spec[0], spec[1], None, False, kind == "int", False, label)
+        return _choices(name, spec, label)
+    check_type(name, spec, label)
     return spec  # a fixed value
 
 
-def _block_list(name: str, value: Any) -> tuple[int, ...]:
-    check_field_type(name, value)
+def _block_list(name: str, value: Any, label: str) -> tuple[int, ...]:
+    check_type(name, value, label)
     return tuple(value)
 
 
-def _choices(name: str, values: list[Any]) -> Dimension:
+def _choices(name: str, values: list[Any], label: str) -> Dimension:
     for v in values:
-        check_field_type(name, v)
+        check_type(name, v, label)
     if not values:
-        raise ConfigError(f"dimension {name!r} has no choices; give at least one")
+        raise ConfigError(f"dimension {label!r} has no choices; give at least one")
     allowed = allowed_choices(name)
     if allowed:
         bad = [v for v in values if v not in allowed]
         if bad:
-            raise ConfigError(f"dimension {name!r}: {bad[0]!r} is not one of {', '.join(allowed)}")
+            raise ConfigError(f"dimension {label!r}: {bad[0]!r} is not one of {', '.join(allowed)}")
     if len(set(map(_encode, values))) != len(values):
-        raise ConfigError(f"dimension {name!r} lists a choice twice: {values}")
+        raise ConfigError(f"dimension {label!r} lists a choice twice: {values}")
     return Dimension(name, choices=tuple(values))
 
 
-def _range(name: str, low: Any, high: Any, step: Any, log: Any, integer: bool, optional: bool = False) -> Dimension:
+def _range(name: str, low: Any, high: Any, step: Any, log: Any, integer: bool, optional: bool, label: str) -> Dimension:
     for what, v in (("low", low), ("high", high), ("step", step)):
         if v is None and what == "step":
             continue
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
-            raise ConfigError(f"dimension {name!r}: {what} = {v!r} must be a number")
+            raise ConfigError(f"dimension {label!r}: {what} = {v!r} must be a number")
     if not isinstance(log, bool):
-        raise ConfigError(f"dimension {name!r}: log = {log!r} must be true or false")
+        raise ConfigError(f"dimension {label!r}: log = {log!r} must be true or false")
     if integer and not (float(low).is_integer() and float(high).is_integer()):
-        raise ConfigError(f"dimension {name!r} is an integer setting but its range [{low}, {high}] is not")
+        raise ConfigError(f"dimension {label!r} is an integer setting but its range [{low}, {high}] is not")
     if low > high:
-        raise ConfigError(f"dimension {name!r}: range [{low}, {high}] is inverted; write [{high}, {low}]")
+        raise ConfigError(f"dimension {label!r}: range [{low}, {high}] is inverted; write [{high}, {low}]")
     if low == high:
-        raise ConfigError(f"dimension {name!r}: range [{low}, {high}] is empty; give low < high or a fixed value")
+        raise ConfigError(f"dimension {label!r}: range [{low}, {high}] is empty; give low < high or a fixed value")
     if log and low <= 0:
-        raise ConfigError(f"dimension {name!r}: a log range needs low > 0, got {low}")
+        raise ConfigError(f"dimension {label!r}: a log range needs low > 0, got {low}")
     return Dimension(name, low=low, high=high, step=step, log=log, integer=integer, optional=optional)
+
+
+def _keyed(name: str) -> list[str]:
+    """The keys a name in a space's tables means: a key itself, or a flat field's keys (the flat form);
+    ConfigError naming the closest known name for any other."""
+    if name in K.search_keys():
+        return [name]
+    if keys := K.keys_of_flat(name):
+        return keys
+    known = [*K.search_keys(), *(K.flat_name(k) for k in K.search_keys())]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known dimensions: {', '.join(K.search_keys())}"
+    raise ConfigError(f"unknown search dimension {name!r}{hint}")
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Searched dimensions plus fixed settings; everything else keeps its identity default.
+    """Searched dimensions plus fixed settings, by search key; everything else keeps its identity default.
 
-    `naming`: how its Optuna parameters are named. "technique" (what new studies use): qualified by
-    technique, ``runtime``, ``prune.heads``, ``nystrom.landmarks`` (`vitshrink.techniques.param_name`);
-    "flat": the FlatConfig field, ``quant``, ``prune_heads``, as studies an earlier vitshrink created
-    store them (a study keeps the naming it was created with).
+    `naming`: how its Optuna parameters are named. "technique" (what new studies use): the keys
+    themselves, ``runtime``, ``prune.heads``, ``nystrom.landmarks``; "flat": the FlatConfig field,
+    ``quant``, ``prune_heads``, as studies an earlier vitshrink created store them (a study keeps the
+    naming it was created with).
     """
 
     dimensions: tuple[Dimension, ...] = ()
     fixed: tuple[tuple[str, Any], ...] = ()
     naming: str = "technique"
 
-    def param(self, name: str, values: dict[str, Any]) -> str:
-        """The Optuna parameter of dimension `name` under the settings sampled before it."""
-        return name if self.naming == "flat" else _registry.param_name(name, values)
+    def param(self, name: str) -> str:
+        """The Optuna parameter of key `name`."""
+        return K.flat_name(name) if self.naming == "flat" else name
 
     @classmethod
     def from_dict(cls, space: dict[str, Any], fixed: dict[str, Any] | None = None) -> SearchSpace:
-        dims: list[Dimension] = []
+        """A space from tables keyed by search key, or by FlatConfig field (the flat form: each field
+        read as the key or keys that hold it, a field two techniques share as each one's)."""
+        dims: dict[str, Dimension] = {}
         fixed_items: dict[str, Any] = {}
-        order = list(_FIELD_TYPES)
-        for name, spec in sorted(space.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else -1):
-            parsed = _parse_dimension(name, spec)
-            if isinstance(parsed, Dimension):
-                dims.append(parsed)
-            else:
-                fixed_items[name] = parsed
-        for name, value in (fixed or {}).items():
-            parsed = _parse_dimension(name, value)
-            if isinstance(parsed, Dimension):
-                raise ConfigError(f"fixed setting {name!r} must be a single value, not {value!r}")
-            fixed_items[name] = parsed
-        both = {d.name for d in dims} & set(fixed or {})
-        if both:
-            raise ConfigError(f"{', '.join(sorted(both))} is both searched and fixed; keep it in one table")
-        space_obj = cls(tuple(dims), tuple(sorted(fixed_items.items())))
+        shared: dict[str, list[str]] = {}  # a flat field two techniques share -> its keys
+        for table, is_fixed in ((space, False), (fixed or {}, True)):
+            for name, spec in table.items():
+                keys = _keyed(name)
+                if len(keys) > 1:
+                    shared[name] = keys
+                for key in keys:
+                    parsed = _parse_dimension(key, spec, name)
+                    if is_fixed and isinstance(parsed, Dimension):
+                        raise ConfigError(f"fixed setting {name!r} must be a single value, not {spec!r}")
+                    if key in dims or key in fixed_items:
+                        if is_fixed and key in dims:
+                            raise ConfigError(f"{name} is both searched and fixed; keep it in one table")
+                        raise ConfigError(f"{name} is given twice (as {key!r}); give it once")
+                    if isinstance(parsed, Dimension):
+                        dims[key] = parsed
+                    else:
+                        fixed_items[key] = parsed
+        order = list(K.search_keys())
+        space_obj = cls(tuple(sorted(dims.values(), key=lambda d: order.index(d.name))),
+                        tuple(sorted(fixed_items.items(), key=lambda kv: order.index(kv[0]))))
+        unused = {k for keys in shared.values() for k in keys if not space_obj._can_use(k)}
+        unused -= {k for keys in shared.values() if all(k in unused for k in keys) for k in keys}
+        if unused:  # a shared flat field means the key of each technique the space can choose, not the others
+            space_obj = cls(tuple(d for d in space_obj.dimensions if d.name not in unused),
+                            tuple(kv for kv in space_obj.fixed if kv[0] not in unused))
         space_obj._check_combinations()
         return space_obj
+
+    def _can_use(self, name: str) -> bool:
+        key = K.get_key(name)
+        return any(self.can_choose(t, key.only) for t in key.owners)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -255,7 +300,13 @@ class SearchSpace:
         return cls.from_dict(d.get("space", {}), d.get("fixed", {}))
 
     def dimension(self, name: str) -> Dimension | None:
-        return next((d for d in self.dimensions if d.name == name), None)
+        """The dimension of key `name` (a flat field name: of the first key it holds), or None."""
+        names = K.keys_of_flat(name) if K.is_flat(name) else [name]
+        return next((d for d in self.dimensions if d.name in names), None)
+
+    def fixed_value(self, name: str, default: Any = None) -> Any:
+        """The fixed value of key `name`, or `default`."""
+        return dict(self.fixed).get(name, default)
 
     def _check_combinations(self) -> None:
         """Refuse combinations that no sample could turn into a valid config: a technique's own
@@ -263,85 +314,93 @@ class SearchSpace:
         for t in _registry.techniques():
             if t.space_problem is not None and (problem := t.space_problem(self)):
                 raise ConfigError(problem)
-        # Every fixed value and every end of every range must make a valid config on its own.
         for d in self.dimensions:
             probes = d.choices if d.choices is not None else (d.low, d.high)
             if d.optional:
-                probes = (*probes, _DEFAULTS[d.name])
+                probes = (*probes, default_of(d.name))
             for v in probes:
-                self._probe({d.name: v})
-        self._probe({})
+                self._probe(d.name, v)
+        self._probe(None, None)
         self._check_needed_settings()
 
     def _check_needed_settings(self) -> None:
         """Refuse a technique the space can choose but whose needed settings it neither searches nor
         fixes (patch dropping without the blocks to drop at): every trial choosing it would be invalid."""
-        T = _registry
-        for t in T.techniques():
-            for f in t.switch_fields:
-                for v in self.values_of(f):
-                    if not t.chosen({f: v}):
+        for t in _registry.techniques():
+            for key in self._choosing_keys(t):
+                for v in self.values_of(key):
+                    if not K.chosen(t, {key: v}):
                         continue
-                    values = {**dict(self.fixed), f: v}
+                    values = {**dict(self.fixed), key: v}
                     # what the space searches takes a valid value: for this technique, then for every other one
                     # the values choose (a fixed custom student whose width the space searches)
-                    for chosen in [t, *(c for c in T.chosen_techniques(values) if c is not t)]:
-                        for k, on in chosen.switch_on(values).items():
+                    for chosen in [t, *(c for c in _registry.techniques() if c is not t and K.chosen(c, values))]:
+                        for k, on in K.switch_on(chosen, values).items():
                             if k not in values and self.dimension(k) is not None:
                                 values[k] = on
-                    for k in list(values):
-                        if not field_applies(k, values):
-                            del values[k]
                     try:
-                        CompressionConfig.from_dict(values)
+                        self.config_of(values)
                     except ConfigError as exc:
-                        raise ConfigError(f"the space can choose {t.name} ({f}={v!r}) but does not set what it "
-                                          f"needs ({exc}); give it in [space.{t.name}]") from None
+                        raise ConfigError(f"the space can choose {t.name} ({self._label(key)}={v!r}) but does not set "
+                                          f"what it needs ({exc}); give it in [space.{t.name}]") from None
 
-    def _probe(self, values: dict[str, Any]) -> None:
-        """Build the config of the fixed settings plus `values` (one value of one dimension), with the
-        technique that value belongs to switched on as that technique declares, and refuse it when invalid."""
+    @staticmethod
+    def _choosing_keys(technique) -> list[str]:
+        """The keys whose values choose `technique` (its choice, or its switches)."""
+        if technique.selector:
+            return [K.choice_key(technique)]
+        return [f"{technique.name}.{s}" for s in technique.switches]
+
+    def _label(self, name: str) -> str:
+        return self.param(name)
+
+    def _probe(self, name: str | None, value: Any) -> None:
+        """Build the config of the fixed settings plus key `name` = `value`, with the technique that value
+        belongs to switched on as that technique declares, and refuse it when invalid."""
         merged = dict(self.fixed)
-        ((name, value),) = values.items() if values else ((None, None),)
-        probed = self._technique_of(name, value) if name else None
+        probed = K.technique_of(name, value, merged) if name else None
         if probed is not None:
-            on = probed.switch_on({**merged, **values})
-            merged.update({k: v for k, v in on.items() if k in probed.switch_fields or k not in merged})
-        merged.update(values)
-        for t in _registry.chosen_techniques(merged):  # what the chosen techniques need to be valid
-            for k, v in t.switch_on(merged).items():
-                merged.setdefault(k, v)
-        for field_name in list(merged):  # as in `sample`: a setting of a technique not chosen keeps its default
-            if field_name not in values and not field_applies(field_name, merged):
-                del merged[field_name]
+            own = set(self._choosing_keys(probed))
+            merged.update({k: v for k, v in K.switch_on(probed, {**merged, name: value}).items()
+                           if k in own or k not in merged})
+        if name is not None:
+            merged[name] = value
+        for t in _registry.techniques():  # what the chosen techniques need to be valid
+            if K.chosen(t, merged):
+                for k, v in K.switch_on(t, merged).items():
+                    merged.setdefault(k, v)
         try:
-            CompressionConfig.from_dict(merged)
+            self.config_of(merged)
         except ConfigError as exc:
-            raise ConfigError(f"search space can produce an invalid config ({', '.join(f'{k}={v}' for k, v in values.items()) or 'fixed settings'}): {exc}") from None
+            what = f"{self._label(name)}={value}" if name else "fixed settings"
+            raise ConfigError(f"search space can produce an invalid config ({what}): {exc}") from None
 
-    def _technique_of(self, name: str, value: Any):
-        """The technique a dimension's value is checked under: the one it chooses (quant="static_int8"),
-        the one it switches on (prune_heads=0.5), or the one owning it (landmarks: nystrom)."""
-        T = _registry
-        if (t := T.selected_by(name, value)) is not None:
-            return t
-        switched = [t for t in T.techniques() if name in t.switch_fields and not t.selector]
-        if switched:
-            return switched[0] if switched[0].chosen({name: value}) else None
-        own = T.owners(name)
-        chosen = [t for t in own if t.chosen(dict(self.fixed))]
-        return (chosen or own or [None])[0]
+    @staticmethod
+    def config_of(values: dict[str, Any]) -> CompressionConfig:
+        """The candidate keyed settings `values` make: each technique they choose with the settings of
+        it they give (others at its defaults), and the shared distillation settings where a technique
+        that distils is chosen. A setting of a technique not chosen is not used."""
+        parts: dict[str, Any] = {}
+        for t in _registry.techniques():
+            if K.chosen(t, values):
+                own = {s: values[k] for s, k in K.own_keys(t).items() if k in values and not k.startswith(K.SHARED + ".")}
+                parts[t.name] = own
+        distill = {K.get_key(k).setting: v for k, v in values.items()
+                   if k.startswith(K.SHARED + ".") and K.applies(k, values)}
+        try:
+            return CompressionConfig(parts, distill=distill or None)
+        except ConfigError:
+            raise
+        except TypeError as exc:  # pragma: no cover - a key the config class lacks
+            raise ConfigError(str(exc)) from None
 
     def sample(self, trial: Any) -> CompressionConfig:
-        """Suggest every active dimension on an Optuna trial and return the config."""
+        """Suggest every dimension that applies on an Optuna trial and return the config."""
         values: dict[str, Any] = dict(self.fixed)
         for d in self.dimensions:
-            if field_applies(d.name, values):
-                values[d.name] = d.suggest(trial, self.param(d.name, values))
-        for name in list(values):
-            if not field_applies(name, values):
-                del values[name]  # a fixed setting whose parent was not chosen keeps its default
-        return CompressionConfig.from_dict(values)
+            if K.applies(d.name, values):
+                values[d.name] = d.suggest(trial, self.param(d.name))
+        return self.config_of(values)
 
     def params_for(self, config: CompressionConfig, strict: bool = True) -> dict[str, Any]:
         """Optuna params that make `sample` return `config` (for enqueueing). A value outside the
@@ -359,44 +418,63 @@ class SearchSpace:
             else:
                 dataclasses.replace(d, optional=False).suggest(trial, param)
 
+    @staticmethod
+    def values_in(config: CompressionConfig) -> dict[str, Any]:
+        """`config` as keyed settings: each chosen technique's settings and its choice, and the
+        distillation settings (every key at its value in `config`, its default where not chosen)."""
+        values: dict[str, Any] = {}
+        for name, own in config.parts:
+            t = _registry.get_technique(name)
+            if t.selector and t.selector[1] != _registry.ANY:
+                values[K.choice_key(t)] = t.selector[1]
+            for s, k in K.own_keys(t).items():
+                if not k.startswith(K.SHARED + "."):
+                    values[k] = getattr(own, s)
+        for k, key in K.search_keys().items():
+            if key.kind == "shared":
+                values[k] = getattr(config.distill, key.setting)
+        return values
+
     def _params_of(self, config: CompressionConfig, strict: bool):
         """(dimension, Optuna param, encoded value, whether it is an optional range's on/off switch
         ``<param>_on``) of each param `sample` would suggest for `config`."""
-        values = config.flat.to_dict()
+        values = self.values_in(config)
         seen: dict[str, Any] = dict(self.fixed)
         for d in self.dimensions:
-            if not field_applies(d.name, seen):
+            if not K.applies(d.name, seen):
                 continue
-            v = values[d.name]
+            v = values.get(d.name, default_of(d.name))
             v = tuple(v) if isinstance(v, list) else v
-            param = self.param(d.name, seen)
+            param = self.param(d.name)
             if d.optional:
-                yield d, f"{param}_on", v != _DEFAULTS[d.name], True
-                if v == _DEFAULTS[d.name]:
+                yield d, f"{param}_on", v != default_of(d.name), True
+                if v == default_of(d.name):
                     seen[d.name] = v
                     continue
             if not d.contains(v):
                 if not strict:
                     continue
-                raise ConfigError(f"{d.name}={v!r} is outside the search space ({d.to_dict()})")
+                raise ConfigError(f"{self._label(d.name)}={v!r} is outside the search space ({d.to_dict()})")
             yield d, param, _encode(v), False
             seen[d.name] = v
 
     def values_of(self, name: str) -> list[Any]:
-        """Every value `name` can take in this space: its choices, the two ends of its range, its fixed
-        value, or else the identity default."""
-        d = self.dimension(name)
+        """Every value key `name` can take in this space: its choices, the two ends of its range, its
+        fixed value, or else the identity default (a flat field name: of every key it holds)."""
+        if K.is_flat(name):
+            return [v for k in K.keys_of_flat(name) for v in self.values_of(k)]
+        d = next((d for d in self.dimensions if d.name == name), None)
         if d is not None:
             values = list(d.choices) if d.choices is not None else [d.low, d.high]
-            return values + [_DEFAULTS[name]] if d.optional else values
+            return values + [default_of(name)] if d.optional else values
         fixed = dict(self.fixed)
-        return [fixed[name]] if name in fixed else [_DEFAULTS[name]]
+        return [fixed[name]] if name in fixed else [default_of(name)]
 
     def can_choose(self, technique, only: str | None = None) -> bool:
-        """Whether some value this space can sample chooses `technique` (with selector value `only`,
+        """Whether some value this space can sample chooses `technique` (with choice value `only`,
         where given: a custom student's width needs student = "custom", not just a student)."""
-        return any(technique.chosen({f: v}) and (only is None or v == only)
-                   for f in technique.switch_fields for v in self.values_of(f))
+        return any(K.chosen(technique, {k: v}) and (only is None or v == only)
+                   for k in self._choosing_keys(technique) for v in self.values_of(k))
 
     def check_model(self, num_tokens: int, depth: int, prefix_tokens: int = 1, model: str = "the teacher", *,
                     cls_token: bool = True, students: dict[str, ModelShape] | None = None) -> None:
@@ -457,9 +535,9 @@ class SearchSpace:
 
     def can_skip(self, techniques: list) -> bool:
         """Whether some value this space can sample chooses none of `techniques` (those of one stage,
-        chosen by one setting: a student stage the teacher leaves as it is)."""
-        return not techniques or any(not any(t.chosen({f: v}) for t in techniques)
-                                     for f in techniques[0].switch_fields for v in self.values_of(f))
+        chosen by one key: a student stage the teacher leaves as it is)."""
+        return not techniques or any(not any(K.chosen(t, {k: v}) for t in techniques)
+                                     for k in self._choosing_keys(techniques[0]) for v in self.values_of(k))
 
     def diff(self, other: SearchSpace) -> list[str]:
         """Human-readable differences between two spaces (for refusing a changed resume)."""

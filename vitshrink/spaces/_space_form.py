@@ -20,10 +20,13 @@ The flat form (``[space] quant = [...]``, ``prune_heads = [...]``, ``[fixed]``),
 before techniques were modules and which studies store, is still read as before; a recipe text
 written in it gets one warning with the same space in the technique form.
 
+Both are read into search keys (`vitshrink.techniques.keys`): the technique form here, the flat
+form by `SearchSpace.from_dict`.
+
 Example:
-    >>> flat, fixed = flat_tables({"techniques": ["nystrom"], "nystrom": {"landmarks": [4, 16]}}, {}, "<recipe>")
-    >>> flat
-    {'lowrank': ['none', 'nystrom'], 'landmarks': [4, 16]}
+    >>> keyed, fixed = keyed_tables({"techniques": ["nystrom"], "nystrom": {"landmarks": [4, 16]}}, {}, "<recipe>")
+    >>> keyed
+    {'lowrank': ['none', 'nystrom'], 'nystrom.landmarks': [4, 16]}
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ import tomllib
 from typing import Any
 
 from .. import techniques as _registry
+from ..techniques import keys as K
 from ._config import ConfigError
 from ._space import SearchSpace, always_choices
 
 log = logging.getLogger("vitshrink.spaces._recipe")
 
 FORM_KEYS = ("techniques", "always")
-SELECTORS = ("student", "lowrank", "quant")  # CompressionConfig's order: a selector is sampled before its settings
+SELECTORS = ("student", "lowrank", "quant")  # how `always` names the choices (quant: the runtime choice)
 
 
 def is_technique_form(space: dict[str, Any]) -> bool:
@@ -50,7 +54,7 @@ def is_technique_form(space: dict[str, Any]) -> bool:
 
 def read_space(space: dict[str, Any], fixed: dict[str, Any], source: str) -> SearchSpace:
     """The SearchSpace of a recipe's [space] (and, in the flat form, [fixed]) tables, in either form."""
-    return SearchSpace.from_dict(*flat_tables(space, fixed, source))
+    return SearchSpace.from_dict(*keyed_tables(space, fixed, source))
 
 
 def warn_if_flat(doc: dict[str, Any], space: SearchSpace, source: str) -> None:
@@ -61,8 +65,9 @@ def warn_if_flat(doc: dict[str, Any], space: SearchSpace, source: str) -> None:
                     source, technique_form_toml(space))
 
 
-def flat_tables(space: dict[str, Any], fixed: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(space, fixed) in the flat form, keyed by CompressionConfig field, from either form."""
+def keyed_tables(space: dict[str, Any], fixed: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(space, fixed) keyed by search key from the technique form; the flat form as it is (its names
+    are read by `SearchSpace.from_dict`)."""
     if not is_technique_form(space):
         return space, fixed
     if fixed:
@@ -70,24 +75,25 @@ def flat_tables(space: dict[str, Any], fixed: dict[str, Any], source: str) -> tu
                           "as a single value in its technique's table, e.g. [space.student] epochs = 40")
     names = _technique_names(space, source)
     tables = _technique_tables(space, names, source)
-    flat = _selector_choices(space, names, tables, source)
+    keyed = _selector_choices(space, names, tables, source)
     for name in names:
         technique = _registry.get_technique(name)
-        for key, spec in tables.get(name, {}).items():
-            field = technique.flat(key)
-            if technique.selector and field == technique.selector[0]:
-                continue  # the selector's choices are made above
-            if field in flat and flat[field] != spec:
-                raise ConfigError(f"{source}: space.{name}.{key} is one setting ({field}) with another technique "
-                                  f"that gives it as {flat[field]!r}; give it once, or the same in both")
-            flat[field] = spec
+        own = K.own_keys(technique)
+        for setting, spec in tables.get(name, {}).items():
+            key = own[setting]
+            if K.get_key(key).kind == "choice":
+                continue  # the choice's values are made above
+            if key in keyed and keyed[key] != spec:
+                raise ConfigError(f"{source}: space.{name}.{setting} is one setting ({key}) with another technique "
+                                  f"that gives it as {keyed[key]!r}; give it once, or the same in both")
+            keyed[key] = spec
     for name in names:
         technique = _registry.get_technique(name)
-        if technique.switches and not any(f in flat for f in technique.switch_fields):
+        if technique.switches and not any(f"{name}.{s}" in keyed for s in technique.switches):
             raise ConfigError(f"{source}: {name} is in space.techniques but [space.{name}] searches none of "
                               f"{', '.join(technique.switches)}; give e.g. {technique.switches[0]} = "
                               "{low = 0.1, high = 0.5, optional = true} (optional: off is one of the choices)")
-    return flat, {}
+    return keyed, {}
 
 
 def _technique_names(space: dict[str, Any], source: str) -> list[str]:
@@ -126,9 +132,10 @@ def _technique_tables(space: dict[str, Any], names: list[str], source: str) -> d
 def _selector_choices(space: dict[str, Any], names: list[str], tables: dict[str, dict[str, Any]],
                       source: str) -> dict[str, Any]:
     always = space.get("always", [])
-    if not isinstance(always, list) or any(a not in SELECTORS for a in always):
+    if not isinstance(always, list) or any(a not in (*SELECTORS, "runtime") for a in always):
         raise ConfigError(f"{source}: space.always = {always!r} must list some of {', '.join(SELECTORS)} (the "
                           "choices that never take 'none')")
+    always = ["quant" if a == "runtime" else a for a in always]
     flat: dict[str, Any] = {}
     for group in SELECTORS:
         chosen = [t for t in map(_registry.get_technique, names) if t.selector and t.selector[0] == group]
@@ -142,19 +149,19 @@ def _selector_choices(space: dict[str, Any], names: list[str], tables: dict[str,
             if t.selector[1] != _registry.ANY:
                 values.append(t.selector[1])
                 continue
-            key = t.setting_of(group)
+            key = K.get_key(K.choice_key(t)).setting
             given = tables.get(t.name, {}).get(key)
             if given is None:
                 raise ConfigError(f"{source}: [space.{t.name}] needs {key} = [...] (e.g. \"custom\" or a timm model name)")
             values += given if isinstance(given, list) else [given]
         choices = values if group in always else ["none", *values]
-        flat[group] = choices[0] if len(choices) == 1 else choices
+        flat[K.choice_key(chosen[0])] = choices[0] if len(choices) == 1 else choices
     return flat
 
 
 def technique_form_toml(space: SearchSpace) -> str:
     """`space` written in the technique form (TOML), ending with a note where the two are not the
-    same space to the letter (a selector whose "none" is not its first choice).
+    same space to the letter (a choice whose "none" is not its first value).
 
     Example:
         >>> print(technique_form_toml(SearchSpace.from_dict({"lowrank": ["none", "nystrom"], "landmarks": [4, 16]})))
@@ -166,36 +173,41 @@ def technique_form_toml(space: SearchSpace) -> str:
     T = _registry
     given = {d.name: d for d in space.dimensions}
     fixed = dict(space.fixed)
+    keys = K.search_keys()
     names: list[str] = []
     always: list[str] = []
     tables: dict[str, dict[str, str]] = {}
-    for group in SELECTORS:
-        values = _values(group, given, fixed)
+    for t in T.techniques():
+        choice = K.choice_key(t)
+        if choice is None or any(K.choice_key(T.get_technique(n)) == choice for n in names):
+            continue
+        values = _values(choice, given, fixed)
         chosen = [v for v in values if v != "none"]
         if not chosen:
             continue
         if "none" not in values:
-            always.append(group)
-        if group == "student":
-            names.append("student")
-            tables["student"] = {"model": _toml(chosen if group in given else chosen[0])}
+            always.append(t.selector[0])
+        owners = keys[choice].owners
+        if keys[choice].setting is not None:  # a student: its models are its setting
+            names.append(owners[0].name)
+            tables[owners[0].name] = {keys[choice].setting: _toml(chosen if choice in given else chosen[0])}
         else:
             names += [v for v in chosen if v not in names]
     for t in T.techniques():  # on where a switch can be above zero
-        if t.switches and any(max(_values(f, given, fixed) or [0], key=_magnitude) for f in t.switch_fields):
+        if t.switches and any(max(_values(f"{t.name}.{s}", given, fixed) or [0], key=_magnitude) for s in t.switches):
             names.append(t.name)
     stages = list(dict.fromkeys(t.stage for t in T.techniques()))  # registration order: build's stages
-    names.sort(key=lambda n: stages.index(T.get_technique(n).stage))  # stable: a selector keeps its choices' order
+    names.sort(key=lambda n: stages.index(T.get_technique(n).stage))  # stable: a choice keeps its values' order
     dropped = []
-    for field in [*given, *fixed]:
-        if field in SELECTORS:
+    for key in [*given, *fixed]:
+        if keys[key].kind == "choice":
             continue
-        owner = next((t for t in T.techniques() if t.name in names and t.setting_of(field)), None)
+        owner = next((t for t in keys[key].owners if t.name in names), None)
         if owner is None:
-            dropped.append(field)
+            dropped.append(key)
             continue
-        spec = _dimension_toml(given[field]) if field in given else _toml(fixed[field])
-        tables.setdefault(owner.name, {})[owner.setting_of(field)] = spec
+        spec = _dimension_toml(given[key]) if key in given else _toml(fixed[key])
+        tables.setdefault(owner.name, {})[keys[key].setting] = spec
     lines = ["[space]", f"techniques = {_toml(names)}"]
     if always:
         lines.append(f"always = {_toml(always)}")
@@ -203,10 +215,10 @@ def technique_form_toml(space: SearchSpace) -> str:
         if tables.get(name):
             lines.append(f"[space.{name}]")
             lines += [f"{k} = {v}" for k, v in tables[name].items()]
-    lines += [f"# {f}: set, but no technique that uses it is searched, so it is left out" for f in dropped]
+    lines += [f"# {space.param(k)}: set, but no technique that uses it is searched, so it is left out" for k in dropped]
     text = "\n".join(lines)
     try:
-        same = SearchSpace.from_dict(*flat_tables(tomllib.loads(text)["space"], {}, "")).to_dict() == space.to_dict()
+        same = read_space(tomllib.loads(text)["space"], {}, "").to_dict() == space.to_dict()
     except ConfigError:
         same = False
     if not same and not dropped:
@@ -215,9 +227,10 @@ def technique_form_toml(space: SearchSpace) -> str:
 
 
 def stored_space(space: SearchSpace) -> dict[str, Any]:
-    """The [space] (and [fixed]) tables a recipe stores `space` as: the technique form, or the flat form
-    where the technique form cannot say the same space to the letter (a selector whose "none" is not
-    its first choice, a fixed setting no searched technique uses), so a stored study never changes meaning.
+    """The [space] tables a recipe stores `space` as: the technique form, or the space's own keyed
+    tables (`SearchSpace.to_dict`) where the technique form cannot say the same space to the letter (a
+    choice whose "none" is not its first value, a fixed setting no searched technique uses), so a
+    stored study never changes meaning.
 
     Example:
         >>> stored_space(SearchSpace.from_dict({"lowrank": ["none", "nystrom"], "landmarks": [4, 16]}))
@@ -225,7 +238,7 @@ def stored_space(space: SearchSpace) -> dict[str, Any]:
     """
     try:
         tables = tomllib.loads(technique_form_toml(space))["space"]
-        if SearchSpace.from_dict(*flat_tables(tables, {}, "")).to_dict() == space.to_dict():
+        if read_space(tables, {}, "").to_dict() == space.to_dict():
             return {"space": tables}
     except ConfigError:
         pass
@@ -270,4 +283,4 @@ def _hint(word: str, known: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
 
 
-__all__ = ["flat_tables", "is_technique_form", "read_space", "stored_space", "technique_form_toml", "warn_if_flat"]
+__all__ = ["keyed_tables", "is_technique_form", "read_space", "stored_space", "technique_form_toml", "warn_if_flat"]

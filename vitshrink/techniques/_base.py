@@ -355,14 +355,6 @@ class Technique:
             return get(field_) != "none" if want == ANY else get(field_) == want
         return any(get(f) > 0 for f in self.switch_fields)
 
-    def applies(self, flat_field: str, values: Mapping[str, Any]) -> bool:
-        """Whether `flat_field`, one of its settings, is used under `values`."""
-        if not self.chosen(values):
-            return False
-        name = self.setting_of(flat_field)
-        only = self.meta(name)["only"] if name else None
-        return only is None or values.get(self.selector[0], _DEFAULTS[self.selector[0]]) == only  # type: ignore[index]
-
     def switch_on(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Flat settings that switch it on with valid values, given `values`."""
         return dict(self.on(values) if callable(self.on) else self.on)
@@ -465,19 +457,6 @@ def owners(flat_field: str) -> list[Technique]:
     return [t for t in _TECHNIQUES.values() if flat_field in t.conditional_fields]
 
 
-def selected_by(flat_field: str, value: Any) -> Technique | None:
-    """The technique that `flat_field = value` chooses (quant = "static_int8" -> static_int8), or None."""
-    return next((t for t in _TECHNIQUES.values() if t.selector and t.selector[0] == flat_field
-                 and t.chosen({flat_field: value})), None)
-
-
-def field_applies(flat_field: str, values: Mapping[str, Any]) -> bool:
-    """Whether `flat_field` is used under flat settings `values`: a setting of no technique's
-    condition (a selector, a switch) always is; another only where a technique owning it is chosen."""
-    own = owners(flat_field)
-    return not own or any(t.applies(flat_field, values) for t in own)
-
-
 def value_problem(flat_field: str, value: Any) -> str | None:
     """Why `value` cannot be FlatConfig field `flat_field`, by the rules of the technique
     settings stored there (choices, bounds), or None."""
@@ -537,33 +516,6 @@ def selector_choices() -> dict[str, tuple[str, ...]]:
         if t.selector and t.selector[1] != ANY:
             out[t.selector[0]] = (*out.get(t.selector[0], ("none",)), t.selector[1])
     return out
-
-
-# the Optuna parameter of a stage's choice among its selector techniques (its stage's name otherwise)
-CHOICE_PARAMS = {"quantize": "runtime"}
-
-
-def param_name(flat_field: str, values: Mapping[str, Any]) -> str:
-    """The Optuna parameter of FlatConfig field `flat_field` under flat settings `values` (those
-    sampled before it), qualified by technique: a selector is its stage's one choice (``runtime``,
-    ``lowrank``, ``student``); a technique's setting is ``<technique>.<setting>`` (``prune.heads``,
-    ``nystrom.landmarks``); a setting the techniques that distil share is ``distill.<setting>``.
-
-    Example:
-        >>> param_name("quant", {}), param_name("landmarks", {"lowrank": "nystrom"}), param_name("prune_heads", {})
-        ('runtime', 'nystrom.landmarks', 'prune.heads')
-    """
-    if selecting := [t for t in _TECHNIQUES.values() if t.selector and t.selector[0] == flat_field]:
-        stage = selecting[0].stage
-        return CHOICE_PARAMS.get(stage, stage)
-    for t in _TECHNIQUES.values():
-        name = t.setting_of(flat_field)
-        if name is None or not (flat_field in t.switch_fields or t.chosen(values)):
-            continue
-        if t.shared is not None and name in {f.name for f in dataclasses.fields(t.shared)}:
-            return f"distill.{name}"
-        return f"{t.name}.{name}"
-    return flat_field
 
 
 def chosen_techniques(config: Any) -> list[Technique]:
@@ -655,14 +607,11 @@ __all__ = [
     "config_problem",
     "config_settings_problem",
     "deployment_of",
-    "param_name",
     "selector_choices",
-    "field_applies",
     "get_technique",
     "list_techniques",
     "owners",
     "register_technique",
-    "selected_by",
     "setting",
     "techniques",
     "training_epochs",

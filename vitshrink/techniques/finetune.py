@@ -36,13 +36,14 @@ def distill_extras(space: Any) -> dict[str, Any]:
     """The space's fixed stronger-recovery settings (augmentation, feature loss), which every
     reference config that distils takes."""
     fixed = dict(space.fixed)
-    return {k: fixed[k] for k in ("kd_augment", "kd_feature_weight") if k in fixed}
+    return {flat: fixed[key] for key, flat in (("distill.augment", "kd_augment"), ("distill.feature_weight", "kd_feature_weight"))
+            if key in fixed}
 
 
 def recovery(space: Any) -> dict[str, Any]:
     """The KD fine-tune a structural reference config (pruning, low-rank) recovers with: the space's
     fixed epochs (none fixed: no fine-tune) and its fixed recovery settings."""
-    kd = int(dict(space.fixed).get("kd_epochs", 0))
+    kd = int(space.fixed_value("finetune.epochs", 0))
     return {"kd_epochs": kd, **distill_extras(space)} if kd else {"kd_epochs": 0}
 
 

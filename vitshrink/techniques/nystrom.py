@@ -77,7 +77,7 @@ def _model_problem(model, config):
 def _references(space):
     """Two landmark counts, the ends of the space's range (4 and 8 where it has none), with the
     space's fixed fine-tune."""
-    lm = space.dimension("landmarks")
+    lm = space.dimension("nystrom.landmarks")
     lo, hi = (int(lm.low), int(lm.high)) if lm and lm.choices is None else (4, 8)
     return [{"lowrank": "nystrom", "landmarks": m, **recovery(space)} for m in (lo, hi)]
 

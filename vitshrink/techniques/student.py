@@ -72,7 +72,7 @@ def _model_problem(model, config):
 def reference_student(space: Any) -> dict[str, Any]:
     """The reference set's student: 2 blocks, 32 wide, 2 heads, trained for the space's fixed epochs
     (10 where none are fixed) with its fixed recovery settings."""
-    epochs = int(dict(space.fixed).get("student_epochs", 10))
+    epochs = int(space.fixed_value("student.epochs", 10))
     return dict(student="custom", student_depth=2, student_embed_dim=32, student_heads=2, student_epochs=epochs,
                 **distill_extras(space))
 
@@ -81,11 +81,11 @@ def _space_problem(space: Any) -> str | None:
     """A custom student's widths and head counts are picked from lists, and each width some head count
     divides (and each head count divides some width): a pair that only some draws make (64 wide with 3
     heads, beside 48 with 3) is pruned in its trial instead."""
-    if any((d := space.dimension(f)) is not None and d.choices is None for f in ("student_heads", "student_embed_dim")):
+    if any((d := space.dimension(f)) is not None and d.choices is None for f in ("student.heads", "student.embed_dim")):
         return "student_embed_dim and student_heads must be given as choices (lists), not ranges"
     fixed = dict(space.fixed)
     listed = lambda f: list(space.dimension(f).choices) if space.dimension(f) else ([fixed[f]] if f in fixed else [])  # noqa: E731
-    heads, embeds = listed("student_heads"), listed("student_embed_dim")
+    heads, embeds = listed("student.heads"), listed("student.embed_dim")
     for e in embeds:
         if heads and all(e % h for h in heads):
             return (f"impossible combination: student_embed_dim={e} is not divisible by any of student_heads={heads}; "
