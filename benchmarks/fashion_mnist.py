@@ -87,7 +87,7 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     from vitshrink.spaces import SearchSpace
 
     doc = recipe.space.to_dict()
-    space = SearchSpace.from_dict(doc["space"], {**doc["fixed"], "student_epochs": 1})
+    space = SearchSpace.from_dict(doc["space"], {**doc["fixed"], "student.epochs": 1})
     return dataclasses.replace(
         recipe, data_options={**recipe.data_options, "limit": 1200, "kd_limit": 200},
         teacher_kwargs={**recipe.teacher_kwargs, **SMOKE_TEACHER}, teacher_train={**recipe.teacher_train, "epochs": 2},

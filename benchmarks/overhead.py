@@ -65,8 +65,8 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
     from vitshrink.spaces import SearchSpace
 
     doc = recipe.space.to_dict()
-    space_doc = {**doc["space"], "kd_epochs": {"low": 0, "high": 1}} if "kd_epochs" in doc["space"] else doc["space"]
-    space = SearchSpace.from_dict(space_doc, {**doc["fixed"], "student_epochs": 1})
+    space_doc = {**doc["space"], "finetune.epochs": {"low": 0, "high": 1}} if "finetune.epochs" in doc["space"] else doc["space"]
+    space = SearchSpace.from_dict(space_doc, {**doc["fixed"], "student.epochs": 1})
     return dataclasses.replace(recipe, **SMOKE, space=space, latency_runs=5, latency_warmup=1)
 
 

@@ -47,7 +47,7 @@ def bench_recipe(smoke: bool, kd_epochs: int, student_epochs: int) -> Recipe:
     """Quickstart with the reference set's epochs fixed (the smoke form on a tiny, briefly trained teacher)."""
     base = resolve_recipe("quickstart")
     doc = base.space.to_dict()
-    space = SearchSpace.from_dict(doc["space"], {**doc["fixed"], "student_epochs": student_epochs})
+    space = SearchSpace.from_dict(doc["space"], {**doc["fixed"], "student.epochs": student_epochs})
     recipe = dataclasses.replace(base, space=space)
     if smoke:
         recipe = dataclasses.replace(recipe, name="recovery-smoke", teacher_kwargs={**base.teacher_kwargs, **SMOKE_TEACHER},

@@ -97,7 +97,7 @@ def smoke_recipe() -> Recipe:
     """Quickstart's digits and space on a tiny teacher, 1-epoch students, quick latency: seconds per trial."""
     base = resolve_recipe("quickstart")
     doc = base.space.to_dict()
-    space = SearchSpace.from_dict(doc["space"], {**doc["fixed"], "student_epochs": 1})
+    space = SearchSpace.from_dict(doc["space"], {**doc["fixed"], "student.epochs": 1})
     return dataclasses.replace(base, name="smoke", teacher_kwargs={**base.teacher_kwargs, **SMOKE_TEACHER},
                                teacher_train={**base.teacher_train, "epochs": 30}, latency_runs=5, latency_warmup=1,
                                latency_max_runs=20, space=space)

@@ -55,9 +55,9 @@ def test_the_recipe_is_built_in_and_suits_197_tokens():
     r = resolve_recipe("folder-deit")
     assert (r.teacher_model, r.teacher_pretrained, r.canonical_dataset) == ("deit_small_patch16_224", True, "image-folder")
     assert r.teacher_kwargs["img_size"] == 224 and 0 < r.teacher_train["epochs"] <= 5
-    assert {"dynamic_int8", "static_int8", "ort_int8"} <= set(r.space.values_of("quant"))
-    assert max(r.space.values_of("token_merge_r")) > 0 and max(r.space.values_of("token_drop")) > 0
-    assert max(r.space.values_of("prune_heads")) > 0 and max(r.space.values_of("kd_epochs")) <= 3
+    assert {"dynamic_int8", "static_int8", "ort_int8"} <= set(r.space.values_of("runtime"))
+    assert max(r.space.values_of("tome.r")) > 0 and max(r.space.values_of("patch_drop.fraction")) > 0
+    assert max(r.space.values_of("prune.heads")) > 0 and max(r.space.values_of("finetune.epochs")) <= 3
 
 
 def test_a_checkpoint_of_another_width_is_refused_naming_both(tmp_path):

@@ -80,4 +80,4 @@ def test_readme_recipe_is_a_valid_recipe() -> None:
     start = text.index("```toml") + len("```toml")
     recipe = Recipe.from_toml_text(text[start:text.index("```", start)])
     recipe.validate("README")
-    assert recipe.sampler == "vitshrink" and recipe.space.values_of("quant") == ["none", "dynamic_int8", "ort_int8"]
+    assert recipe.sampler == "vitshrink" and recipe.space.values_of("runtime") == ["none", "dynamic_int8", "ort_int8"]

@@ -232,7 +232,7 @@ def test_optional_ranges_are_switched_off_half_the_time_and_replay_exactly() -> 
 
     space = SearchSpace.from_dict({"token_merge_r": {"low": 1, "high": 8, "optional": True},
                                    "prune_heads": {"low": 0.1, "high": 0.5, "optional": True}})
-    assert space.dimension("token_merge_r").to_dict() == {"low": 1, "high": 8, "optional": True}
+    assert space.dimension("tome.r").to_dict() == {"low": 1, "high": 8, "optional": True}
     assert SearchSpace.from_json_dict(space.to_dict()) == space  # stored with the study, read back on resume
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     configs = [space.sample(study.ask()) for _ in range(40)]

@@ -37,7 +37,7 @@ from ..objectives import (Candidate, LatencyProtocol, Target, accuracy, directio
 from ..spaces import DEFAULT_OBJECTIVES, CompressionConfig, ConfigError, Recipe
 from ..timm_preprocessing import timm_data_config, with_timm_preprocessing
 from ..training import TrainingDevice, resolve_training
-from ..techniques import techniques
+from ..techniques import keys as K, techniques
 from ._latency import latency_attrs, latency_baseline, latency_extra
 from ._schema import (ACCURACY_DROP_ATTR, ARTIFACT_ATTR, CONFIG_ATTR, CONFIG_OVERRIDE_ATTR, FAIL_REASON_ATTR,
                       FINISHED_AT_ATTR, LABEL_ATTR, LATENCY_ATTR, LATENCY_SPREAD_ATTR, MACS_ATTR, METRICS_ATTR,
@@ -248,12 +248,12 @@ def _student_stage_models(recipe: Recipe, teacher: nn.Module) -> tuple[list[nn.M
     models: list[nn.Module] = [teacher] if space.can_skip(stage) else []
     named: dict[str, Any] = {}
     for t in stage:
-        for key, flat in t.stage_configs(space.values_of):
-            config = CompressionConfig(**flat)
+        for key, values in t.stage_configs(space.values_of):
+            config = space.config_of(values)
             model, name = stage_model(teacher, config)  # ConfigError: a timm name not buildable for this input
             if key is not None:
                 if t.model_problem is not None and (problem := t.model_problem(model, t.settings(config))):
-                    raise ConfigError(f"impossible combination: {t.switch_fields[0]}={key!r}: {problem}")
+                    raise ConfigError(f"impossible combination: {space.param(t.choice)}={key!r}: {problem}")
                 named[key] = model_shape(model, name)
             models.append(model)
     return models, named
@@ -267,10 +267,10 @@ def _technique_problems(space) -> list[Callable[[nn.Module], str | None]]:
     for t in techniques():
         if t.model_problem is None or t.stage == "student":
             continue
-        for f in t.switch_fields:
-            for v in space.values_of(f):
-                if t.chosen({f: v}):
-                    own = t.settings({**t.switch_on({f: v}), f: v})
+        for key in space.choosing_keys(t):
+            for v in space.values_of(key):
+                if K.chosen(t, {key: v}):
+                    own = t.settings_of({**t.switch_on({key: v}), key: v})
                     checks.append(lambda m, t=t, own=own: t.model_problem(m, own))
     return checks
 

@@ -20,7 +20,7 @@ def reference_configs(space: SearchSpace) -> list[CompressionConfig]:
     """The reference study's hand-picked set: each technique's reference configs (`Technique.references`),
     in the order `build` applies them: a small student; 30 % and 50 % pruning; Nystrom with two
     landmark counts; dynamic int8 of the teacher and of the student."""
-    return [CompressionConfig(**flat) for t in techniques() if t.references for flat in t.references(space)]
+    return [space.config_of(values) for t in techniques() if t.references for values in t.references(space)]
 
 
 def warm_start_configs(recipe: Recipe) -> list[tuple[str, CompressionConfig]]:

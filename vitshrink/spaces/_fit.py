@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 
 
@@ -51,10 +51,10 @@ def indices_problem(setting: str, indices: Iterable[int], shape: ModelShape) -> 
             f"use indices 0..{shape.depth - 1}")
 
 
-def block_demands(setting: str, values_of):
-    """A search space's demands for block-index setting `setting`: each value it can sample names
-    blocks that some model must have (the deepest model comes closest)."""
-    for value in values_of(setting):
+def block_demands(setting: str, values: Iterable[Any]):
+    """A search space's demands for block-index setting `setting` (named so in messages): each value
+    it can sample, of `values`, names blocks that some model must have (the deepest comes closest)."""
+    for value in values:
         yield (lambda s, v=value: indices_problem(setting, v or (), s)), (lambda s: s.depth)
 
 

@@ -9,7 +9,7 @@ Example:
     ... [space]
     ... quant = ["none", "dynamic_int8"]
     ... ''')
-    >>> r.name, r.space.dimension("quant").choices
+    >>> r.name, r.space.dimension("runtime").choices
     ('demo', ('none', 'dynamic_int8'))
 """
 

@@ -300,9 +300,8 @@ class SearchSpace:
         return cls.from_dict(d.get("space", {}), d.get("fixed", {}))
 
     def dimension(self, name: str) -> Dimension | None:
-        """The dimension of key `name` (a flat field name: of the first key it holds), or None."""
-        names = K.keys_of_flat(name) if K.is_flat(name) else [name]
-        return next((d for d in self.dimensions if d.name in names), None)
+        """The dimension of key `name`, or None."""
+        return next((d for d in self.dimensions if d.name == name), None)
 
     def fixed_value(self, name: str, default: Any = None) -> Any:
         """The fixed value of key `name`, or `default`."""
@@ -327,7 +326,7 @@ class SearchSpace:
         """Refuse a technique the space can choose but whose needed settings it neither searches nor
         fixes (patch dropping without the blocks to drop at): every trial choosing it would be invalid."""
         for t in _registry.techniques():
-            for key in self._choosing_keys(t):
+            for key in self.choosing_keys(t):
                 for v in self.values_of(key):
                     if not K.chosen(t, {key: v}):
                         continue
@@ -335,7 +334,7 @@ class SearchSpace:
                     # what the space searches takes a valid value: for this technique, then for every other one
                     # the values choose (a fixed custom student whose width the space searches)
                     for chosen in [t, *(c for c in _registry.techniques() if c is not t and K.chosen(c, values))]:
-                        for k, on in K.switch_on(chosen, values).items():
+                        for k, on in chosen.switch_on(values).items():
                             if k not in values and self.dimension(k) is not None:
                                 values[k] = on
                     try:
@@ -345,7 +344,7 @@ class SearchSpace:
                                           f"what it needs ({exc}); give it in [space.{t.name}]") from None
 
     @staticmethod
-    def _choosing_keys(technique) -> list[str]:
+    def choosing_keys(technique) -> list[str]:
         """The keys whose values choose `technique` (its choice, or its switches)."""
         if technique.selector:
             return [K.choice_key(technique)]
@@ -360,14 +359,14 @@ class SearchSpace:
         merged = dict(self.fixed)
         probed = K.technique_of(name, value, merged) if name else None
         if probed is not None:
-            own = set(self._choosing_keys(probed))
-            merged.update({k: v for k, v in K.switch_on(probed, {**merged, name: value}).items()
+            own = set(self.choosing_keys(probed))
+            merged.update({k: v for k, v in probed.switch_on({**merged, name: value}).items()
                            if k in own or k not in merged})
         if name is not None:
             merged[name] = value
         for t in _registry.techniques():  # what the chosen techniques need to be valid
             if K.chosen(t, merged):
-                for k, v in K.switch_on(t, merged).items():
+                for k, v in t.switch_on(merged).items():
                     merged.setdefault(k, v)
         try:
             self.config_of(merged)
@@ -460,10 +459,8 @@ class SearchSpace:
 
     def values_of(self, name: str) -> list[Any]:
         """Every value key `name` can take in this space: its choices, the two ends of its range, its
-        fixed value, or else the identity default (a flat field name: of every key it holds)."""
-        if K.is_flat(name):
-            return [v for k in K.keys_of_flat(name) for v in self.values_of(k)]
-        d = next((d for d in self.dimensions if d.name == name), None)
+        fixed value, or else the identity default."""
+        d = self.dimension(name)
         if d is not None:
             values = list(d.choices) if d.choices is not None else [d.low, d.high]
             return values + [default_of(name)] if d.optional else values
@@ -474,7 +471,7 @@ class SearchSpace:
         """Whether some value this space can sample chooses `technique` (with choice value `only`,
         where given: a custom student's width needs student = "custom", not just a student)."""
         return any(K.chosen(technique, {k: v}) and (only is None or v == only)
-                   for k in self._choosing_keys(technique) for v in self.values_of(k))
+                   for k in self.choosing_keys(technique) for v in self.values_of(k))
 
     def check_model(self, num_tokens: int, depth: int, prefix_tokens: int = 1, model: str = "the teacher", *,
                     cls_token: bool = True, students: dict[str, ModelShape] | None = None) -> None:
@@ -528,7 +525,7 @@ class SearchSpace:
         for t in stage:
             for key, flat in t.stage_configs(self.values_of):
                 if key is None and t.stage_shape is not None:
-                    shapes.append(t.stage_shape(t.settings(flat), teacher))
+                    shapes.append(t.stage_shape(t.settings_of(flat), teacher))
                 elif key in students:
                     shapes.append(students[key])
         return shapes or [teacher]
@@ -537,7 +534,7 @@ class SearchSpace:
         """Whether some value this space can sample chooses none of `techniques` (those of one stage,
         chosen by one key: a student stage the teacher leaves as it is)."""
         return not techniques or any(not any(K.chosen(t, {k: v}) for t in techniques)
-                                     for k in self._choosing_keys(techniques[0]) for v in self.values_of(k))
+                                     for k in self.choosing_keys(techniques[0]) for v in self.values_of(k))
 
     def diff(self, other: SearchSpace) -> list[str]:
         """Human-readable differences between two spaces (for refusing a changed resume)."""

@@ -42,6 +42,8 @@ STAGES = ("student", "prune", "lowrank", "tokens", "finetune", "quantize")
 DISTILL_FIELDS = {"temperature": "kd_temperature", "alpha": "kd_alpha", "augment": "kd_augment",
                   "feature_weight": "kd_feature_weight"}
 ANY = "*"  # a selector value: any value but "none" chooses the technique (a student: "custom" or a timm name)
+CHOICE_KEYS = {"quantize": "runtime"}  # a stage's choice key where it is not the stage's name
+SHARED = "distill"  # the key prefix of the settings the distilling techniques share (the candidate's `distill`)
 
 
 @dataclass(frozen=True)
@@ -210,8 +212,9 @@ class Technique:
         selector: (FlatConfig field, value) that chooses it, e.g. ("lowrank", "nystrom"); value
             `ANY`: any value but "none". None: chosen when one of `switches` is above zero.
         switches: Settings whose value above zero switches it on (prune: heads, mlp); searched always.
-        on: Flat settings that switch it on with valid values, given the settings so far (a space's
-            values are checked one at a time in a config where their technique is on).
+        on: Keyed settings (`vitshrink.techniques.keys`) that switch it on with valid values, given the
+            keyed settings so far (a space's values are checked one at a time in a config where their
+            technique is on).
         example: Its config in an active example that changes a small ViT (the transform contract test
             applies it); None: its config where `on` switches it on.
         identity: Its config at which its handler is exact, and the tolerance of that: a pair, or a
@@ -233,11 +236,11 @@ class Technique:
             models for the message (the deepest for a block index). See `SearchSpace.check_model`.
         trains: Its setting holding the epochs it trains (a student, the KD fine-tune): a search
             stops a trial behind at rungs of its last training stage (`training_epochs`).
-        references: (space) -> flat settings of its configs in the hand-picked reference set that
-            ``seed_with = "reference"`` opens a study with (`space.fixed`, `space.dimension` shape them).
+        references: (space) -> keyed settings of its configs in the hand-picked reference set that
+            ``seed_with = "reference"`` opens a study with (the space's fixed values and ranges shape them).
         cost: (its own config, `CostPlan`, named) -> None: what it does to a ViT's analytic costs (the
             vitshrink sampler's estimates); `named(model_name)` gives a timm architecture's numbers.
-        stage_configs: (values_of) -> (name, flat settings) of the models leaving its stage that a space
+        stage_configs: (values_of) -> (name, keyed settings) of the models leaving its stage that a space
             of those values can build, for a student stage: the largest custom student (name None) and
             each named architecture (name: its selector value). The search checks them before a study.
         stage_shape: (its own config from `stage_configs` with name None, the teacher's ModelShape) ->
@@ -356,8 +359,27 @@ class Technique:
         return any(get(f) > 0 for f in self.switch_fields)
 
     def switch_on(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """Flat settings that switch it on with valid values, given `values`."""
+        """Keyed settings that switch it on with valid values, given keyed `values`."""
         return dict(self.on(values) if callable(self.on) else self.on)
+
+    @functools.cached_property
+    def choice(self) -> str | None:
+        """The key of its stage's choice where a selector chooses it (``runtime``, ``lowrank``), or None."""
+        return CHOICE_KEYS.get(self.stage, self.stage) if self.selector else None
+
+    def key_of(self, name: str) -> str:
+        """The search key of its setting `name`: ``<technique>.<setting>``, ``distill.<setting>`` for
+        a shared one, its choice for the setting that chooses it (a student's model)."""
+        if self.shared is not None and name in {f.name for f in dataclasses.fields(self.shared)}:
+            return f"{SHARED}.{name}"
+        if self.selector and self.selector[1] == ANY and self.fields.get(name) == self.selector[0]:
+            return self.choice  # type: ignore[return-value]
+        return f"{self.name}.{name}"
+
+    def settings_of(self, values: Mapping[str, Any]) -> Any:
+        """Its own config from keyed settings `values` (a setting not there at its default)."""
+        keys = {f.name: self.key_of(f.name) for f in dataclasses.fields(self.config)}
+        return self.config(**{name: values[key] for name, key in keys.items() if key in values})
 
     def active_example(self) -> Any:
         """Its config in a candidate that applies it and changes a small ViT (see `example`).
@@ -366,7 +388,7 @@ class Technique:
             >>> get_technique("tome").active_example()
             TomeConfig(r=2)
         """
-        return self.example if self.example is not None else self.settings(self.switch_on({}))
+        return self.example if self.example is not None else self.settings_of(self.switch_on({}))
 
     def identity_of(self, model: Any) -> tuple[Any, float] | None:
         """Its config at which its handler leaves `model`'s function unchanged, and the tolerance."""

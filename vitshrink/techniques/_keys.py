@@ -26,10 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._base import _DEFAULTS, _TECHNIQUES, ANY, Technique
-
-CHOICE_KEYS = {"quantize": "runtime"}  # a stage's choice key where it is not the stage's name
-SHARED = "distill"  # the prefix of the settings the distilling techniques share (the candidate's `distill`)
+from ._base import _DEFAULTS, _TECHNIQUES, ANY, CHOICE_KEYS, SHARED, Technique
 
 
 @dataclass(frozen=True)
@@ -80,7 +77,7 @@ class Key:
 
 def choice_key(technique: Technique) -> str | None:
     """The choice key of a technique chosen by a selector (its stage's), or None."""
-    return CHOICE_KEYS.get(technique.stage, technique.stage) if technique.selector else None
+    return technique.choice
 
 
 def _own_fields(technique: Technique) -> list[Any]:
@@ -184,31 +181,5 @@ def is_flat(name: str) -> bool:
     return name in _DEFAULTS and name not in search_keys()
 
 
-def to_keys(flat: Mapping[str, Any], technique: Technique | None = None) -> dict[str, Any]:
-    """Flat settings as keyed ones (a field two techniques share: `technique`'s key where given)."""
-    out: dict[str, Any] = {}
-    for field, value in flat.items():
-        keys = keys_of_flat(field)
-        mine = [k for k in keys if technique is not None and technique in get_key(k).owners]
-        for k in mine or keys:
-            out[k] = value
-    return out
-
-
-def to_flat(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyed settings as flat ones (the technique hooks that still read flat names)."""
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        field = flat_name(name)
-        if field not in out or applies(name, values):
-            out[field] = value
-    return out
-
-
-def switch_on(technique: Technique, values: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyed settings that switch `technique` on with valid values, given keyed `values`."""
-    return to_keys(technique.switch_on(to_flat(values)), technique)
-
-
 __all__ = ["CHOICE_KEYS", "Key", "SHARED", "applies", "choice_key", "chosen", "flat_name", "get_key", "is_flat",
-           "keys_of_flat", "own_keys", "search_keys", "switch_on", "technique_of", "to_flat", "to_keys"]
+           "keys_of_flat", "own_keys", "search_keys", "technique_of"]

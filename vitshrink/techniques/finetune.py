@@ -36,20 +36,19 @@ def distill_extras(space: Any) -> dict[str, Any]:
     """The space's fixed stronger-recovery settings (augmentation, feature loss), which every
     reference config that distils takes."""
     fixed = dict(space.fixed)
-    return {flat: fixed[key] for key, flat in (("distill.augment", "kd_augment"), ("distill.feature_weight", "kd_feature_weight"))
-            if key in fixed}
+    return {key: fixed[key] for key in ("distill.augment", "distill.feature_weight") if key in fixed}
 
 
 def recovery(space: Any) -> dict[str, Any]:
     """The KD fine-tune a structural reference config (pruning, low-rank) recovers with: the space's
     fixed epochs (none fixed: no fine-tune) and its fixed recovery settings."""
     kd = int(space.fixed_value("finetune.epochs", 0))
-    return {"kd_epochs": kd, **distill_extras(space)} if kd else {"kd_epochs": 0}
+    return {"finetune.epochs": kd, **distill_extras(space)} if kd else {}
 
 
 TECHNIQUE = register_technique(Technique(
     name="finetune", stage="finetune", config=FinetuneConfig, fields={"epochs": "kd_epochs", **DISTILL_FIELDS},
-    switches=("epochs",), on={"kd_epochs": 1}, identity=(FinetuneConfig(epochs=0), 0.0), trains="epochs",
+    switches=("epochs",), on={"finetune.epochs": 1}, identity=(FinetuneConfig(epochs=0), 0.0), trains="epochs",
     shared=DistillConfig,
     cost=lambda s, plan, named: plan.train(s.epochs),
 ))

@@ -39,9 +39,9 @@ def _shape_problem(s: NystromConfig, shape):
 
 
 def _demands(values_of):
-    most = max(values_of("landmarks"))
+    most = max(values_of("nystrom.landmarks"))
     yield (lambda s: landmarks_problem(most, s)), (lambda s: s.tokens)
-    yield from block_demands("lowrank_blocks", values_of)
+    yield from block_demands("lowrank_blocks", values_of("nystrom.blocks"))
 
 
 def lowrank_problem(model: nn.Module, mode: str) -> str | None:
@@ -79,7 +79,7 @@ def _references(space):
     space's fixed fine-tune."""
     lm = space.dimension("nystrom.landmarks")
     lo, hi = (int(lm.low), int(lm.high)) if lm and lm.choices is None else (4, 8)
-    return [{"lowrank": "nystrom", "landmarks": m, **recovery(space)} for m in (lo, hi)]
+    return [{"lowrank": "nystrom", "nystrom.landmarks": m, **recovery(space)} for m in (lo, hi)]
 
 
 def _identity(model):
@@ -91,7 +91,7 @@ def _identity(model):
 TECHNIQUE = register_technique(Technique(
     name="nystrom", stage="lowrank", config=NystromConfig,
     fields={"landmarks": "landmarks", "blocks": "lowrank_blocks", "conv": "nystrom_conv"},
-    selector=("lowrank", "nystrom"), on={"lowrank": "nystrom", "landmarks": 8},
+    selector=("lowrank", "nystrom"), on={"lowrank": "nystrom", "nystrom.landmarks": 8},
     example=NystromConfig(landmarks=4), identity=_identity,
     shape_problem=_shape_problem, model_problem=_model_problem, demands=_demands, references=_references,
     cost=lambda s, plan, named: plan.attend_to(s.landmarks, s.blocks) if s.landmarks else None,

@@ -37,7 +37,7 @@ def _shape_problem(s: PatchDropConfig, shape):
 
 
 def _demands(values_of):
-    yield from block_demands("token_drop_at", values_of)
+    yield from block_demands("token_drop_at", values_of("patch_drop.at"))
     yield drop_problem, (lambda s: s.cls_token)
 
 
@@ -78,7 +78,7 @@ def _model_problem(model, s: PatchDropConfig):
 
 TECHNIQUE = register_technique(Technique(
     name="patch_drop", stage="tokens", config=PatchDropConfig, fields={"fraction": "token_drop", "at": "token_drop_at"},
-    switches=("fraction",), on={"token_drop": 0.1, "token_drop_at": (1,)},
+    switches=("fraction",), on={"patch_drop.fraction": 0.1, "patch_drop.at": (1,)},
     example=PatchDropConfig(fraction=0.25, at=(1,)), identity=(PatchDropConfig(), 0.0),
     shape_problem=_shape_problem, model_problem=_model_problem, problem=_problem, demands=_demands,
     cost=lambda s, plan, named: plan.drop(s.fraction, s.at),

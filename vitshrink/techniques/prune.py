@@ -94,9 +94,9 @@ def _cost(s: PruneConfig, plan, named) -> None:
 TECHNIQUE = register_technique(Technique(
     name="prune", stage="prune", config=PruneConfig,
     fields={"heads": "prune_heads", "mlp": "prune_mlp", "score": "prune_score"},
-    switches=("heads", "mlp"), on={"prune_heads": 0.1}, model_problem=_model_problem,
+    switches=("heads", "mlp"), on={"prune.heads": 0.1}, model_problem=_model_problem,
     example=PruneConfig(heads=0.5, mlp=0.5), identity=(PruneConfig(), 0.0),
     cost=_cost,
     # in the reference set: 30 % and 50 % of heads and MLP units, with the space's fixed fine-tune
-    references=lambda space: [{"prune_heads": f, "prune_mlp": f, **recovery(space)} for f in (0.3, 0.5)],
+    references=lambda space: [{"prune.heads": f, "prune.mlp": f, **recovery(space)} for f in (0.3, 0.5)],
 ))

@@ -29,9 +29,9 @@ class StudentConfig(TechniqueConfig):
 
 
 def _on(values: Mapping[str, Any]) -> dict[str, Any]:
-    heads = values.get("student_heads") or 1
-    return {"student": "custom", "student_epochs": 1, "student_depth": 1, "student_heads": heads,
-            "student_embed_dim": heads * 8}
+    heads = values.get("student.heads") or 1
+    return {"student": "custom", "student.epochs": 1, "student.depth": 1, "student.heads": heads,
+            "student.embed_dim": heads * 8}
 
 
 def _problem(s: StudentConfig) -> str | None:
@@ -73,8 +73,8 @@ def reference_student(space: Any) -> dict[str, Any]:
     """The reference set's student: 2 blocks, 32 wide, 2 heads, trained for the space's fixed epochs
     (10 where none are fixed) with its fixed recovery settings."""
     epochs = int(space.fixed_value("student.epochs", 10))
-    return dict(student="custom", student_depth=2, student_embed_dim=32, student_heads=2, student_epochs=epochs,
-                **distill_extras(space))
+    return {"student": "custom", "student.depth": 2, "student.embed_dim": 32, "student.heads": 2,
+            "student.epochs": epochs, **distill_extras(space)}
 
 
 def _space_problem(space: Any) -> str | None:
@@ -121,11 +121,11 @@ def _stage_configs(values_of) -> Iterator[tuple[str | None, dict[str, Any]]]:
             continue
         shape: dict[str, Any] = {}
         if model == "custom":
-            pairs = [(e, h) for e in values_of("student_embed_dim") for h in values_of("student_heads") if h and e % h == 0]
+            pairs = [(e, h) for e in values_of("student.embed_dim") for h in values_of("student.heads") if h and e % h == 0]
             embed, heads = next(iter(pairs), (0, 0))  # (0, 0): the config refuses itself, naming the fields
-            shape = dict(student_depth=int(max(values_of("student_depth"))), student_embed_dim=embed,
-                         student_heads=heads, student_mlp_ratio=max(values_of("student_mlp_ratio")))
-        yield (None if model == "custom" else model), {"student": model, "student_epochs": 1, **shape}
+            shape = {"student.depth": int(max(values_of("student.depth"))), "student.embed_dim": embed,
+                     "student.heads": heads, "student.mlp_ratio": max(values_of("student.mlp_ratio"))}
+        yield (None if model == "custom" else model), {"student": model, "student.epochs": 1, **shape}
 
 
 TECHNIQUE = register_technique(Technique(

@@ -26,7 +26,7 @@ def merge_problem(r: int, shape: Any) -> str | None:
 
 
 def _demands(values_of):
-    most = max(values_of("token_merge_r"))
+    most = max(values_of("tome.r"))
     yield (lambda s: merge_problem(most, s)), (lambda s: s.patches)
 
 
@@ -36,7 +36,7 @@ def _model_problem(model, s: TomeConfig):
 
 TECHNIQUE = register_technique(Technique(
     name="tome", stage="tokens", config=TomeConfig, fields={"r": "token_merge_r"}, switches=("r",),
-    on={"token_merge_r": 1}, example=TomeConfig(r=2), identity=(TomeConfig(), 0.0),
+    on={"tome.r": 1}, example=TomeConfig(r=2), identity=(TomeConfig(), 0.0),
     shape_problem=lambda s, shape: merge_problem(s.r, shape), model_problem=_model_problem,
     cost=lambda s, plan, named: plan.merge(s.r),
     demands=_demands,

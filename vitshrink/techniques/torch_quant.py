@@ -20,11 +20,11 @@ class Bf16Config(TechniqueConfig):
 
 
 # in the reference set: the teacher and the reference student, each in dynamic int8
-_REFERENCES = lambda space: [{"quant": "dynamic_int8"}, {**reference_student(space), "quant": "dynamic_int8"}]  # noqa: E731
+_REFERENCES = lambda space: [{"runtime": "dynamic_int8"}, {**reference_student(space), "runtime": "dynamic_int8"}]  # noqa: E731
 
 DYNAMIC_INT8, BF16 = (
     register_technique(Technique(name=mode, stage="quantize", config=config, fields={},
-                                 selector=("quant", mode), on={"quant": mode},
+                                 selector=("quant", mode), on={"runtime": mode},
                                  references=_REFERENCES if mode == "dynamic_int8" else None))
     for mode, config in (("dynamic_int8", DynamicInt8Config), ("bf16", Bf16Config))
 )
