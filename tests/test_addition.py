@@ -33,8 +33,8 @@ class TorchFp16Config(TechniqueConfig):
     pass
 
 
-register_technique(Technique(name="torch_fp16", stage="quantize", config=TorchFp16Config, fields={},
-                             selector=("quant", "torch_fp16"), on={"quant": "torch_fp16"}))
+register_technique(Technique(name="torch_fp16", stage="quantize", config=TorchFp16Config,
+                             selector=("quant", "torch_fp16"), on={"runtime": "torch_fp16"}))
 
 
 class Float16Model(nn.Module):

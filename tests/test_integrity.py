@@ -90,7 +90,7 @@ CHANGES = {
     "constraints": (("[space]", "[constraints]\nmax_accuracy_drop = 0.05\n\n[space]"), [],
                     ["different constraints", "constraints.limits: stored {} -> now {'max_accuracy_drop': 0.05}"]),
     "space": (('techniques = ["dynamic_int8"]', 'techniques = ["ort_int8"]'), [],
-              ["different search space", "space.quant"]),
+              ["different search space", "space.runtime"]),
 }
 
 

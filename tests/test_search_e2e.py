@@ -85,7 +85,7 @@ def test_changed_space_is_refused_unless_new_study(recipe, tmp_path) -> None:
     run_search(recipe.with_overrides(trials=1), storage=storage, evaluate_test=False)
     changed = Recipe.from_toml_text(RECIPE.replace("[space.prune]\nheads = [0.0, 0.5]",
                                                    "[space.prune]\nheads = [0.0, 0.75]"))
-    with pytest.raises(vitshrink.search.SearchError, match=r"prune_heads: stored .*0\.5.* -> now .*0\.75"):
+    with pytest.raises(vitshrink.search.SearchError, match=r"prune.heads: stored .*0\.5.* -> now .*0\.75"):
         run_search(changed.with_overrides(trials=1), storage=storage)
     summary = run_search(changed.with_overrides(trials=1), storage=storage, new_study=True, evaluate_test=False)
     assert summary.study.study_name == "e2e-2"

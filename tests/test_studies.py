@@ -65,7 +65,7 @@ def test_frames_have_the_documented_columns(handle, shared) -> None:
         t = handle.study.trials[row["trial"]]
         assert (row["accuracy"], row["latency_ms"], row["size_bytes"]) == (t.values[0], t.values[1], int(t.values[2]))
         assert row["params"] > 0 and row["latency_iqr_ms"] >= 0 and row["latency_cv"] >= 0
-    assert done.set_index("trial").loc[shared.numbers["nys_tokens"], "config.landmarks"] == 4
+    assert done.set_index("trial").loc[shared.numbers["nys_tokens"], "config.nystrom.landmarks"] == 4
 
     front = handle.pareto()
     assert list(front.columns) == COLUMNS + CONFIG_COLUMNS and len(front) >= 1
@@ -159,7 +159,7 @@ def test_cli_pareto_and_studies_machine_readable(shared) -> None:
     res = cli("pareto", "q", "--storage", shared.storage, "--format", "csv")
     assert res.exit_code == 0
     header = res.stdout.splitlines()[0].split(",")
-    assert header[:4] == ["trial", "state", "accuracy", "test_accuracy"] and "config.quant" in header
+    assert header[:4] == ["trial", "state", "accuracy", "test_accuracy"] and "config.runtime" in header
     res = cli("pareto", "q", "--storage", shared.storage, "--format", "json")
     rows = json.loads(res.stdout)
     assert rows and {"test_accuracy", "latency_iqr_ms", "config"} <= set(rows[0])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
@@ -46,8 +46,8 @@ from .search._schema import (ACCURACY_DROP_ATTR, ARTIFACT_ATTR, CONFIG_ATTR, FAI
                              key_of_test_accuracy, metrics_of, objective_names, reason_of, role_of)
 from .search._storage import artifact_store, mask_url, study_names
 from .search._trial import LOGITS_KEY, load_data
-from .spaces import CompressionConfig, FlatConfig, Recipe
-from .techniques import without_stage
+from .spaces import CompressionConfig, Recipe, SearchSpace
+from .techniques import keys as K, without_stage
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,13 @@ METRICS = ("accuracy", "latency_ms", "size_bytes", "macs")
 # the hypervolume's space: each objective's normalised column in `StudyHandle.normalized_front`
 NORMALIZED_COLUMNS = {"accuracy": "error", "latency_ms": "latency_rel", "size_bytes": "size_rel",
                       "peak_memory_bytes": "memory_rel", "throughput": "time_per_image_rel", "macs": "macs_rel"}
-CONFIG_COLUMNS = [f"config.{f.name}" for f in fields(FlatConfig)]
+def config_columns() -> list[str]:
+    """A trial row's config columns: ``config.<key>`` for every search key (``config.runtime``,
+    ``config.prune.heads``), the value its config gives it, or its default where it is not chosen."""
+    return [f"config.{k}" for k in K.search_keys()]
+
+
+CONFIG_COLUMNS = config_columns()  # the built-in techniques' (a technique registered later adds its own)
 
 
 class StudyNotFound(LookupError):
@@ -142,8 +148,11 @@ def _trial_row(t: FrozenTrial, study_attrs: dict[str, Any], names: tuple[str, ..
                         else t.user_attrs.get(PRUNED_REASON_ATTR) if t.state == TrialState.PRUNED else None),
     }
     stored = t.user_attrs.get(CONFIG_ATTR)
-    for k, v in (CompressionConfig.from_dict(stored).flat.to_dict() if stored else {}).items():
-        row[f"config.{k}"] = tuple(v) if isinstance(v, list) else v
+    if stored:
+        values = {k: key.default for k, key in K.search_keys().items()}
+        values.update(SearchSpace.values_in(CompressionConfig.from_dict(stored)))
+        for k, v in values.items():
+            row[f"config.{k}"] = tuple(v) if isinstance(v, list) else v
     return row
 
 
@@ -248,7 +257,7 @@ class StudyHandle:
     def _frame(self, trials: list[FrozenTrial]) -> pd.DataFrame:
         attrs = self.study.user_attrs  # one storage read for every row
         df = pd.DataFrame([_trial_row(t, attrs, self.objectives) for t in trials])
-        return df.reindex(columns=_columns(self.objectives) + CONFIG_COLUMNS)
+        return df.reindex(columns=_columns(self.objectives) + config_columns())
 
     def describe(self, number: int) -> dict[str, Any]:
         """Everything stored about one trial, JSON-able: state, objectives, latency spread, test
@@ -477,5 +486,5 @@ def export(study_name: str, trial_number: int, fmt: str, path: str | Path, stora
     return open_study(study_name, storage).export(trial_number, fmt, path)
 
 
-__all__ = ["COLUMNS", "CONFIG_COLUMNS", "HV_REFERENCE", "StudyHandle", "StudyNotFound", "TrialNotAvailable",
+__all__ = ["COLUMNS", "CONFIG_COLUMNS", "config_columns", "HV_REFERENCE", "StudyHandle", "StudyNotFound", "TrialNotAvailable",
            "compare_studies", "export", "hypervolume", "list_studies", "load_model", "open_study"]

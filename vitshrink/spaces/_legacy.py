@@ -167,8 +167,26 @@ def register_config_rule(rule: Callable[[FlatConfig], str | None]) -> Callable[[
     return rule
 
 
+# Each search key's flat name: the FlatConfig field that held it, which a flat recipe, a flat stored
+# config and a flat-named study's Optuna parameter use. A field two techniques share holds the key of
+# each (one of them is chosen at a time). This table is the only place flat names are defined; a
+# technique added after the flat form has none.
+FLAT_NAMES: dict[str, str] = {
+    "student": "student", "student.depth": "student_depth", "student.embed_dim": "student_embed_dim",
+    "student.heads": "student_heads", "student.mlp_ratio": "student_mlp_ratio", "student.epochs": "student_epochs",
+    "student.init": "student_init",
+    "prune.heads": "prune_heads", "prune.mlp": "prune_mlp", "prune.score": "prune_score",
+    "lowrank": "lowrank", "nystrom.landmarks": "landmarks", "nystrom.blocks": "lowrank_blocks",
+    "nystrom.conv": "nystrom_conv", "svd.rank": "svd_rank", "svd.blocks": "lowrank_blocks",
+    "tome.r": "token_merge_r", "patch_drop.fraction": "token_drop", "patch_drop.at": "token_drop_at",
+    "finetune.epochs": "kd_epochs", "distill.temperature": "kd_temperature", "distill.alpha": "kd_alpha",
+    "distill.augment": "kd_augment", "distill.feature_weight": "kd_feature_weight",
+    "runtime": "quant", "static_int8.calib_size": "calib_size", "openvino_int8.calib_size": "calib_size",
+    "ort_int8.calib_size": "calib_size",
+}
+
 # field name -> "str" | "int" | "float" | "tuple[int, ...]" (annotations are strings here)
 _FIELD_KINDS = {f.name: f.type for f in fields(FlatConfig)}
 
-__all__ = ["KD_AUGMENTS", "check_field_type", "register_config_rule", "FlatConfig", "ConfigError", "PRUNE_SCORES",
+__all__ = ["FLAT_NAMES", "KD_AUGMENTS", "check_field_type", "register_config_rule", "FlatConfig", "ConfigError", "PRUNE_SCORES",
            "STUDENT_INITS"]

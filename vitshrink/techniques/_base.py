@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from ..spaces._legacy import FlatConfig, register_config_rule
+from ..spaces._legacy import FLAT_NAMES, FlatConfig, register_config_rule
 
 # the identity value of every FlatConfig field, as `to_dict` writes it (lists for tuples); read
 # from the dataclass, not from FlatConfig(): building one validates it through this module
@@ -39,8 +39,7 @@ FLAT_FIELDS = tuple(_DEFAULTS)
 # The stages of `build`, in the documented order of application; each technique declares its own.
 STAGES = ("student", "prune", "lowrank", "tokens", "finetune", "quantize")
 # the distillation settings a student's training and the KD fine-tune share (each stored once)
-DISTILL_FIELDS = {"temperature": "kd_temperature", "alpha": "kd_alpha", "augment": "kd_augment",
-                  "feature_weight": "kd_feature_weight"}
+DISTILL_FIELDS = {k.split(".", 1)[1]: flat for k, flat in FLAT_NAMES.items() if k.startswith("distill.")}
 ANY = "*"  # a selector value: any value but "none" chooses the technique (a student: "custom" or a timm name)
 CHOICE_KEYS = {"quantize": "runtime"}  # a stage's choice key where it is not the stage's name
 SHARED = "distill"  # the key prefix of the settings the distilling techniques share (the candidate's `distill`)
@@ -208,9 +207,10 @@ class Technique:
         name: How recipes, the registry and messages name it ("nystrom", "prune", "static_int8").
         stage: Where `build` applies its handler (student, prune, lowrank, tokens, finetune, quantize).
         config: Its frozen config dataclass; each field is a setting with its identity default.
-        fields: Setting name -> the FlatConfig field it is stored in (and the Optuna parameter).
-        selector: (FlatConfig field, value) that chooses it, e.g. ("lowrank", "nystrom"); value
-            `ANY`: any value but "none". None: chosen when one of `switches` is above zero.
+        selector: (flat name of its stage's choice, value) that chooses it, e.g. ("lowrank", "nystrom");
+            value `ANY`: any value but "none" (its `choice_setting` holds the value). None: chosen when
+            one of `switches` is above zero.
+        choice_setting: With an `ANY` selector, the setting whose value is the choice (a student's model).
         switches: Settings whose value above zero switches it on (prune: heads, mlp); searched always.
         on: Keyed settings (`vitshrink.techniques.keys`) that switch it on with valid values, given the
             keyed settings so far (a space's values are checked one at a time in a config where their
@@ -253,8 +253,8 @@ class Technique:
     name: str
     stage: str
     config: type
-    fields: Mapping[str, str]
     selector: tuple[str, str] | None = None
+    choice_setting: str | None = None
     switches: tuple[str, ...] = ()
     on: Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]] = field(default_factory=dict)
     example: Any = None
@@ -273,15 +273,13 @@ class Technique:
     cost: Callable[[Any, Any, Callable[[str], tuple[int, int, int, int, int]]], None] | None = None
 
     def __post_init__(self) -> None:
-        own = {f.name for f in dataclasses.fields(self.config)} - set(self.accepts)
-        shared = {f.name for f in dataclasses.fields(self.shared)} if self.shared else set()
-        if own | shared != set(self.fields):
-            raise ValueError(f"technique {self.name!r}: config fields {sorted(own | shared)} and fields {sorted(self.fields)} differ")
         if not issubclass(self.config, TechniqueConfig):
             raise ValueError(f"technique {self.name!r}: its config {self.config.__name__} must derive from TechniqueConfig")
-        unknown = set(self.fields.values()) - set(_DEFAULTS)
-        if unknown:
-            raise ValueError(f"technique {self.name!r} stores settings in unknown FlatConfig fields {sorted(unknown)}")
+        own = {f.name for f in dataclasses.fields(self.config)}
+        if unknown := sorted({*self.accepts, *self.switches, *filter(None, [self.choice_setting])} - own):
+            raise ValueError(f"technique {self.name!r} names settings its config {self.config.__name__} lacks: {unknown}")
+        if (self.choice_setting is not None) != bool(self.selector and self.selector[1] == ANY):
+            raise ValueError(f"technique {self.name!r}: a choice_setting goes with a selector of value ANY, and only there")
         if self.stage not in STAGES:
             raise ValueError(f"technique {self.name!r}: unknown stage {self.stage!r}; stages are {STAGES}")
         if (self.selector is None) == (not self.switches):
@@ -291,10 +289,22 @@ class Technique:
             if value is not None and not isinstance(value, self.config):
                 raise ValueError(f"technique {self.name!r}: its {what} must be a {self.config.__name__}, "
                                  f"not {type(value).__name__}")
-        if self.trains is not None and self.trains not in self.fields:
+        if self.trains is not None and self.trains not in own:
             raise ValueError(f"technique {self.name!r} trains by {self.trains!r}, which is not one of its settings")
 
     # --- what it owns -------------------------------------------------------------------------
+    @functools.cached_property
+    def searched(self) -> tuple[str, ...]:
+        """Its settings a search varies: its config's (not the `accepts` ones) and the shared ones."""
+        shared = [f.name for f in dataclasses.fields(self.shared)] if self.shared else []
+        return (*(f.name for f in dataclasses.fields(self.config) if f.name not in self.accepts), *shared)
+
+    @functools.cached_property
+    def fields(self) -> dict[str, str]:
+        """Its searched settings that have a flat name -> that name (`spaces._legacy.FLAT_NAMES`: the
+        FlatConfig field of earlier versions); a technique added since has none."""
+        return {s: FLAT_NAMES[self.key_of(s)] for s in self.searched if self.key_of(s) in FLAT_NAMES}
+
     def flat(self, name: str) -> str:
         """The FlatConfig field of setting `name` (a search dimension, or an accepted setting of its config)."""
         return self.fields[name] if name in self.fields else self.stored[name]
@@ -336,8 +346,8 @@ class Technique:
     @functools.cached_property
     def stored(self) -> dict[str, str]:
         """Its own config's settings -> the FlatConfig fields that hold them (not the shared ones)."""
-        own = {f.name for f in dataclasses.fields(self.config)}
-        return {**{k: f for k, f in self.fields.items() if k in own}, **{a: a for a in self.accepts}}
+        return {f.name: FLAT_NAMES[self.key_of(f.name)] for f in dataclasses.fields(self.config)
+                if self.key_of(f.name) in FLAT_NAMES}
 
     @functools.cached_property  # asked for every field of every config: computed once
     def switch_fields(self) -> tuple[str, ...]:
@@ -372,7 +382,7 @@ class Technique:
         a shared one, its choice for the setting that chooses it (a student's model)."""
         if self.shared is not None and name in {f.name for f in dataclasses.fields(self.shared)}:
             return f"{SHARED}.{name}"
-        if self.selector and self.selector[1] == ANY and self.fields.get(name) == self.selector[0]:
+        if name == self.choice_setting:
             return self.choice  # type: ignore[return-value]
         return f"{self.name}.{name}"
 
@@ -415,7 +425,7 @@ class Technique:
         if self.selector:
             if self.selector[1] != ANY:
                 return True
-            return getattr(settings, self.setting_of(self.selector[0]) or "", "none") != "none"
+            return getattr(settings, self.choice_setting or "", "none") != "none"
         return any(getattr(settings, s) > 0 for s in self.switches)
 
     def flat_settings(self, settings: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ distilling techniques share are ``distill.<setting>``. A technique's settings ex
 chosen: a key applies under the values sampled before it when one of its techniques is chosen there.
 
 The flat names (`FlatConfig`'s fields, which studies an earlier vitshrink created use as their
-Optuna parameters and recipes) translate to keys here, by each technique's `fields`, and nowhere else.
+Optuna parameters and recipes) are defined by `spaces._legacy.FLAT_NAMES` and translated here.
 
 Example:
     >>> list(search_keys())[:3]
@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..spaces._legacy import FLAT_NAMES
 from ._base import _DEFAULTS, _TECHNIQUES, ANY, CHOICE_KEYS, SHARED, Technique
 
 
@@ -82,7 +83,7 @@ def choice_key(technique: Technique) -> str | None:
 
 def _own_fields(technique: Technique) -> list[Any]:
     """Its config's searchable fields, in declaration order (not the accepted, hand-written ones)."""
-    return [f for f in dataclasses.fields(technique.config) if f.name in technique.fields]
+    return [f for f in dataclasses.fields(technique.config) if f.name not in technique.accepts]
 
 
 _CACHE: dict[tuple[str, ...], dict[str, Key]] = {}
@@ -101,11 +102,10 @@ def search_keys() -> dict[str, Key]:
         choice = choice_key(t)
         if choice is not None and choice not in out:
             owners = tuple(x for x in ts if choice_key(x) == choice)
-            own = next((f for x in owners if x.selector[1] == ANY for f in _own_fields(x)
-                        if x.fields[f.name] == x.selector[0]), None)
+            own = next((f for x in owners for f in _own_fields(x) if f.name == x.choice_setting), None)
             out[choice] = Key(choice, "choice", owners, own.name if own else None, own)
         for f in _own_fields(t):
-            if choice is not None and t.selector[1] == ANY and t.fields[f.name] == t.selector[0]:
+            if f.name == t.choice_setting:
                 continue  # the choice itself (a student's model)
             kind = "switch" if f.name in t.switches else "setting"
             out[f"{t.name}.{f.name}"] = Key(f"{t.name}.{f.name}", kind, (t,), f.name, f)
@@ -164,16 +164,14 @@ def technique_of(name: str, value: Any, fixed: Mapping[str, Any]) -> Technique |
 
 # --- the flat names (studies and recipes of earlier versions) ----------------------------------------
 def flat_name(name: str) -> str:
-    """The FlatConfig field that holds key `name` (the parameter a flat-named study uses)."""
-    key = get_key(name)
-    if key.kind == "choice":
-        return key.owners[0].selector[0]
-    return key.owners[0].fields[key.setting]  # type: ignore[index]
+    """The FlatConfig field that holds key `name` (the parameter a flat-named study uses); a key of a
+    technique added since the flat form is its own name."""
+    return FLAT_NAMES.get(name, name)
 
 
 def keys_of_flat(field: str) -> list[str]:
     """The keys FlatConfig field `field` holds (a field two techniques share gives both)."""
-    return [k for k in search_keys() if flat_name(k) == field]
+    return [k for k in search_keys() if FLAT_NAMES.get(k) == field]
 
 
 def is_flat(name: str) -> bool:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..spaces._legacy import KD_AUGMENTS
-from ._base import (ABOVE_ZERO, AT_LEAST_ZERO, DISTILL_FIELDS, Bounds, Technique, TechniqueConfig, register_config_type,
+from ._base import (ABOVE_ZERO, AT_LEAST_ZERO, Bounds, Technique, TechniqueConfig, register_config_type,
                     register_technique, setting)
 
 
@@ -47,7 +47,7 @@ def recovery(space: Any) -> dict[str, Any]:
 
 
 TECHNIQUE = register_technique(Technique(
-    name="finetune", stage="finetune", config=FinetuneConfig, fields={"epochs": "kd_epochs", **DISTILL_FIELDS},
+    name="finetune", stage="finetune", config=FinetuneConfig,
     switches=("epochs",), on={"finetune.epochs": 1}, identity=(FinetuneConfig(epochs=0), 0.0), trains="epochs",
     shared=DistillConfig,
     cost=lambda s, plan, named: plan.train(s.epochs),

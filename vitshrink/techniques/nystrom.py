@@ -90,7 +90,6 @@ def _identity(model):
 
 TECHNIQUE = register_technique(Technique(
     name="nystrom", stage="lowrank", config=NystromConfig,
-    fields={"landmarks": "landmarks", "blocks": "lowrank_blocks", "conv": "nystrom_conv"},
     selector=("lowrank", "nystrom"), on={"lowrank": "nystrom", "nystrom.landmarks": 8},
     example=NystromConfig(landmarks=4), identity=_identity,
     shape_problem=_shape_problem, model_problem=_model_problem, demands=_demands, references=_references,

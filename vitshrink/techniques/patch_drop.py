@@ -77,7 +77,7 @@ def _model_problem(model, s: PatchDropConfig):
 
 
 TECHNIQUE = register_technique(Technique(
-    name="patch_drop", stage="tokens", config=PatchDropConfig, fields={"fraction": "token_drop", "at": "token_drop_at"},
+    name="patch_drop", stage="tokens", config=PatchDropConfig,
     switches=("fraction",), on={"patch_drop.fraction": 0.1, "patch_drop.at": (1,)},
     example=PatchDropConfig(fraction=0.25, at=(1,)), identity=(PatchDropConfig(), 0.0),
     shape_problem=_shape_problem, model_problem=_model_problem, problem=_problem, demands=_demands,

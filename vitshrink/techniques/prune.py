@@ -93,7 +93,6 @@ def _cost(s: PruneConfig, plan, named) -> None:
 
 TECHNIQUE = register_technique(Technique(
     name="prune", stage="prune", config=PruneConfig,
-    fields={"heads": "prune_heads", "mlp": "prune_mlp", "score": "prune_score"},
     switches=("heads", "mlp"), on={"prune.heads": 0.1}, model_problem=_model_problem,
     example=PruneConfig(heads=0.5, mlp=0.5), identity=(PruneConfig(), 0.0),
     cost=_cost,

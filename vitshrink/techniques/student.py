@@ -12,7 +12,7 @@ from torch import nn
 
 from ..spaces._fit import ModelShape
 from ..spaces._legacy import STUDENT_INITS
-from ._base import ABOVE_ZERO, ANY, DISTILL_FIELDS, Technique, TechniqueConfig, register_technique, setting
+from ._base import ABOVE_ZERO, ANY, Technique, TechniqueConfig, register_technique, setting
 from .finetune import DistillConfig, distill_extras
 
 
@@ -130,10 +130,7 @@ def _stage_configs(values_of) -> Iterator[tuple[str | None, dict[str, Any]]]:
 
 TECHNIQUE = register_technique(Technique(
     name="student", stage="student", config=StudentConfig,
-    fields={"model": "student", "depth": "student_depth", "embed_dim": "student_embed_dim",
-            "heads": "student_heads", "mlp_ratio": "student_mlp_ratio", "epochs": "student_epochs",
-            "init": "student_init", **DISTILL_FIELDS},
-    selector=("student", ANY), on=_on, model_problem=_model_problem, problem=_problem, trains="epochs", shared=DistillConfig,
+    selector=("student", ANY), choice_setting="model", on=_on, model_problem=_model_problem, problem=_problem, trains="epochs", shared=DistillConfig,
     references=lambda space: [reference_student(space)], stage_configs=_stage_configs, stage_shape=_stage_shape,
     space_problem=_space_problem, cost=_cost,
     example=StudentConfig(model="custom", depth=1, embed_dim=32, heads=2, epochs=1),

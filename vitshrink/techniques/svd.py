@@ -22,7 +22,7 @@ def _model_problem(model, config):
 
 
 TECHNIQUE = register_technique(Technique(
-    name="svd", stage="lowrank", config=SvdConfig, fields={"rank": "svd_rank", "blocks": "lowrank_blocks"},
+    name="svd", stage="lowrank", config=SvdConfig,
     selector=("lowrank", "svd"), on={"lowrank": "svd"},
     example=SvdConfig(rank=0.5), identity=(SvdConfig(rank=1.0), 0.0),
     shape_problem=lambda s, shape: indices_problem("lowrank_blocks", s.blocks, shape),

@@ -23,7 +23,7 @@ class Bf16Config(TechniqueConfig):
 _REFERENCES = lambda space: [{"runtime": "dynamic_int8"}, {**reference_student(space), "runtime": "dynamic_int8"}]  # noqa: E731
 
 DYNAMIC_INT8, BF16 = (
-    register_technique(Technique(name=mode, stage="quantize", config=config, fields={},
+    register_technique(Technique(name=mode, stage="quantize", config=config, 
                                  selector=("quant", mode), on={"runtime": mode},
                                  references=_REFERENCES if mode == "dynamic_int8" else None))
     for mode, config in (("dynamic_int8", DynamicInt8Config), ("bf16", Bf16Config))
