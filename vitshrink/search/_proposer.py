@@ -48,8 +48,9 @@ from scipy.optimize import nnls
 
 from ..compress._fit import stage_model
 from ..objectives import objectives_for
-from ..spaces import CompressionConfig, ConfigError, Recipe
-from ..techniques import CostPlan, deployment_of, get_technique, list_techniques, selector_choices, without_stage
+from ..spaces import CompressionConfig, ConfigError, Recipe, SearchSpace
+from ..techniques import CostPlan, deployment_of, get_technique, list_techniques, techniques, without_stage
+from ..techniques import keys as K
 from ._latency import latency_baseline
 from ._pareto import default_reference, is_feasible, normalized_values, pareto_front
 from ._rungs import rung_subset, subset_accuracy
@@ -147,23 +148,27 @@ def estimate(config: CompressionConfig, d: _Dims, named: dict[str, tuple[int, in
             technique.cost(own, plan, named.__getitem__)
     macs, params = plan.costs()
     return {"macs": macs, "params": params, "work": plan.work(), "depth": plan.depth, "width": plan.width,
-            "heads": plan.heads, "mlp": plan.mlp}
+            "heads": plan.heads, "mlp": plan.mlp, "effective": plan.effective}
 
 
 def _one_hot(value: str, modes: Sequence[str]) -> list[float]:
     return [float(value == m) for m in modes]
 
 
-def features(config: CompressionConfig, est: dict[str, float]) -> list[float]:
-    """The surrogate's and the cost models' inputs for one candidate (its zero-shot accuracy is added apart)."""
-    config = config.flat  # type: ignore[assignment]
+def features(config: CompressionConfig, est: dict[str, Any]) -> list[float]:
+    """The surrogate's and the cost models' inputs for one candidate (its zero-shot accuracy is added
+    apart): its analytic costs and shape, each technique's own `features` (of its identity config
+    where the candidate does not choose it), and a one-hot of each choice with listed values (runtime,
+    low-rank)."""
     row = [math.log(max(est["macs"], 1.0)), math.log(max(est["params"], 1.0)), math.log1p(est["work"]),
-           float(est["depth"]), float(est["width"]), float(config.student != "none"),
-           float(config.student_init == "teacher"), float(config.student_epochs), float(config.kd_epochs),
-           float(est["heads"]), float(est["mlp"]), float(config.token_merge_r), config.token_drop,
-           # one-hot of each selector's value (quant, then lowrank: the order the search benchmark measured)
-           float(config.landmarks), *(x for field, modes in sorted(selector_choices().items(), reverse=True)
-                                      for x in _one_hot(getattr(config, field), modes))]
+           float(est["depth"]), float(est["width"]), float(est["heads"]), float(est["mlp"])]
+    for t in techniques():
+        if t.features is not None:
+            row += t.features(config.get(t.name) or t.config())
+    for key in K.search_keys().values():
+        if key.kind == "choice" and key.choices is not None:
+            value = next((t.selector[1] for t in key.owners if t.name in config), "none")
+            row += _one_hot(value, key.choices)
     return row
 
 
@@ -180,12 +185,11 @@ def _key(config: CompressionConfig) -> str:
     return config.to_json()
 
 
-def _effective(config: CompressionConfig, est: dict[str, float]) -> str:
-    """What makes two candidates the same model: the config with its pruning fractions replaced by
-    what they keep (4 heads less 0.05 or 0.1 of them is 4 heads either way)."""
-    d = config.flat.to_dict()
-    d.update(prune_heads=est["heads"], prune_mlp=est["mlp"])
-    return json.dumps(d, sort_keys=True)
+def _effective(config: CompressionConfig, est: dict[str, Any]) -> str:
+    """What makes two candidates the same model: the config's keyed settings with those its techniques
+    say they really build (`CostPlan.effective`: 4 heads less 0.05 or 0.1 of them is 4 heads either way)."""
+    d = {**SearchSpace.values_in(config), **est["effective"]}
+    return json.dumps(d, sort_keys=True, default=list)
 
 
 class VitshrinkSampler(BaseSampler):

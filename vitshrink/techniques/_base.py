@@ -240,6 +240,9 @@ class Technique:
             ``seed_with = "reference"`` opens a study with (the space's fixed values and ranges shape them).
         cost: (its own config, `CostPlan`, named) -> None: what it does to a ViT's analytic costs (the
             vitshrink sampler's estimates); `named(model_name)` gives a timm architecture's numbers.
+        features: (its own config) -> numbers the vitshrink sampler's models read beside the analytic
+            costs (a student's epochs, ToMe's r); asked of its identity config where it is not chosen,
+            so every candidate has the same columns.
         stage_configs: (values_of) -> (name, keyed settings) of the models leaving its stage that a space
             of those values can build, for a student stage: the largest custom student (name None) and
             each named architecture (name: its selector value). The search checks them before a study.
@@ -271,6 +274,7 @@ class Technique:
     stage_shape: Callable[[Any, Any], Any] | None = None
     space_problem: Callable[[Any], str | None] | None = None
     cost: Callable[[Any, Any, Callable[[str], tuple[int, int, int, int, int]]], None] | None = None
+    features: Callable[[Any], tuple[float, ...]] | None = None
 
     def __post_init__(self) -> None:
         if not issubclass(self.config, TechniqueConfig):

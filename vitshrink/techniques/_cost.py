@@ -39,6 +39,9 @@ class CostPlan:
     merged: int = 0  # tokens merged after every block
     dropped: dict[int, float] = field(default_factory=dict)  # block -> fraction of patches dropped after it
     trained: list[tuple[int, float]] = field(default_factory=list)  # (epochs, MACs per image) of each training stage
+    # keyed settings as a technique really builds them (pruning's kept heads and units, not its
+    # fractions): two candidates equal there, and in their other settings, build the same model
+    effective: dict[str, float] = field(default_factory=dict)
 
     def reshape(self, depth: int, width: int, heads: int, head_dim: int, mlp: int) -> None:
         """Another architecture's blocks (a student)."""

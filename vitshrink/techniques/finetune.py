@@ -50,5 +50,5 @@ TECHNIQUE = register_technique(Technique(
     name="finetune", stage="finetune", config=FinetuneConfig,
     switches=("epochs",), on={"finetune.epochs": 1}, identity=(FinetuneConfig(epochs=0), 0.0), trains="epochs",
     shared=DistillConfig,
-    cost=lambda s, plan, named: plan.train(s.epochs),
+    cost=lambda s, plan, named: plan.train(s.epochs), features=lambda s: (float(s.epochs),),
 ))

@@ -94,4 +94,5 @@ TECHNIQUE = register_technique(Technique(
     example=NystromConfig(landmarks=4), identity=_identity,
     shape_problem=_shape_problem, model_problem=_model_problem, demands=_demands, references=_references,
     cost=lambda s, plan, named: plan.attend_to(s.landmarks, s.blocks) if s.landmarks else None,
+    features=lambda s: (float(s.landmarks),),
 ))

@@ -81,5 +81,5 @@ TECHNIQUE = register_technique(Technique(
     switches=("fraction",), on={"patch_drop.fraction": 0.1, "patch_drop.at": (1,)},
     example=PatchDropConfig(fraction=0.25, at=(1,)), identity=(PatchDropConfig(), 0.0),
     shape_problem=_shape_problem, model_problem=_model_problem, problem=_problem, demands=_demands,
-    cost=lambda s, plan, named: plan.drop(s.fraction, s.at),
+    cost=lambda s, plan, named: plan.drop(s.fraction, s.at), features=lambda s: (float(s.fraction),),
 ))

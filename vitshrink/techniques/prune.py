@@ -87,8 +87,9 @@ def _model_problem(model, s: PruneConfig):
 
 
 def _cost(s: PruneConfig, plan, named) -> None:
-    """Every block keeps `keep_count` of its heads and MLP units."""
+    """Every block keeps `keep_count` of its heads and MLP units (what the fractions really build)."""
     plan.heads, plan.mlp = keep_count(plan.heads, s.heads), keep_count(plan.mlp, s.mlp)
+    plan.effective.update({"prune.heads": plan.heads, "prune.mlp": plan.mlp})
 
 
 TECHNIQUE = register_technique(Technique(

@@ -133,5 +133,6 @@ TECHNIQUE = register_technique(Technique(
     selector=("student", ANY), choice_setting="model", on=_on, model_problem=_model_problem, problem=_problem, trains="epochs", shared=DistillConfig,
     references=lambda space: [reference_student(space)], stage_configs=_stage_configs, stage_shape=_stage_shape,
     space_problem=_space_problem, cost=_cost,
+    features=lambda s: (float(s.model != "none"), float(s.init == "teacher"), float(s.epochs)),
     example=StudentConfig(model="custom", depth=1, embed_dim=32, heads=2, epochs=1),
 ))

@@ -38,6 +38,6 @@ TECHNIQUE = register_technique(Technique(
     name="tome", stage="tokens", config=TomeConfig, switches=("r",),
     on={"tome.r": 1}, example=TomeConfig(r=2), identity=(TomeConfig(), 0.0),
     shape_problem=lambda s, shape: merge_problem(s.r, shape), model_problem=_model_problem,
-    cost=lambda s, plan, named: plan.merge(s.r),
+    cost=lambda s, plan, named: plan.merge(s.r), features=lambda s: (float(s.r),),
     demands=_demands,
 ))
