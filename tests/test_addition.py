@@ -15,8 +15,9 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 
 RUNTIME = '''"""A runtime added outside vitshrink, for tests/test_addition.py: the model in float16 (weights and
-activations) behind a wrapper that casts its float32 input in and its output back. Its config record,
-its technique and its handler are the whole addition."""
+activations) behind a wrapper that casts its float32 input in and its output back; its one setting,
+`keep_head`, keeps the classifier head in float32. Its config record, its technique and its handler
+are the whole addition: its setting is searched as ``torch_fp16.keep_head`` with no other name."""
 import copy
 from dataclasses import dataclass
 
@@ -25,22 +26,33 @@ from torch import nn
 
 from vitshrink.compress import register_handler
 from vitshrink.compress.quantize import deploy
-from vitshrink.techniques import Technique, TechniqueConfig, register_technique
+from vitshrink.techniques import Technique, TechniqueConfig, register_technique, setting
 
 
 @dataclass(frozen=True)
 class TorchFp16Config(TechniqueConfig):
-    pass
+    keep_head: bool = setting(False)  # the classifier head stays float32
 
 
 register_technique(Technique(name="torch_fp16", stage="quantize", config=TorchFp16Config,
                              selector=("quant", "torch_fp16"), on={"runtime": "torch_fp16"}))
 
 
+class Float32Head(nn.Module):
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.float())
+
+
 class Float16Model(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, keep_head: bool) -> None:
         super().__init__()
         self.model = model.to(torch.float16)
+        if keep_head:
+            self.model.head = Float32Head(self.model.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.to(torch.float16)).to(torch.float32)
@@ -48,7 +60,8 @@ class Float16Model(nn.Module):
 
 @register_handler(TorchFp16Config)
 def torch_fp16(model: nn.Module, config, ctx) -> nn.Module:
-    return deploy(model, Float16Model(copy.deepcopy(model)), config, ctx)
+    keep_head = config["torch_fp16"].keep_head
+    return deploy(model, Float16Model(copy.deepcopy(model), keep_head), config, ctx)
 '''
 
 SCRIPT = textwrap.dedent('''
@@ -61,8 +74,9 @@ SCRIPT = textwrap.dedent('''
     from vitshrink.spaces import CompressionConfig, Recipe
     from vitshrink.techniques import selector_choices
 
-    space = 'techniques = ["prune", "dynamic_int8", "torch_fp16"]\\nalways = ["quant"]\\n[space.prune]\\nheads = [0.0, 0.5]'
-    text = tiny_recipe("fp16", space, trials=5, sampler="random").replace("[study]\\n", "[study]\\nscreening = false\\n")
+    space = ('techniques = ["prune", "dynamic_int8", "torch_fp16"]\\nalways = ["quant"]\\n[space.prune]\\nheads = [0.0, 0.5]'
+             '\\n[space.torch_fp16]\\nkeep_head = [false, true]')
+    text = tiny_recipe("fp16", space, trials=8, sampler="random").replace("[study]\\n", "[study]\\nscreening = false\\n")
     recipe = Recipe.from_toml_text(text)
     storage = "sqlite:///{root}/s.db"
     summary = run_search(recipe, storage=storage)
@@ -73,7 +87,10 @@ SCRIPT = textwrap.dedent('''
         if t.state.name == "COMPLETE" and t.params.get("runtime") == "torch_fp16":
             config = CompressionConfig.from_dict(t.user_attrs["config"])
             row["names"] = list(config.names)
-            row["model"] = type(handle.load_model(t.number)).__name__
+            row["keep_head"] = config["torch_fp16"].keep_head
+            loaded = handle.load_model(t.number)
+            row["model"] = type(loaded).__name__
+            row["head"] = type(loaded.model.head).__name__
             row["export"] = str(handle.export(t.number, "onnx", "{root}/m%d.onnx" % t.number))
         out["trials"].append(row)
     print(json.dumps(out))
@@ -94,4 +111,6 @@ def test_a_runtime_added_outside_vitshrink_is_searched_stored_rebuilt_and_export
     assert fp16, out["trials"]  # the random sampler drew it among 4 sampled trials (seed 0)
     for t in fp16:
         assert t["names"][-1] == "torch_fp16" and t["model"] == "Float16Model"
+        assert t["params"]["torch_fp16.keep_head"] == t["keep_head"]  # its setting: a parameter named by it
+        assert t["head"] == ("Float32Head" if t["keep_head"] else "Linear")  # and rebuilt as stored
         assert Path(t["export"]).stat().st_size > 0

@@ -31,6 +31,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .data_shape import DATASETS, DEFAULT_IMG_SIZE, FIXED_SHAPES, DataShape
 from .data_shape import canonical_name as _canonical
+from .digests import update_with_tensor
+from .folder_split import FolderSplit, pixel_rows
 from .image_folder import scan_folder, scan_images, split_off
 from .splits import DataError
 from .splits import stratified_split as _split_arrays
@@ -78,7 +80,6 @@ class Split:
             yield self.x[i : i + batch_size], self.y[i : i + batch_size]
 
     def digest_into(self, h: Any) -> None:
-        from .digests import update_with_tensor
 
         update_with_tensor(h, self.x)
         update_with_tensor(h, self.y)
@@ -239,7 +240,6 @@ def _stream_cifar10(train: Any, test: Any, seed: int, val_frac: float) -> DataBu
 
     from sklearn.model_selection import train_test_split
 
-    from .folder_split import FolderSplit, pixel_rows
 
     pixels = np.concatenate([np.asarray(train.data), np.asarray(test.data)])  # (60000, 32, 32, 3) uint8
     labels = np.concatenate([np.asarray(train.targets), np.asarray(test.targets)]).astype(np.int64)
@@ -313,7 +313,6 @@ def load_image_folder(
     """An image folder, `ROOT/CLASS/*` or `ROOT/{train,val,test}/CLASS/*` (see `vitshrink.image_folder`):
     given splits are used as they are, missing ones are split off train; images are resized to
     `img_size` (default 32) and converted to `in_chans` channels (None: as the images are)."""
-    from .folder_split import FolderSplit
     layout = scan_folder(data_dir)
     files = split_off(layout, seed, val_frac, test_frac)
     if limit:  # cut the file lists, so only the images kept are read

@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DataBundle, cache_dir
+from .data import Split
+from .digests import data_sha256, file_sha256
+from .timm_preprocessing import mixup_of, soft_cross_entropy
 from .data_shape import fit_teacher_kwargs
 from .spaces._recipe import AUGMENTATIONS
 from .training import check_training_keys, resolve_training
@@ -194,7 +197,6 @@ def augment_batch(x: torch.Tensor, kinds: tuple[str, ...], gen: torch.Generator,
 def evaluate(model: nn.Module, x: Any, y: torch.Tensor | None = None, batch_size: int = 256) -> tuple[float, torch.Tensor]:
     """Top-1 accuracy and the logits (float32, on the CPU) of `model` on a split (or on tensors x, y),
     on the model's device; a streamed split is read batch by batch."""
-    from .data import Split
 
     split = Split(x, y) if y is not None else x
     model.eval()
@@ -250,7 +252,6 @@ def train_classifier(
     if loss_fn is None and ("mixup" in settings.augment or "cutmix" in settings.augment):
         import numpy as np
 
-        from .timm_preprocessing import mixup_of
 
         np.random.seed(seed)  # timm's Mixup draws from numpy's global generator
         mix = mixup_of(settings.augment, data.num_classes, settings.label_smoothing)
@@ -273,7 +274,6 @@ def train_classifier(
                 online = online_targets(xb) if online_targets is not None else None
                 logits = _float_logits(model(xb))
             if soft is not None:
-                from .timm_preprocessing import soft_cross_entropy
 
                 loss = soft_cross_entropy(logits, soft)
             elif loss_fn is None:
@@ -293,7 +293,6 @@ def train_classifier(
 
 def checkpoint_sha256(path: str | Path) -> str:
     """SHA-256 of a checkpoint file's contents (streamed): the same path rewritten is another teacher."""
-    from .digests import file_sha256
 
     p = Path(path)
     if not p.is_file():
@@ -306,7 +305,6 @@ def _teacher_key(spec: TeacherSpec, data: DataBundle, settings: TrainSettings, s
     """What a trained teacher depends on: architecture, starting weights (by content), the data split
     (its seed and the images and labels of every split: a teacher must never have seen today's val or
     test images), training settings, seed and timm's version."""
-    from .digests import data_sha256
 
     # no augmentation is left out of the key, so teachers cached before `augment` existed stay valid;
     # the training device counts as it resolves here (cuda/bf16), and not at all on the CPU in fp32

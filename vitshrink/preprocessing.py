@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from .data import DataBundle
+from .timm_preprocessing import describe_timm_preprocessing
 
 
 # what each loader in data.py reads, and how it scales raw values to [0, 1]
@@ -52,7 +53,6 @@ def describe_preprocessing(dataset: str, data: DataBundle) -> dict[str, Any]:
     if timm_record := getattr(data.val, "preprocessing", ""):  # a pretrained timm model's own (timm_preprocessing.py)
         import json
 
-        from .timm_preprocessing import describe_timm_preprocessing
 
         return describe_timm_preprocessing(json.loads(timm_record)["timm"])
     raw = _RAW[kind]

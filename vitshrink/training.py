@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .spaces import ConfigError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -193,7 +193,7 @@ def quantize_model(model: nn.Module, mode: str, example: torch.Tensor,
     technique = next((t for t in chosen_techniques({"quant": mode}) if t.stage == "quantize"), None)
     if technique is None:
         raise ValueError(f"unknown quantization mode {mode!r}; modes are none, {', '.join(list_techniques('quantize'))}")
-    takes = "calib_size" in technique.fields.values() or "calib_size" in technique.accepts
+    takes = hasattr(technique.config(), "calib_size")
     calibrated = bool(takes and calibration is not None and len(calibration))
     if mode == "static_int8" and not calibrated:
         raise ValueError("quant='static_int8' needs calibration images (calib_size >= 1)")

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..errors import ConfigError
+from .macs import count_macs
+from .memory import peak_memory_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +164,6 @@ def objective_values(names: Iterable[str], candidate: Candidate) -> dict[str, fl
 
 
 def _peak_memory(c: Candidate) -> float:
-    from .memory import peak_memory_bytes
 
     return float(peak_memory_bytes(c.model, c.images))
 
@@ -176,7 +177,6 @@ def _throughput(c: Candidate) -> float | None:
 def _macs(c: Candidate) -> float | None:
     if c.macs is not None:
         return float(c.macs)
-    from .macs import count_macs
 
     return float(count_macs(c.float_model, c.images[:1]))
 

@@ -18,9 +18,10 @@ import optuna
 
 from .._version import __version__
 from ..digests import data_sha256
-from ..objectives import directions_of
+from ..objectives import accuracy, directions_of
 from ..preprocessing import describe_preprocessing
 from ..spaces import ConfigError, Recipe
+from ._artifacts import rebuild_trial
 from ._budget import count_states, max_pruned  # noqa: F401 - re-exported
 from ._executor import OnTrial, SearchJob, make_executor
 from ._fingerprint import changed_sections, differences, merged, recipe_fingerprint, stored_fingerprint
@@ -213,8 +214,6 @@ def prepare_search(
 
 def evaluate_pareto_on_test(study: optuna.Study, ctx: SearchContext) -> dict[int, float]:
     """Evaluate each Pareto trial once on the test split and store it on the study (never used to choose)."""
-    from ..objectives import accuracy
-    from ._artifacts import rebuild_trial
 
     results = {}
     for t in pareto_trials(study):

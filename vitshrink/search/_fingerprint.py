@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..models import TrainSettings, checkpoint_sha256
-from ..objectives import directions_of
+from ..objectives import Target, directions_of
 from ..spaces import ConfigError, Recipe, SearchSpace
 from ._schema import FINGERPRINT_ATTR  # noqa: F401 - the study attribute holding the fingerprint (a JSON dict)
 FINGERPRINT_VERSION = 1
@@ -39,7 +39,6 @@ SECTION_NAMES = {"teacher": "teacher", "data": "data", "target": "latency target
 
 def _device(text: str) -> str:
     """`cpu` and `cpu:N` (N = this machine's cores) are one target; spell it the way it is measured."""
-    from ..objectives import Target
 
     try:
         return Target.parse(text).spec()

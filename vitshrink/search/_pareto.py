@@ -8,6 +8,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from ._optuna import compute_hypervolume
+from ..objectives import objectives_for
 from ..spaces import DEFAULT_OBJECTIVES
 
 
@@ -52,7 +53,6 @@ def default_reference(objectives=DEFAULT_OBJECTIVES) -> tuple[float, ...]:
         >>> default_reference(["accuracy", "macs"])
         (1.0, 1.1)
     """
-    from ..objectives import objectives_for
 
     return tuple(o.hv_reference for o in objectives_for(objectives))
 
@@ -62,7 +62,6 @@ def normalized_values(rows, teacher_values, objectives=DEFAULT_OBJECTIVES):
     (`teacher_values`, in the same order): 1 - accuracy, cost / teacher's cost, teacher's rate / rate."""
     import numpy as np
 
-    from ..objectives import objectives_for
 
     chosen = objectives_for(objectives)
     arr = np.asarray(rows, dtype=float).reshape(-1, len(chosen))

@@ -22,6 +22,8 @@ from typing import Any, Iterable, Mapping
 import optuna
 from optuna.trial import FrozenTrial
 
+from ..spaces import DEFAULT_OBJECTIVES
+
 # --- study user attributes -------------------------------------------------------------------------------------
 RECIPE_ATTR = "vitshrink.recipe"  # the recipe as `Recipe.to_dict` writes it (what `Recipe.from_dict` reads)
 TEACHER_ATTR = "vitshrink.teacher"  # the teacher's TeacherSpec.to_dict()
@@ -112,7 +114,6 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
 def objective_names(study: optuna.Study) -> tuple[str, ...]:
     """The study's objectives in the order of its values: the metric names set when it was created
     (a study stored before objectives were chosen has the default three, named or not)."""
-    from ..spaces import DEFAULT_OBJECTIVES
 
     names = study.metric_names
     return tuple(names) if names else DEFAULT_OBJECTIVES

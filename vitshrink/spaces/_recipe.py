@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import data_shape  # attributes read at call time: data_shape imports this package's ConfigError
 from ..objectives._registry import DEFAULT_OBJECTIVES, check_objective_names
+from ..training import check_training_keys
 from .. import techniques as _registry  # the techniques depend on _config and _fit only, never on this module
 from ._config import ConfigError
 from ..techniques import keys as K
@@ -168,8 +169,6 @@ class Recipe:
                                   f"choose from {list(AUGMENTATIONS)} (flip: random horizontal flip, shift: up to 2 px, randaugment / mixup / cutmix: timm's, for a pretrained teacher on an image folder)")
         train = teacher.get("train", {})
         try:
-            from ..training import check_training_keys  # lazy: training imports this package
-
             check_training_keys(train.get("device"), train.get("precision"))
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None

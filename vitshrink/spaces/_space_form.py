@@ -123,9 +123,9 @@ def _technique_tables(space: dict[str, Any], names: list[str], source: str) -> d
             raise ConfigError(f"{source}: [space.{key}] is given but {key} is not in space.techniques; add it there")
         technique = _registry.get_technique(key)
         for setting in table:
-            if setting not in technique.fields:
+            if setting not in technique.searched:
                 raise ConfigError(f"{source}: unknown setting space.{key}.{setting}"
-                                  f"{_hint(setting, list(technique.fields)) if technique.fields else f'; {key} has no settings'}")
+                                  f"{_hint(setting, list(technique.searched)) if technique.searched else f'; {key} has no settings'}")
     return tables
 
 

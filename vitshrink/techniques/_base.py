@@ -322,7 +322,7 @@ class Technique:
         if self.selector:
             field_, want = self.selector
             return f"{field_} other than 'none'" if want == ANY else f"{field_}={want!r}"
-        return " or ".join(f"{self.fields[s]} > 0" for s in self.switches)
+        return " or ".join(f"{self.fields.get(s, self.key_of(s))} > 0" for s in self.switches)
 
     def settings_problem(self, values: Mapping[str, Any]) -> str | None:
         """Where it is chosen under flat settings `values`: a setting below its `needs`, or its own
@@ -356,7 +356,7 @@ class Technique:
     @functools.cached_property  # asked for every field of every config: computed once
     def switch_fields(self) -> tuple[str, ...]:
         """The flat fields that decide whether it is chosen (its selector, or its switches)."""
-        return (self.selector[0],) if self.selector else tuple(self.fields[s] for s in self.switches)
+        return (self.selector[0],) if self.selector else tuple(self.fields.get(s, self.key_of(s)) for s in self.switches)
 
     @functools.cached_property  # asked for every field of every config: computed once
     def conditional_fields(self) -> tuple[str, ...]:
@@ -366,7 +366,7 @@ class Technique:
     # --- when it applies ----------------------------------------------------------------------
     def chosen(self, values: Mapping[str, Any]) -> bool:
         """Whether flat settings `values` (missing ones at their defaults) choose this technique."""
-        get = lambda f: values.get(f, _DEFAULTS[f])
+        get = lambda f: values.get(f, _DEFAULTS.get(f, 0))  # a technique added since: never in a flat config
         if self.selector:
             field_, want = self.selector
             return get(field_) != "none" if want == ANY else get(field_) == want
