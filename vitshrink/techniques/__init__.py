@@ -2,9 +2,10 @@
 only where it is chosen), its checks against the model and its handler, registered by name; and
 the block walker every technique that picks blocks goes through.
 
-Adding a technique: one module here that registers a `Technique` (its stage, an active example and
-its identity setting included), its import below, its handler registered for its name in
-`vitshrink.compress` (`@register_handler("name")`), and its tests.
+Adding a technique: one module that registers a `Technique` (its stage, an active example and its
+identity setting included; its settings are searched as ``<technique>.<setting>``), its import below
+(or any import, from outside the package), its handler registered for its config type in
+`vitshrink.compress` (`@register_handler(MyConfig)`), and its tests.
 
 Example:
     >>> list_techniques("lowrank")

@@ -1,23 +1,24 @@
 """`Technique`: one compression technique as a record, and the registry that holds them by name.
 
 A technique owns a frozen config dataclass (its settings by their short names, which are also its
-search dimensions in a recipe), how it is chosen (a value of a selector setting such as
-``quant = "static_int8"``, or one of its own settings above zero such as ``prune_heads``), its checks
-against the model, its stage, an active example and its identity setting. Its handler, the function
-that applies it, is registered for it by name in `vitshrink.compress` (`register_handler`).
-Its settings exist only where it is chosen: that is the whole of a search space's conditions.
+search dimensions: ``<technique>.<setting>``), how it is chosen (a value of its stage's choice such as
+``runtime = "static_int8"``, or one of its own settings above zero such as ``prune.heads``), its
+checks against the model, its stage, an active example and its identity setting. Its handler, the
+function that applies it, is registered for its config type in `vitshrink.compress`
+(`register_handler`). Its settings exist only where it is chosen: that is the whole of a search
+space's conditions (`vitshrink.techniques.keys`).
 
 A candidate (`vitshrink.spaces.CompressionConfig`) is the chosen techniques' own configs, each a
 `TechniqueConfig` that checks its values and round-trips as a typed, versioned record
 (`config_to_dict` / `config_from_dict`, as torchao's). The flat form (`FlatConfig`: every setting a
-field, which studies stored before, and which the flat search space and its Optuna parameters still
-use) names each setting by `fields`.
+field, which studies stored before) names a setting by `spaces._legacy.FLAT_NAMES`; `fields` is a
+technique's view of that table, for the flat reader.
 
 Example:
     >>> from vitshrink.techniques import get_technique
     >>> nystrom = get_technique("nystrom")
-    >>> nystrom.fields["landmarks"], nystrom.chosen({"lowrank": "nystrom"}), nystrom.chosen({})
-    ('landmarks', True, False)
+    >>> nystrom.key_of("landmarks"), nystrom.fields["landmarks"], nystrom.chosen({"lowrank": "nystrom"})
+    ('nystrom.landmarks', 'landmarks', True)
 """
 
 from __future__ import annotations
