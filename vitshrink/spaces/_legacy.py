@@ -30,7 +30,12 @@ def check_field_type(name: str, value: Any) -> None:
         ...
         vitshrink.errors.ConfigError: invalid compression config: prune_heads='half' must be a number
     """
-    kind = _FIELD_KINDS[name]
+    check_kind(name, _FIELD_KINDS[name], value)
+
+
+def check_kind(label: str, kind: str, value: Any) -> None:
+    """Refuse `value` unless it is of `kind` ("str", "int", "float", "bool", else block indices),
+    naming it as `label`; ints are fine where a number is wanted, bools and NaN are not."""
     v = value
     if kind == "str":
         ok = isinstance(v, str)
@@ -38,11 +43,14 @@ def check_field_type(name: str, value: Any) -> None:
         ok = isinstance(v, int) and not isinstance(v, bool)
     elif kind == "float":
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # v == v: not NaN
+    elif kind == "bool":
+        ok = isinstance(v, bool)
     else:  # tuple[int, ...]: block indices
         ok = isinstance(v, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
     if not ok:
-        want = {"str": "a string", "int": "an integer", "float": "a number"}.get(kind, "a list of block indices")
-        raise ConfigError(f"invalid compression config: {name}={value!r} must be {want}")
+        want = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(
+            kind, "a list of block indices")
+        raise ConfigError(f"invalid compression config: {label}={value!r} must be {want}")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from .. import techniques as _registry  # the techniques depend on _config and _
 from ..techniques import keys as K
 from ._config import CompressionConfig, ConfigError
 from ._fit import ModelShape
+from ._legacy import check_kind
 
 
 def _kind(name: str) -> str:
@@ -42,21 +43,7 @@ def _kind(name: str) -> str:
 def check_type(name: str, value: Any, label: str | None = None) -> None:
     """Refuse a value of the wrong type for key `name` (ints are fine where a number is wanted;
     bools and NaN are not), naming it as `label` (the name the recipe used)."""
-    kind, v = _kind(name), value
-    if kind == "str":
-        ok = isinstance(v, str)
-    elif kind == "int":
-        ok = isinstance(v, int) and not isinstance(v, bool)
-    elif kind == "float":
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # v == v: not NaN
-    elif kind == "bool":
-        ok = isinstance(v, bool)
-    else:  # block indices
-        ok = isinstance(v, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
-    if not ok:
-        want = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(
-            kind, "a list of block indices")
-        raise ConfigError(f"invalid compression config: {label or name}={value!r} must be {want}")
+    check_kind(label or name, _kind(name), value)
 
 
 def allowed_choices(name: str) -> tuple[Any, ...] | None:
@@ -386,12 +373,7 @@ class SearchSpace:
                 parts[t.name] = own
         distill = {K.get_key(k).setting: v for k, v in values.items()
                    if k.startswith(K.SHARED + ".") and K.applies(k, values)}
-        try:
-            return CompressionConfig(parts, distill=distill or None)
-        except ConfigError:
-            raise
-        except TypeError as exc:  # pragma: no cover - a key the config class lacks
-            raise ConfigError(str(exc)) from None
+        return CompressionConfig(parts, distill=distill or None)
 
     def sample(self, trial: Any) -> CompressionConfig:
         """Suggest every dimension that applies on an Optuna trial and return the config."""
