@@ -35,7 +35,7 @@ class TorchFp16Config(TechniqueConfig):
 
 
 register_technique(Technique(name="torch_fp16", stage="quantize", config=TorchFp16Config,
-                             selector=("quant", "torch_fp16"), on={"runtime": "torch_fp16"}))
+                             selector="torch_fp16", on={"runtime": "torch_fp16"}))
 
 
 class Float32Head(nn.Module):
@@ -81,7 +81,7 @@ SCRIPT = textwrap.dedent('''
     storage = "sqlite:///{root}/s.db"
     summary = run_search(recipe, storage=storage)
     handle = vitshrink.open_study("fp16", storage=storage)
-    out = {{"choices": list(selector_choices()["quant"]), "trials": []}}
+    out = {{"choices": list(selector_choices()["runtime"]), "trials": []}}
     for t in summary.study.trials:
         row = {{"state": t.state.name, "params": t.params, "reason": t.user_attrs.get("fail_reason")}}
         if t.state.name == "COMPLETE" and t.params.get("runtime") == "torch_fp16":

@@ -13,8 +13,8 @@ import torch
 from vitshrink.compress import handler_of, planned_handlers
 from vitshrink.compress.lowrank import NystromAttention, nystrom
 from vitshrink.spaces import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, FlatConfig, Recipe, SearchSpace
+from vitshrink.spaces import _legacy
 from vitshrink.spaces._space_form import keyed_tables, technique_form_toml
-from vitshrink.techniques import keys
 from vitshrink.techniques import at_blocks, blocks, chosen_indices, get_technique, list_techniques, techniques
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -54,7 +54,7 @@ def test_a_techniques_settings_are_sampled_only_where_it_is_chosen(name):
     technique = get_technique(name)
     seen = {True: 0, False: 0}
     for params, config in _sampled(_space(name)):
-        chosen = technique.chosen(config.flat.to_dict())
+        chosen = name in config
         seen[chosen] += 1
         # its parameters are named by it (the shared distillation settings by distill), its switch aside
         switch = {f"{name}.{s}" for s in technique.switches}
@@ -82,9 +82,10 @@ def test_registry_agrees_with_config_and_transforms():
     for t in techniques():
         own = t.settings(defaults)
         for f in dataclasses.fields(t.config):  # a technique's defaults are the identity setting
-            assert getattr(own, f.name) == getattr(defaults.flat, t.flat(f.name)), (t.name, f.name)
+            if t.key_of(f.name) in _legacy.FLAT_NAMES:  # the flat form's identity is the same
+                assert getattr(own, f.name) == getattr(defaults.flat, _legacy.field_of(t, f.name)), (t.name, f.name)
         assert callable(handler_of(t.name)), t.name
-    assert {t.selector[1] for t in techniques() if t.selector and t.selector[0] == "quant"} == set(QUANT_MODES) - {"none"}
+    assert {t.selector for t in techniques() if t.choice == "runtime"} == set(QUANT_MODES) - {"none"}
     assert list_techniques("lowrank") == list(LOWRANK_MODES[1:])
 
 
@@ -99,9 +100,9 @@ def _rules():
 @pytest.mark.parametrize("technique, name, meta", _rules(), ids=[f"{t.name}.{n}" for t, n, _ in _rules()])
 def test_each_declared_rule_is_enforced_by_the_config(technique, name, meta):
     """What a technique module declares on a setting, CompressionConfig refuses, naming the field."""
-    flat = technique.flat(name)
+    flat = _legacy.field_of(technique, name)
     chosen = SearchSpace.config_of(technique.switch_on({}))
-    assert technique.chosen(chosen.flat.to_dict())
+    assert _legacy.chosen(technique, chosen.flat.to_dict())
     kind = type(getattr(FlatConfig(), flat))
     if (b := meta["bounds"]) is not None:  # each end of the interval, or a step past it where it is closed
         for edge, is_open, step in ((b.low, b.low_open, -1), (b.high, b.high_open, 1)):
@@ -115,7 +116,7 @@ def test_each_declared_rule_is_enforced_by_the_config(technique, name, meta):
     if meta["unused"]:  # a value set on a config where no technique owning it is chosen
         value = {str: lambda: next(c for c in meta["choices"] if c != getattr(FlatConfig(), flat)),
                  int: lambda: 3, float: lambda: 0.5}[kind]()
-        with pytest.raises(ConfigError, match=f"{flat}={value!r} is only used with .*{technique.how_chosen()}"):
+        with pytest.raises(ConfigError, match=f"{flat}={value!r} is only used with .*{_legacy.how_chosen(technique)}"):
             CompressionConfig(**{flat: value})
         assert getattr(chosen.replace(**{flat: value}).flat, flat) == value  # where it is chosen, it is kept
 
@@ -228,7 +229,7 @@ def test_a_technique_the_space_can_choose_without_its_needed_settings_is_refused
     ('landmarks = 8\nquant = ["none", "dynamic_int8"]', "fixes nystrom.landmarks = 8 but never chooses what uses it "
                                                         "(lowrank='nystrom')"),
     ('calib_size = 8\nquant = ["none", "ort_int8"]', "fixes static_int8.calib_size = 8 but never chooses"),
-    ('kd_augment = "flip"\nquant = ["none", "bf16"]', "(student other than 'none' or kd_epochs > 0)"),
+    ('kd_augment = "flip"\nquant = ["none", "bf16"]', "(student other than 'none' or finetune.epochs > 0)"),
     ('student_heads = 4\nstudent = ["none", "deit_tiny_patch16_224"]\nstudent_epochs = 1', "(student='custom')"),
     ('landmarks = 8\nlowrank = ["none", "nystrom"]', None),  # used where Nystrom is sampled
     ('kd_augment = "flip"\nkd_epochs = [0, 2]', None),
@@ -248,4 +249,4 @@ def test_a_fixed_setting_of_a_technique_the_space_never_chooses_is_refused(space
     assert refused in str(info.value) and str(info.value).startswith("x.toml: the space fixes")
     # the same recipe stored on a study (written before this check) still opens, its setting kept
     stored = Recipe.from_dict(tomllib.loads(text), "stored recipe", stored=True)
-    assert any(k in dict(stored.space.fixed) for k in keys.keys_of_flat(space.split(" = ")[0]))  # kept, by its key
+    assert any(k in dict(stored.space.fixed) for k in _legacy.keys_of_flat(space.split(" = ")[0]))  # kept, by its key

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 TEST_ACCURACY_ATTR = TEST_ACCURACY_PREFIX  # the name this module exported before search/_schema.py
 
-# The columns of `StudyHandle.pareto()` and `.trials()`, then one `config.<field>` per setting, in the flat form.
+# The columns of `StudyHandle.pareto()` and `.trials()`, then one `config.<key>` per search key (`config_columns`).
 # A study's objectives not among them (peak_memory_bytes, throughput) follow size_bytes.
 COLUMNS = ["trial", "state", "accuracy", "test_accuracy", "latency_ms", "latency_iqr_ms", "latency_cv",
            "size_bytes", "params", "macs", "accuracy_drop", "feasible", "role", "label", "fail_reason"]

@@ -10,8 +10,8 @@ class head learns from the labels and the distillation head from the teacher; it
 again afterwards, so the returned model averages the two heads, as timm does at inference.
 
 Example:
-    >>> cfg = CompressionConfig(student="custom", student_depth=1, student_embed_dim=16,
-    ...                         student_heads=2, student_epochs=1)
+    >>> cfg = CompressionConfig({"student": {"model": "custom", "depth": 1, "embed_dim": 16, "heads": 2,
+    ...                                      "epochs": 1}})
     >>> student = make_student(teacher, cfg)
     >>> len(student.blocks), student.embed_dim
     (1, 16)
@@ -258,7 +258,7 @@ def make_student(teacher: nn.Module, config: CompressionConfig) -> nn.Module:
     (class / register / distillation tokens, pooling, norms). Any other value is a timm model name.
 
     Example:
-        >>> deit = make_student(teacher, CompressionConfig(student="deit_tiny_patch16_224", student_epochs=1))
+        >>> deit = make_student(teacher, CompressionConfig({"student": {"model": "deit_tiny_patch16_224", "epochs": 1}}))
         >>> deit.patch_embed.proj.in_channels, deit.num_classes  # the teacher's input and classes
         (1, 10)
     """
@@ -315,8 +315,8 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> dict[str, Any]:
     Returns what was copied: ``{"blocks": [...], "copied": n, "kept": [names]}``.
 
     Example:
-        >>> cfg = CompressionConfig(student="custom", student_depth=2, student_embed_dim=16, student_heads=2,
-        ...                         student_epochs=1)
+        >>> cfg = CompressionConfig({"student": {"model": "custom", "depth": 2, "embed_dim": 16, "heads": 2,
+        ...                                      "epochs": 1}})
         >>> init_from_teacher(make_student(teacher, cfg), teacher)["blocks"]
         [0, 1]
     """
@@ -380,8 +380,8 @@ def distill_train(
     (which may then be None), and `feature_weight` weighs a block-output (token feature) loss.
 
     Example:
-        >>> student = make_student(teacher, CompressionConfig(student="custom", student_depth=1,
-        ...     student_embed_dim=16, student_heads=2, student_epochs=1))
+        >>> student = make_student(teacher, CompressionConfig({"student": {"model": "custom", "depth": 1,
+        ...     "embed_dim": 16, "heads": 2, "epochs": 1}}))
         >>> distill_train(student, data, teacher_logits(teacher, data), TrainSettings(epochs=1), 4.0, 0.7) > 0
         True
     """

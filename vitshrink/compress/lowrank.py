@@ -237,7 +237,7 @@ def nystrom(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
     landmarks, in every block or in its `blocks`, reusing the trained projections.
 
     Example:
-        >>> new = nystrom(vit, CompressionConfig(lowrank="nystrom", landmarks=8), ctx)
+        >>> new = nystrom(vit, CompressionConfig({"nystrom": {"landmarks": 8}}), ctx)
     """
     new = copy.deepcopy(model)
     s = config.get("nystrom")

@@ -14,7 +14,7 @@ Importance scores (``config.prune_score``):
   Better than One?", NeurIPS 2019, and for channels by Hu et al., "Network Trimming", 2016).
 
 Example:
-    >>> cfg = CompressionConfig(prune_heads=0.5, prune_mlp=0.5)
+    >>> cfg = CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.5}})
     >>> small = prune_vit(model, cfg, ctx)
     >>> ctx.notes["heads_kept"]
     [[1], [0]]
@@ -250,7 +250,7 @@ def prune_vit(model: nn.Module, config: CompressionConfig, ctx: BuildContext | N
     per block), `mlp_hidden` (units per block) and `prune_score`.
 
     Example:
-        >>> small = prune_vit(tiny_vit, CompressionConfig(prune_mlp=0.5), ctx)
+        >>> small = prune_vit(tiny_vit, CompressionConfig({"prune": {"mlp": 0.5}}), ctx)
         >>> small.blocks[0].mlp.fc1.out_features
         32
     """

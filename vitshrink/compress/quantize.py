@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..spaces import CompressionConfig
-from ..techniques import chosen_techniques, deployment_of, list_techniques
+from ..techniques import deployment_of, get_technique, list_techniques
 from ..techniques.torch_quant import Bf16Config, DynamicInt8Config
 from ..techniques.onnxruntime import OrtFp32Config, OrtInt8Config, StaticInt8Config
 from ._registry import BuildContext, Export, handler_of, register_export, register_handler
@@ -190,14 +190,13 @@ def quantize_model(model: nn.Module, mode: str, example: torch.Tensor,
     """
     if mode == "none":
         return copy.deepcopy(model)
-    technique = next((t for t in chosen_techniques({"quant": mode}) if t.stage == "quantize"), None)
-    if technique is None:
+    if mode not in list_techniques("quantize"):
         raise ValueError(f"unknown quantization mode {mode!r}; modes are none, {', '.join(list_techniques('quantize'))}")
-    takes = hasattr(technique.config(), "calib_size")
+    takes = hasattr(get_technique(mode).config(), "calib_size")
     calibrated = bool(takes and calibration is not None and len(calibration))
     if mode == "static_int8" and not calibrated:
         raise ValueError("quant='static_int8' needs calibration images (calib_size >= 1)")
-    config = CompressionConfig(quant=mode, calib_size=len(calibration) if calibrated else 0)
+    config = CompressionConfig({mode: {"calib_size": len(calibration) if calibrated else 0} if takes else {}})
     return handler_of(mode)(model, config, _GivenImages(example, calibration))
 
 

@@ -8,7 +8,7 @@ Models with Singular Value Decomposition", Interspeech 2013). A layer is factori
 saves weights, so at ``svd_rank=1.0`` the model is unchanged.
 
 Example:
-    >>> cfg = CompressionConfig(lowrank="svd", svd_rank=0.25)
+    >>> cfg = CompressionConfig({"svd": {"rank": 0.25}})
     >>> small = svd_factorise(model, cfg, ctx)
     >>> type(small.blocks[0].mlp.fc1).__name__
     'LowRankLinear'
@@ -112,7 +112,7 @@ def svd_factorise(model: nn.Module, config: CompressionConfig, ctx: BuildContext
     (layer path -> kept fraction of squared singular values) and `svd_dense` (layers left whole).
 
     Example:
-        >>> small = svd_factorise(tiny_vit, CompressionConfig(lowrank="svd", svd_rank=0.25), ctx)
+        >>> small = svd_factorise(tiny_vit, CompressionConfig({"svd": {"rank": 0.25}}), ctx)
         >>> small.blocks[0].mlp.fc1.rank
         8
     """

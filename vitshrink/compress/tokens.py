@@ -18,7 +18,7 @@ official ToMe timm patch.
 
 Example:
     >>> from vitshrink.spaces import CompressionConfig
-    >>> new = reduce_tokens(vit, CompressionConfig(token_merge_r=4), ctx)
+    >>> new = reduce_tokens(vit, CompressionConfig({"tome": {"r": 4}}), ctx)
     >>> ctx.notes["tokens_per_block"]
     [13, 9]
 """
@@ -228,7 +228,7 @@ def reduce_tokens(model: nn.Module, config: CompressionConfig, ctx: BuildContext
     `PatchDropConfig.fraction` of patches at the blocks `at`; notes the tokens per block.
 
     Example:
-        >>> new = reduce_tokens(vit, CompressionConfig(token_merge_r=2), ctx)
+        >>> new = reduce_tokens(vit, CompressionConfig({"tome": {"r": 2}}), ctx)
     """
     new = copy.deepcopy(model)
     n = num_tokens(new)

@@ -167,7 +167,7 @@ def features(config: CompressionConfig, est: dict[str, Any]) -> list[float]:
             row += t.features(config.get(t.name) or t.config())
     for key in K.search_keys().values():
         if key.kind == "choice" and key.choices is not None:
-            value = next((t.selector[1] for t in key.owners if t.name in config), "none")
+            value = next((t.selector for t in key.owners if t.name in config), "none")
             row += _one_hot(value, key.choices)
     return row
 

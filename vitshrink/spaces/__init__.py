@@ -1,6 +1,8 @@
 """The search space as data: `CompressionConfig`, `SearchSpace` and recipes."""
 
-from ._legacy import PRUNE_SCORES, STUDENT_INITS, FlatConfig
+from ..techniques.prune import PRUNE_SCORES
+from ..techniques.student import STUDENT_INITS
+from ._legacy import FlatConfig
 from ._config import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, from_flat
 from ._fit import ModelShape
 from ._recipe import DEFAULT_OBJECTIVES, SAMPLERS, Recipe, builtin_recipes, parse_duration, recipes_dir, resolve_recipe

@@ -6,16 +6,16 @@ It round-trips through JSON as typed, versioned records (`vitshrink.techniques.c
     {"techniques": {"prune": {"_type": "PruneConfig", "_version": 1, "_data": {"heads": 0.5, ...}},
                     "ort_int8": {"_type": "OrtInt8Config", "_version": 1, "_data": {"calib_size": 0}}}}
 
-The flat form (`FlatConfig`: one field per setting, what studies stored before, and what the flat
-search space and its Optuna parameters still map to) is read here, one way: `from_flat`. Flat
-keyword arguments, ``CompressionConfig(prune_heads=0.5)``, are read the same way.
+A flat record (what studies stored before techniques were configs) and flat keyword arguments,
+``CompressionConfig(prune_heads=0.5)``, are read by `vitshrink.spaces._legacy`, the one reader of
+the flat form.
 
 Example:
     >>> from vitshrink.techniques.prune import PruneConfig
     >>> cfg = CompressionConfig({"prune": PruneConfig(heads=0.5), "dynamic_int8": {}})
     >>> cfg.names, cfg["prune"].heads
     (('prune', 'dynamic_int8'), 0.5)
-    >>> CompressionConfig.from_json(cfg.to_json()) == cfg == CompressionConfig(prune_heads=0.5, quant="dynamic_int8")
+    >>> CompressionConfig.from_json(cfg.to_json()) == cfg
     True
 """
 
@@ -30,6 +30,7 @@ from typing import Any
 
 from .. import techniques as _registry
 from ..errors import ConfigError
+from . import _legacy
 from ._legacy import FlatConfig
 
 _DISTILL = _registry.DistillConfig()
@@ -48,7 +49,7 @@ class CompressionConfig:
             a record `config_to_dict` wrote, or a dict of its settings.
         distill: The distillation settings (`DistillConfig`, or a dict of them) of the techniques that
             distil (a student, the KD fine-tune).
-        **flat: The flat form instead (`FlatConfig`'s fields), read by `from_flat`.
+        **flat: The flat form instead (`FlatConfig`'s fields), read by `_legacy.read_config`.
 
     Raises:
         ConfigError: an unknown technique, a config of another technique's type, two techniques of
@@ -64,13 +65,11 @@ class CompressionConfig:
                 raise ConfigError("give a compression config as technique configs, CompressionConfig({'prune': "
                                   "PruneConfig(heads=0.5)}), or in the flat form, CompressionConfig(prune_heads=0.5); "
                                   "not both")
-            if named := sorted(set(flat) & set(_registry.list_techniques()) - set(_registry.FLAT_FIELDS)):
+            if named := sorted(set(flat) & set(_registry.list_techniques()) - set(_legacy.FLAT_FIELDS)):
                 raise ConfigError(f"give technique configs as a mapping, CompressionConfig({{{named[0]!r}: ...}}), not as "
                                   f"keyword arguments ({', '.join(named)}=...)")
-            other = from_flat(FlatConfig.from_dict(flat))
-            parts, distill = other.parts, other.distill
-        else:
-            parts, distill = _compose(techniques or {}, distill)
+            techniques, distill = _legacy.read_config(flat)
+        parts, distill = _compose(techniques or {}, distill)
         object.__setattr__(self, "parts", parts)
         object.__setattr__(self, "distill", distill)
 
@@ -119,7 +118,7 @@ class CompressionConfig:
         """A candidate from its record, or from the flat form (`FlatConfig.to_dict`, as earlier
         versions stored it)."""
         if "techniques" not in data:
-            return from_flat(FlatConfig.from_dict(dict(data)))
+            return from_flat(data)
         unknown = sorted(set(data) - {"techniques", "distill"})
         if unknown:
             raise ConfigError(f"unknown compression config key(s) {', '.join(unknown)}; a config holds techniques "
@@ -133,12 +132,8 @@ class CompressionConfig:
     # --- the flat form -------------------------------------------------------------------------
     @functools.cached_property
     def flat(self) -> FlatConfig:
-        """This candidate in the flat form (for the flat search space, and summaries)."""
-        values: dict[str, Any] = {}
-        for name, config in self.parts:
-            values.update(_registry.get_technique(name).flat_settings(config))
-        values.update({f: getattr(self.distill, k) for k, f in _registry.DISTILL_FIELDS.items()})
-        return FlatConfig(**values)
+        """This candidate in the flat form, for code written against it."""
+        return _legacy.flat_of(self)
 
     def replace(self, **changes: Any) -> CompressionConfig:
         """This candidate with flat settings `changes` (``replace(quant="none")``)."""
@@ -174,16 +169,15 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def from_flat(flat: FlatConfig) -> CompressionConfig:
-    """The candidate a flat config means: each technique it chooses with its settings, and its
-    distillation settings. (The flat rules, `FlatConfig.validate`, have checked it.)
+def from_flat(flat: FlatConfig | Mapping[str, Any]) -> CompressionConfig:
+    """The candidate a flat config (or a mapping of its fields) means: each technique it chooses with
+    its settings, and its distillation settings (`_legacy.read_config`).
 
     Example:
         >>> from_flat(FlatConfig(lowrank="nystrom", landmarks=4)).names
         ('nystrom',)
     """
-    parts = {t.name: t.settings(flat) for t in _registry.chosen_techniques(flat)}
-    distill = _registry.DistillConfig(**{k: getattr(flat, f) for k, f in _registry.DISTILL_FIELDS.items()})
+    parts, distill = _legacy.read_config(flat)
     return CompressionConfig(parts, distill=distill)
 
 
@@ -219,9 +213,9 @@ def _compose(techniques: Mapping[str, Any], distill: Any) -> tuple[tuple[tuple[s
     groups: dict[str, str] = {}
     for name, config in chosen:
         technique = _registry.get_technique(name)
-        if technique.selector:  # one technique per choice: one runtime, one low-rank method, one student
-            if (other := groups.setdefault(technique.selector[0], name)) != name:
-                raise ConfigError(f"invalid compression config: {other} and {name} are both a {technique.selector[0]} "
+        if technique.choice:  # one technique per choice: one runtime, one low-rank method, one student
+            if (other := groups.setdefault(technique.choice, name)) != name:
+                raise ConfigError(f"invalid compression config: {other} and {name} are both a {technique.choice} "
                                   "choice; a candidate takes one of them")
         if problem := technique.needs_problem(config):
             raise ConfigError(f"invalid compression config: {problem}")
@@ -235,7 +229,7 @@ def _compose(techniques: Mapping[str, Any], distill: Any) -> tuple[tuple[tuple[s
 
 # The runtimes and low-rank methods registered when vitshrink was imported, for code that read these
 # tuples before they were the registry's (`vitshrink.techniques.selector_choices` is the live answer).
-QUANT_MODES = _registry.selector_choices()["quant"]
+QUANT_MODES = _registry.selector_choices()["runtime"]
 LOWRANK_MODES = _registry.selector_choices()["lowrank"]
 
 __all__ = ["CompressionConfig", "ConfigError", "FlatConfig", "LOWRANK_MODES", "QUANT_MODES", "from_flat"]

@@ -1,56 +1,59 @@
-"""`FlatConfig`: a candidate in the flat form, one field per setting of every technique (the form
-vitshrink stored before a candidate was a composition of technique configs, and that the flat
-search space and recipes still map to): read by `CompressionConfig.from_dict` and the flat search
-space, never written as a trial's config. Its rules (choices, bounds, a setting left unused where
-its technique is not chosen, what a chosen technique needs) are the techniques' own, registered
-here by `vitshrink.techniques` (`register_config_rule`)."""
+"""The flat form, read here and nowhere else.
+
+Before a candidate was a composition of technique configs, vitshrink wrote one flat form: a
+candidate was one field per setting of every technique (`FlatConfig`: ``prune_heads``, ``landmarks``,
+``quant``), a recipe's [space] and [fixed] tables named those fields, and a study's Optuna parameters
+were those fields. Studies, stored configs and recipes written then are read by this module, one way,
+into the technique form:
+
+- a flat config (a trial's stored config, flat keyword arguments): `read_config` gives the chosen
+  techniques' configs and the distillation settings;
+- flat [space] / [fixed] tables (a recipe, a stored study): `keyed_space` gives them by search key;
+- a flat-named study's Optuna parameters: `flat_name` (a resumed study keeps the names it has).
+
+`FLAT_NAMES` is the one table of flat names. A flat config is checked by the techniques' own rules
+(their settings' choices, bounds and needs), found through that table; a technique added since the
+flat form has no flat name. This module asks the techniques; they know nothing of it. Nothing is
+written in the flat form.
+
+Example:
+    >>> parts, distill = read_config({"prune_heads": 0.5, "quant": "dynamic_int8"})
+    >>> parts
+    {'prune': PruneConfig(heads=0.5, mlp=0.0, score='magnitude'), 'dynamic_int8': DynamicInt8Config()}
+    >>> keyed_space({"quant": ["none", "ort_int8"], "landmarks": [4, 16], "lowrank": ["nystrom"]}, {})
+    ({'runtime': ['none', 'ort_int8'], 'nystrom.landmarks': [4, 16], 'lowrank': ['nystrom']}, {})
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
+from .. import techniques as T
 from ..errors import ConfigError
+from ..techniques import ANY, SHARED, Technique, check_kind
+from ..techniques import keys as K
 
-PRUNE_SCORES = ("magnitude", "taylor", "activation")
-STUDENT_INITS = ("random", "teacher")
-# augmentation of the KD batches (the teacher then runs on each augmented batch: no cached logits)
-KD_AUGMENTS = ("none", "flip", "shift", "flip+shift")
-
-
-def check_field_type(name: str, value: Any) -> None:
-    """Refuse a value of the wrong type for FlatConfig field `name` (ints are fine where a
-    number is wanted; bools and NaN are not).
-
-    Example:
-        >>> check_field_type("prune_heads", "half")
-        Traceback (most recent call last):
-        ...
-        vitshrink.errors.ConfigError: invalid compression config: prune_heads='half' must be a number
-    """
-    check_kind(name, _FIELD_KINDS[name], value)
-
-
-def check_kind(label: str, kind: str, value: Any) -> None:
-    """Refuse `value` unless it is of `kind` ("str", "int", "float", "bool", else block indices),
-    naming it as `label`; ints are fine where a number is wanted, bools and NaN are not."""
-    v = value
-    if kind == "str":
-        ok = isinstance(v, str)
-    elif kind == "int":
-        ok = isinstance(v, int) and not isinstance(v, bool)
-    elif kind == "float":
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # v == v: not NaN
-    elif kind == "bool":
-        ok = isinstance(v, bool)
-    else:  # tuple[int, ...]: block indices
-        ok = isinstance(v, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
-    if not ok:
-        want = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(
-            kind, "a list of block indices")
-        raise ConfigError(f"invalid compression config: {label}={value!r} must be {want}")
+# Each search key's flat name: the FlatConfig field that held it, which a flat recipe, a flat stored
+# config and a flat-named study's Optuna parameter use. A field two techniques share holds the key of
+# each (one of them is chosen at a time). A technique added after the flat form has none.
+FLAT_NAMES: dict[str, str] = {
+    "student": "student", "student.depth": "student_depth", "student.embed_dim": "student_embed_dim",
+    "student.heads": "student_heads", "student.mlp_ratio": "student_mlp_ratio", "student.epochs": "student_epochs",
+    "student.init": "student_init",
+    "prune.heads": "prune_heads", "prune.mlp": "prune_mlp", "prune.score": "prune_score",
+    "lowrank": "lowrank", "nystrom.landmarks": "landmarks", "nystrom.blocks": "lowrank_blocks",
+    "nystrom.conv": "nystrom_conv", "svd.rank": "svd_rank", "svd.blocks": "lowrank_blocks",
+    "tome.r": "token_merge_r", "patch_drop.fraction": "token_drop", "patch_drop.at": "token_drop_at",
+    "finetune.epochs": "kd_epochs", "distill.temperature": "kd_temperature", "distill.alpha": "kd_alpha",
+    "distill.augment": "kd_augment", "distill.feature_weight": "kd_feature_weight",
+    "runtime": "quant", "static_int8.calib_size": "calib_size", "openvino_int8.calib_size": "calib_size",
+    "ort_int8.calib_size": "calib_size",
+}
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,6 @@ class FlatConfig:
     student_heads: int = 0
     student_mlp_ratio: float = 4.0
     student_epochs: int = 0
-    # "random": timm's initialisation; "teacher": weight selection from the teacher (evenly spaced
-    # blocks, the leading channels of every tensor; Xu et al., ICLR 2024), then distillation
     student_init: str = "random"
     # structured pruning: fraction of attention heads / MLP hidden units removed per block
     prune_heads: float = 0.0
@@ -105,28 +106,14 @@ class FlatConfig:
     calib_size: int = 0
 
     def __post_init__(self) -> None:
-        self._check_types()
-        # tuples may arrive as lists from JSON/TOML
-        for name in ("lowrank_blocks", "token_drop_at"):
+        for f in fields(self):  # each field holds its declared type
+            check_kind(f.name, _FIELD_KINDS[f.name], getattr(self, f.name))
+        for name in ("lowrank_blocks", "token_drop_at"):  # tuples may arrive as lists from JSON/TOML
             value = getattr(self, name)
             if not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
-        self.validate()
-
-    def _check_types(self) -> None:
-        """Each field holds its declared type (ints are fine where a number is wanted, bools are not)."""
-        for f in fields(self):
-            check_field_type(f.name, getattr(self, f.name))
-
-    def validate(self) -> None:
-        """Checks that do not need the model: a selector's value names a registered technique (a
-        runtime for quant), and each technique's own rules on its settings (choices, bounds, what it
-        needs where chosen, settings left unused), which its module in `vitshrink.techniques` declares."""
-        if all(getattr(self, f.name) == f.default for f in fields(self)):
-            return  # the identity breaks no rule (and is built while the rules are registered)
-        problem = next((p for rule in _RULES if (p := rule(self))), None)
-        if problem:
-            raise ConfigError(f"invalid compression config: {problem}")
+        if (p := problem(self.to_dict())) is not None:
+            raise ConfigError(f"invalid compression config: {p}")
 
     @property
     def is_identity(self) -> bool:
@@ -139,13 +126,11 @@ class FlatConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FlatConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: Mapping[str, Any]) -> FlatConfig:
+        unknown = sorted(set(data) - set(FLAT_FIELDS))
         if unknown:
-            raise ConfigError(
-                f"unknown compression setting(s) {', '.join(unknown)}; known settings are {', '.join(sorted(known))}"
-            )
+            raise ConfigError(f"unknown compression setting(s) {', '.join(unknown)}; known settings are "
+                              f"{', '.join(sorted(FLAT_FIELDS))}")
         return cls(**data)
 
     @classmethod
@@ -155,46 +140,203 @@ class FlatConfig:
     def replace(self, **changes: Any) -> FlatConfig:
         return dataclasses.replace(self, **changes)
 
-    def summary(self) -> str:
-        """A short human label, e.g. ``prune_heads=0.5 quant=dynamic_int8``; ``teacher`` for the identity."""
-        default = FlatConfig()
-        parts = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                 for k, v in self.to_dict().items() if v != default.to_dict()[k]]
-        return " ".join(parts) or "teacher"
-
-
-# Rules every config is validated by, added by the modules that own them: vitshrink.techniques adds
-# each technique's (its choices, bounds, needs); importing vitshrink.spaces imports the techniques.
-# The techniques depend on this module, never the other way.
-_RULES: list[Callable[[FlatConfig], str | None]] = []
-
-
-def register_config_rule(rule: Callable[[FlatConfig], str | None]) -> Callable[[FlatConfig], str | None]:
-    """Validate every non-identity `FlatConfig` by `rule(config) -> why it is invalid, or None`."""
-    _RULES.append(rule)
-    return rule
-
-
-# Each search key's flat name: the FlatConfig field that held it, which a flat recipe, a flat stored
-# config and a flat-named study's Optuna parameter use. A field two techniques share holds the key of
-# each (one of them is chosen at a time). This table is the only place flat names are defined; a
-# technique added after the flat form has none.
-FLAT_NAMES: dict[str, str] = {
-    "student": "student", "student.depth": "student_depth", "student.embed_dim": "student_embed_dim",
-    "student.heads": "student_heads", "student.mlp_ratio": "student_mlp_ratio", "student.epochs": "student_epochs",
-    "student.init": "student_init",
-    "prune.heads": "prune_heads", "prune.mlp": "prune_mlp", "prune.score": "prune_score",
-    "lowrank": "lowrank", "nystrom.landmarks": "landmarks", "nystrom.blocks": "lowrank_blocks",
-    "nystrom.conv": "nystrom_conv", "svd.rank": "svd_rank", "svd.blocks": "lowrank_blocks",
-    "tome.r": "token_merge_r", "patch_drop.fraction": "token_drop", "patch_drop.at": "token_drop_at",
-    "finetune.epochs": "kd_epochs", "distill.temperature": "kd_temperature", "distill.alpha": "kd_alpha",
-    "distill.augment": "kd_augment", "distill.feature_weight": "kd_feature_weight",
-    "runtime": "quant", "static_int8.calib_size": "calib_size", "openvino_int8.calib_size": "calib_size",
-    "ort_int8.calib_size": "calib_size",
-}
 
 # field name -> "str" | "int" | "float" | "tuple[int, ...]" (annotations are strings here)
 _FIELD_KINDS = {f.name: f.type for f in fields(FlatConfig)}
+FLAT_FIELDS = tuple(_FIELD_KINDS)
+# the identity value of every field, as `to_dict` writes it (lists for tuples)
+_DEFAULTS = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default for f in fields(FlatConfig)}
+_DISTILL = {k.split(".", 1)[1]: f for k, f in FLAT_NAMES.items() if k.startswith(f"{SHARED}.")}
 
-__all__ = ["FLAT_NAMES", "KD_AUGMENTS", "check_field_type", "register_config_rule", "FlatConfig", "ConfigError", "PRUNE_SCORES",
-           "STUDENT_INITS"]
+
+# --- a technique seen through the flat names -----------------------------------------------------
+def _stored(t: Technique) -> dict[str, str]:
+    """Its own config's settings -> the fields that hold them (a technique added since: none)."""
+    return {f.name: FLAT_NAMES[k] for f in fields(t.config) if (k := t.key_of(f.name)) in FLAT_NAMES}
+
+
+def _named(t: Technique) -> dict[str, str]:
+    """Its searched settings (the shared ones too) -> the fields that hold them."""
+    return {s: FLAT_NAMES[k] for s in t.searched if (k := t.key_of(s)) in FLAT_NAMES}
+
+
+def _switch_fields(t: Technique) -> tuple[str, ...]:
+    """The fields that decide whether it is chosen: its choice's, or its switches'."""
+    if t.selector:
+        return (flat_name(t.choice),)  # type: ignore[arg-type]
+    return tuple(flat_name(t.key_of(s)) for s in t.switches)
+
+
+def chosen(t: Technique, values: Mapping[str, Any]) -> bool:
+    """Whether flat settings `values` (missing ones at their defaults) choose technique `t`."""
+    get = lambda f: values.get(f, _DEFAULTS.get(f, 0))  # noqa: E731  a technique added since: never chosen
+    if t.selector:
+        value = get(_switch_fields(t)[0])
+        return value != "none" if t.selector == ANY else value == t.selector
+    return any(get(f) > 0 for f in _switch_fields(t))
+
+
+def how_chosen(t: Technique) -> str:
+    """How a flat config chooses `t`, for messages: ``lowrank='nystrom'``, ``prune_heads > 0 or prune_mlp > 0``."""
+    if t.selector:
+        field = _switch_fields(t)[0]
+        return f"{field} other than 'none'" if t.selector == ANY else f"{field}={t.selector!r}"
+    return " or ".join(f"{f} > 0" for f in _switch_fields(t))
+
+
+def field_of(t: Technique, setting: str) -> str:
+    """The field that holds setting `setting` of `t` (KeyError for one with no flat name)."""
+    return FLAT_NAMES[t.key_of(setting)]
+
+
+def _settings(t: Technique, values: Mapping[str, Any]) -> Any:
+    return t.config(**{k: values.get(f, _DEFAULTS[f]) for k, f in _stored(t).items()})
+
+
+def _needs_problem(t: Technique, values: Mapping[str, Any]) -> str | None:
+    """Where `t` is chosen: a setting below its `needs`, or its own `problem`, in flat terms."""
+    if not chosen(t, values):
+        return None
+    stored = _stored(t)
+    for f in fields(t.config):
+        need = f.metadata.get("needs")
+        if need is not None and values[stored[f.name]] < need:
+            note = f" {f.metadata['needs_note']}" if f.metadata["needs_note"] else ""
+            field = _switch_fields(t)[0]
+            chooser = f"{field}={values[field]!r}" if t.selector else how_chosen(t)
+            return f"{chooser} needs {stored[f.name]} >= {need}{note}"
+    return t.problem(_settings(t, values)) if t.problem is not None else None
+
+
+def problem(values: Mapping[str, Any]) -> str | None:
+    """Why flat settings `values` break a technique's rules, or None: each choice names a registered
+    technique, each value keeps its setting's choices and bounds, a setting marked `unused` is not set
+    where none of its techniques is chosen, and each chosen technique has what it needs.
+
+    Example:
+        >>> FlatConfig(landmarks=8)
+        Traceback (most recent call last):
+        ...
+        vitshrink.errors.ConfigError: invalid compression config: landmarks=8 is only used with lowrank='nystrom'; set lowrank='nystrom', or leave landmarks at 0
+    """
+    if all(values.get(f) == d for f, d in _DEFAULTS.items()):
+        return None  # the identity breaks no rule
+    ts = T.techniques()
+    for choice, modes in T.selector_choices().items():
+        field = flat_name(choice)
+        if values[field] not in modes:
+            return f"{field}={values[field]!r} is not one of {', '.join(modes)}"
+    rules: dict[str, list[tuple[Technique, str]]] = {}  # field -> the settings stored there
+    for t in ts:
+        for setting, field in _named(t).items():
+            rules.setdefault(field, []).append((t, setting))
+    for field, value in values.items():
+        for t, setting in rules.get(field, ()):
+            meta = t.meta(setting)
+            if meta["choices"] is not None and value not in meta["choices"]:
+                return f"{field}={value!r} is not one of {', '.join(map(str, meta['choices']))}"
+            if meta["bounds"] is not None and (p := meta["bounds"].problem(field, value)):
+                return p
+    for field, value in values.items():
+        if value == _DEFAULTS[field]:
+            continue
+        own = [(t, s) for t, s in rules.get(field, ()) if field not in _switch_fields(t)]
+        if not any(t.meta(s)["unused"] for t, s in own):
+            continue
+        users = [t for t, _ in own] + [t for t in ts if any(_stored(t).get(a) == field for a in t.accepts)]
+        if not any(chosen(t, values) for t in users):
+            how = " or ".join(how_chosen(t) for t in users)
+            return f"{field}={value!r} is only used with {how}; set {how}, or leave {field} at {_DEFAULTS[field]!r}"
+    return next((p for t in ts if (p := _needs_problem(t, values))), None)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+def read_config(flat: FlatConfig | Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """(technique name -> its config, the distillation settings) that a flat config means (a mapping
+    is read as `FlatConfig.from_dict`, checked by the techniques' rules)."""
+    if not isinstance(flat, FlatConfig):
+        flat = FlatConfig.from_dict(flat)
+    values = flat.to_dict()
+    parts = {t.name: _settings(t, values) for t in T.techniques() if chosen(t, values)}
+    return parts, T.DistillConfig(**{k: values[f] for k, f in _DISTILL.items()})
+
+
+def flat_of(config: Any) -> FlatConfig:
+    """Candidate `config` (a `CompressionConfig`) in the flat form, for code that still compares flat fields."""
+    values: dict[str, Any] = {}
+    for name, settings in config.parts:
+        t = T.get_technique(name)
+        values.update({f: getattr(settings, k) for k, f in _stored(t).items()})
+        if t.selector and t.selector != ANY:
+            values[_switch_fields(t)[0]] = t.selector
+    values.update({f: getattr(config.distill, k) for k, f in _DISTILL.items()})
+    return FlatConfig(**values)
+
+
+def flat_name(key: str) -> str:
+    """The field that holds search key `key` (the Optuna parameter of a flat-named study); a key of a
+    technique added since the flat form is its own name."""
+    return FLAT_NAMES.get(key, key)
+
+
+def keys_of_flat(field: str) -> list[str]:
+    """The search keys field `field` holds (a field two techniques share gives both)."""
+    return [k for k in K.search_keys() if FLAT_NAMES.get(k) == field]
+
+
+def is_flat(space: Mapping[str, Any], fixed: Mapping[str, Any] | None = None) -> bool:
+    """Whether [space] / [fixed] tables are in the flat form: a [fixed] table, or a name that is a
+    flat field and not a search key (``lowrank`` and ``student`` are both)."""
+    keys = K.search_keys()
+    return bool(fixed) or any(name not in keys and name in FLAT_FIELDS for name in space)
+
+
+def _keys_of(name: str) -> list[str]:
+    if name in K.search_keys():
+        return [name]
+    if keys := keys_of_flat(name):
+        return keys
+    known = [*K.search_keys(), *(flat_name(k) for k in K.search_keys())]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known dimensions: {', '.join(K.search_keys())}"
+    raise ConfigError(f"unknown search dimension {name!r}{hint}")
+
+
+def keyed_space(space: Mapping[str, Any], fixed: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Flat [space] and [fixed] tables by search key: each field read as the key or keys that hold it.
+    A field two techniques share (``lowrank_blocks``, ``calib_size``) means the key of each technique
+    the tables can choose (all of them where they choose none: the recipe's checks then say so)."""
+    out: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    label: dict[str, str] = {}
+    shared: list[list[str]] = []
+    for table, given in zip(out, (space, fixed or {})):
+        for name, spec in given.items():
+            keys = _keys_of(name)
+            if len(keys) > 1:
+                shared.append(keys)
+            for key in keys:
+                if key in out[0] or key in out[1]:
+                    if table is out[1] and key in out[0]:
+                        raise ConfigError(f"{name} is both searched and fixed; keep it in one table")
+                    raise ConfigError(f"{label[key]} and {name} are one setting ({key}); give it once")
+                table[key], label[key] = spec, name
+    for keys in shared:
+        usable = [k for k in keys if any(_can_choose(t, out) for t in K.get_key(k).owners)]
+        for k in keys:
+            if usable and k not in usable:
+                out[0].pop(k, None)
+                out[1].pop(k, None)
+    return out
+
+
+def _can_choose(t: Technique, tables: tuple[dict[str, Any], dict[str, Any]]) -> bool:
+    """Whether keyed tables can choose selector technique `t` (a switched one: taken as yes)."""
+    if not t.selector:
+        return True
+    spec = tables[0].get(t.choice, tables[1].get(t.choice, "none"))  # type: ignore[arg-type]
+    values = spec.get("choices", []) if isinstance(spec, Mapping) else spec if isinstance(spec, list) else [spec]
+    return any(v != "none" for v in values) if t.selector == ANY else t.selector in values
+
+
+__all__ = ["FLAT_FIELDS", "FLAT_NAMES", "FlatConfig", "chosen", "field_of", "flat_name", "flat_of", "how_chosen",
+           "is_flat", "keyed_space", "keys_of_flat", "problem", "read_config"]

@@ -386,7 +386,7 @@ def _check_fixed_settings(r: Recipe, source: str) -> None:
         needed = [(t, key.only) for t in key.owners]  # with the choice value it needs
         if any(r.space.can_choose(t, only) for t, only in needed):
             continue
-        how = " or ".join(f"{t.selector[0]}={only!r}" if only else t.how_chosen() for t, only in needed)
+        how = " or ".join(f"{t.choice}={only!r}" if only else t.how_chosen() for t, only in needed)
         label = r.space.param(name)
         raise ConfigError(f"{source}: the space fixes {label} = {value!r} but never chooses what uses it ({how}), "
                           f"so it would do nothing; let the space choose {how}, or remove {label}")

@@ -6,7 +6,8 @@ A space is keyed by search key (`vitshrink.techniques.keys`): each stage's choic
 ``distill.alpha``). A technique's settings are suggested only where it is chosen, as parameters
 of the same names; a study an earlier vitshrink created keeps its flat parameter names
 (``naming = "flat"``: ``quant``, ``prune_heads``). A space given in the flat form (`from_dict` with
-FlatConfig field names, as recipes and studies of earlier versions hold it) is read into keys here.
+the flat names that recipes and studies of earlier versions hold) is read into keys by
+`vitshrink.spaces._legacy`.
 
 Example:
     >>> import optuna
@@ -21,16 +22,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from .. import techniques as _registry  # the techniques depend on _config and _fit only, never on this module
+from ..techniques import check_kind
 from ..techniques import keys as K
+from . import _legacy
 from ._config import CompressionConfig, ConfigError
 from ._fit import ModelShape
-from ._legacy import check_kind
 
 
 def _kind(name: str) -> str:
@@ -206,19 +207,6 @@ def _range(name: str, low: Any, high: Any, step: Any, log: Any, integer: bool, o
     return Dimension(name, low=low, high=high, step=step, log=log, integer=integer, optional=optional)
 
 
-def _keyed(name: str) -> list[str]:
-    """The keys a name in a space's tables means: a key itself, or a flat field's keys (the flat form);
-    ConfigError naming the closest known name for any other."""
-    if name in K.search_keys():
-        return [name]
-    if keys := K.keys_of_flat(name):
-        return keys
-    known = [*K.search_keys(), *(K.flat_name(k) for k in K.search_keys())]
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known dimensions: {', '.join(K.search_keys())}"
-    raise ConfigError(f"unknown search dimension {name!r}{hint}")
-
-
 @dataclass(frozen=True)
 class SearchSpace:
     """Searched dimensions plus fixed settings, by search key; everything else keeps its identity default.
@@ -235,46 +223,34 @@ class SearchSpace:
 
     def param(self, name: str) -> str:
         """The Optuna parameter of key `name`."""
-        return K.flat_name(name) if self.naming == "flat" else name
+        return _legacy.flat_name(name) if self.naming == "flat" else name
 
     @classmethod
     def from_dict(cls, space: dict[str, Any], fixed: dict[str, Any] | None = None) -> SearchSpace:
-        """A space from tables keyed by search key, or by FlatConfig field (the flat form: each field
-        read as the key or keys that hold it, a field two techniques share as each one's)."""
+        """A space from tables keyed by search key (tables in the flat form are read into keys by
+        `_legacy.keyed_space` first)."""
+        fixed = fixed or {}
+        keys = K.search_keys()
+        if any(name not in keys for name in [*space, *fixed]):
+            space, fixed = _legacy.keyed_space(space, fixed)
         dims: dict[str, Dimension] = {}
         fixed_items: dict[str, Any] = {}
-        shared: dict[str, list[str]] = {}  # a flat field two techniques share -> its keys
-        for table, is_fixed in ((space, False), (fixed or {}, True)):
-            for name, spec in table.items():
-                keys = _keyed(name)
-                if len(keys) > 1:
-                    shared[name] = keys
-                for key in keys:
-                    parsed = _parse_dimension(key, spec, name)
-                    if is_fixed and isinstance(parsed, Dimension):
-                        raise ConfigError(f"fixed setting {name!r} must be a single value, not {spec!r}")
-                    if key in dims or key in fixed_items:
-                        if is_fixed and key in dims:
-                            raise ConfigError(f"{name} is both searched and fixed; keep it in one table")
-                        raise ConfigError(f"{name} is given twice (as {key!r}); give it once")
-                    if isinstance(parsed, Dimension):
-                        dims[key] = parsed
-                    else:
-                        fixed_items[key] = parsed
-        order = list(K.search_keys())
+        for table, is_fixed in ((space, False), (fixed, True)):
+            for key, spec in table.items():
+                parsed = _parse_dimension(key, spec, key)
+                if is_fixed and isinstance(parsed, Dimension):
+                    raise ConfigError(f"fixed setting {key!r} must be a single value, not {spec!r}")
+                if is_fixed and key in dims:
+                    raise ConfigError(f"{key} is both searched and fixed; keep it in one table")
+                if isinstance(parsed, Dimension):
+                    dims[key] = parsed
+                else:
+                    fixed_items[key] = parsed
+        order = list(keys)
         space_obj = cls(tuple(sorted(dims.values(), key=lambda d: order.index(d.name))),
                         tuple(sorted(fixed_items.items(), key=lambda kv: order.index(kv[0]))))
-        unused = {k for keys in shared.values() for k in keys if not space_obj._can_use(k)}
-        unused -= {k for keys in shared.values() if all(k in unused for k in keys) for k in keys}
-        if unused:  # a shared flat field means the key of each technique the space can choose, not the others
-            space_obj = cls(tuple(d for d in space_obj.dimensions if d.name not in unused),
-                            tuple(kv for kv in space_obj.fixed if kv[0] not in unused))
         space_obj._check_combinations()
         return space_obj
-
-    def _can_use(self, name: str) -> bool:
-        key = K.get_key(name)
-        return any(self.can_choose(t, key.only) for t in key.owners)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -406,8 +382,8 @@ class SearchSpace:
         values: dict[str, Any] = {}
         for name, own in config.parts:
             t = _registry.get_technique(name)
-            if t.selector and t.selector[1] != _registry.ANY:
-                values[K.choice_key(t)] = t.selector[1]
+            if t.selector and t.selector != _registry.ANY:
+                values[K.choice_key(t)] = t.selector
             for s, k in K.own_keys(t).items():
                 if not k.startswith(K.SHARED + "."):
                     values[k] = getattr(own, s)

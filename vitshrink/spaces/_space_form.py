@@ -21,7 +21,7 @@ before techniques were modules and which studies store, is still read as before;
 written in it gets one warning with the same space in the technique form.
 
 Both are read into search keys (`vitshrink.techniques.keys`): the technique form here, the flat
-form by `SearchSpace.from_dict`.
+form by `vitshrink.spaces._legacy` (through `SearchSpace.from_dict`).
 
 Example:
     >>> keyed, fixed = keyed_tables({"techniques": ["nystrom"], "nystrom": {"landmarks": [4, 16]}}, {}, "<recipe>")
@@ -40,12 +40,14 @@ from typing import Any
 from .. import techniques as _registry
 from ..techniques import keys as K
 from ._config import ConfigError
+from ._legacy import is_flat
 from ._space import SearchSpace, always_choices
 
 log = logging.getLogger("vitshrink.spaces._recipe")
 
 FORM_KEYS = ("techniques", "always")
-SELECTORS = ("student", "lowrank", "quant")  # how `always` names the choices (quant: the runtime choice)
+# how `always` names the choices -> their keys (the runtime choice is "quant" in the documented form, or "runtime")
+ALWAYS = {"student": "student", "lowrank": "lowrank", "quant": "runtime", "runtime": "runtime"}
 
 
 def is_technique_form(space: dict[str, Any]) -> bool:
@@ -60,7 +62,7 @@ def read_space(space: dict[str, Any], fixed: dict[str, Any], source: str) -> Sea
 def warn_if_flat(doc: dict[str, Any], space: SearchSpace, source: str) -> None:
     """One warning, showing `space` in the technique form, for a recipe text whose [space] is flat.
     (Recipes stored on studies and rebuilt in workers are flat dicts, read without a word.)"""
-    if not is_technique_form(doc.get("space", {})) and (doc.get("space") or doc.get("fixed")):
+    if not is_technique_form(doc.get("space", {})) and is_flat(doc.get("space", {}), doc.get("fixed")):
         log.warning("%s: [space] is in the flat form, read as before; in the technique form it reads:\n%s",
                     source, technique_form_toml(space))
 
@@ -132,31 +134,31 @@ def _technique_tables(space: dict[str, Any], names: list[str], source: str) -> d
 def _selector_choices(space: dict[str, Any], names: list[str], tables: dict[str, dict[str, Any]],
                       source: str) -> dict[str, Any]:
     always = space.get("always", [])
-    if not isinstance(always, list) or any(a not in (*SELECTORS, "runtime") for a in always):
-        raise ConfigError(f"{source}: space.always = {always!r} must list some of {', '.join(SELECTORS)} (the "
+    if not isinstance(always, list) or any(a not in ALWAYS for a in always):
+        raise ConfigError(f"{source}: space.always = {always!r} must list some of student, lowrank, quant (the "
                           "choices that never take 'none')")
-    always = ["quant" if a == "runtime" else a for a in always]
-    flat: dict[str, Any] = {}
-    for group in SELECTORS:
-        chosen = [t for t in map(_registry.get_technique, names) if t.selector and t.selector[0] == group]
+    always = {ALWAYS[a]: a for a in always}
+    keyed: dict[str, Any] = {}
+    for choice in dict.fromkeys(ALWAYS.values()):
+        chosen = [t for t in map(_registry.get_technique, names) if t.choice == choice]
         if not chosen:
-            if group in always:
-                raise ConfigError(f"{source}: space.always names {group} but space.techniques has none of its "
-                                  "techniques")
+            if choice in always:
+                raise ConfigError(f"{source}: space.always names {always[choice]} but space.techniques has none of "
+                                  "its techniques")
             continue
         values: list[Any] = []
         for t in chosen:
-            if t.selector[1] != _registry.ANY:
-                values.append(t.selector[1])
+            if t.selector != _registry.ANY:
+                values.append(t.selector)
                 continue
             key = K.get_key(K.choice_key(t)).setting
             given = tables.get(t.name, {}).get(key)
             if given is None:
                 raise ConfigError(f"{source}: [space.{t.name}] needs {key} = [...] (e.g. \"custom\" or a timm model name)")
             values += given if isinstance(given, list) else [given]
-        choices = values if group in always else ["none", *values]
-        flat[K.choice_key(chosen[0])] = choices[0] if len(choices) == 1 else choices
-    return flat
+        choices = values if choice in always else ["none", *values]
+        keyed[choice] = choices[0] if len(choices) == 1 else choices
+    return keyed
 
 
 def technique_form_toml(space: SearchSpace) -> str:
@@ -186,7 +188,7 @@ def technique_form_toml(space: SearchSpace) -> str:
         if not chosen:
             continue
         if "none" not in values:
-            always.append(t.selector[0])
+            always.append(next(a for a, c in ALWAYS.items() if c == choice))
         owners = keys[choice].owners
         if keys[choice].setting is not None:  # a student: its models are its setting
             names.append(owners[0].name)

@@ -12,11 +12,10 @@ Example:
     ['nystrom', 'svd']
 """
 
-from ._base import (ABOVE_ZERO, ANY, AT_LEAST_ZERO, DISTILL_FIELDS, FLAT_FIELDS, FRACTION, STAGES, Bounds, FlatConfig,
-                    Technique, TechniqueConfig, calibration_images, chosen_techniques, config_from_dict, config_problem,
-                    config_settings_problem, config_to_dict, deployment_of, get_technique,
-                    list_techniques, owners, register_config_type, selector_choices, register_technique, setting, techniques,
-                    training_epochs, value_problem, without_stage)
+from ._base import (ABOVE_ZERO, ANY, AT_LEAST_ZERO, FRACTION, SHARED, STAGES, Bounds, Technique, TechniqueConfig,
+                    calibration_images, check_kind, chosen_techniques, config_from_dict, config_problem, config_to_dict,
+                    deployment_of, get_technique, list_techniques, register_config_type, selector_choices,
+                    register_technique, setting, techniques, training_epochs, without_stage)
 from ._cost import CostPlan
 from . import _keys as keys
 from ._walk import at_blocks, block_index, blocks, chosen_indices
@@ -27,9 +26,8 @@ from . import torch_quant, onnxruntime, ort_fused, openvino  # noqa: F401  isort
 
 from .finetune import DistillConfig  # noqa: E402  the candidate's shared distillation settings
 
-__all__ = ["keys", "ABOVE_ZERO", "ANY", "AT_LEAST_ZERO", "Bounds", "CostPlan", "DISTILL_FIELDS", "DistillConfig", "FLAT_FIELDS", "FRACTION",
-           "FlatConfig", "STAGES", "Technique", "TechniqueConfig", "at_blocks", "block_index", "blocks",
-           "calibration_images", "chosen_indices", "chosen_techniques", "config_from_dict", "config_problem",
-           "config_settings_problem", "config_to_dict", "deployment_of", "get_technique",
-           "list_techniques", "owners", "register_config_type", "selector_choices", "register_technique", "setting",
-           "techniques", "training_epochs", "value_problem", "without_stage"]
+__all__ = ["keys", "ABOVE_ZERO", "ANY", "AT_LEAST_ZERO", "Bounds", "CostPlan", "DistillConfig", "FRACTION", "SHARED",
+           "STAGES", "Technique", "TechniqueConfig", "at_blocks", "block_index", "blocks", "calibration_images",
+           "check_kind", "chosen_indices", "chosen_techniques", "config_from_dict", "config_problem", "config_to_dict",
+           "deployment_of", "get_technique", "list_techniques", "register_config_type", "selector_choices",
+           "register_technique", "setting", "techniques", "training_epochs", "without_stage"]

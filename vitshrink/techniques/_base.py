@@ -10,15 +10,15 @@ space's conditions (`vitshrink.techniques.keys`).
 
 A candidate (`vitshrink.spaces.CompressionConfig`) is the chosen techniques' own configs, each a
 `TechniqueConfig` that checks its values and round-trips as a typed, versioned record
-(`config_to_dict` / `config_from_dict`, as torchao's). The flat form (`FlatConfig`: every setting a
-field, which studies stored before) names a setting by `spaces._legacy.FLAT_NAMES`; `fields` is a
-technique's view of that table, for the flat reader.
+(`config_to_dict` / `config_from_dict`, as torchao's). The flat form that earlier versions stored
+(every setting a field) is read by `vitshrink.spaces._legacy`, which asks the techniques; nothing
+here knows it.
 
 Example:
     >>> from vitshrink.techniques import get_technique
     >>> nystrom = get_technique("nystrom")
-    >>> nystrom.key_of("landmarks"), nystrom.fields["landmarks"], nystrom.chosen({"lowrank": "nystrom"})
-    ('nystrom.landmarks', 'landmarks', True)
+    >>> nystrom.key_of("landmarks"), nystrom.choice, nystrom.selector
+    ('nystrom.landmarks', 'lowrank', 'nystrom')
 """
 
 from __future__ import annotations
@@ -30,17 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from ..spaces._legacy import FLAT_NAMES, FlatConfig, register_config_rule
 
-# the identity value of every FlatConfig field, as `to_dict` writes it (lists for tuples); read
-# from the dataclass, not from FlatConfig(): building one validates it through this module
-_DEFAULTS = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
-             for f in dataclasses.fields(FlatConfig)}
-FLAT_FIELDS = tuple(_DEFAULTS)
 # The stages of `build`, in the documented order of application; each technique declares its own.
 STAGES = ("student", "prune", "lowrank", "tokens", "finetune", "quantize")
-# the distillation settings a student's training and the KD fine-tune share (each stored once)
-DISTILL_FIELDS = {k.split(".", 1)[1]: flat for k, flat in FLAT_NAMES.items() if k.startswith("distill.")}
 ANY = "*"  # a selector value: any value but "none" chooses the technique (a student: "custom" or a timm name)
 CHOICE_KEYS = {"quantize": "runtime"}  # a stage's choice key where it is not the stage's name
 SHARED = "distill"  # the key prefix of the settings the distilling techniques share (the candidate's `distill`)
@@ -79,6 +71,33 @@ class Bounds:
         return f"{name}={value} must be {rule}" + (f": {self.why}" if self.why else "")
 
 
+def check_kind(label: str, kind: str, value: Any) -> None:
+    """Refuse `value` unless it is of `kind` ("str", "int", "float", "bool", else block indices),
+    naming it as `label`; ints are fine where a number is wanted, bools and NaN are not.
+
+    Example:
+        >>> check_kind("prune.heads", "float", "half")
+        Traceback (most recent call last):
+        ...
+        vitshrink.errors.ConfigError: invalid compression config: prune.heads='half' must be a number
+    """
+    v = value
+    if kind == "str":
+        ok = isinstance(v, str)
+    elif kind == "int":
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    elif kind == "float":
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # v == v: not NaN
+    elif kind == "bool":
+        ok = isinstance(v, bool)
+    else:  # tuple[int, ...]: block indices
+        ok = isinstance(v, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+    if not ok:
+        want = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(
+            kind, "a list of block indices")
+        raise ConfigError(f"invalid compression config: {label}={value!r} must be {want}")
+
+
 AT_LEAST_ZERO = Bounds(0)
 ABOVE_ZERO = Bounds(0, low_open=True)
 FRACTION = Bounds(0.0, 1.0, high_open=True, why="1.0 would remove everything")
@@ -90,7 +109,7 @@ def setting(default: Any, *, choices: tuple[Any, ...] | None = None, as_list: bo
     """A field of a technique's config dataclass, with the rules its values follow.
 
     Args:
-        default: The identity value (FlatConfig's default for the field it is stored in).
+        default: The identity value.
         choices: The values it may take (a recipe or config naming another is refused).
         as_list: A two-number list in a recipe is a set of choices, never a range.
         only: The selector value this setting needs besides the technique (a custom student's width).
@@ -208,9 +227,9 @@ class Technique:
         name: How recipes, the registry and messages name it ("nystrom", "prune", "static_int8").
         stage: Where `build` applies its handler (student, prune, lowrank, tokens, finetune, quantize).
         config: Its frozen config dataclass; each field is a setting with its identity default.
-        selector: (flat name of its stage's choice, value) that chooses it, e.g. ("lowrank", "nystrom");
-            value `ANY`: any value but "none" (its `choice_setting` holds the value). None: chosen when
-            one of `switches` is above zero.
+        selector: The value of its stage's choice (`choice`: ``runtime``, ``lowrank``, ``student``)
+            that chooses it, its name ("nystrom"); `ANY`: any value but "none" (its `choice_setting`
+            holds the value: a student's model). None: chosen when one of `switches` is above zero.
         choice_setting: With an `ANY` selector, the setting whose value is the choice (a student's model).
         switches: Settings whose value above zero switches it on (prune: heads, mlp); searched always.
         on: Keyed settings (`vitshrink.techniques.keys`) that switch it on with valid values, given the
@@ -226,14 +245,13 @@ class Technique:
         problem: (its own settings) -> why they do not fit together, or None; asked where it is chosen
             (a custom student's width that its head count does not divide).
         accepts: Settings of its config that are not search dimensions (ort_int8 takes a hand-written
-            calib_size), stored in the FlatConfig field of the same name, so that a value there is
-            not refused as unused.
+            calib_size).
         shared: The config class of settings it shares with other techniques, held once by the
-            candidate (`DistillConfig`: a student's training and the KD fine-tune); `fields` names them
-            too, so its recipe table may set them.
+            candidate (`DistillConfig`: a student's training and the KD fine-tune); its recipe table
+            may set them (`searched` lists them).
         demands: (values_of) -> the (rule, closest) pairs a search space that can choose it asks of the
             models it produces: `rule(shape)` says why a model cannot take the most demanding value
-            the space can sample (`values_of(flat_field)` lists them), `closest(shape)` ranks the
+            the space can sample (`values_of(key)` lists them), `closest(shape)` ranks the
             models for the message (the deepest for a block index). See `SearchSpace.check_model`.
         trains: Its setting holding the epochs it trains (a student, the KD fine-tune): a search
             stops a trial behind at rungs of its last training stage (`training_epochs`).
@@ -257,7 +275,7 @@ class Technique:
     name: str
     stage: str
     config: type
-    selector: tuple[str, str] | None = None
+    selector: str | None = None
     choice_setting: str | None = None
     switches: tuple[str, ...] = ()
     on: Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]] = field(default_factory=dict)
@@ -283,7 +301,7 @@ class Technique:
         own = {f.name for f in dataclasses.fields(self.config)}
         if unknown := sorted({*self.accepts, *self.switches, *filter(None, [self.choice_setting])} - own):
             raise ValueError(f"technique {self.name!r} names settings its config {self.config.__name__} lacks: {unknown}")
-        if (self.choice_setting is not None) != bool(self.selector and self.selector[1] == ANY):
+        if (self.choice_setting is not None) != (self.selector == ANY):
             raise ValueError(f"technique {self.name!r}: a choice_setting goes with a selector of value ANY, and only there")
         if self.stage not in STAGES:
             raise ValueError(f"technique {self.name!r}: unknown stage {self.stage!r}; stages are {STAGES}")
@@ -304,41 +322,11 @@ class Technique:
         shared = [f.name for f in dataclasses.fields(self.shared)] if self.shared else []
         return (*(f.name for f in dataclasses.fields(self.config) if f.name not in self.accepts), *shared)
 
-    @functools.cached_property
-    def fields(self) -> dict[str, str]:
-        """Its searched settings that have a flat name -> that name (`spaces._legacy.FLAT_NAMES`: the
-        FlatConfig field of earlier versions); a technique added since has none."""
-        return {s: FLAT_NAMES[self.key_of(s)] for s in self.searched if self.key_of(s) in FLAT_NAMES}
-
-    def flat(self, name: str) -> str:
-        """The FlatConfig field of setting `name` (a search dimension, or an accepted setting of its config)."""
-        return self.fields[name] if name in self.fields else self.stored[name]
-
-    def setting_of(self, flat_field: str) -> str | None:
-        """The setting stored in FlatConfig field `flat_field`, or None."""
-        return next((k for k, v in self.fields.items() if v == flat_field), None)
-
     def how_chosen(self) -> str:
-        """How a config chooses it, for messages: ``lowrank='nystrom'``, ``kd_epochs > 0``."""
+        """How a candidate chooses it, for messages: ``lowrank='nystrom'``, ``prune.heads > 0``."""
         if self.selector:
-            field_, want = self.selector
-            return f"{field_} other than 'none'" if want == ANY else f"{field_}={want!r}"
-        return " or ".join(f"{self.fields.get(s, self.key_of(s))} > 0" for s in self.switches)
-
-    def settings_problem(self, values: Mapping[str, Any]) -> str | None:
-        """Where it is chosen under flat settings `values`: a setting below its `needs`, or its own
-        `problem` with its settings; None where it is not chosen."""
-        if not self.chosen(values):
-            return None
-        for f in dataclasses.fields(self.config):
-            need, flat = f.metadata.get("needs"), self.stored[f.name]
-            if need is not None and values[flat] < need:
-                note = f" {f.metadata['needs_note']}" if f.metadata["needs_note"] else ""
-                chooser = f"{self.selector[0]}={values[self.selector[0]]!r}" if self.selector else self.how_chosen()
-                return f"{chooser} needs {flat} >= {need}{note}"
-        if self.problem is None:
-            return None
-        return self.problem(self.config(**{k: values[f] for k, f in self.stored.items()}))
+            return f"{self.choice} other than 'none'" if self.selector == ANY else f"{self.choice}={self.selector!r}"
+        return " or ".join(f"{self.key_of(s)} > 0" for s in self.switches)
 
     def meta(self, name: str) -> Mapping[str, Any]:
         return self._metas[name]
@@ -347,31 +335,6 @@ class Technique:
     def _metas(self) -> dict[str, Mapping[str, Any]]:
         shared = dataclasses.fields(self.shared) if self.shared else ()
         return {f.name: f.metadata for f in (*dataclasses.fields(self.config), *shared)}
-
-    @functools.cached_property
-    def stored(self) -> dict[str, str]:
-        """Its own config's settings -> the FlatConfig fields that hold them (not the shared ones)."""
-        return {f.name: FLAT_NAMES[self.key_of(f.name)] for f in dataclasses.fields(self.config)
-                if self.key_of(f.name) in FLAT_NAMES}
-
-    @functools.cached_property  # asked for every field of every config: computed once
-    def switch_fields(self) -> tuple[str, ...]:
-        """The flat fields that decide whether it is chosen (its selector, or its switches)."""
-        return (self.selector[0],) if self.selector else tuple(self.fields.get(s, self.key_of(s)) for s in self.switches)
-
-    @functools.cached_property  # asked for every field of every config: computed once
-    def conditional_fields(self) -> tuple[str, ...]:
-        """The flat fields that exist only where it is chosen (all but what chooses it)."""
-        return tuple(f for f in self.fields.values() if f not in self.switch_fields)
-
-    # --- when it applies ----------------------------------------------------------------------
-    def chosen(self, values: Mapping[str, Any]) -> bool:
-        """Whether flat settings `values` (missing ones at their defaults) choose this technique."""
-        get = lambda f: values.get(f, _DEFAULTS.get(f, 0))  # a technique added since: never in a flat config
-        if self.selector:
-            field_, want = self.selector
-            return get(field_) != "none" if want == ANY else get(field_) == want
-        return any(get(f) > 0 for f in self.switch_fields)
 
     def switch_on(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Keyed settings that switch it on with valid values, given keyed `values`."""
@@ -411,34 +374,21 @@ class Technique:
         return None if pair is None else (pair[0], float(pair[1]))
 
     def settings(self, config: Any) -> Any:
-        """Its own frozen config in candidate `config` (its identity config where not chosen), or read
-        from a `FlatConfig` or flat settings.
+        """Its own frozen config in candidate `config` (its identity config where not chosen).
 
         Example:
             >>> from vitshrink.spaces import CompressionConfig
-            >>> get_technique("prune").settings(CompressionConfig(prune_heads=0.5))
+            >>> get_technique("prune").settings(CompressionConfig({"prune": {"heads": 0.5}}))
             PruneConfig(heads=0.5, mlp=0.0, score='magnitude')
         """
-        if hasattr(config, "parts"):
-            return config.get(self.name) or self.config()
-        values = config if isinstance(config, Mapping) else config.to_dict()
-        return self.config(**{k: values.get(f, _DEFAULTS[f]) for k, f in self.stored.items()})
+        return config.get(self.name) or self.config()
 
     def is_chosen_by(self, settings: Any) -> bool:
         """Whether its own config `settings` chooses it (a student's model other than "none"; a
         pruning fraction above zero), i.e. whether a candidate holding it applies it."""
         if self.selector:
-            if self.selector[1] != ANY:
-                return True
-            return getattr(settings, self.choice_setting or "", "none") != "none"
+            return self.selector != ANY or getattr(settings, self.choice_setting or "", "none") != "none"
         return any(getattr(settings, s) > 0 for s in self.switches)
-
-    def flat_settings(self, settings: Any) -> dict[str, Any]:
-        """Its own config `settings` as FlatConfig fields (its selector's value included)."""
-        flat = {f: getattr(settings, k) for k, f in self.stored.items()}
-        if self.selector and self.selector[1] != ANY:
-            flat[self.selector[0]] = self.selector[1]
-        return flat
 
     def needs_problem(self, settings: Any) -> str | None:
         """Where it is chosen: a setting below its `needs`, or its own `problem`; None when it fits."""
@@ -451,7 +401,6 @@ class Technique:
 
 
 _TECHNIQUES: dict[str, Technique] = {}
-_RULES: dict[str, list[Mapping[str, Any]]] = {}  # FlatConfig field -> the settings stored there (their metadata)
 
 
 def register_technique(technique: Technique) -> Technique:
@@ -466,8 +415,6 @@ def register_technique(technique: Technique) -> Technique:
     ordered = sorted(_TECHNIQUES.values(), key=lambda t: STAGES.index(t.stage))  # stable: registration order within a stage
     _TECHNIQUES.clear()
     _TECHNIQUES.update((t.name, t) for t in ordered)
-    for name, flat in technique.fields.items():
-        _RULES.setdefault(flat, []).append(technique.meta(name))
     return technique
 
 
@@ -489,59 +436,9 @@ def techniques() -> list[Technique]:
     return list(_TECHNIQUES.values())
 
 
-def owners(flat_field: str) -> list[Technique]:
-    """The techniques that own `flat_field` as a setting that exists only where they are chosen."""
-    return [t for t in _TECHNIQUES.values() if flat_field in t.conditional_fields]
-
-
-def value_problem(flat_field: str, value: Any) -> str | None:
-    """Why `value` cannot be FlatConfig field `flat_field`, by the rules of the technique
-    settings stored there (choices, bounds), or None."""
-    for meta in _RULES.get(flat_field, ()):
-        if meta["choices"] is not None and value not in meta["choices"]:
-            return f"{flat_field}={value!r} is not one of {', '.join(map(str, meta['choices']))}"
-        if meta["bounds"] is not None and (p := meta["bounds"].problem(flat_field, value)):
-            return p
-    return None
-
-
-def config_settings_problem(config: FlatConfig) -> str | None:
-    """Why the settings of `config` break a technique's rules, or None: each value's choices and
-    bounds, a setting marked `unused` set where none of its techniques is chosen, and each chosen
-    technique's needs and own `problem`. `FlatConfig.validate` asks this.
-
-    Example:
-        >>> FlatConfig(landmarks=8)  # its validate asks this
-        Traceback (most recent call last):
-        ...
-        vitshrink.errors.ConfigError: invalid compression config: landmarks=8 is only used with lowrank='nystrom'; set lowrank='nystrom', or leave landmarks at 0
-    """
-    values = config.to_dict()
-    for flat, modes in selector_choices().items():  # a selector names a registered technique, or "none"
-        if values[flat] not in modes:
-            return f"{flat}={values[flat]!r} is not one of {', '.join(modes)}"
-    for flat in values:
-        if p := value_problem(flat, values[flat]):
-            return p
-    for flat, value in values.items():
-        if value == _DEFAULTS[flat]:
-            continue
-        own = owners(flat)
-        if not any(t.meta(t.setting_of(flat))["unused"] for t in own):  # type: ignore[arg-type]
-            continue
-        users = own + [t for t in _TECHNIQUES.values() if flat in t.accepts]
-        if not any(t.chosen(values) for t in users):
-            how = " or ".join(t.how_chosen() for t in users)
-            return f"{flat}={value!r} is only used with {how}; set {how}, or leave {flat} at {_DEFAULTS[flat]!r}"
-    return next((p for t in _TECHNIQUES.values() if (p := t.settings_problem(values))), None)
-
-
-register_config_rule(config_settings_problem)  # FlatConfig.validate asks it
-
-
 def selector_choices() -> dict[str, tuple[str, ...]]:
-    """Each selector setting with fixed values -> "none" and the techniques' values, in registration
-    order (``{"lowrank": ("none", "nystrom", "svd"), "quant": ("none", "dynamic_int8", ...)}``): a
+    """Each choice with fixed values -> "none" and the techniques' values, in registration order
+    (``{"lowrank": ("none", "nystrom", "svd"), "runtime": ("none", "dynamic_int8", ...)}``): a
     technique registered with a selector value is a choice there, nothing else to edit.
 
     Example:
@@ -550,18 +447,14 @@ def selector_choices() -> dict[str, tuple[str, ...]]:
     """
     out: dict[str, tuple[str, ...]] = {}
     for t in _TECHNIQUES.values():
-        if t.selector and t.selector[1] != ANY:
-            out[t.selector[0]] = (*out.get(t.selector[0], ("none",)), t.selector[1])
+        if t.selector and t.selector != ANY:
+            out[t.choice] = (*out.get(t.choice, ("none",)), t.selector)  # type: ignore[index]
     return out
 
 
 def chosen_techniques(config: Any) -> list[Technique]:
-    """The techniques `config` chooses (a candidate: those it holds; a FlatConfig or flat settings:
-    those they choose), in the order `build` applies them."""
-    if hasattr(config, "parts"):
-        return [_TECHNIQUES[name] for name, _ in config.parts]
-    values = config.to_dict() if isinstance(config, FlatConfig) else config
-    return [t for t in sorted(_TECHNIQUES.values(), key=lambda t: STAGES.index(t.stage)) if t.chosen(values)]
+    """The techniques candidate `config` chooses (those it holds), in the order `build` applies them."""
+    return [_TECHNIQUES[name] for name, _ in config.parts]
 
 
 def training_epochs(config: Any) -> tuple[str, int] | None:
@@ -569,7 +462,7 @@ def training_epochs(config: Any) -> tuple[str, int] | None:
 
     Example:
         >>> from vitshrink.spaces import CompressionConfig
-        >>> training_epochs(CompressionConfig(prune_heads=0.5, kd_epochs=3))
+        >>> training_epochs(CompressionConfig({"prune": {"heads": 0.5}, "finetune": {"epochs": 3}}))
         ('finetune', 3)
     """
     for t in reversed(chosen_techniques(config)):
@@ -585,7 +478,8 @@ def without_stage(config: Any, stage: str) -> Any:
 
     Example:
         >>> from vitshrink.spaces import CompressionConfig
-        >>> without_stage(CompressionConfig(prune_heads=0.5, quant="static_int8", calib_size=8), "quantize").names
+        >>> cfg = CompressionConfig({"prune": {"heads": 0.5}, "static_int8": {"calib_size": 8}})
+        >>> without_stage(cfg, "quantize").names
         ('prune',)
     """
     return type(config)({n: c for n, c in config.parts if _TECHNIQUES[n].stage != stage}, distill=config.distill)
@@ -596,7 +490,7 @@ def deployment_of(config: Any) -> str:
 
     Example:
         >>> from vitshrink.spaces import CompressionConfig
-        >>> deployment_of(CompressionConfig(quant="ort_int8")), deployment_of(CompressionConfig())
+        >>> deployment_of(CompressionConfig({"ort_int8": {}})), deployment_of(CompressionConfig())
         ('ort_int8', 'none')
     """
     return next((t.name for t in chosen_techniques(config) if t.stage == "quantize"), "none")
@@ -609,13 +503,11 @@ def config_problem(config: Any, shape: Any) -> str | None:
     Example:
         >>> from vitshrink.spaces import CompressionConfig, ModelShape
         >>> shape = ModelShape("a 1-block student", tokens=17, depth=1)
-        >>> config_problem(CompressionConfig(token_drop=0.5, token_drop_at=(2,)), shape)
+        >>> config_problem(CompressionConfig({"patch_drop": {"fraction": 0.5, "at": (2,)}}), shape)
         'token_drop_at names block(s) [2] but a 1-block student has 1 blocks; use indices 0..0'
     """
     return next((p for t in chosen_techniques(config)
                  if t.shape_problem is not None and (p := t.shape_problem(t.settings(config), shape))), None)
-
-
 
 
 def calibration_images(needed: bool = True) -> Any:
@@ -630,10 +522,7 @@ __all__ = [
     "AT_LEAST_ZERO",
     "Bounds",
     "FRACTION",
-    "DISTILL_FIELDS",
     "STAGES",
-    "FLAT_FIELDS",
-    "FlatConfig",
     "TechniqueConfig",
     "calibration_images",
     "config_from_dict",
@@ -642,16 +531,14 @@ __all__ = [
     "Technique",
     "chosen_techniques",
     "config_problem",
-    "config_settings_problem",
+    "check_kind",
     "deployment_of",
     "selector_choices",
     "get_technique",
     "list_techniques",
-    "owners",
     "register_technique",
     "setting",
     "techniques",
     "training_epochs",
-    "value_problem",
     "without_stage",
 ]

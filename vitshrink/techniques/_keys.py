@@ -7,16 +7,13 @@ technique is ``<technique>.<setting>`` (``prune.heads``, ``nystrom.landmarks``),
 distilling techniques share are ``distill.<setting>``. A technique's settings exist only where it is
 chosen: a key applies under the values sampled before it when one of its techniques is chosen there.
 
-The flat names (`FlatConfig`'s fields, which studies an earlier vitshrink created use as their
-Optuna parameters and recipes) are defined by `spaces._legacy.FLAT_NAMES` and translated here.
+The flat names that recipes and studies of earlier versions use are read by `spaces._legacy`.
 
 Example:
     >>> list(search_keys())[:3]
     ['student', 'student.depth', 'student.embed_dim']
     >>> applies("nystrom.landmarks", {"lowrank": "nystrom"}), applies("nystrom.landmarks", {})
     (True, False)
-    >>> flat_name("prune.heads"), keys_of_flat("lowrank_blocks")
-    ('prune_heads', ['nystrom.blocks', 'svd.blocks'])
 """
 
 from __future__ import annotations
@@ -26,8 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..spaces._legacy import FLAT_NAMES
-from ._base import _DEFAULTS, _TECHNIQUES, ANY, CHOICE_KEYS, SHARED, Technique
+from ._base import _TECHNIQUES, ANY, CHOICE_KEYS, SHARED, Technique
 
 
 @dataclass(frozen=True)
@@ -60,9 +56,9 @@ class Key:
         """The values it may take: a choice's "none" and techniques (None where free: a student's
         timm names), a setting's declared choices."""
         if self.kind == "choice":
-            if any(t.selector[1] == ANY for t in self.owners):
+            if any(t.selector == ANY for t in self.owners):
                 return None
-            return ("none", *(t.selector[1] for t in self.owners))
+            return ("none", *(t.selector for t in self.owners))
         return self.meta.get("choices")
 
     @property
@@ -127,14 +123,14 @@ def get_key(name: str) -> Key:
 def own_keys(technique: Technique) -> dict[str, str]:
     """Its settings -> their keys (a student's model: its choice key; shared settings: ``distill.*``)."""
     return {k.setting: k.name for k in search_keys().values() if technique in k.owners and k.setting is not None
-            and (k.kind != "choice" or technique.selector[1] == ANY)}
+            and (k.kind != "choice" or technique.selector == ANY)}
 
 
 def chosen(technique: Technique, values: Mapping[str, Any]) -> bool:
     """Whether keyed `values` (missing ones at their defaults) choose `technique`."""
     if technique.selector:
         value = values.get(choice_key(technique), "none")  # type: ignore[arg-type]
-        return value != "none" if technique.selector[1] == ANY else value == technique.selector[1]
+        return value != "none" if technique.selector == ANY else value == technique.selector
     return any(values.get(f"{technique.name}.{s}", get_key(f"{technique.name}.{s}").default) > 0
                for s in technique.switches)
 
@@ -162,22 +158,4 @@ def technique_of(name: str, value: Any, fixed: Mapping[str, Any]) -> Technique |
     return (picked or list(key.owners) or [None])[0]
 
 
-# --- the flat names (studies and recipes of earlier versions) ----------------------------------------
-def flat_name(name: str) -> str:
-    """The FlatConfig field that holds key `name` (the parameter a flat-named study uses); a key of a
-    technique added since the flat form is its own name."""
-    return FLAT_NAMES.get(name, name)
-
-
-def keys_of_flat(field: str) -> list[str]:
-    """The keys FlatConfig field `field` holds (a field two techniques share gives both)."""
-    return [k for k in search_keys() if FLAT_NAMES.get(k) == field]
-
-
-def is_flat(name: str) -> bool:
-    """Whether `name` is a flat field name and not also a key (``lowrank`` and ``student`` are both)."""
-    return name in _DEFAULTS and name not in search_keys()
-
-
-__all__ = ["CHOICE_KEYS", "Key", "SHARED", "applies", "choice_key", "chosen", "flat_name", "get_key", "is_flat",
-           "keys_of_flat", "own_keys", "search_keys", "technique_of"]
+__all__ = ["CHOICE_KEYS", "Key", "SHARED", "applies", "choice_key", "chosen", "get_key", "own_keys", "search_keys", "technique_of"]

@@ -8,9 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..spaces._legacy import KD_AUGMENTS
 from ._base import (ABOVE_ZERO, AT_LEAST_ZERO, Bounds, Technique, TechniqueConfig, register_config_type,
                     register_technique, setting)
+
+# augmentation of the KD batches (the teacher then runs on each augmented batch: no cached logits)
+KD_AUGMENTS = ("none", "flip", "shift", "flip+shift")
 
 
 @dataclass(frozen=True)

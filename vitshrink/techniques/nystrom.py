@@ -4,7 +4,7 @@ tokens (exact when landmarks = tokens). Chosen by ``lowrank = "nystrom"``; the h
 
 Example:
     >>> from vitshrink.spaces import CompressionConfig
-    >>> CompressionConfig({"nystrom": NystromConfig(landmarks=8)}) == CompressionConfig(lowrank="nystrom", landmarks=8)
+    >>> CompressionConfig({"nystrom": NystromConfig(landmarks=8)}) == CompressionConfig({"nystrom": {"landmarks": 8}})
     True
 """
 
@@ -90,7 +90,7 @@ def _identity(model):
 
 TECHNIQUE = register_technique(Technique(
     name="nystrom", stage="lowrank", config=NystromConfig,
-    selector=("lowrank", "nystrom"), on={"lowrank": "nystrom", "nystrom.landmarks": 8},
+    selector="nystrom", on={"lowrank": "nystrom", "nystrom.landmarks": 8},
     example=NystromConfig(landmarks=4), identity=_identity,
     shape_problem=_shape_problem, model_problem=_model_problem, demands=_demands, references=_references,
     cost=lambda s, plan, named: plan.attend_to(s.landmarks, s.blocks) if s.landmarks else None,

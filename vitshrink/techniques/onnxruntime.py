@@ -29,11 +29,11 @@ class OrtInt8Config(TechniqueConfig):
 
 STATIC_INT8 = register_technique(Technique(
     name="static_int8", stage="quantize", config=StaticInt8Config,
-    selector=("quant", "static_int8"), on={"runtime": "static_int8", "static_int8.calib_size": 32}))
+    selector="static_int8", on={"runtime": "static_int8", "static_int8.calib_size": 32}))
 ORT_FP32 = register_technique(Technique(
     name="ort_fp32", stage="quantize", config=OrtFp32Config, 
-    selector=("quant", "ort_fp32"), on={"runtime": "ort_fp32"},
+    selector="ort_fp32", on={"runtime": "ort_fp32"},
     identity=(OrtFp32Config(), 1e-5)))  # the same float function in another runtime
 ORT_INT8 = register_technique(Technique(
     name="ort_int8", stage="quantize", config=OrtInt8Config, 
-    selector=("quant", "ort_int8"), on={"runtime": "ort_int8"}, accepts=("calib_size",)))
+    selector="ort_int8", on={"runtime": "ort_int8"}, accepts=("calib_size",)))

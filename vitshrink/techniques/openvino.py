@@ -21,9 +21,9 @@ class OpenvinoInt8Config(TechniqueConfig):
 
 OPENVINO_FP32 = register_technique(Technique(
     name="openvino_fp32", stage="quantize", config=OpenvinoFp32Config, 
-    selector=("quant", "openvino_fp32"), on={"runtime": "openvino_fp32"},
+    selector="openvino_fp32", on={"runtime": "openvino_fp32"},
     identity=(OpenvinoFp32Config(), 1e-5)))  # the same float function in another runtime
 OPENVINO_INT8 = register_technique(Technique(
     name="openvino_int8", stage="quantize", config=OpenvinoInt8Config,
-    selector=("quant", "openvino_int8"), on={"runtime": "openvino_int8", "openvino_int8.calib_size": 32},
+    selector="openvino_int8", on={"runtime": "openvino_int8", "openvino_int8.calib_size": 32},
     example=OpenvinoInt8Config(calib_size=16)))

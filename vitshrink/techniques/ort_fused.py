@@ -21,8 +21,8 @@ class OrtFusedInt8Config(TechniqueConfig):
 
 
 ORT_FUSED_FP32 = register_technique(Technique(
-    name="ort_fused_fp32", stage="quantize", config=OrtFusedFp32Config, selector=("quant", "ort_fused_fp32"),
+    name="ort_fused_fp32", stage="quantize", config=OrtFusedFp32Config, selector="ort_fused_fp32",
     on={"runtime": "ort_fused_fp32"}, identity=(OrtFusedFp32Config(), 1e-5)))  # the same function, fused
 ORT_FUSED_INT8 = register_technique(Technique(
-    name="ort_fused_int8", stage="quantize", config=OrtFusedInt8Config, selector=("quant", "ort_fused_int8"),
+    name="ort_fused_int8", stage="quantize", config=OrtFusedInt8Config, selector="ort_fused_int8",
     on={"runtime": "ort_fused_int8"}))

@@ -11,10 +11,11 @@ from timm.layers import Attention, Mlp
 from torch import nn
 
 from ..errors import ConfigError
-from ..spaces._legacy import PRUNE_SCORES
 from ._base import FRACTION, Technique, TechniqueConfig, register_technique, setting
 from ._walk import blocks as walk_blocks
 from .finetune import recovery
+
+PRUNE_SCORES = ("magnitude", "taylor", "activation")  # how heads / units are ranked
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,12 @@ from typing import Any
 from torch import nn
 
 from ..spaces._fit import ModelShape
-from ..spaces._legacy import STUDENT_INITS
 from ._base import ABOVE_ZERO, ANY, Technique, TechniqueConfig, register_technique, setting
 from .finetune import DistillConfig, distill_extras
+
+# "random": timm's initialisation; "teacher": weight selection from the teacher (evenly spaced blocks,
+# the leading channels of every tensor; Xu et al., ICLR 2024), then distillation
+STUDENT_INITS = ("random", "teacher")
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ def _stage_configs(values_of) -> Iterator[tuple[str | None, dict[str, Any]]]:
 
 TECHNIQUE = register_technique(Technique(
     name="student", stage="student", config=StudentConfig,
-    selector=("student", ANY), choice_setting="model", on=_on, model_problem=_model_problem, problem=_problem, trains="epochs", shared=DistillConfig,
+    selector=ANY, choice_setting="model", on=_on, model_problem=_model_problem, problem=_problem, trains="epochs", shared=DistillConfig,
     references=lambda space: [reference_student(space)], stage_configs=_stage_configs, stage_shape=_stage_shape,
     space_problem=_space_problem, cost=_cost,
     features=lambda s: (float(s.model != "none"), float(s.init == "teacher"), float(s.epochs)),

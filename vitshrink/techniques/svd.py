@@ -23,7 +23,7 @@ def _model_problem(model, config):
 
 TECHNIQUE = register_technique(Technique(
     name="svd", stage="lowrank", config=SvdConfig,
-    selector=("lowrank", "svd"), on={"lowrank": "svd"},
+    selector="svd", on={"lowrank": "svd"},
     example=SvdConfig(rank=0.5), identity=(SvdConfig(rank=1.0), 0.0),
     shape_problem=lambda s, shape: indices_problem("lowrank_blocks", s.blocks, shape),
     model_problem=_model_problem, demands=lambda values_of: block_demands("lowrank_blocks", values_of("svd.blocks")),

@@ -24,7 +24,7 @@ _REFERENCES = lambda space: [{"runtime": "dynamic_int8"}, {**reference_student(s
 
 DYNAMIC_INT8, BF16 = (
     register_technique(Technique(name=mode, stage="quantize", config=config, 
-                                 selector=("quant", mode), on={"runtime": mode},
+                                 selector=mode, on={"runtime": mode},
                                  references=_REFERENCES if mode == "dynamic_int8" else None))
     for mode, config in (("dynamic_int8", DynamicInt8Config), ("bf16", Bf16Config))
 )
