@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..objectives.size import is_torch_quantized
+
 log = logging.getLogger(__name__)
 
 OPSET = 17
@@ -154,7 +156,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, dynam
     if isinstance(model, OrtModule):
         path.write_bytes(model.model_bytes)
         return path
-    if any(p.dtype not in (torch.float32,) for p in model.parameters()) or _is_torch_quantized(model):
+    if any(p.dtype not in (torch.float32,) for p in model.parameters()) or is_torch_quantized(model):
         raise OnnxExportError("export_onnx needs a float32 model; export the float model and quantize the ONNX "
                               "graph instead (quant='ort_int8'), or pass the OrtModule the build produced")
     was_training = model.training
@@ -243,10 +245,6 @@ def _quiet_quantizer():
             yield
     finally:
         root.setLevel(level)
-
-
-def _is_torch_quantized(model: nn.Module) -> bool:
-    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
 
 
 __all__ = ["OPSET", "OnnxExportError", "OrtModule", "export_onnx", "onnx_bytes", "ort_session",

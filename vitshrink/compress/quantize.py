@@ -32,13 +32,13 @@ Example:
 from __future__ import annotations
 
 import copy
-import io
 import warnings
 from typing import Callable
 
 import torch
 from torch import nn
 
+from ..objectives.size import deployed_size_bytes, is_torch_quantized, serialize_deployable
 from ..spaces import CompressionConfig
 from ..techniques import deployment_of, get_technique, list_techniques
 from ..techniques.torch_quant import Bf16Config, DynamicInt8Config
@@ -102,51 +102,6 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
         warnings.simplefilter("ignore")  # the torch.ao deprecation notice; see the module docstring for why
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear},
                                                       dtype=torch.qint8, inplace=False)
-
-
-def serialize_deployable(model: nn.Module) -> bytes:
-    """The bytes that would be shipped for `model` in its mode.
-
-    ONNX bytes for an `OrtModule`; the torch-serialised state (int8 weights, scales, zero points and
-    float parameters) for a torch-quantized model; the safetensors file of the state_dict otherwise
-    (float32 or bfloat16 weights). Only for measuring and exporting: nothing here is ever unpickled.
-    """
-    if isinstance(model, OrtModule):
-        return model.model_bytes
-    if callable(artifact := getattr(model, "artifact_bytes", None)):  # another runtime's model (OpenVINO IR)
-        return artifact()
-    state = model.state_dict()
-    if is_torch_quantized(model):
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        return buf.getvalue()
-    from safetensors.torch import save
-
-    tensors, seen = {}, set()
-    for name, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.dtype)
-        if key in seen:  # a tied weight is stored once
-            continue
-        seen.add(key)
-        tensors[name] = value.detach().contiguous().clone()
-    return save(tensors)
-
-
-def deployed_size_bytes(model: nn.Module) -> int:
-    """Size in bytes of the artifact deployed for `model`; see `serialize_deployable`.
-
-    Example:
-        >>> deployed_size_bytes(quantize_dynamic_int8(model)) < deployed_size_bytes(model)
-        True
-    """
-    return len(serialize_deployable(model))
-
-
-def is_torch_quantized(model: nn.Module) -> bool:
-    """True when `model` holds torch.ao quantized modules (packed int8 weights)."""
-    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
 
 
 def runtime_of(model: nn.Module) -> str:
