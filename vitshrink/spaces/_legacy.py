@@ -20,8 +20,8 @@ Example:
     >>> parts, distill = read_config({"prune_heads": 0.5, "quant": "dynamic_int8"})
     >>> parts
     {'prune': PruneConfig(heads=0.5, mlp=0.0, score='magnitude'), 'dynamic_int8': DynamicInt8Config()}
-    >>> keyed_space({"quant": ["none", "ort_int8"], "landmarks": [4, 16], "lowrank": ["nystrom"]}, {})
-    ({'runtime': ['none', 'ort_int8'], 'nystrom.landmarks': [4, 16], 'lowrank': ['nystrom']}, {})
+    >>> keyed_space({"quant": ["none", "ort_int8"], "landmarks": [4, 16], "lowrank": ["nystrom"]}, {})[0]
+    {'runtime': ['none', 'ort_int8'], 'nystrom.landmarks': [4, 16], 'lowrank': ['nystrom']}
 """
 
 from __future__ import annotations
@@ -302,10 +302,12 @@ def _keys_of(name: str) -> list[str]:
     raise ConfigError(f"unknown search dimension {name!r}{hint}")
 
 
-def keyed_space(space: Mapping[str, Any], fixed: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Flat [space] and [fixed] tables by search key: each field read as the key or keys that hold it.
-    A field two techniques share (``lowrank_blocks``, ``calib_size``) means the key of each technique
-    the tables can choose (all of them where they choose none: the recipe's checks then say so)."""
+def keyed_space(space: Mapping[str, Any], fixed: Mapping[str, Any] | None
+                ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Flat [space] and [fixed] tables by search key, and each key's name in the tables (for messages
+    in the words the recipe used): each field read as the key or keys that hold it. A field two
+    techniques share (``lowrank_blocks``, ``calib_size``) means the key of each technique the tables
+    can choose (all of them where they choose none: the recipe's checks then say so)."""
     out: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
     label: dict[str, str] = {}
     shared: list[list[str]] = []
@@ -326,7 +328,7 @@ def keyed_space(space: Mapping[str, Any], fixed: Mapping[str, Any] | None) -> tu
             if usable and k not in usable:
                 out[0].pop(k, None)
                 out[1].pop(k, None)
-    return out
+    return out[0], out[1], label
 
 
 def _can_choose(t: Technique, tables: tuple[dict[str, Any], dict[str, Any]]) -> bool:

@@ -231,17 +231,19 @@ class SearchSpace:
         `_legacy.keyed_space` first)."""
         fixed = fixed or {}
         keys = K.search_keys()
+        label: dict[str, str] = {}  # a key's name in the tables where it was a flat name
         if any(name not in keys for name in [*space, *fixed]):
-            space, fixed = _legacy.keyed_space(space, fixed)
+            space, fixed, label = _legacy.keyed_space(space, fixed)
         dims: dict[str, Dimension] = {}
         fixed_items: dict[str, Any] = {}
         for table, is_fixed in ((space, False), (fixed, True)):
             for key, spec in table.items():
-                parsed = _parse_dimension(key, spec, key)
+                name = label.get(key, key)
+                parsed = _parse_dimension(key, spec, name)
                 if is_fixed and isinstance(parsed, Dimension):
-                    raise ConfigError(f"fixed setting {key!r} must be a single value, not {spec!r}")
+                    raise ConfigError(f"fixed setting {name!r} must be a single value, not {spec!r}")
                 if is_fixed and key in dims:
-                    raise ConfigError(f"{key} is both searched and fixed; keep it in one table")
+                    raise ConfigError(f"{name} is both searched and fixed; keep it in one table")
                 if isinstance(parsed, Dimension):
                     dims[key] = parsed
                 else:
