@@ -6,13 +6,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+import traceback
+import warnings
+from collections import Counter
 from typing import Any, Optional
 
+import optuna
+import pandas as pd
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .data import DataError
+from .errors import ConfigError
+from .exporting import ExportError, card_path
+from .models import ModelError
+from .objectives import get_objective
+from .plotting import PlotError, plot_comparison, plot_history, plot_study
+from .search import SearchError, StorageError, pareto_trials, run_search
+from .search._artifacts import ArtifactError, config_of
+from .search._budget import is_not_run
+from .search._driver import max_pruned
+from .search._schema import (FAIL_REASON_ATTR, LABEL_ATTR, LATENCY_IQR_ATTR, PARAMS_ATTR, PRUNED_REASON_ATTR,
+                             SCREENED_ATTR, STOPPED_ATTR, reason_of, role_of)
+from .search._storage import describe_storage, fail_own_running_trials, mask_url
+from .spaces import CompressionConfig, parse_duration, resolve_recipe
+from .studies import StudyHandle, StudyNotFound, TrialNotAvailable, compare_studies, list_studies, open_study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Search Pareto-optimal compressions of vision transformers (accuracy, latency, size).")
@@ -32,8 +58,6 @@ def _main(
     STATE.update(debug=debug, quiet=quiet)
     level = logging.DEBUG if verbose or debug else logging.WARNING if quiet else logging.INFO
     if console.is_terminal:
-        from rich.logging import RichHandler
-
         handler: logging.Handler = RichHandler(console=console, show_path=False)
     else:  # a log file: one plain line per record, never wrapped at 80 columns
         handler = logging.StreamHandler(sys.stderr)
@@ -42,9 +66,6 @@ def _main(
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     for noisy in ("optuna", "ray", "torch", "onnxruntime", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not (verbose or debug) else logging.INFO)
-    import warnings
-
-    import optuna
 
     # Optuna logs a failed trial with its traceback at WARNING; vitshrink already logs the reason in
     # one line, so Optuna's own records show only with --debug (and pass the password mask).
@@ -78,44 +99,25 @@ def _mask_exception(exc: BaseException) -> None:
         exc = exc.__cause__ or exc.__context__
 
 
-_USER_ERRORS = (("vitshrink.spaces._config", "ConfigError"), ("vitshrink.data", "DataError"),
-                ("vitshrink.models", "ModelError"), ("vitshrink.search._summary", "SearchError"),
-                ("vitshrink.search._storage", "StorageError"), ("vitshrink.search._artifacts", "ArtifactError"),
-                ("vitshrink.studies", "StudyNotFound"), ("vitshrink.studies", "TrialNotAvailable"),
-                ("vitshrink.exporting", "ExportError"), ("vitshrink.plotting", "PlotError"))
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions a user can cause (reported in one line, exit code 2). Only modules already
-    imported are looked at: an error cannot come from a module never imported, and a bad recipe is
-    then reported without importing torch, timm and optuna."""
-    return tuple(getattr(sys.modules[m], name) for m, name in _USER_ERRORS if m in sys.modules)
+# The exceptions a user can cause (reported in one line, exit code 2).
+USER_ERRORS = (ConfigError, DataError, ModelError, SearchError, StorageError, ArtifactError, StudyNotFound,
+               TrialNotAvailable, ExportError, PlotError)
 
 
 def _mask(text: str) -> str:
-    """`mask_url` on any text; the search package (torch, optuna) is imported only when a URL is there."""
-    if "://" not in text:
-        return text
-    from .search._storage import mask_url
-
-    return mask_url(text)
+    """`mask_url` on any text."""
+    return mask_url(text) if "://" in text else text
 
 
 def _fail(exc: BaseException) -> None:
     if STATE.get("debug"):
-        import traceback
-
         _mask_exception(exc)
         sys.stderr.write("".join(traceback.format_exception(exc)))
-    from rich.markup import escape  # a message's own brackets ("pip install 'vitshrink[openvino]'") are text
-
     console.print(f"[bold red]error:[/] {escape(_mask(str(exc)))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
 def _format_table(df, fmt: str, columns: list[str] | None = None) -> None:
-    import pandas as pd
-
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter(f"--format {fmt!r}: use table, csv or json")
     if fmt == "csv":
@@ -124,7 +126,6 @@ def _format_table(df, fmt: str, columns: list[str] | None = None) -> None:
     if fmt == "json":
         sys.stdout.write(df.to_json(orient="records", indent=2, date_format="iso") + "\n")
         return
-    from rich.table import Table
 
     cols = columns or list(df.columns)
     table = Table(show_lines=False)
@@ -144,9 +145,6 @@ def _fmt(v: Any) -> str:
 def _pareto_records(handle) -> list[dict[str, Any]]:
     """The Pareto trials as JSON records: the study's objectives and the metrics every trial measures
     (read by name), then what the trial stored about itself."""
-    from .search import pareto_trials
-    from .search._artifacts import config_of
-    from .search._schema import LABEL_ATTR, LATENCY_IQR_ATTR, PARAMS_ATTR, role_of
 
     records = []
     wanted = dict.fromkeys(("accuracy", "latency_ms", "size_bytes", *handle.objectives))
@@ -188,8 +186,6 @@ def search(
 ) -> None:
     """Run (or resume) a search; running the same command again resumes it."""
     try:
-        from .spaces import parse_duration, resolve_recipe
-
         r = resolve_recipe(recipe)
         r = r.with_overrides(trials=trials, timeout=parse_duration(timeout), sampler=sampler, seed_with=seed_with,
                              dataset=dataset, data_dir=data_dir, teacher_model=model, teacher_checkpoint=checkpoint)
@@ -197,7 +193,7 @@ def search(
             r = r.with_overrides(teacher_checkpoint=None)
         _run_search_with_progress(r, storage, study, new_study, artifacts, executor, address, workers, grace_period,
                                   gpus_per_trial)
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     except KeyboardInterrupt:
         _interrupted(storage)
@@ -206,13 +202,10 @@ def search(
 def _interrupted(storage: str | None) -> None:
     """Ctrl-C: fail (and queue for retry) any trial this process still holds RUNNING, then exit 130."""
     failed = []
-    if "vitshrink.search._storage" in sys.modules:
-        from .search._storage import fail_own_running_trials
-
-        try:
-            failed = fail_own_running_trials(storage, "interrupted by the user (Ctrl-C); retried when the search resumes")
-        except Exception as exc:  # noqa: BLE001 - the next run fails stale trials anyway
-            log.warning("could not mark the running trial as failed: %s", exc)
+    try:
+        failed = fail_own_running_trials(storage, "interrupted by the user (Ctrl-C); retried when the search resumes")
+    except Exception as exc:  # noqa: BLE001 - the next run fails stale trials anyway
+        log.warning("could not mark the running trial as failed: %s", exc)
     extra = f" ({len(failed)} running trial(s) marked failed)" if failed else ""
     console.print(f"[yellow]interrupted[/]{extra}: completed trials are stored and the interrupted trial is queued "
                   "to run again; run the same command to resume", highlight=False, soft_wrap=True)
@@ -221,13 +214,6 @@ def _interrupted(storage: str | None) -> None:
 
 def _run_search_with_progress(r, storage, study_name, new_study, artifacts, executor, address, workers,
                               grace_period=30, gpus_per_trial=0.0) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from .search import run_search
-    from .search._budget import is_not_run
-    from .search._schema import FAIL_REASON_ATTR
-    from .search._storage import describe_storage
-
     quiet = STATE.get("quiet")
     plain = not out.is_terminal  # output to a file or pipe: a line per finished trial instead of a live bar
     console.print(f"[bold]vitshrink search[/] {r.name}: {r.dataset}, teacher {r.teacher_model}, "
@@ -263,7 +249,6 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
     console.print(f"study {summary.study.study_name!r}: {summary.completed} completed, {summary.failed} failed{pruned}, "
                   f"{summary.new_trials} run now in {summary.seconds:.0f} s (stopped by {summary.stopped_by})",
                   soft_wrap=True)
-    from .studies import StudyHandle
 
     handle = StudyHandle(summary.study, storage or "")
     df = handle.pareto()
@@ -277,7 +262,6 @@ def _run_search_with_progress(r, storage, study_name, new_study, artifacts, exec
 
 def _best(done, objectives: tuple[str, ...]) -> list[str]:
     """The best value of each objective among the completed trials `done`, as "best <column> <value>"."""
-    from .objectives import get_objective
 
     parts = []
     for i, name in enumerate(objectives):
@@ -289,9 +273,6 @@ def _best(done, objectives: tuple[str, ...]) -> list[str]:
 
 def _stopped_by_failures(study, r) -> None:
     """Too many trials failed in this run: name the most common reason and exit 1."""
-    from collections import Counter
-
-    from .search._schema import FAIL_REASON_ATTR
 
     reasons = Counter(t.user_attrs.get(FAIL_REASON_ATTR) or "no reason recorded"
                       for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL")
@@ -306,10 +287,6 @@ def _stopped_by_failures(study, r) -> None:
 
 def _stopped_by_pruning(study, r) -> None:
     """Nearly every sample was impossible, screened or stopped: name the most common reason and exit 1."""
-    from collections import Counter
-
-    from .search._driver import max_pruned
-    from .search._schema import PRUNED_REASON_ATTR
 
     reasons = Counter(t.user_attrs.get(PRUNED_REASON_ATTR) or "no reason recorded"
                       for t in study.get_trials(deepcopy=False) if t.state.name == "PRUNED")
@@ -333,7 +310,6 @@ PLAIN_WIDTH = 80
 def _study_columns(objectives: tuple[str, ...]) -> tuple[list[str], tuple]:
     """(rich table columns, plain columns) of a study's Pareto table: accuracy and latency as today,
     then each objective of the study in its own column (size when it is one)."""
-    from .objectives import get_objective
 
     extra = [n for n in objectives if n not in ("accuracy", "latency_ms")]
     table = _TABLE_COLUMNS[:5] + extra + ["label"]
@@ -344,8 +320,6 @@ def _study_columns(objectives: tuple[str, ...]) -> tuple[list[str], tuple]:
 def _trial_line(frozen, counts: dict[str, int], budget: int, objectives: tuple[str, ...]) -> str:
     """One line per finished trial, for logs: number, state, progress, objectives (by name) and label,
     or why it failed or was pruned."""
-    from .objectives import get_objective
-    from .search._schema import LABEL_ATTR, reason_of
 
     head = f"trial {frozen.number} {frozen.state.name} [{counts['COMPLETE']}/{budget}]"
     if frozen.state.name == "COMPLETE":
@@ -365,7 +339,6 @@ def _pareto_table(df, study_name: str, objectives: tuple[str, ...]) -> None:
     if out.is_terminal:
         _format_table(df, "table", table_columns)
         return
-    import pandas as pd
 
     def cell(value, fmt) -> str:
         return "-" if value is None or pd.isna(value) else fmt(value)
@@ -394,8 +367,6 @@ def pareto(
 ) -> None:
     """The Pareto-optimal trials: trial number, objectives and config."""
     try:
-        from .studies import open_study
-
         handle = open_study(study, storage)
         if format == "json":
             sys.stdout.write(json.dumps(_pareto_records(handle), indent=2) + "\n")
@@ -405,14 +376,13 @@ def pareto(
             _pruned_counts(handle)
             return
         _format_table(handle.pareto(), format)
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 
 def _pruned_counts(handle) -> None:
     """One line under the Pareto table: trials screened (never trained) and stopped early."""
     trials = handle.study.get_trials(deepcopy=False)
-    from .search._schema import SCREENED_ATTR, STOPPED_ATTR
 
     screened = sum(t.state.name == "PRUNED" and SCREENED_ATTR in t.user_attrs for t in trials)
     stopped = sum(t.state.name == "PRUNED" and STOPPED_ATTR in t.user_attrs for t in trials)
@@ -429,10 +399,8 @@ def studies(
 ) -> None:
     """List the studies in a storage with their progress and best values."""
     try:
-        from .studies import list_studies
-
         _format_table(list_studies(storage), format)
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 
@@ -441,7 +409,6 @@ def studies(
 
 def _busy(text: str):
     """A spinner on stderr while a slow step runs (silent with --quiet)."""
-    import contextlib
 
     return contextlib.nullcontext() if STATE.get("quiet") else console.status(text)
 
@@ -455,8 +422,6 @@ def show(
 ) -> None:
     """One trial in full: config, each build stage's record, objectives, latency spread, test accuracy, failure."""
     try:
-        from .studies import open_study
-
         handle = open_study(study, storage)
         info = handle.describe(trial)
         if format == "json":
@@ -468,13 +433,11 @@ def show(
         if format != "table":
             raise typer.BadParameter(f"--format {format!r}: use table, csv or json")
         _show_table(info)
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 
 def _show_table(info: dict[str, Any]) -> None:
-    from rich.table import Table
-
     head = Table(show_header=False, box=None, title=f"{info['study']} · trial {info['trial']}", title_justify="left")
     head.add_column(style="bold")
     head.add_column()
@@ -496,8 +459,6 @@ def _show_table(info: dict[str, Any]) -> None:
             head.add_row(k, _fmt(v))
     out.print(head)
     if info["config"]:
-        from .spaces import CompressionConfig
-
         cfg = CompressionConfig.from_dict(info["config"])
         out.print("config: " + (cfg.summary() if not cfg.is_identity else "teacher (all identity settings)"))
     if info["records"]:
@@ -520,9 +481,6 @@ def export(
 ) -> None:
     """Export a trial's model (ONNX, TorchScript or safetensors + config) with a JSON model card."""
     try:
-        from .exporting import card_path
-        from .studies import open_study
-
         handle = open_study(study, storage)
         with _busy(f"exporting trial {trial} of {study} as {format}"):
             path = handle.export(trial, format, out_path)
@@ -531,7 +489,7 @@ def export(
         console.print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB) and {card_path(path).name}; "
                       f"checked against {card['checked_against']}: max |diff| {check['max_abs_diff']:.2g}, "
                       f"argmax agreement {check['argmax_agreement']:.3f}", highlight=False)
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 
@@ -545,14 +503,11 @@ def plot(
     """Plot accuracy vs latency (marker size = model size), the Pareto front, teacher and references;
     with --history, the hypervolume against the search's wall-clock time."""
     try:
-        from .plotting import plot_history, plot_study
-        from .studies import open_study
-
         with _busy(f"plotting {study}"):
             handle = open_study(study, storage)
             path = plot_history([handle], out_path) if history else plot_study(handle, out_path)
         console.print(f"wrote {path}", highlight=False)
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 
@@ -565,16 +520,12 @@ def compare(
 ) -> None:
     """Compare studies: their hypervolumes (teacher-normalised) as a table, their fronts on one plot."""
     try:
-        from .studies import compare_studies, open_study
-
         handles = [open_study(name, storage) for name in studies_]
         _format_table(compare_studies(handles), format)
         if out_path:
-            from .plotting import plot_comparison
-
             path = plot_comparison(handles, out_path)
             console.print(f"wrote {path}", highlight=False)
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 
