@@ -56,7 +56,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch
     df = vitshrink.open_study("mix", url).trials()
     pruned = df[df.state == "PRUNED"]
     assert len(pruned) == summary.pruned
-    assert all("lowrank_blocks names block(s) [1]" in r for r in pruned.fail_reason)
+    assert all("svd.blocks names block(s) [1]" in r for r in pruned.fail_reason)
     assert set(pruned["config.student"]) == {"custom"}  # the config that was impossible is stored with it
     assert set(df.state) == {"COMPLETE", "PRUNED"}  # nothing left RUNNING
 

@@ -29,8 +29,8 @@ NO_CLS = 'global_pool = "avg"\nclass_token = false'
 REFUSED = {
     "patch dropping without a cls token": (
         'techniques = ["patch_drop"]\n[space.patch_drop]\nfraction = [0.0, 0.5]\nat = [[0], [1]]', NO_CLS, {},
-        r"impossible combination: token_drop ranks patches by the cls token's attention but the teacher "
-        r"vit_tiny_patch16_224 has no cls token .*; search token_merge_r instead"),
+        r"impossible combination: patch_drop ranks patches by the cls token's attention but the teacher "
+        r"vit_tiny_patch16_224 has no cls token .*; search tome instead"),
     "patch dropping without a cls token, custom students copy the teacher's tokens": (
         'techniques = ["student", "patch_drop"]\nalways = ["student"]\n'
         '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16]\nheads = [2]\nepochs = 1\n'
@@ -40,16 +40,16 @@ REFUSED = {
         'techniques = ["student", "patch_drop"]\nalways = ["student"]\n'
         '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16]\nheads = [2]\nepochs = 1\n'
         '[space.patch_drop]\nfraction = [0.1, 0.5]\nat = [[3]]', "", {},
-        r"token_drop_at names block\(s\) \[3\] but the deepest custom student \(2 blocks\) has 2 blocks; use indices 0..1"),
+        r"patch_drop.at names block\(s\) \[3\] but the deepest custom student \(2 blocks\) has 2 blocks; use indices 0..1"),
     "low-rank block beyond the teacher": (
         'techniques = ["svd"]\n[space.svd]\nblocks = [[0], [4]]', "", {},
-        r"lowrank_blocks names block\(s\) \[4\] but the teacher vit_tiny_patch16_224 has 2 blocks"),
+        r"svd.blocks names block\(s\) \[4\] but the teacher vit_tiny_patch16_224 has 2 blocks"),
     "pruning heads mixed by a norm": (
         'techniques = ["prune"]\n[space.prune]\nheads = [0.0, 0.5]', "scale_attn_norm = true", {},
-        r"prune_heads=0.5 removes heads but block 0's attention normalises over all heads \(scale_attn_norm\)"),
+        r"prune.heads=0.5 removes heads but block 0's attention normalises over all heads \(scale_attn_norm\)"),
     "pruning MLP units normalised together": (
         'techniques = ["prune"]\n[space.prune]\nmlp = [0.0, 0.5]', "scale_mlp_norm = true", {},
-        r"prune_mlp=0.5 removes MLP units but block 0's MLP normalises its hidden layer"),
+        r"prune.mlp=0.5 removes MLP units but block 0's MLP normalises its hidden layer"),
     "a timm student that is not a ViT": (
         'techniques = ["student"]\n[space.student]\nmodel = ["resnet18"]\nepochs = 1', "", {},
         "student='resnet18': cannot create timm model 'resnet18'"),
@@ -59,11 +59,11 @@ REFUSED = {
         "landmarks reaches 19 but the student deit_tiny_distilled_patch16_224 has 18 tokens"),
     "CPU-only quantization on a CUDA target": (
         'techniques = ["ort_int8"]', "", {"device": "cuda:0"},
-        "quant='ort_int8' runs on the CPU only .* the latency target is a CUDA device"),
+        "runtime='ort_int8' runs on the CPU only .* the latency target is a CUDA device"),
     "student width no head count divides": (
         'techniques = ["student"]\nalways = ["student"]\n'
         '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16, 20]\nheads = [3, 6]\nepochs = 1', "", {},
-        r"student_embed_dim=16 is not divisible by any of student_heads=\[3, 6\]"),
+        r"student.embed_dim=16 is not divisible by any of student.heads=\[3, 6\]"),
     "a student MLP without hidden units": (
         'techniques = ["student"]\nalways = ["student"]\n'
         '[space.student]\nmodel = ["custom"]\ndepth = [1, 2]\nembed_dim = [16]\nheads = [2]\nepochs = 1\n'
@@ -93,7 +93,7 @@ def test_impossible_space_exits_2_with_one_sentence_from_the_cli(tmp_path) -> No
     url = f"sqlite:///{tmp_path / 'imp.db'}"
     res = CliRunner().invoke(app, ["search", str(path), "--storage", url])
     assert res.exit_code == 2, res.output
-    assert "error: impossible combination: token_drop ranks patches" in " ".join(res.output.split())
+    assert "error: impossible combination: patch_drop ranks patches" in " ".join(res.output.split())
     assert study_names(open_storage(url)) == []
 
 
@@ -122,7 +122,7 @@ def test_build_refuses_an_impossible_config_before_distilling(tiny_vit, tiny_dat
                              "patch_drop": {"fraction": 0.5, "at": (1,)}})
     assert "the 1-block custom student has 1 blocks" in impossible_reason(tiny_vit, cfg)
     before = {k: v.clone() for k, v in tiny_vit.state_dict().items()}
-    with pytest.raises(ConfigError, match="impossible combination: token_drop_at names block"):
+    with pytest.raises(ConfigError, match="impossible combination: patch_drop.at names block"):
         build(tiny_vit, cfg, tiny_data)  # 50 KD epochs would take minutes: it refuses at once
     assert all(torch.equal(before[k], v) for k, v in tiny_vit.state_dict().items())
 
@@ -155,9 +155,9 @@ def test_sample_dependent_impossibility_is_pruned_not_failed_and_the_budget_is_r
     assert summary.stopped_by == "trials" and summary.completed == 4 and summary.failed == 0
     assert pruned and summary.pruned == len(pruned)
     reasons = {t.user_attrs["pruned_reason"] for t in pruned}
-    assert reasons <= {"impossible combination: token_drop_at names block(s) [1] but the 1-block custom student "
+    assert reasons <= {"impossible combination: patch_drop.at names block(s) [1] but the 1-block custom student "
                        "has 1 blocks; use indices 0..0",
-                       "invalid compression config: student_embed_dim=16 is not divisible by student_heads=3"}
+                       "invalid compression config: student.embed_dim=16 is not divisible by student.heads=3"}
     for t in pruned:  # pruned before training: no artifact, no build record; the sampler sees the params
         assert "artifact" not in t.user_attrs and "records" not in t.user_attrs and t.params
     # tables that read the study still work and show the pruned trials

@@ -125,7 +125,7 @@ def test_only_the_chosen_blocks_change(tiny_vit, tiny_data):
     new = nystrom(tiny_vit, _cfg(6, blocks=(1,)), ctx)
     assert type(new.blocks[0].attn) is Attention and isinstance(new.blocks[1].attn, NystromAttention)
     assert ctx.notes["blocks"] == [1]
-    with pytest.raises(ConfigError, match="lowrank_blocks"):
+    with pytest.raises(ConfigError, match="nystrom.blocks"):
         nystrom(tiny_vit, _cfg(6, blocks=(5,)), ctx)
 
 

@@ -76,7 +76,7 @@ def test_the_transform_notes_what_it_fused_and_leaves_its_input_alone(trained_vi
 
 def test_a_cuda_target_is_refused_in_one_sentence() -> None:
     problem = quant_problem("ort_fused_int8", "cuda")
-    assert problem.startswith("quant='ort_fused_int8' runs on the CPU only") and "cpu:N" in problem
+    assert problem.startswith("runtime='ort_fused_int8' runs on the CPU only") and "cpu:N" in problem
     assert quant_problem("ort_fused_int8", "cpu") is None
 
 

@@ -182,5 +182,5 @@ def test_quantize_model_runs_any_quantization_techniques_handler_and_refuses_an_
         assert isinstance(fused, OrtModule) and (fused(x) - tiny_vit(x)).abs().max().item() < 1e-4
     with pytest.raises(ValueError, match="unknown quantization mode 'int4'; modes are none, dynamic_int8, bf16, "):
         quantize_model(tiny_vit, "int4", x)
-    with pytest.raises(ValueError, match=r"quant='static_int8' needs calibration images \(calib_size >= 1\)"):
+    with pytest.raises(ValueError, match=r"static_int8 needs calibration images \(static_int8.calib_size >= 1\)"):
         quantize_model(tiny_vit, "static_int8", x)

@@ -78,7 +78,7 @@ def test_identity_config_is_the_teacher() -> None:
         ({"student": "custom", "student_depth": 2, "student_embed_dim": 30, "student_heads": 4, "student_epochs": 1},
          "not divisible"),
         ({"quant": "static_int8"}, "calib_size"),
-        ({"token_drop": 0.3}, "token_drop_at"),
+        ({"token_drop": 0.3}, "patch_drop.at"),
         ({"student": "custom", "student_depth": 1, "student_embed_dim": 8, "student_heads": 2}, "student_epochs"),
     ],
 )

@@ -218,7 +218,7 @@ def test_a_technique_the_space_can_choose_without_its_needed_settings_is_refused
     from vitshrink.spaces import ConfigError, Recipe
 
     with pytest.raises(ConfigError, match=r"can choose patch_drop \(patch_drop.fraction=0.5\) but does not set what it needs"
-                                          r".*token_drop_at.*\[space.patch_drop\]"):
+                                          r".*patch_drop.at.*\[space.patch_drop\]"):
         Recipe.from_toml_text('[space]\ntechniques = ["patch_drop"]\n[space.patch_drop]\nfraction = [0.0, 0.5]\n')
     ok = Recipe.from_toml_text('[space]\ntechniques = ["patch_drop"]\n[space.patch_drop]\nfraction = [0.0, 0.5]\n'
                                'at = [[1]]\n')

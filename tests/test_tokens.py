@@ -195,7 +195,7 @@ def test_input_model_not_mutated(tiny_vit, tiny_data):
 
 def test_bad_settings_are_config_errors(tiny_vit, tiny_data):
     ctx = build_ctx(tiny_vit, tiny_data, train=False)
-    with pytest.raises(ConfigError, match="token_drop_at"):
+    with pytest.raises(ConfigError, match="patch_drop.at"):
         reduce_tokens(tiny_vit, CompressionConfig({"patch_drop": {"fraction": 0.5, "at": (7,)}}), ctx)
     torch.manual_seed(0)
     no_cls = timm.create_model("vit_tiny_patch16_224", class_token=False, global_pool="avg", **TINY_VIT_KWARGS)

@@ -8,7 +8,7 @@ trial calls it after sampling and prunes the trial instead of failing it.
 
 Example:
     >>> impossible_reason(teacher, CompressionConfig({"nystrom": {"landmarks": 40}}))
-    'landmarks reaches 40 but the teacher has 17 tokens (16 patches + 1 prefix); ...'
+    'nystrom.landmarks reaches 40 but the teacher has 17 tokens (16 patches + 1 prefix); ...'
 """
 
 from __future__ import annotations

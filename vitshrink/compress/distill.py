@@ -427,7 +427,7 @@ def _distill_online(model: nn.Module, data: DataBundle, settings: TrainSettings,
                     augment: str, feature_weight: float) -> float:
     """`distill_train` with the teacher run on each batch the student sees (see recovery.py)."""
     if teacher is None:
-        raise ValueError("kd_augment / kd_feature_weight need the teacher itself, not only its logits")
+        raise ValueError("distill.augment / distill.feature_weight need the teacher itself, not only its logits")
     kinds = augment_kinds(augment)
     settings = dataclasses.replace(settings, augment=tuple(dict.fromkeys((*settings.augment, *kinds))))
     where = resolve_training(settings.device, settings.precision)

@@ -245,8 +245,8 @@ def nystrom(model: nn.Module, config: CompressionConfig, ctx: BuildContext) -> n
         return new
     n = num_tokens(new)
     if s.landmarks > n:
-        raise ConfigError(f"landmarks={s.landmarks} exceeds the {n} tokens of this model; use at most {n}")
-    blocks = chosen_indices(new, s.blocks, "lowrank_blocks")
+        raise ConfigError(f"nystrom.landmarks={s.landmarks} exceeds the {n} tokens of this model; use at most {n}")
+    blocks = chosen_indices(new, s.blocks, "nystrom.blocks")
     for i in blocks:
         new.blocks[i].attn = NystromAttention.from_attention(new.blocks[i].attn, s.landmarks, s.conv)
     ctx.note(landmarks=s.landmarks, blocks=blocks, tokens=n, nystrom_conv=s.conv)

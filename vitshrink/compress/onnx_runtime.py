@@ -158,7 +158,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, dynam
         return path
     if any(p.dtype not in (torch.float32,) for p in model.parameters()) or is_torch_quantized(model):
         raise OnnxExportError("export_onnx needs a float32 model; export the float model and quantize the ONNX "
-                              "graph instead (quant='ort_int8'), or pass the OrtModule the build produced")
+                              "graph instead (runtime 'ort_int8'), or pass the OrtModule the build produced")
     was_training = model.training
     model.eval()  # exporting a train-mode graph would bake in dropout; the caller's mode is restored below
     example = example.detach().to(torch.float32)
@@ -178,7 +178,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, dynam
         model.train(was_training)
     path.unlink(missing_ok=True)
     raise OnnxExportError(f"cannot export {type(model).__name__} to ONNX ({'; '.join(problems)}); "
-                          "choose quant='dynamic_int8', 'bf16' or 'none' for this model, which run it in torch")
+                          "choose runtime 'dynamic_int8', 'bf16' or 'none' for this model, which run it in torch")
 
 
 def onnx_bytes(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = True) -> bytes:

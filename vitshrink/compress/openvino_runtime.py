@@ -1,4 +1,4 @@
-"""OpenVINO as a deployment runtime: ``quant='openvino_fp32'`` and ``quant='openvino_int8'``.
+"""OpenVINO as a deployment runtime: runtimes ``openvino_fp32`` and ``openvino_int8``.
 
 The float model is exported to ONNX (`onnx_bytes`, the exporter ONNX Runtime modes use, checked
 against torch), read by OpenVINO and kept as IR bytes (xml + bin, float32 weights). ``openvino_int8``
@@ -60,7 +60,7 @@ def openvino_problem(mode: str, target_kind: str) -> str | None:
     if mode not in OPENVINO_MODES:
         return None
     if target_kind == "cuda":
-        return (f"quant={mode!r} runs on the CPU only (an OpenVINO CPU model) but the latency target is a CUDA "
+        return (f"runtime={mode!r} runs on the CPU only (an OpenVINO CPU model) but the latency target is a CUDA "
                 "device; search quant none or bf16 there, or measure on a cpu:N target")
     return missing_extra(mode)
 

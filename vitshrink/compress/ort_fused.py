@@ -1,4 +1,4 @@
-"""ONNX Runtime with fused attention: ``quant='ort_fused_fp32'`` and ``quant='ort_fused_int8'``.
+"""ONNX Runtime with fused attention: runtimes ``ort_fused_fp32`` and ``ort_fused_int8``.
 
 timm's `Attention` computes q, k and v with one packed `qkv` Linear, then reshapes, permutes and
 unbinds them. ONNX Runtime's transformer fusions look for BERT's three separate projections, so on
@@ -122,7 +122,7 @@ def fused_onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
         problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if problem:
         raise OnnxExportError(f"cannot export {type(model).__name__} with fused attention ({problem}); choose "
-                              "quant='ort_fp32' or 'ort_int8' for this model")
+                              "runtime 'ort_fp32' or 'ort_int8' for this model")
     return buf.getvalue()
 
 
@@ -163,7 +163,7 @@ def to_fused_ort(model: nn.Module, mode: str, example: torch.Tensor) -> OrtModul
 def fused_problem(mode: str, target_kind: str) -> str | None:
     """Fused ONNX Runtime graphs run in CPU sessions only (see `quant_problem`)."""
     if mode in MODES and target_kind == "cuda":
-        return (f"quant={mode!r} runs on the CPU only (an ONNX Runtime CPU session) but the latency target is a "
+        return (f"runtime={mode!r} runs on the CPU only (an ONNX Runtime CPU session) but the latency target is a "
                 "CUDA device; search quant none or bf16 there, or measure on a cpu:N target")
     return None
 

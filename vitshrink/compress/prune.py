@@ -91,7 +91,7 @@ def prune_structure(model: nn.Module, heads_kept: list[list[int]], mlp_kept: lis
         if heads != list(range(attn.num_heads)):
             if not isinstance(attn.norm, nn.Identity):
                 # a LayerNorm over all heads mixes them: removing one changes the others' outputs
-                raise ConfigError(f"block {i}: attention with scale_norm cannot have heads pruned; set prune_heads=0")
+                raise ConfigError(f"block {i}: attention with scale_norm cannot have heads pruned; set prune.heads=0")
             attn.qkv = _slice_linear(attn.qkv, rows=_head_rows(attn, heads))
             if attn.gate is not None:
                 attn.gate = _slice_linear(attn.gate, rows=_head_cols(attn, heads))
@@ -104,7 +104,7 @@ def prune_structure(model: nn.Module, heads_kept: list[list[int]], mlp_kept: lis
             raise ValueError(f"block {i}: MLP units to keep must be distinct indices in [0, {hidden})")
         if units.tolist() != list(range(hidden)):
             if not isinstance(mlp.norm, nn.Identity):
-                raise ConfigError(f"block {i}: an MLP with a hidden-layer norm cannot be pruned; set prune_mlp=0")
+                raise ConfigError(f"block {i}: an MLP with a hidden-layer norm cannot be pruned; set prune.mlp=0")
             mlp.fc1 = _slice_linear(mlp.fc1, rows=units)
             mlp.fc2 = _slice_linear(mlp.fc2, cols=units)
     return new
@@ -225,14 +225,14 @@ def importance_scores(model: nn.Module, score: str, ctx: BuildContext | None = N
     if score == "magnitude":
         return _magnitude_scores(blocks)
     if ctx is None:
-        raise ValueError(f"prune_score={score!r} needs calibration data: pass a BuildContext")
+        raise ValueError(f"prune.score={score!r} needs calibration data: pass a BuildContext")
     work = copy_model(model).eval()  # gradients and hooks go on a copy, never on the caller's model
     work_blocks = list(work.blocks)
     if score == "taylor":
         return _taylor_scores(work, work_blocks, ctx)
     if score == "activation":
         return _activation_scores(work, work_blocks, ctx)
-    raise ConfigError(f"prune_score={score!r} is not one of magnitude, taylor, activation")
+    raise ConfigError(f"prune.score={score!r} is not one of magnitude, taylor, activation")
 
 
 def _top(scores: torch.Tensor, keep: int) -> list[int]:

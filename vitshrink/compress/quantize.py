@@ -1,4 +1,4 @@
-"""Quantization and deployment runtimes: the last stage of `build`, chosen by `config.quant`; one
+"""Quantization and deployment runtimes: the last stage of `build`, chosen as the candidate's runtime; one
 handler per mode, registered for its technique (`deploy` notes what each did).
 
 Modes (all take any float `nn.Module` built from Linear/LayerNorm/conv/... and return a new one):
@@ -66,12 +66,12 @@ def quant_problem(mode: str, target_kind: str) -> str | None:
     """Why quantization `mode` cannot be measured on a latency target of kind `target_kind`, or None.
 
     Example:
-        >>> quant_problem("ort_int8", "cuda")[:37]
-        "quant='ort_int8' runs on the CPU only"
+        >>> quant_problem("ort_int8", "cuda")[:39]
+        "runtime='ort_int8' runs on the CPU only"
     """
     if target_kind == "cuda" and mode in CPU_ONLY_MODES:
-        return (f"quant={mode!r} runs on the CPU only (ONNX Runtime CPU sessions, torch int8 CPU kernels) but the "
-                "latency target is a CUDA device; search quant none or bf16 there, or measure on a cpu:N target")
+        return (f"runtime={mode!r} runs on the CPU only (ONNX Runtime CPU sessions, torch int8 CPU kernels) but the "
+                "latency target is a CUDA device; search runtime none or bf16 there, or measure on a cpu:N target")
     return next((p for check in _QUANT_PROBLEMS if (p := check(mode, target_kind))), None)
 
 
@@ -150,7 +150,7 @@ def quantize_model(model: nn.Module, mode: str, example: torch.Tensor,
     takes = hasattr(get_technique(mode).config(), "calib_size")
     calibrated = bool(takes and calibration is not None and len(calibration))
     if mode == "static_int8" and not calibrated:
-        raise ValueError("quant='static_int8' needs calibration images (calib_size >= 1)")
+        raise ValueError("static_int8 needs calibration images (static_int8.calib_size >= 1)")
     config = CompressionConfig({mode: {"calib_size": len(calibration) if calibrated else 0} if takes else {}})
     return handler_of(mode)(model, config, _GivenImages(example, calibration))
 

@@ -99,8 +99,8 @@ def factorise_linear(layer: nn.Linear, rank: int) -> tuple[LowRankLinear, float]
 
 def _blocks_to_factorise(model: nn.Module, wanted: tuple[int, ...]) -> list[int]:
     if not walk_blocks(model):
-        raise ConfigError(f"lowrank='svd' needs a timm VisionTransformer with .blocks; got {type(model).__name__}")
-    return chosen_indices(model, wanted, "lowrank_blocks")
+        raise ConfigError(f"svd needs a timm VisionTransformer with .blocks; got {type(model).__name__}")
+    return chosen_indices(model, wanted, "svd.blocks")
 
 
 @register_handler(SvdConfig)

@@ -236,10 +236,10 @@ def reduce_tokens(model: nn.Module, config: CompressionConfig, ctx: BuildContext
     depth = len(new.blocks)
     tome, patch_drop = config.get("tome") or TomeConfig(), config.get("patch_drop") or PatchDropConfig()
     r, drop = tome.r, patch_drop.fraction
-    drop_at = set(chosen_indices(new, patch_drop.at, "token_drop_at")) if drop > 0 else set()
+    drop_at = set(chosen_indices(new, patch_drop.at, "patch_drop.at")) if drop > 0 else set()
     if drop > 0 and getattr(new, "cls_token", None) is None:
-        raise ConfigError("token_drop ranks patches by the cls token's attention, but this model has no cls token; "
-                          "use token_merge_r instead")
+        raise ConfigError("patch_drop ranks patches by the cls token's attention, but this model has no cls token; "
+                          "use tome instead")
     plan = token_plan(n, prefix, depth, r, drop, drop_at)
     ctx.note(tokens_in=n, tokens_per_block=plan, token_merge_r=r, token_drop=drop, token_drop_at=sorted(drop_at))
     # Nystrom blocks that now see no more tokens than landmarks compute exact attention (m = n)

@@ -504,7 +504,7 @@ def config_problem(config: Any, shape: Any) -> str | None:
         >>> from vitshrink.spaces import CompressionConfig, ModelShape
         >>> shape = ModelShape("a 1-block student", tokens=17, depth=1)
         >>> config_problem(CompressionConfig({"patch_drop": {"fraction": 0.5, "at": (2,)}}), shape)
-        'token_drop_at names block(s) [2] but a 1-block student has 1 blocks; use indices 0..0'
+        'patch_drop.at names block(s) [2] but a 1-block student has 1 blocks; use indices 0..0'
     """
     return next((p for t in chosen_techniques(config)
                  if t.shape_problem is not None and (p := t.shape_problem(t.settings(config), shape))), None)

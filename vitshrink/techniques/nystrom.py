@@ -30,18 +30,18 @@ class NystromConfig(TechniqueConfig):
 def landmarks_problem(landmarks: int, shape: Any) -> str | None:
     if landmarks <= shape.tokens:
         return None
-    return (f"landmarks reaches {landmarks} but {shape.name} has {shape.tokens} tokens ({shape.patches} patches + "
-            f"{shape.prefix} prefix); Nystrom needs landmarks <= tokens, so keep landmarks <= {shape.tokens}")
+    return (f"nystrom.landmarks reaches {landmarks} but {shape.name} has {shape.tokens} tokens ({shape.patches} patches + "
+            f"{shape.prefix} prefix); Nystrom needs landmarks <= tokens, so keep nystrom.landmarks <= {shape.tokens}")
 
 
 def _shape_problem(s: NystromConfig, shape):
-    return indices_problem("lowrank_blocks", s.blocks, shape) or landmarks_problem(s.landmarks, shape)
+    return indices_problem("nystrom.blocks", s.blocks, shape) or landmarks_problem(s.landmarks, shape)
 
 
 def _demands(values_of):
     most = max(values_of("nystrom.landmarks"))
     yield (lambda s: landmarks_problem(most, s)), (lambda s: s.tokens)
-    yield from block_demands("lowrank_blocks", values_of("nystrom.blocks"))
+    yield from block_demands("nystrom.blocks", values_of("nystrom.blocks"))
 
 
 def lowrank_problem(model: nn.Module, mode: str) -> str | None:

@@ -21,23 +21,23 @@ class PatchDropConfig(TechniqueConfig):
 
 def _problem(settings: PatchDropConfig) -> str | None:
     if not settings.at:
-        return "token_drop > 0 needs token_drop_at: the block indices where patches are dropped"
+        return "patch_drop.fraction > 0 needs patch_drop.at: the block indices where patches are dropped"
     return None
 
 
 def drop_problem(shape: Any) -> str | None:
     if shape.cls_token:
         return None
-    return (f"token_drop ranks patches by the cls token's attention but {shape.name} has no cls token "
-            "(class_token = false); search token_merge_r instead, or give the model a cls token")
+    return (f"patch_drop ranks patches by the cls token's attention but {shape.name} has no cls token "
+            "(class_token = false); search tome instead, or give the model a cls token")
 
 
 def _shape_problem(s: PatchDropConfig, shape):
-    return drop_problem(shape) or indices_problem("token_drop_at", s.at, shape)
+    return drop_problem(shape) or indices_problem("patch_drop.at", s.at, shape)
 
 
 def _demands(values_of):
-    yield from block_demands("token_drop_at", values_of("patch_drop.at"))
+    yield from block_demands("patch_drop.at", values_of("patch_drop.at"))
     yield drop_problem, (lambda s: s.cls_token)
 
 
@@ -59,8 +59,8 @@ def token_problem(model: nn.Module, merge_r: int, drop: float) -> str | None:
     if merge_r <= 0 and drop <= 0:
         return None
     if drop > 0 and getattr(model, "cls_token", None) is None:
-        return ("token_drop ranks patches by the cls token's attention, but this model has no cls token; "
-                "use token_merge_r instead")
+        return ("patch_drop ranks patches by the cls token's attention, but this model has no cls token; "
+                "use tome instead")
     for i, blk in enumerate(getattr(model, "blocks", None) or []):
         missing = [p for p in _BLOCK_PARTS if not hasattr(blk, p)]
         attn = getattr(blk, "attn", None)
@@ -68,7 +68,7 @@ def token_problem(model: nn.Module, merge_r: int, drop: float) -> str | None:
             missing = [f"attn.{p}" for p in _ATTENTION_PARTS if not hasattr(attn, p)]
         if missing:
             return (f"token reduction needs timm ViT blocks, but block {i} ({type(blk).__name__}) has no "
-                    f"{', '.join(missing)}; keep token_merge_r and token_drop at 0 for this model")
+                    f"{', '.join(missing)}; keep tome.r and patch_drop.fraction at 0 for this model")
     return None
 
 

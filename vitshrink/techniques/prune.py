@@ -74,12 +74,12 @@ def prune_problem(model: nn.Module, prune_heads: float, prune_mlp: float) -> str
     for i, blk in enumerate(blocks):
         heads = blk.attn.num_heads
         if keep_count(heads, prune_heads) < heads and not isinstance(blk.attn.norm, nn.Identity):
-            return (f"prune_heads={prune_heads:g} removes heads but block {i}'s attention normalises over all heads "
-                    "(scale_attn_norm), which mixes them; keep prune_heads at 0 for this model")
+            return (f"prune.heads={prune_heads:g} removes heads but block {i}'s attention normalises over all heads "
+                    "(scale_attn_norm), which mixes them; keep prune.heads at 0 for this model")
         hidden = blk.mlp.fc1.out_features
         if keep_count(hidden, prune_mlp) < hidden and not isinstance(blk.mlp.norm, nn.Identity):
-            return (f"prune_mlp={prune_mlp:g} removes MLP units but block {i}'s MLP normalises its hidden layer "
-                    "(scale_mlp_norm); keep prune_mlp at 0 for this model")
+            return (f"prune.mlp={prune_mlp:g} removes MLP units but block {i}'s MLP normalises its hidden layer "
+                    "(scale_mlp_norm); keep prune.mlp at 0 for this model")
     return None
 
 

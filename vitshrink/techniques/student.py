@@ -41,11 +41,11 @@ def _problem(s: StudentConfig) -> str | None:
     if s.model != "custom":
         return None
     if min(s.depth, s.embed_dim, s.heads) < 1:
-        return "student='custom' needs student_depth, student_embed_dim and student_heads >= 1"
+        return "student='custom' needs student.depth, student.embed_dim and student.heads >= 1"
     if s.embed_dim % s.heads:
-        return f"student_embed_dim={s.embed_dim} is not divisible by student_heads={s.heads}"
+        return f"student.embed_dim={s.embed_dim} is not divisible by student.heads={s.heads}"
     if int(s.embed_dim * s.mlp_ratio) < 1:
-        return (f"student_mlp_ratio={s.mlp_ratio} leaves the {s.embed_dim}-wide student's MLP without hidden units; "
+        return (f"student.mlp_ratio={s.mlp_ratio} leaves the {s.embed_dim}-wide student's MLP without hidden units; "
                 "raise it")
     return None
 
@@ -85,17 +85,17 @@ def _space_problem(space: Any) -> str | None:
     divides (and each head count divides some width): a pair that only some draws make (64 wide with 3
     heads, beside 48 with 3) is pruned in its trial instead."""
     if any((d := space.dimension(f)) is not None and d.choices is None for f in ("student.heads", "student.embed_dim")):
-        return "student_embed_dim and student_heads must be given as choices (lists), not ranges"
+        return "student.embed_dim and student.heads must be given as choices (lists), not ranges"
     fixed = dict(space.fixed)
     listed = lambda f: list(space.dimension(f).choices) if space.dimension(f) else ([fixed[f]] if f in fixed else [])  # noqa: E731
     heads, embeds = listed("student.heads"), listed("student.embed_dim")
     for e in embeds:
         if heads and all(e % h for h in heads):
-            return (f"impossible combination: student_embed_dim={e} is not divisible by any of student_heads={heads}; "
+            return (f"impossible combination: student.embed_dim={e} is not divisible by any of student.heads={heads}; "
                     "give embed dims that some head count divides")
     for h in heads:
         if embeds and all(e % h for e in embeds):
-            return (f"impossible combination: student_heads={h} divides none of student_embed_dim={embeds}; give head "
+            return (f"impossible combination: student.heads={h} divides none of student.embed_dim={embeds}; give head "
                     "counts that divide some embed dim")
     return None
 

@@ -25,7 +25,7 @@ TECHNIQUE = register_technique(Technique(
     name="svd", stage="lowrank", config=SvdConfig,
     selector="svd", on={"lowrank": "svd"},
     example=SvdConfig(rank=0.5), identity=(SvdConfig(rank=1.0), 0.0),
-    shape_problem=lambda s, shape: indices_problem("lowrank_blocks", s.blocks, shape),
-    model_problem=_model_problem, demands=lambda values_of: block_demands("lowrank_blocks", values_of("svd.blocks")),
+    shape_problem=lambda s, shape: indices_problem("svd.blocks", s.blocks, shape),
+    model_problem=_model_problem, demands=lambda values_of: block_demands("svd.blocks", values_of("svd.blocks")),
     cost=lambda s, plan, named: plan.keep_linear(min(1.0, 2 * s.rank), s.blocks),  # two thin layers per kept rank
 ))

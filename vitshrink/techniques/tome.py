@@ -21,8 +21,8 @@ def merge_problem(r: int, shape: Any) -> str | None:
     most = shape.patches // 2
     if r <= most:
         return None
-    return (f"token_merge_r reaches {r} but {shape.name} has {shape.patches} patch tokens, and a block can merge "
-            f"at most half of them ({most}); keep token_merge_r <= {most}")
+    return (f"tome.r reaches {r} but {shape.name} has {shape.patches} patch tokens, and a block can merge "
+            f"at most half of them ({most}); keep tome.r <= {most}")
 
 
 def _demands(values_of):
