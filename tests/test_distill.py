@@ -19,7 +19,7 @@ from vitshrink.spaces import CompressionConfig, ConfigError
 
 torch.set_num_threads(2)
 
-STUDENT = dict(student="custom", student_depth=1, student_embed_dim=24, student_heads=3, student_mlp_ratio=3.0)
+STUDENT = dict(model="custom", depth=1, embed_dim=24, heads=3, mlp_ratio=3.0)  # the student technique's settings
 
 
 def _subset(data: DataBundle, n: int) -> DataBundle:
@@ -45,14 +45,14 @@ def teacher(tiny_spec, tiny_data) -> torch.nn.Module:
 
 def test_registered_stages():
     applied = lambda config: [(fn, [t.stage for t in ts]) for fn, ts in planned_handlers(config)]  # noqa: E731
-    assert applied(CompressionConfig(**STUDENT, student_epochs=1)) == [(handler_of("student"), ["student"])]
+    assert applied(CompressionConfig({"student": {**STUDENT, "epochs": 1}})) == [(handler_of("student"), ["student"])]
     assert applied(CompressionConfig({"finetune": {"epochs": 2}})) == [(handler_of("finetune"), ["finetune"])]
     assert applied(CompressionConfig()) == []
 
 
 def test_custom_student_has_configured_shape_and_teacher_io(tiny_vit, tiny_data):
     before = _state(tiny_vit)
-    cfg = CompressionConfig(**STUDENT, student_epochs=1)
+    cfg = CompressionConfig({"student": {**STUDENT, "epochs": 1}})
     ctx = BuildContext(data=tiny_data, teacher=tiny_vit, train=False)
     student = distill.student(tiny_vit, cfg, ctx)
     assert student is not tiny_vit and _same_state(before, _state(tiny_vit))  # input not mutated
@@ -166,7 +166,7 @@ def test_finetune_recovers_a_damaged_model(teacher, tiny_data):
 
 def test_untrained_rebuild_has_the_same_architecture(tiny_vit, tiny_data):
     data = _subset(tiny_data, 128)
-    cfg = CompressionConfig(**STUDENT, student_epochs=1)
+    cfg = CompressionConfig({"student": {**STUDENT, "epochs": 1}})
     trained = distill.student(tiny_vit, cfg, BuildContext(data=data, teacher=tiny_vit, seed=3))
     rebuilt = distill.student(tiny_vit, cfg, BuildContext(data=data, teacher=tiny_vit, seed=3, train=False))
     shapes = {k: v.shape for k, v in trained.state_dict().items()}
@@ -194,7 +194,7 @@ def test_deit_distilled_student_trains_both_heads(tiny_data):
     torch.manual_seed(0)
     teacher = timm.create_model("deit_tiny_distilled_patch16_224", **TINY_VIT_KWARGS).eval()
     data = _subset(tiny_data, 128)
-    cfg = CompressionConfig(**STUDENT, student_epochs=1)
+    cfg = CompressionConfig({"student": {**STUDENT, "epochs": 1}})
     untrained = distill.student(teacher, cfg, BuildContext(data=data, teacher=teacher, train=False))
     student = distill.student(teacher, cfg, BuildContext(data=data, teacher=teacher))
     assert hasattr(student, "dist_token") and student.num_prefix_tokens == 2
@@ -210,22 +210,21 @@ def test_teacher_init_copies_selected_blocks_and_leading_channels(teacher, tiny_
     depth = len(teacher.blocks)
     dim, heads = teacher.embed_dim, teacher.blocks[0].attn.num_heads
     ratio = teacher.blocks[0].mlp.fc1.out_features / dim
-    same = dict(student="custom", student_embed_dim=dim, student_heads=heads, student_mlp_ratio=ratio,
-                student_epochs=1, student_init="teacher")
+    same = dict(model="custom", embed_dim=dim, heads=heads, mlp_ratio=ratio, epochs=1, init="teacher")
     ctx = BuildContext(data=tiny_data, teacher=teacher, train=False)
     # the teacher's own shape: weight selection copies every tensor, so it computes the same function
-    clone = distill.student(teacher, CompressionConfig(**same, student_depth=depth), ctx)
+    clone = distill.student(teacher, CompressionConfig({"student": {**same, "depth": depth}}), ctx)
     assert torch.allclose(clone(x), teacher(x), atol=1e-6)
     assert ctx.notes["init"] == {"teacher_blocks": list(range(depth)), "tensors_copied": len(teacher.state_dict()),
                                  "tensors_kept": 0}
     # one block: block 0 of the teacher, exactly
     ctx = BuildContext(data=tiny_data, teacher=teacher, train=False)
-    short = distill.student(teacher, CompressionConfig(**same, student_depth=1), ctx)
+    short = distill.student(teacher, CompressionConfig({"student": {**same, "depth": 1}}), ctx)
     assert ctx.notes["init"]["teacher_blocks"] == [0]
     for name, value in short.blocks[0].state_dict().items():
         assert torch.equal(value, teacher.blocks[0].state_dict()[name]), name
     # narrower: every tensor is the leading slice; q, k and v each keep their own leading rows
-    narrow = distill.student(teacher, CompressionConfig(**STUDENT, student_epochs=1, student_init="teacher"), ctx)
+    narrow = distill.student(teacher, CompressionConfig({"student": {**STUDENT, "epochs": 1, "init": "teacher"}}), ctx)
     w, tw = narrow.blocks[0].attn.qkv.weight, teacher.blocks[0].attn.qkv.weight
     for part in range(3):
         assert torch.equal(w[part * 24:(part + 1) * 24], tw[part * dim:part * dim + 24, :24])
@@ -233,12 +232,14 @@ def test_teacher_init_copies_selected_blocks_and_leading_channels(teacher, tiny_
     assert torch.equal(narrow.head.weight, teacher.head.weight[:, :24])
     assert torch.equal(narrow.pos_embed, teacher.pos_embed[..., :24])
     # random init is untouched by the teacher
-    rand = distill.student(teacher, CompressionConfig(**STUDENT, student_epochs=1), ctx)
+    rand = distill.student(teacher, CompressionConfig({"student": {**STUDENT, "epochs": 1}}), ctx)
     assert not torch.equal(rand.head.weight, teacher.head.weight[:, :24]) and ctx.notes["init"] == "random"
 
 
 def test_teacher_init_needs_a_student() -> None:
+    # the flat form, still read: the technique form has no such config to refuse (a StudentConfig of model
+    # "none" chooses no student, so CompressionConfig({"student": {"init": "teacher"}}) leaves it out)
     with pytest.raises(ConfigError, match="student_init='teacher' is only used with student other than 'none'; set"):
         CompressionConfig(student_init="teacher")
-    with pytest.raises(ConfigError, match="student_init='copy' is not one of random, teacher"):
-        CompressionConfig(**STUDENT, student_epochs=1, student_init="copy")
+    with pytest.raises(ConfigError, match="invalid StudentConfig: init='copy' is not one of random, teacher"):
+        CompressionConfig({"student": {**STUDENT, "epochs": 1, "init": "copy"}})
