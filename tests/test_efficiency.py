@@ -13,17 +13,18 @@ from vitshrink.compress import build
 from vitshrink.objectives import LatencyProtocol, Target, size_bytes, structural_signature
 from vitshrink.search._screening import ORT_SIZE_TOLERANCE, runs_onnx, untrained_structure
 from vitshrink.spaces import CompressionConfig, ConfigError, Recipe
+from vitshrink.techniques import deployment_of
 
-STUDENT = dict(student="custom", student_depth=2, student_embed_dim=16, student_heads=2, student_epochs=1)
+STUDENT = dict(model="custom", depth=2, embed_dim=16, heads=2, epochs=1)  # the student technique's settings
 EVERY_TECHNIQUE = {
-    "student": CompressionConfig(**STUDENT),
-    "student_from_teacher": CompressionConfig(**STUDENT, student_init="teacher"),
+    "student": CompressionConfig({"student": STUDENT}),
+    "student_from_teacher": CompressionConfig({"student": {**STUDENT, "init": "teacher"}}),
     "prune": CompressionConfig({"prune": {"heads": 0.5, "mlp": 0.25}, "finetune": {"epochs": 1}}),
     "nystrom": CompressionConfig({"nystrom": {"landmarks": 4}, "finetune": {"epochs": 1}}),
     "svd": CompressionConfig({"svd": {"rank": 0.5}, "finetune": {"epochs": 1}}),
     "tome": CompressionConfig({"tome": {"r": 2}, "finetune": {"epochs": 1}}),
     "patch_drop": CompressionConfig({"patch_drop": {"fraction": 0.25, "at": (1,)}, "finetune": {"epochs": 1}}),
-    **{f"student_{q}": CompressionConfig(**STUDENT, quant=q, calib_size=32 if q == "static_int8" else 0)
+    **{f"student_{q}": CompressionConfig({"student": STUDENT, q: {"calib_size": 32} if q == "static_int8" else {}})
        for q in ("dynamic_int8", "static_int8", "bf16", "ort_fp32", "ort_int8")},
 }
 
@@ -38,7 +39,7 @@ def test_trained_model_has_the_untrained_structures_signature_and_size(name, tin
     shape = tuple(tiny_data.val.x.shape[1:])
     untrained = untrained_structure(tiny_vit, config, tiny_data, seed=0)
     trained = build(tiny_vit, config, tiny_data, seed=0, train=True, kd_limit=64).model
-    extra = {"quant": config.flat.quant}
+    extra = {"quant": deployment_of(config)}  # as screening keys its latency cache
     assert (structural_signature(untrained, shape, target, protocol, extra)
             == structural_signature(trained, shape, target, protocol, extra))
     if runs_onnx(trained):  # the ONNX exporter shares equal constants: sizes differ slightly
