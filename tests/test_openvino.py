@@ -29,13 +29,14 @@ from vitshrink.models import TINY_VIT_KWARGS, TeacherSpec, create_model  # noqa:
 from vitshrink.objectives import LatencyProtocol, Target, structural_signature  # noqa: E402
 from vitshrink.search._screening import untrained_structure  # noqa: E402
 from vitshrink.spaces import CompressionConfig, ConfigError  # noqa: E402
+from vitshrink.techniques import deployment_of  # noqa: E402
 
 INT8 = CompressionConfig({"openvino_int8": {"calib_size": 64}})
 FP32 = CompressionConfig({"openvino_fp32": {}})
 
 
 def _deploy(model, config, data) -> torch.nn.Module:
-    return handler_of(config.flat.quant)(model, config, BuildContext(data=data, teacher=model, seed=0))
+    return handler_of(deployment_of(config))(model, config, BuildContext(data=data, teacher=model, seed=0))
 
 
 def test_openvino_fp32_equals_torch(trained_vit, tiny_data) -> None:
@@ -93,8 +94,9 @@ def test_latency_signature_follows_structure_not_weights(tiny_vit, tiny_data) ->
     assert sig(to_openvino(tiny_vit, x)) == sig(to_openvino(other, x))
     assert sig(to_openvino(tiny_vit, x)) != sig(to_openvino(tiny_vit, x, x))  # fp32 vs int8
     # screening measures the untrained structure; the trained model must find that measurement
-    trained = build(tiny_vit, INT8.replace(kd_epochs=1), tiny_data, seed=0).model
-    assert sig(trained) == sig(untrained_structure(tiny_vit, INT8.replace(kd_epochs=1), tiny_data, seed=0))
+    tuned = CompressionConfig({"openvino_int8": {"calib_size": 64}, "finetune": {"epochs": 1}})
+    trained = build(tiny_vit, tuned, tiny_data, seed=0).model
+    assert sig(trained) == sig(untrained_structure(tiny_vit, tuned, tiny_data, seed=0))
 
 
 def test_openvino_runs_on_the_cpu_only() -> None:
@@ -103,11 +105,10 @@ def test_openvino_runs_on_the_cpu_only() -> None:
 
 
 def test_openvino_int8_needs_calibration_images() -> None:
-    with pytest.raises(ConfigError, match="quant='openvino_int8' needs calib_size >= 1"):
-        CompressionConfig(quant="openvino_int8")
-    with pytest.raises(ConfigError, match="calib_size=8 is only used with quant='static_int8' or "
-                       "quant='openvino_int8' or quant='ort_int8'; set"):
-        CompressionConfig(quant="openvino_fp32", calib_size=8)
+    with pytest.raises(ConfigError, match="openvino_int8 needs calib_size >= 1 calibration images"):
+        CompressionConfig({"openvino_int8": {}})
+    with pytest.raises(ConfigError, match="unknown openvino_fp32 setting.s. calib_size; openvino_fp32 takes no settings"):
+        CompressionConfig({"openvino_fp32": {"calib_size": 8}})
 
 
 SPACE = 'techniques = ["openvino_fp32", "openvino_int8"]\n[space.openvino_int8]\ncalib_size = [32]'
@@ -142,7 +143,7 @@ def test_a_search_over_openvino_modes_completes_and_exports(tmp_path) -> None:
     storage = f"sqlite:///{tmp_path}/s.db"
     summary = run_search(Recipe.from_file(tmp_path / "r.toml"), storage=storage)
     done = [t for t in summary.study.trials if t.state.name == "COMPLETE"]
-    modes = {CompressionConfig.from_dict(t.user_attrs["config"]).flat.quant: t.number for t in done}
+    modes = {deployment_of(CompressionConfig.from_dict(t.user_attrs["config"])): t.number for t in done}
     assert {"openvino_fp32", "openvino_int8"} <= set(modes), [t.user_attrs.get("fail_reason") for t in summary.study.trials]
     handle = vitshrink.open_study("ov", storage=storage)
     for mode in ("openvino_fp32", "openvino_int8"):
