@@ -16,6 +16,7 @@ from vitshrink.compress.onnx_runtime import OrtModule
 from vitshrink.compress.ort_fused import count_fused_attention, fusable, to_fused_ort, with_fused_attention
 from vitshrink.compress.quantize import quant_problem
 from vitshrink.spaces import CompressionConfig, ConfigError
+from vitshrink.techniques import deployment_of
 
 
 def _ops(model: OrtModule) -> set[str]:
@@ -81,8 +82,8 @@ def test_a_cuda_target_is_refused_in_one_sentence() -> None:
 
 
 def test_ort_fused_has_no_calibration_setting() -> None:
-    with pytest.raises(ConfigError, match="calib_size=8 is only used with"):
-        CompressionConfig(quant="ort_fused_int8", calib_size=8)
+    with pytest.raises(ConfigError, match="unknown ort_fused_int8 setting.s. calib_size; ort_fused_int8 takes no settings"):
+        CompressionConfig({"ort_fused_int8": {"calib_size": 8}})
 
 
 @pytest.mark.slow
@@ -97,7 +98,7 @@ def test_a_search_over_fused_modes_completes_rebuilds_and_exports(tmp_path) -> N
     storage = f"sqlite:///{tmp_path}/s.db"
     summary = run_search(Recipe.from_toml_text(text), storage=storage, evaluate_test=False)
     done = [t for t in summary.study.trials if t.state.name == "COMPLETE"]
-    modes = {CompressionConfig.from_dict(t.user_attrs["config"]).flat.quant: t.number for t in done}
+    modes = {deployment_of(CompressionConfig.from_dict(t.user_attrs["config"])): t.number for t in done}
     assert {"ort_fused_fp32", "ort_fused_int8"} <= set(modes), [t.user_attrs.get("fail_reason") for t in summary.study.trials]
     handle = vitshrink.open_study("fused", storage=storage)
     for mode, number in modes.items():
