@@ -134,20 +134,21 @@ def test_recovery_settings_round_trip_and_validate():
     cfg = CompressionConfig({"prune": {"heads": 0.3}, "finetune": {"epochs": 2}}, distill={"augment": "flip+shift",
                              "feature_weight": 0.25})
     assert CompressionConfig.from_json(cfg.to_json()) == cfg
-    with pytest.raises(ConfigError, match="kd_augment='rotate' is not one of"):
-        CompressionConfig(kd_epochs=1, kd_augment="rotate")
-    with pytest.raises(ConfigError, match="kd_feature_weight=1.0 is only used with student other than 'none' or "
-                       "kd_epochs > 0"):
-        CompressionConfig(quant="dynamic_int8", kd_feature_weight=1.0)
-    with pytest.raises(ConfigError, match="must be >= 0"):
-        CompressionConfig(kd_epochs=1, kd_feature_weight=-1.0)
+    with pytest.raises(ConfigError, match="invalid DistillConfig: augment='rotate' is not one of"):
+        CompressionConfig({"finetune": {"epochs": 1}}, distill={"augment": "rotate"})
+    with pytest.raises(ConfigError, match=r"distill feature_weight=1.0 is only used by a technique that distils "
+                       r"\(student, finetune\)"):
+        CompressionConfig({"dynamic_int8": {}}, distill={"feature_weight": 1.0})
+    with pytest.raises(ConfigError, match="feature_weight=-1.0 must be >= 0"):
+        CompressionConfig({"finetune": {"epochs": 1}}, distill={"feature_weight": -1.0})
 
 
 def test_space_searches_and_fixes_recovery_only_where_something_is_distilled():
-    space = SearchSpace.from_dict({"kd_epochs": [0, 2], "kd_augment": ["none", "flip"]}, {"kd_feature_weight": 0.5})
+    space = SearchSpace.from_dict({"finetune.epochs": [0, 2], "distill.augment": ["none", "flip"]},
+                                  {"distill.feature_weight": 0.5})
     off = space.sample(optuna.trial.FixedTrial({"finetune.epochs": 0}))
     assert off == CompressionConfig()  # no KD: the fixed recovery setting keeps its default
     on = space.sample(optuna.trial.FixedTrial({"finetune.epochs": 2, "distill.augment": "flip"}))
-    assert (on.flat.kd_augment, on.flat.kd_feature_weight) == ("flip", 0.5)
+    assert (on.distill.augment, on.distill.feature_weight) == ("flip", 0.5)
     with pytest.raises(ConfigError, match="'mixup' is not one of"):
-        SearchSpace.from_dict({"kd_epochs": [1, 2], "kd_augment": ["none", "mixup"]})
+        SearchSpace.from_dict({"finetune.epochs": [1, 2], "distill.augment": ["none", "mixup"]})
