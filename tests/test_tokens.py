@@ -57,15 +57,15 @@ def test_identity_settings_change_nothing(tiny_vit, tiny_data):
 @pytest.mark.parametrize(
     "settings, expected",
     [
-        ({"token_merge_r": 4}, [13, 9]),
-        ({"token_drop": 0.5, "token_drop_at": (0,)}, [9, 9]),
-        ({"token_merge_r": 3, "token_drop": 0.25, "token_drop_at": (1,)}, [14, 8]),
-        ({"token_merge_r": 100}, [9, 5]),  # clamped: at most |B| = half the patches per block
+        ({"tome": {"r": 4}}, [13, 9]),
+        ({"patch_drop": {"fraction": 0.5, "at": (0,)}}, [9, 9]),
+        ({"tome": {"r": 3}, "patch_drop": {"fraction": 0.25, "at": (1,)}}, [14, 8]),
+        ({"tome": {"r": 100}}, [9, 5]),  # clamped: at most |B| = half the patches per block
     ],
 )
 def test_tokens_fall_as_planned(tiny_vit, tiny_data, settings, expected):
     ctx = build_ctx(tiny_vit, tiny_data, train=False)
-    model = reduce_tokens(tiny_vit, CompressionConfig(**settings), ctx)
+    model = reduce_tokens(tiny_vit, CompressionConfig(settings), ctx)
     x = tiny_data.val.x[:8]
     assert ctx.notes["tokens_in"] == 17 and ctx.notes["tokens_per_block"] == expected
     assert _tokens_seen(model, x) == expected
@@ -212,11 +212,11 @@ def test_registered_in_the_tokens_stage():
     assert handler_of("tome") is handler_of("patch_drop") is reduce_tokens
 
 
-@pytest.mark.parametrize("settings", [{"token_merge_r": 4}, {"token_drop": 0.5, "token_drop_at": (0, 1)}],
+@pytest.mark.parametrize("settings", [{"tome": {"r": 4}}, {"patch_drop": {"fraction": 0.5, "at": (0, 1)}}],
                          ids=["tome", "drop"])
 def test_onnx_export_matches_onnxruntime(tiny_vit, tiny_data, tmp_path, settings):
     ort = pytest.importorskip("onnxruntime")
-    model = reduce_tokens(tiny_vit, CompressionConfig(**settings), build_ctx(tiny_vit, tiny_data, train=False))
+    model = reduce_tokens(tiny_vit, CompressionConfig(settings), build_ctx(tiny_vit, tiny_data, train=False))
     x = tiny_data.val.x[:4]
     path = tmp_path / "tokens.onnx"
     torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"])
