@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -21,6 +22,7 @@ from vitshrink.spaces import (
     parse_duration,
     resolve_recipe,
 )
+from vitshrink.techniques import deployment_of, get_technique
 
 # --- CompressionConfig ------------------------------------------------------------------------
 
@@ -32,26 +34,31 @@ def configs(draw) -> CompressionConfig:
     student = draw(st.sampled_from(["none", "custom", "deit_tiny_patch16_224"]))
     heads = draw(st.integers(1, 4))
     drop = draw(st.sampled_from([0.0, 0.25, 0.5]))
-    return CompressionConfig(
-        student=student,
-        student_depth=draw(st.integers(1, 4)) if student == "custom" else 0,
-        student_embed_dim=heads * draw(st.integers(1, 16)) if student == "custom" else 0,
-        student_heads=heads if student == "custom" else 0,
-        student_epochs=draw(st.integers(1, 5)) if student != "none" else 0,
-        prune_heads=draw(st.floats(0, 0.99)),
-        prune_mlp=draw(st.floats(0, 0.99)),
-        prune_score=draw(st.sampled_from(["magnitude", "taylor", "activation"])),
-        lowrank=lowrank,
-        landmarks=draw(st.integers(1, 64)) if lowrank == "nystrom" else 0,
-        lowrank_blocks=tuple(draw(st.lists(st.integers(0, 11), max_size=3))),
-        svd_rank=draw(st.floats(0.01, 1.0)),
-        token_merge_r=draw(st.integers(0, 8)),
-        token_drop=drop,
-        token_drop_at=(1, 2) if drop else (),
-        kd_epochs=draw(st.integers(0, 3)),
-        quant=quant,
-        calib_size=draw(st.integers(1, 64)) if quant in ("static_int8", "openvino_int8") else 0,
-    )
+    custom = student == "custom"
+    student_config = {"model": student, "depth": draw(st.integers(1, 4)) if custom else 0,
+                      "embed_dim": heads * draw(st.integers(1, 16)) if custom else 0, "heads": heads if custom else 0,
+                      "epochs": draw(st.integers(1, 5)) if student != "none" else 0}
+    prune = {"heads": draw(st.floats(0, 0.99)), "mlp": draw(st.floats(0, 0.99)),
+             "score": draw(st.sampled_from(["magnitude", "taylor", "activation"]))}
+    landmarks = draw(st.integers(1, 64)) if lowrank == "nystrom" else 0
+    blocks = tuple(draw(st.lists(st.integers(0, 11), max_size=3)))
+    lowrank_config = {"nystrom": {"landmarks": landmarks, "blocks": blocks},
+                      "svd": {"rank": draw(st.floats(0.01, 1.0)), "blocks": blocks}}
+    techniques = {"student": student_config, "prune": prune, "tome": {"r": draw(st.integers(0, 8))},
+                  "finetune": {"epochs": draw(st.integers(0, 3))}}  # a config of no effect (0 epochs) is left out
+    if lowrank != "none":
+        techniques[lowrank] = lowrank_config[lowrank]
+    if drop:
+        techniques["patch_drop"] = {"fraction": drop, "at": (1, 2)}
+    if quant != "none":
+        calibrated = quant in ("static_int8", "openvino_int8")
+        techniques[quant] = {"calib_size": draw(st.integers(1, 64))} if calibrated else {}
+    return CompressionConfig(techniques)
+
+
+def _setting(cfg: CompressionConfig, technique: str, name: str):
+    """Setting `name` of `technique` in `cfg`: its default where `cfg` does not choose the technique."""
+    return getattr(cfg.get(technique, get_technique(technique).config()), name)
 
 
 @given(configs())
@@ -69,22 +76,28 @@ def test_identity_config_is_the_teacher() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs, words",
+    "make, words",
     [
-        ({"quant": "int4"}, "quant='int4'"),
-        ({"prune_heads": 1.0}, "prune_heads=1.0"),
-        ({"lowrank": "nystrom"}, "landmarks"),
-        ({"landmarks": 4}, "set lowrank='nystrom'"),
-        ({"student": "custom", "student_depth": 2, "student_embed_dim": 30, "student_heads": 4, "student_epochs": 1},
+        (lambda: CompressionConfig({"int4": {}}), "unknown technique 'int4'"),
+        (lambda: CompressionConfig({"prune": {"heads": 1.0}}), "heads=1.0 must be in [0, 1)"),
+        (lambda: CompressionConfig({"nystrom": {}}), "nystrom needs landmarks >= 1"),
+        (lambda: CompressionConfig({"student": {"model": "custom", "depth": 2, "embed_dim": 30, "heads": 4, "epochs": 1}}),
          "not divisible"),
-        ({"quant": "static_int8"}, "calib_size"),
-        ({"token_drop": 0.3}, "patch_drop.at"),
-        ({"student": "custom", "student_depth": 1, "student_embed_dim": 8, "student_heads": 2}, "student_epochs"),
+        (lambda: CompressionConfig({"static_int8": {}}), "static_int8 needs calib_size >= 1"),
+        (lambda: CompressionConfig({"patch_drop": {"fraction": 0.3}}), "needs patch_drop.at"),
+        (lambda: CompressionConfig({"student": {"model": "custom", "depth": 1, "embed_dim": 8, "heads": 2}}),
+         "student needs epochs >= 1"),
+        # the flat form, still read: its fields named in its refusals (a setting of a technique not chosen
+        # is only expressible there)
+        (lambda: CompressionConfig(prune_heads=1.0), "prune_heads=1.0"),
+        (lambda: CompressionConfig(landmarks=4), "set lowrank='nystrom'"),
     ],
+    ids=["unknown runtime", "bounds", "landmarks needed", "not divisible", "calibration needed", "drop blocks needed",
+         "student epochs needed", "flat bounds", "flat unused setting"],
 )
-def test_invalid_configs_are_refused_by_name(kwargs, words) -> None:
-    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        CompressionConfig(**kwargs)
+def test_invalid_configs_are_refused_by_name(make, words) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        make()
 
 
 def test_unknown_config_key_is_refused() -> None:
@@ -96,13 +109,13 @@ def test_unknown_config_key_is_refused() -> None:
 
 
 def test_space_samples_conditional_dimensions_only_when_active() -> None:
-    space = SearchSpace.from_dict({"lowrank": ["none", "nystrom"], "landmarks": [2, 8],
-                                   "quant": ["none", "static_int8"], "calib_size": [8, 32]})
+    space = SearchSpace.from_dict({"lowrank": ["none", "nystrom"], "nystrom.landmarks": [2, 8],
+                                   "runtime": ["none", "static_int8"], "static_int8.calib_size": [8, 32]})
     cfg = space.sample(FixedTrial({"lowrank": "none", "runtime": "none"}))  # FixedTrial raises on unknown params
     assert cfg == CompressionConfig()
     cfg = space.sample(FixedTrial({"lowrank": "nystrom", "nystrom.landmarks": 5, "runtime": "static_int8",
                                    "static_int8.calib_size": 16}))
-    assert (cfg.flat.landmarks, cfg.flat.calib_size) == (5, 16)
+    assert (cfg["nystrom"].landmarks, cfg["static_int8"].calib_size) == (5, 16)
 
 
 def test_space_with_optuna_study_produces_valid_configs() -> None:
@@ -112,7 +125,7 @@ def test_space_with_optuna_study_produces_valid_configs() -> None:
     for _ in range(40):
         trial = study.ask()
         cfg = space.sample(trial)  # validates in __post_init__
-        seen.add(cfg.flat.quant)
+        seen.add(deployment_of(cfg))
         # the params recorded are exactly the ones that reproduce the config
         assert space.sample(FixedTrial(trial.params)) == cfg
         assert space.params_for(cfg) == trial.params
@@ -124,14 +137,19 @@ def test_space_with_optuna_study_produces_valid_configs() -> None:
 @settings(max_examples=50, deadline=None)
 def test_params_for_round_trips_for_configs_inside_a_wide_space(cfg: CompressionConfig) -> None:
     space = SearchSpace.from_dict({
-        "quant": list(QUANT_MODES), "lowrank": ["none", "nystrom", "svd"], "landmarks": [1, 64],
-        "prune_heads": [0.0, 0.99], "token_merge_r": [0, 8], "calib_size": [1, 64],
+        "runtime": list(QUANT_MODES), "lowrank": ["none", "nystrom", "svd"], "nystrom.landmarks": [1, 64],
+        "prune.heads": [0.0, 0.99], "tome.r": [0, 8], "static_int8.calib_size": [1, 64], "openvino_int8.calib_size": [1, 64],
     })
-    inside = cfg.replace(student="none", student_depth=0, student_embed_dim=0, student_heads=0, student_epochs=0,
-                         prune_mlp=0.0, prune_score="magnitude" if cfg.flat.prune_heads == 0 else cfg.flat.prune_score,
-                         lowrank_blocks=(), svd_rank=1.0, token_drop=0.0, token_drop_at=(), kd_epochs=0)
-    if inside.flat.prune_heads > 0:
-        inside = inside.replace(prune_score="magnitude")
+    # cfg with what the space does not search taken away: no student, pruning of heads only (by magnitude),
+    # low-rank on every block (SVD at full rank), no patch dropping, no KD fine-tune
+    inside = {"prune": {"heads": _setting(cfg, "prune", "heads")}, "tome": {"r": _setting(cfg, "tome", "r")}}
+    if "nystrom" in cfg:
+        inside["nystrom"] = dataclasses.replace(cfg["nystrom"], blocks=())
+    if "svd" in cfg:
+        inside["svd"] = {}
+    if (runtime := deployment_of(cfg)) != "none":
+        inside[runtime] = cfg[runtime]
+    inside = CompressionConfig(inside, distill=cfg.distill)
     assert space.sample(FixedTrial(space.params_for(inside))) == inside
 
 
@@ -218,31 +236,32 @@ def test_fixed_student_settings_apply_only_to_students() -> None:
     import optuna
 
     space = SearchSpace.from_dict(
-        {"student": ["none", "custom"], "student_depth": [1, 2], "student_embed_dim": [16], "student_heads": [2]},
-        {"student_epochs": 2, "student_init": "teacher"})
+        {"student": ["none", "custom"], "student.depth": [1, 2], "student.embed_dim": [16], "student.heads": [2]},
+        {"student.epochs": 2, "student.init": "teacher"})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     configs = [space.sample(study.ask()) for _ in range(12)]
-    assert {c.flat.student for c in configs} == {"none", "custom"}
+    assert {_setting(c, "student", "model") for c in configs} == {"none", "custom"}
     for c in configs:
-        assert c.flat.student_init == ("teacher" if c.flat.student == "custom" else "random")
+        assert _setting(c, "student", "init") == ("teacher" if _setting(c, "student", "model") == "custom" else "random")
 
 
 def test_optional_ranges_are_switched_off_half_the_time_and_replay_exactly() -> None:
     import optuna
 
-    space = SearchSpace.from_dict({"token_merge_r": {"low": 1, "high": 8, "optional": True},
-                                   "prune_heads": {"low": 0.1, "high": 0.5, "optional": True}})
+    space = SearchSpace.from_dict({"tome.r": {"low": 1, "high": 8, "optional": True},
+                                   "prune.heads": {"low": 0.1, "high": 0.5, "optional": True}})
     assert space.dimension("tome.r").to_dict() == {"low": 1, "high": 8, "optional": True}
     assert SearchSpace.from_json_dict(space.to_dict()) == space  # stored with the study, read back on resume
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     configs = [space.sample(study.ask()) for _ in range(40)]
-    merges = [c.flat.token_merge_r for c in configs]
+    merges = [_setting(c, "tome", "r") for c in configs]
     assert 10 < merges.count(0) < 30 and all(r == 0 or 1 <= r <= 8 for r in merges)
-    assert {c.flat.prune_score for c in configs if c.flat.prune_heads == 0} == {"magnitude"}  # off: the identity
+    assert {_setting(c, "prune", "score") for c in configs
+            if _setting(c, "prune", "heads") == 0} == {"magnitude"}  # off: the identity
     # a configuration is replayed exactly (warm starts, retries), switched off or on
     for cfg in (CompressionConfig(), CompressionConfig({"prune": {"heads": 0.25}, "tome": {"r": 3}})):
         params = space.params_for(cfg)
-        assert params["tome.r_on"] == (cfg.flat.token_merge_r > 0)
+        assert params["tome.r_on"] == (_setting(cfg, "tome", "r") > 0)
         study.enqueue_trial(params)
         assert space.sample(study.ask()) == cfg
     with pytest.raises(ConfigError, match="outside the search space"):
