@@ -1,5 +1,5 @@
 """Stronger recovery (issue 12.3): the reference configurations built with plain KD and with the
-opt-in recovery settings (``kd_augment``, ``kd_feature_weight``), the same epochs, side by side.
+opt-in recovery settings (distill ``augment``, ``feature_weight``), the same epochs, side by side.
 
 On the quickstart recipe's data and teacher (trained once, cached), each configuration of
 `vitshrink.search.reference_configs` (dynamic int8; a 2-block 32-wide student; 30 % / 50 % pruning
@@ -59,9 +59,14 @@ def variants(space: SearchSpace, kd_epochs: int, augment: str, weight: float) ->
     """(label, plain config, recovery config or None when nothing is distilled) per reference config."""
     out = []
     for cfg in reference_configs(space):
-        plain = cfg.replace(kd_epochs=kd_epochs) if cfg.flat.kd_epochs or cfg.flat.prune_heads or cfg.flat.lowrank != "none" else cfg
-        distils = plain.flat.kd_epochs > 0 or plain.flat.student != "none"
-        out.append((plain.summary(), plain, plain.replace(kd_augment=augment, kd_feature_weight=weight) if distils else None))
+        plain = cfg
+        # a KD fine-tune, pruning of heads or low-rank attention: fine-tuned for kd_epochs
+        if "finetune" in cfg or getattr(cfg.get("prune"), "heads", 0.0) or "nystrom" in cfg or "svd" in cfg:
+            plain = CompressionConfig({**dict(cfg.parts), "finetune": {"epochs": kd_epochs}}, distill=cfg.distill)
+        distils = "finetune" in plain or "student" in plain
+        recovered = CompressionConfig(dict(plain.parts), distill=dataclasses.replace(
+            plain.distill, augment=augment, feature_weight=weight)) if distils else None
+        out.append((plain.summary(), plain, recovered))
     return out
 
 
@@ -121,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny teacher, 1 epoch each: seconds, for CI")
     p.add_argument("--kd-epochs", type=int, default=None, help="KD fine-tune epochs (default 3; smoke 1)")
     p.add_argument("--student-epochs", type=int, default=None, help="student epochs (default 10; smoke 1)")
-    p.add_argument("--augment", default="shift", help="kd_augment of the recovery builds (default shift: digits are not mirror-symmetric)")
-    p.add_argument("--feature-weight", type=float, default=1.0, help="kd_feature_weight of the recovery builds")
+    p.add_argument("--augment", default="shift", help="distill augment of the recovery builds (default shift: digits are not mirror-symmetric)")
+    p.add_argument("--feature-weight", type=float, default=1.0, help="distill feature_weight of the recovery builds")
     p.add_argument("--out", type=Path, default=HERE / "results" / "recovery.json")
     args = p.parse_args(argv)
     args.kd_epochs = args.kd_epochs if args.kd_epochs is not None else (1 if args.smoke else 3)
