@@ -237,9 +237,9 @@ def test_teacher_init_copies_selected_blocks_and_leading_channels(teacher, tiny_
 
 
 def test_teacher_init_needs_a_student() -> None:
-    # the flat form, still read: the technique form has no such config to refuse (a StudentConfig of model
-    # "none" chooses no student, so CompressionConfig({"student": {"init": "teacher"}}) leaves it out)
+    with pytest.raises(ConfigError, match="student init='teacher' is only used where student is chosen"):
+        CompressionConfig({"student": {"init": "teacher"}})
     with pytest.raises(ConfigError, match="student_init='teacher' is only used with student other than 'none'; set"):
-        CompressionConfig(student_init="teacher")
+        CompressionConfig(student_init="teacher")  # the flat form, still read, refuses it in its own words
     with pytest.raises(ConfigError, match="invalid StudentConfig: init='copy' is not one of random, teacher"):
         CompressionConfig({"student": {**STUDENT, "epochs": 1, "init": "copy"}})

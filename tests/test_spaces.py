@@ -87,13 +87,15 @@ def test_identity_config_is_the_teacher() -> None:
         (lambda: CompressionConfig({"patch_drop": {"fraction": 0.3}}), "needs patch_drop.at"),
         (lambda: CompressionConfig({"student": {"model": "custom", "depth": 1, "embed_dim": 8, "heads": 2}}),
          "student needs epochs >= 1"),
+        (lambda: CompressionConfig({"student": {"init": "teacher"}}),
+         "student init='teacher' is only used where student is chosen (student other than 'none')"),
         # the flat form, still read: its fields named in its refusals (a setting of a technique not chosen
         # is only expressible there)
         (lambda: CompressionConfig(prune_heads=1.0), "prune_heads=1.0"),
         (lambda: CompressionConfig(landmarks=4), "set lowrank='nystrom'"),
     ],
     ids=["unknown runtime", "bounds", "landmarks needed", "not divisible", "calibration needed", "drop blocks needed",
-         "student epochs needed", "flat bounds", "flat unused setting"],
+         "student epochs needed", "setting of a technique not chosen", "flat bounds", "flat unused setting"],
 )
 def test_invalid_configs_are_refused_by_name(make, words) -> None:
     with pytest.raises(ConfigError, match=re.escape(words)):

@@ -208,6 +208,15 @@ def _compose(techniques: Mapping[str, Any], distill: Any) -> tuple[tuple[tuple[s
         distill = _registry.config_from_dict(distill) if "_type" in distill else _registry.DistillConfig(**distill)
     if not isinstance(distill, _registry.DistillConfig):
         raise ConfigError(f"distill takes a DistillConfig, not {type(distill).__name__}")
+    for name, config in parts.items():  # a part that does not choose its technique is left out: unless it
+        technique = _registry.get_technique(name)  # sets what only a chosen technique uses (it would do nothing)
+        if technique.is_chosen_by(config):
+            continue
+        default = technique.config()
+        if unused := [f.name for f in dataclasses.fields(config)
+                      if f.metadata.get("unused") and getattr(config, f.name) != getattr(default, f.name)]:
+            raise ConfigError(f"invalid compression config: {name} {unused[0]}={getattr(config, unused[0])!r} is only used "
+                              f"where {name} is chosen ({technique.how_chosen()}); choose it, or leave {unused[0]} out")
     order = _registry.list_techniques()
     chosen = [(n, parts[n]) for n in order if n in parts and _registry.get_technique(n).is_chosen_by(parts[n])]
     groups: dict[str, str] = {}
