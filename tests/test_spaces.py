@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from optuna.trial import FixedTrial
 
 from vitshrink.spaces import (
-    QUANT_MODES,
     CompressionConfig,
     ConfigError,
     Recipe,
@@ -22,7 +21,9 @@ from vitshrink.spaces import (
     parse_duration,
     resolve_recipe,
 )
-from vitshrink.techniques import deployment_of, get_technique
+from vitshrink.techniques import deployment_of, get_technique, selector_choices
+
+QUANT_MODES = selector_choices()["runtime"]
 
 # --- CompressionConfig ------------------------------------------------------------------------
 

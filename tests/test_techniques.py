@@ -12,10 +12,11 @@ import torch
 
 from vitshrink.compress import handler_of, planned_handlers
 from vitshrink.compress.lowrank import NystromAttention, nystrom
-from vitshrink.spaces import LOWRANK_MODES, QUANT_MODES, CompressionConfig, ConfigError, FlatConfig, Recipe, SearchSpace
+from vitshrink.spaces import CompressionConfig, ConfigError, FlatConfig, Recipe, SearchSpace
 from vitshrink.spaces import _legacy
 from vitshrink.spaces._space_form import keyed_tables, technique_form_toml
-from vitshrink.techniques import at_blocks, blocks, chosen_indices, get_technique, list_techniques, techniques
+from vitshrink.techniques import (at_blocks, blocks, chosen_indices, get_technique, list_techniques, selector_choices,
+                                  techniques)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -85,8 +86,18 @@ def test_registry_agrees_with_config_and_transforms():
             if t.key_of(f.name) in _legacy.FLAT_NAMES:  # the flat form's identity is the same
                 assert getattr(own, f.name) == getattr(defaults.flat, _legacy.field_of(t, f.name)), (t.name, f.name)
         assert callable(handler_of(t.name)), t.name
-    assert {t.selector for t in techniques() if t.choice == "runtime"} == set(QUANT_MODES) - {"none"}
-    assert list_techniques("lowrank") == list(LOWRANK_MODES[1:])
+    choices = selector_choices()
+    assert {t.selector for t in techniques() if t.choice == "runtime"} == set(choices["runtime"]) - {"none"}
+    assert list_techniques("lowrank") == list(choices["lowrank"][1:])
+
+
+def test_the_mode_tuples_of_earlier_versions_still_read_live_with_a_deprecation_warning():
+    import vitshrink.spaces as spaces
+
+    with pytest.warns(DeprecationWarning, match=r"selector_choices\(\)\['runtime'\]"):
+        assert spaces.QUANT_MODES == selector_choices()["runtime"] and "ort_fused_int8" in spaces.QUANT_MODES
+    with pytest.warns(DeprecationWarning, match="LOWRANK_MODES is deprecated"):
+        assert spaces.LOWRANK_MODES == ("none", "nystrom", "svd")
 
 
 def _rules():

@@ -236,9 +236,4 @@ def _compose(techniques: Mapping[str, Any], distill: Any) -> tuple[tuple[tuple[s
     return tuple(chosen), distill
 
 
-# The runtimes and low-rank methods registered when vitshrink was imported, for code that read these
-# tuples before they were the registry's (`vitshrink.techniques.selector_choices` is the live answer).
-QUANT_MODES = _registry.selector_choices()["runtime"]
-LOWRANK_MODES = _registry.selector_choices()["lowrank"]
-
-__all__ = ["CompressionConfig", "ConfigError", "FlatConfig", "LOWRANK_MODES", "QUANT_MODES", "from_flat"]
+__all__ = ["CompressionConfig", "ConfigError", "FlatConfig", "from_flat"]

@@ -112,6 +112,10 @@ class FlatConfig:
             value = getattr(self, name)
             if not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse settings that break a technique's rules (`problem`)."""
         if (p := problem(self.to_dict())) is not None:
             raise ConfigError(f"invalid compression config: {p}")
 
@@ -139,6 +143,12 @@ class FlatConfig:
 
     def replace(self, **changes: Any) -> FlatConfig:
         return dataclasses.replace(self, **changes)
+
+    def summary(self) -> str:
+        """A short label of the fields changed from the identity, ``teacher`` for the identity."""
+        changed = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in self.to_dict().items() if v != _DEFAULTS[k]]
+        return " ".join(changed) or "teacher"
 
 
 # field name -> "str" | "int" | "float" | "tuple[int, ...]" (annotations are strings here)
