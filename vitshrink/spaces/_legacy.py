@@ -13,8 +13,9 @@ into the technique form:
 
 `FLAT_NAMES` is the one table of flat names. A flat config is checked by the techniques' own rules
 (their settings' choices, bounds and needs), found through that table; a technique added since the
-flat form has no flat name. This module asks the techniques; they know nothing of it. Nothing is
-written in the flat form.
+flat form has no flat name. This module asks the techniques; they know nothing of it. vitshrink
+writes no flat record, recipe or space; only a study created with flat parameter names keeps them
+when it resumes (its sampler's history is under those names).
 
 Example:
     >>> parts, distill = read_config({"prune_heads": 0.5, "quant": "dynamic_int8"})
