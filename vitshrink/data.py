@@ -18,7 +18,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-
+import gzip
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -27,7 +28,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from sklearn.datasets import load_digits as sk_digits
+from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
+from torchvision.datasets import CIFAR10
 
 from .data_shape import DATASETS, DEFAULT_IMG_SIZE, FIXED_SHAPES, DataShape
 from .data_shape import canonical_name as _canonical
@@ -150,8 +154,6 @@ def _bundle(
 
 def load_digits(seed: int = 0, val_frac: float = 0.2, test_frac: float = 0.2) -> DataBundle:
     """scikit-learn's 1,797 8x8 digits, as 1x8x8 images scaled to [0, 1]."""
-    from sklearn.datasets import load_digits as sk_digits
-
     d = sk_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None]
     return _bundle("digits", _split_arrays(x, d.target, seed, val_frac, test_frac), 10, tuple(map(str, range(10))))
@@ -172,8 +174,6 @@ def _find_fashion_mnist(data_dir: str | os.PathLike | None) -> Path:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    import gzip
-
     candidates = [path, path.with_name(path.name + ".gz")]
     for p in candidates:
         if p.exists():
@@ -196,8 +196,6 @@ def _read_idx(path: Path) -> np.ndarray:
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None, seed: int = 0, val_frac: float = 1 / 12) -> DataBundle:
     """Fashion-MNIST (60k train + 10k test, 1x28x28). The official test set is the test split;
     `val_frac` of the official train set (stratified, seeded) is the val split."""
-    from sklearn.model_selection import train_test_split
-
     root = _find_fashion_mnist(data_dir)
     x_tr = _read_idx(root / "train-images-idx3-ubyte")[:, None] / 255.0
     y_tr = _read_idx(root / "train-labels-idx1-ubyte")
@@ -221,8 +219,6 @@ def load_cifar10(
     input size (`vitshrink.timm_preprocessing`); the default holds 32x32 float tensors normalised with
     the train split's statistics.
     """
-    from sklearn.model_selection import train_test_split
-
     train, test = _read_cifar10(data_dir, download)
     if stream:
         return _stream_cifar10(train, test, seed, val_frac)
@@ -236,11 +232,6 @@ def load_cifar10(
 def _stream_cifar10(train: Any, test: Any, seed: int, val_frac: float) -> DataBundle:
     """Streamed CIFAR-10 splits over one uint8 pixel file (train rows, then test rows); the same split
     of train into train / val as the in-memory form (one stratified split of the row numbers)."""
-    import hashlib
-
-    from sklearn.model_selection import train_test_split
-
-
     pixels = np.concatenate([np.asarray(train.data), np.asarray(test.data)])  # (60000, 32, 32, 3) uint8
     labels = np.concatenate([np.asarray(train.targets), np.asarray(test.targets)]).astype(np.int64)
     digest = hashlib.sha256(pixels.tobytes() + labels.tobytes()).hexdigest()
@@ -273,8 +264,6 @@ def _stream_cifar10(train: Any, test: Any, seed: int, val_frac: float) -> DataBu
 
 def _read_cifar10(data_dir: str | os.PathLike | None, download: bool) -> tuple[Any, Any]:
     """torchvision's CIFAR-10 train and test sets from `data_dir` (or the cache), DataError if absent."""
-    from torchvision.datasets import CIFAR10
-
     class _CIFAR10(CIFAR10):
         # torchvision compares each batch file's MD5 with the official release; a local copy in the
         # same format (a subset, a re-pack) is accepted when every file is present

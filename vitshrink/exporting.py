@@ -40,7 +40,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import onnxruntime as ort
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._version import __version__
@@ -73,8 +75,6 @@ def card_path(path: str | Path) -> Path:
 
 def run_onnx(path_or_bytes: str | Path | bytes, x: torch.Tensor) -> torch.Tensor:
     """Logits of an ONNX model run by ONNX Runtime on the CPU."""
-    import onnxruntime as ort
-
     src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
     sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
     return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.float().numpy()})[0])
@@ -119,7 +119,7 @@ def class_names(handle: StudyHandle) -> list[str]:
 def _write_onnx(path: Path, blob: bytes, handle: StudyHandle) -> None:
     """Write an ONNX graph with the preprocessing and class names in its metadata_props (the graph
     itself is untouched)."""
-    import onnx
+    import onnx  # heavy (0.7 s on top of import vitshrink), only ONNX export needs it
 
     model = onnx.load_from_string(blob)
     # the ONNX file's metadata keys (what a deployment reads), not study attributes
@@ -188,9 +188,6 @@ def _export_torchscript(handle: StudyHandle, number: int, config: CompressionCon
 
 def _export_safetensors(handle: StudyHandle, number: int, config: CompressionConfig, path: Path, x: torch.Tensor
                         ) -> dict[str, Any]:
-    from safetensors.torch import load_file, save_file
-
-
     state, stored = handle.float_weights(number)
     teacher = handle.study.user_attrs.get(TEACHER_ATTR)
     doc = {"config": stored.to_dict(), "teacher": teacher, "input_shape": list(x.shape[1:]),

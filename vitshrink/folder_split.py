@@ -24,12 +24,14 @@ Example (not run: it needs image files)::
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 # a split this small is decoded in the training process: starting workers would cost more than they save
@@ -57,8 +59,6 @@ def pixel_rows(npy: str, n: int) -> tuple[str, ...]:
 
 def open_image(path: str) -> Any:
     """The PIL image at `path`: an image file, or row `i` of a pixel array written as ``FILE.npy#i``."""
-    from PIL import Image
-
     npy, sep, row = path.rpartition("#")
     if sep and npy.endswith(".npy") and row.isdigit():
         if npy not in _PIXEL_FILES:
@@ -135,8 +135,6 @@ class FolderSplit:
 
     def subset(self, indices: Any) -> FolderSplit:
         idx = _as_list(indices, len(self))
-        import hashlib
-
         digest = hashlib.sha256(f"{self.digest}:{idx}".encode()).hexdigest()
         return replace(self, paths=tuple(self.paths[i] for i in idx), labels=self.labels[idx], digest=digest)
 

@@ -15,11 +15,14 @@ Example (not run as a doctest: it needs a folder of images)::
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from .splits import DataError, stratified_split
@@ -149,8 +152,6 @@ def split_off(layout: FolderLayout, seed: int, val_frac: float = 0.2, test_frac:
 
 def _decode(path: Path):
     """The fully decoded image, or the reason it cannot be read."""
-    from PIL import Image
-
     try:
         with Image.open(path) as img:
             img.load()  # decodes every byte: a truncated file fails here
@@ -204,14 +205,10 @@ class FolderScan:
 
 def _open_bytes(path: Path) -> tuple[bytes, object]:
     """The file's bytes and its fully decoded image, or the reason it cannot be read."""
-    import io
-
     try:
         raw = path.read_bytes()
     except OSError as exc:
         return b"", f"{type(exc).__name__}: {exc}"
-    from PIL import Image
-
     try:
         with Image.open(io.BytesIO(raw)) as img:
             img.load()  # decodes every byte: a truncated file fails here
@@ -227,8 +224,6 @@ def scan_images(files: dict[str, tuple[list[Path], np.ndarray]], img_size: int, 
     Raises:
         DataError: naming the first unreadable file and counting the rest.
     """
-    import hashlib
-
     if in_chans not in (None, 1, 3):
         raise DataError(f"in_chans = {in_chans} cannot be read from an image folder; use 1 (grayscale) or 3 (RGB)")
     mode = {1: "L", 3: "RGB", None: "RGB"}[in_chans]

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data import DataBundle, cache_dir
@@ -74,8 +77,6 @@ class TeacherSpec:
 
 def create_model(spec: TeacherSpec, num_classes: int | None = None, load_weights: bool = True) -> nn.Module:
     """Build the timm model of `spec` (random weights unless `load_weights` and a checkpoint/pretrained)."""
-    import timm
-
     kwargs = dict(spec.kwargs)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -115,8 +116,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"checkpoint {p} not found; pass --checkpoint to an existing .safetensors or .pth file")
     try:
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             return load_file(str(p))
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decode failure means the same thing to the user
@@ -250,9 +249,6 @@ def train_classifier(
     tensor_aug = tuple(a for a in settings.augment if a == "shift" or (a == "flip" and not timm_pipeline))
     mix = None
     if loss_fn is None and ("mixup" in settings.augment or "cutmix" in settings.augment):
-        import numpy as np
-
-
         np.random.seed(seed)  # timm's Mixup draws from numpy's global generator
         mix = mixup_of(settings.augment, data.num_classes, settings.label_smoothing)
     for epoch in range(settings.epochs):
@@ -338,8 +334,6 @@ def get_teacher(
     teacher can be rebuilt exactly later (e.g. by `load_model`). `data_seed` (the seed that split
     `data`) is part of the cache key, with the contents of every split.
     """
-    from safetensors.torch import save_file
-
     settings = settings or TrainSettings()
     cache = Path(cache or cache_dir()) / "teachers"
     cache.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import matplotlib
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -29,6 +30,15 @@ AXIS_LABELS = {"accuracy": "val accuracy", "latency_ms": "latency (ms, median)",
 
 class PlotError(ValueError):
     """A plot that cannot be drawn as asked (unknown file type, plotly missing, empty study)."""
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, headless: works without a display and in worker processes."""
+    matplotlib.use("Agg")
+    # lazy: pyplot must come after use("Agg"), and at module level it would set the backend for every importer
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _points(handle: StudyHandle) -> pd.DataFrame:
@@ -91,11 +101,7 @@ def plot_study(handle: StudyHandle, path: str | Path, title: str | None = None) 
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".html":
         return _plotly([(handle.name, df)], path, title, axes=(x, y, area))
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: works without a display and in worker processes
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     sizes = _marker_sizes(df[area], df[area].max())
     rest = ~df["pareto"]
@@ -140,11 +146,7 @@ def plot_comparison(handles: list[StudyHandle], path: str | Path, title: str | N
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".html":
         return _plotly(series, path, title, fronts_only=True, axes=(x, y, area))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     largest = max(df[area].max() for _, df in series)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for i, (name, df) in enumerate(series):
@@ -181,11 +183,7 @@ def plot_history(handles: list[StudyHandle], path: str | Path, title: str | None
     series = [(h.name, h.hypervolume_history()) for h in handles]
     if all(df.empty for _, df in series):
         raise PlotError("no finished trial to plot yet; run `vitshrink search` first")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (name, df) in enumerate(series):
         ax.step(df["seconds"], df["hypervolume"], where="post", color=f"C{i % 10}", label=name)

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .data import DataBundle
@@ -51,9 +52,6 @@ def describe_preprocessing(dataset: str, data: DataBundle) -> dict[str, Any]:
     if not data.mean or not data.std:
         raise ValueError(f"{data.name} carries no normalisation statistics; load it with vitshrink.data")
     if timm_record := getattr(data.val, "preprocessing", ""):  # a pretrained timm model's own (timm_preprocessing.py)
-        import json
-
-
         return describe_timm_preprocessing(json.loads(timm_record)["timm"])
     raw = _RAW[kind]
     size = [data.img_size, data.img_size]

@@ -21,6 +21,7 @@ import json
 from typing import Any
 
 import torch
+from timm.data import Mixup, create_transform, resolve_data_config
 from torch import nn
 
 RAND_AUGMENT = "rand-m9-mstd0.5"
@@ -29,8 +30,6 @@ TIMM_ONLY = ("randaugment",)  # augmentations that need timm's PIL pipeline (a p
 
 def timm_data_config(model: nn.Module, in_chans: int, img_size: int) -> dict[str, Any]:
     """timm's data config of `model` (`resolve_data_config`), at the input size the study uses."""
-    from timm.data import resolve_data_config
-
     cfg = dict(resolve_data_config({}, model=model))
     cfg["input_size"] = (in_chans, img_size, img_size)
     if in_chans == 1:  # a one-channel input: the channel means of the pretrained statistics
@@ -48,8 +47,6 @@ def train_options(augment: tuple[str, ...]) -> dict[str, Any]:
 def with_timm_preprocessing(data: Any, cfg: dict[str, Any], augment: tuple[str, ...]) -> Any:
     """`data` (streamed image-folder splits) read through timm's transforms of `cfg`; the bundle's
     mean / std become timm's, and each split records the preprocessing (it is part of its digest)."""
-    from timm.data import create_transform
-
     eval_t = create_transform(**cfg)
     train_t = create_transform(**cfg, is_training=True, **train_options(augment))
     record = json.dumps({"timm": cfg, "train": train_options(augment)}, sort_keys=True, default=list)
@@ -65,8 +62,6 @@ def mixup_of(augment: tuple[str, ...], num_classes: int, label_smoothing: float)
     """timm's Mixup / CutMix for `augment`, or None."""
     if "mixup" not in augment and "cutmix" not in augment:
         return None
-    from timm.data import Mixup
-
     return Mixup(mixup_alpha=0.8 if "mixup" in augment else 0.0, cutmix_alpha=1.0 if "cutmix" in augment else 0.0,
                  label_smoothing=label_smoothing, num_classes=num_classes)
 

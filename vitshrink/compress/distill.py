@@ -27,8 +27,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..data import DataBundle, Split, cache_dir
@@ -108,8 +112,6 @@ def logits_cache_key(teacher: nn.Module, data: DataBundle) -> str:
         >>> len(logits_cache_key(teacher, data)), logits_cache_key(teacher, data) == logits_cache_key(teacher, data)
         (16, True)
     """
-    import timm
-
     h = hashlib.sha256()
     for name, value in sorted(teacher.state_dict().items()):
         if isinstance(value, torch.Tensor):
@@ -175,8 +177,6 @@ def teacher_logits(
 def _open_logits(path: Path) -> torch.Tensor:
     """The cached logits, memory-mapped: KD reads the rows of its batches, never the whole file
     (copy-on-write, so the tensor is writable without touching the file)."""
-    import numpy as np
-
     return torch.from_numpy(np.load(path, mmap_mode="c", allow_pickle=False))
 
 
@@ -184,8 +184,6 @@ def _open_logits(path: Path) -> torch.Tensor:
 def _run_teacher(teacher: nn.Module, split: Split, batch_size: int, device: str, out: Path, classes: int) -> None:
     """The teacher's float32 logits on every image of `split`, written batch by batch into the .npy
     file `out` (a memory map: nothing grows with the split)."""
-    import numpy as np
-
     if torch.device(device).type != "cpu":
         teacher = copy.deepcopy(teacher).to(device)  # the shared CPU teacher is left where it is
     was_training = teacher.training
@@ -262,9 +260,6 @@ def make_student(teacher: nn.Module, config: CompressionConfig) -> nn.Module:
         >>> deit.patch_embed.proj.in_channels, deit.num_classes  # the teacher's input and classes
         (1, 10)
     """
-    from timm.models.deit import VisionTransformerDistilled
-    from timm.models.vision_transformer import VisionTransformer
-
     s = config.get("student")
     if s is None:
         raise ConfigError("this config chooses no student; give it a StudentConfig (model 'custom' or a timm model name)")

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -83,8 +84,6 @@ class OrtModule(nn.Module):
 
 def ort_session(model_bytes: bytes, threads: int | None = None):
     """A CPU `InferenceSession` with every graph optimisation and `threads` intra-op threads."""
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1  # one model at a time: parallelism lives inside the ops
@@ -193,6 +192,7 @@ def quantize_onnx_dynamic(model_bytes: bytes, per_channel: bool = False) -> byte
     Per-tensor weights by default: on x86 ORT's per-tensor dynamic MatMul kernel is about twice as
     fast as the per-channel one (measured on deit_small), at a small accuracy cost.
     """
+    # heavy (0.7 s on top of import vitshrink; onnxruntime.quantization imports onnx), only quantization needs them
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -211,6 +211,7 @@ def quantize_onnx_static(model_bytes: bytes, calibration: torch.Tensor, qdq: boo
     fused QLinear* operators (the fastest form for ORT's CPU provider); `qdq=True` writes
     QuantizeLinear/DequantizeLinear pairs, the portable form other runtimes and accelerators expect.
     """
+    # heavy (0.7 s on top of import vitshrink; onnxruntime.quantization imports onnx), only quantization needs them
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 

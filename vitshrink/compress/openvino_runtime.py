@@ -30,6 +30,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -98,7 +99,6 @@ class OpenVinoModule(nn.Module):
         """The compiled CPU model, built for the current torch thread count."""
         threads = torch.get_num_threads()
         if self._compiled is None or self._threads != threads:
-            import numpy as np
             import openvino as ov
 
             core = ov.Core()

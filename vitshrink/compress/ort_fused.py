@@ -129,6 +129,7 @@ def fused_onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
 def quantize_fused_dynamic(model_bytes: bytes) -> bytes:
     """ONNX Runtime dynamic int8 quantization of a fused graph: Attention -> QAttention, MatMul/Gemm ->
     int8 weights (per tensor, as `quantize_onnx_dynamic`)."""
+    # heavy (0.7 s on top of import vitshrink; onnxruntime.quantization imports onnx), only quantization needs them
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -143,7 +144,7 @@ def quantize_fused_dynamic(model_bytes: bytes) -> bytes:
 
 def count_fused_attention(model_bytes: bytes) -> int:
     """How many fused attention operators (Attention or QAttention) a graph holds."""
-    import onnx
+    import onnx  # heavy (0.7 s on top of import vitshrink), only fused ONNX graphs need it
 
     graph = onnx.load_from_string(model_bytes).graph
     return sum(n.domain == _CONTRIB and n.op_type in ("Attention", "QAttention") for n in graph.node)

@@ -15,7 +15,7 @@ from ._target import LatencyError, Target
 
 def run_on_target(fn: Callable[..., Any], target: Target, *args: Any) -> Any:
     """``fn(*args)`` run as a Ray task on a node that owns `target.ray_resource` (its CPU is the target)."""
-    try:
+    try:  # lazy: `import vitshrink` loads this module, and Ray must load after _ray.connect sets its loopback switch
         import ray
     except ImportError:
         raise LatencyError("a ray target needs Ray: pip install 'ray[tune]'") from None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from ..compress import build
@@ -35,8 +36,6 @@ def read_artifact(path: str | Path, name: str | None = None) -> tuple[dict[str, 
     """Weights and metadata of an artifact file; refuses anything that is not an intact safetensors file.
 
     `name` says which artifact it is in messages (default: the path)."""
-    from safetensors import safe_open
-
     path = Path(path)
     label = name or str(path)
     try:

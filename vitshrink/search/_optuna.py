@@ -39,7 +39,9 @@ from __future__ import annotations
 from typing import Any, Iterable, Union
 
 import optuna
+from optuna._hypervolume import compute_hypervolume as optuna_hypervolume
 from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 AnyTrial = Union[optuna.Trial, FrozenTrial]
@@ -83,8 +85,6 @@ def set_trial_state(study: optuna.Study, trial: AnyTrial, state: TrialState) -> 
 
 def heartbeat_enabled(storage: BaseStorage) -> bool:
     """Whether Optuna's own heartbeat runs for `storage` (RDB storages opened with an interval)."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
     return is_heartbeat_enabled(storage)
 
 
@@ -104,8 +104,6 @@ def heartbeat_grace_period(storage: BaseStorage) -> int | None:
 
 def compute_hypervolume(points: Iterable, reference: Any) -> float:
     """The hypervolume dominated by `points` (an (n, d) array, all minimised) up to `reference`."""
-    from optuna._hypervolume import compute_hypervolume as optuna_hypervolume
-
     return float(optuna_hypervolume(points, reference))
 
 

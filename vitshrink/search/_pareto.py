@@ -3,6 +3,7 @@ its hypervolume in teacher-normalised objectives (whichever objectives the study
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -60,9 +61,6 @@ def default_reference(objectives=DEFAULT_OBJECTIVES) -> tuple[float, ...]:
 def normalized_values(rows, teacher_values, objectives=DEFAULT_OBJECTIVES):
     """Rows of the values of `objectives` -> every value to be minimised, relative to the teacher's
     (`teacher_values`, in the same order): 1 - accuracy, cost / teacher's cost, teacher's rate / rate."""
-    import numpy as np
-
-
     chosen = objectives_for(objectives)
     arr = np.asarray(rows, dtype=float).reshape(-1, len(chosen))
     return np.array([[o.normalized(v, tv) for o, v, tv in zip(chosen, row, teacher_values)] for row in arr],
@@ -114,8 +112,6 @@ def front_hypervolume(trials_or_values, teacher_values, objectives=DEFAULT_OBJEC
         >>> round(front_hypervolume([(0.9, 5e6)], (0.95, 1e7), ["accuracy", "macs"]), 4)
         0.54
     """
-    import numpy as np
-
     rows = [t.values if isinstance(t, FrozenTrial) else t for t in trials_or_values]
     if not rows:
         return 0.0

@@ -46,7 +46,7 @@ def connect(address: str | None, num_cpus: int | None = None):
     if address is None and "ray" not in sys.modules:
         os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
-        import ray
+        import ray  # lazy: Ray reads LOOPBACK_ENV when imported, so the line above must run first
     except ImportError:
         raise SearchError("the ray executor needs Ray: pip install 'ray[default]'") from None
     if ray.is_initialized():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import logging
 import os
 import re
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Iterator
 
 import optuna
+import redis
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalRedisBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ._optuna import (get_trial, heartbeat_enabled, heartbeat_grace_period, set_trial_state, set_trial_system_attr,
@@ -74,8 +77,6 @@ def open_storage(url: str | None, heartbeat_interval: int | None = 10,
     RDB storages get Optuna's heartbeat, so trials left RUNNING by a crashed worker are marked FAIL
     after `grace_period` seconds and retried (RetryFailedTrialCallback) with the same parameters.
     """
-    from optuna.storages.journal import JournalFileBackend, JournalRedisBackend, JournalStorage
-
     url = url or DEFAULT_STORAGE
     masked = mask_url(url)
     try:
@@ -117,8 +118,6 @@ def open_storage(url: str | None, heartbeat_interval: int | None = 10,
 
 
 def _ping_redis(url: str) -> None:
-    import redis
-
     client = redis.Redis.from_url(url)  # what JournalRedisBackend connects with
     try:
         client.ping()
@@ -130,8 +129,6 @@ def _with_installed_driver(url: str) -> str:
     """`postgresql://` means psycopg 3 to SQLAlchemy 2 (vitshrink depends on it, so Optuna's own tools
     open a study with the very URL the user gave); use psycopg2 when only it is installed, and read
     Heroku-style `postgres://` as PostgreSQL. An explicit `postgresql+driver://` is kept as written."""
-    import importlib.util
-
     scheme, _, rest = url.partition("://")
     if scheme in ("postgresql", "postgres"):
         if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import optuna
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from ..compress import build, impossible_reason
@@ -445,9 +446,6 @@ def save_trial_artifact(trial: optuna.Trial, float_model: nn.Module, val_logits:
                         config: CompressionConfig, artifact_dir: str | Path) -> str:
     """Upload the float weights (safetensors), the measured val logits and the config (metadata)
     to the study's artifact store; returns the artifact id."""
-    from safetensors.torch import save_file
-
-
     state = {k: v.detach().contiguous().clone() for k, v in float_model.state_dict().items()}
     state[LOGITS_KEY] = val_logits.detach().float().contiguous()
     meta = {"format": str(ARTIFACT_FORMAT), "config": config.to_json(), "trial": str(trial.number),

@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from ..spaces import Recipe
@@ -33,8 +34,6 @@ def run_remote_trial(recipe: Recipe, storage_url: str, study_name: str, artifact
 
     `seed` seeds this trial's sampler (concurrent workers with one seed would sample the same
     configuration); the trial claims its budget slot by the rule every driver follows."""
-    import torch
-
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval_for(grace_period),
