@@ -2,11 +2,11 @@
 
 import warnings
 
+from ..techniques import selector_choices
 from ..techniques.prune import PRUNE_SCORES
 from ..techniques.student import STUDENT_INITS
-from ._legacy import FlatConfig
-from ..techniques import selector_choices
 from ._config import CompressionConfig, ConfigError, from_flat
+from ._legacy import FlatConfig
 from ._fit import ModelShape
 from ._recipe import DEFAULT_OBJECTIVES, SAMPLERS, Recipe, builtin_recipes, parse_duration, recipes_dir, resolve_recipe
 from ._space import Dimension, SearchSpace

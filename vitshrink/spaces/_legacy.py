@@ -161,9 +161,14 @@ _DISTILL = {k.split(".", 1)[1]: f for k, f in FLAT_NAMES.items() if k.startswith
 
 
 # --- a technique seen through the flat names -----------------------------------------------------
+_STORED: dict[str, dict[str, str]] = {}  # technique name -> `_stored`, computed once (a name is registered once)
+
+
 def _stored(t: Technique) -> dict[str, str]:
     """Its own config's settings -> the fields that hold them (a technique added since: none)."""
-    return {f.name: FLAT_NAMES[k] for f in fields(t.config) if (k := t.key_of(f.name)) in FLAT_NAMES}
+    if t.name not in _STORED:
+        _STORED[t.name] = {f.name: FLAT_NAMES[k] for f in fields(t.config) if (k := t.key_of(f.name)) in FLAT_NAMES}
+    return _STORED[t.name]
 
 
 def _named(t: Technique) -> dict[str, str]:
@@ -219,6 +224,22 @@ def _needs_problem(t: Technique, values: Mapping[str, Any]) -> str | None:
     return t.problem(_settings(t, values)) if t.problem is not None else None
 
 
+_RULES: dict[tuple[str, ...], dict[str, list[tuple[Technique, str]]]] = {}
+
+
+def _rules() -> dict[str, list[tuple[Technique, str]]]:
+    """Field -> the (technique, setting) pairs stored there, once per set of registered techniques."""
+    registered = tuple(T.list_techniques())
+    if registered not in _RULES:
+        rules: dict[str, list[tuple[Technique, str]]] = {}
+        for t in T.techniques():
+            for setting, field in _named(t).items():
+                rules.setdefault(field, []).append((t, setting))
+        _RULES.clear()
+        _RULES[registered] = rules
+    return _RULES[registered]
+
+
 def problem(values: Mapping[str, Any]) -> str | None:
     """Why flat settings `values` break a technique's rules, or None: each choice names a registered
     technique, each value keeps its setting's choices and bounds, a setting marked `unused` is not set
@@ -237,10 +258,7 @@ def problem(values: Mapping[str, Any]) -> str | None:
         field = flat_name(choice)
         if values[field] not in modes:
             return f"{field}={values[field]!r} is not one of {', '.join(modes)}"
-    rules: dict[str, list[tuple[Technique, str]]] = {}  # field -> the settings stored there
-    for t in ts:
-        for setting, field in _named(t).items():
-            rules.setdefault(field, []).append((t, setting))
+    rules = _rules()
     for field, value in values.items():
         for t, setting in rules.get(field, ()):
             meta = t.meta(setting)
